@@ -1,0 +1,1 @@
+"""Stateless handler functions and the domain state machines they drive."""

@@ -1,0 +1,1 @@
+"""The platform on one machine: event sources, dispatcher, scheduler, HTTP trigger gateway, CLI."""

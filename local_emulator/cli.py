@@ -1,0 +1,55 @@
+"""The one `dropwire` command. Errors raised on purpose print as one line, not a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from local_emulator.settings import Settings, describe_settings, load_settings
+from storage.errors import DropwireError
+
+app = typer.Typer(
+    help="dropwire: files dropped into a bucket fire stateless ML handlers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+
+class CliState:
+    settings_file: Optional[Path] = None
+
+    def settings(self) -> Settings:
+        return load_settings(self.settings_file)
+
+
+state = CliState()
+
+
+@app.callback()
+def _root(
+    settings_file: Optional[Path] = typer.Option(
+        None, "--settings", help="TOML settings file (else DROPWIRE_SETTINGS_FILE)."
+    ),
+) -> None:
+    state.settings_file = settings_file
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Show the effective settings (secrets masked)."""
+    console.print_json(json.dumps(describe_settings(state.settings())))
+
+
+def main() -> None:
+    try:
+        app()
+    except DropwireError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,137 @@
+"""One settings Struct for the whole product, loaded from an optional TOML file and
+``DROPWIRE_*`` environment variables (environment wins).
+
+Top-level fields read ``DROPWIRE_<FIELD>``; a section's fields read
+``DROPWIRE_<SECTION>__<FIELD>`` (e.g. ``DROPWIRE_RUNTIME__PORT=9000``). The file is named by
+``DROPWIRE_SETTINGS_FILE`` or ``--settings``. Every path, URL and port in the product comes
+from here; paths left empty derive from ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+from runtime.settings import RuntimeSettings
+from storage.errors import DropwireError
+
+ENV_PREFIX = "DROPWIRE_"
+SETTINGS_FILE_ENV = "DROPWIRE_SETTINGS_FILE"
+# Field names whose values `dropwire settings` masks.
+SECRET_MARKERS = ("token", "secret", "password", "key")
+
+
+class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workers: int = 4
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 10.0
+    max_attempts: int = 5
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    # Largest number of operations one group commit takes.
+    max_batch: int = 2000
+    # How often expired leases are looked for.
+    reap_interval_seconds: float = 0.2
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    data_dir: str = ".dropwire"
+    db_path: str = ""
+    # Where the control plane listens for remote workers and tools (a Unix socket path).
+    control_socket: str = ""
+    control_authkey: str = "dropwire-local"
+    queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            raise ValueError("data_dir must not be empty")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.db_path).expanduser() if self.db_path else self.data_path / "dropwire.duckdb"
+
+    @property
+    def control_socket_path(self) -> Path:
+        return (
+            Path(self.control_socket).expanduser()
+            if self.control_socket
+            else self.data_path / "control.sock"
+        )
+
+
+class SettingsError(DropwireError):
+    """A settings file or variable that cannot be used."""
+
+
+def _nest_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == SETTINGS_FILE_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise SettingsError(f"environment variable {name} conflicts with another DROPWIRE_ variable")
+        target[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    settings_file: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then the file, then the environment."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    path = settings_file or environ.get(SETTINGS_FILE_ENV)
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise SettingsError(f"settings file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+    raw = _merge(raw, _nest_environment(environ))
+    try:
+        # strict=False lets "8080" from the environment become an int.
+        return msgspec.convert(raw, Settings, strict=False)
+    except (msgspec.ValidationError, ValueError) as exc:
+        source = f"settings file {path} or DROPWIRE_* variables" if path else "DROPWIRE_* variables"
+        raise SettingsError(f"invalid settings in {source}: {exc}") from None
+
+
+def describe_settings(settings: Settings) -> dict[str, Any]:
+    """The effective values as a nested dict, secrets masked, derived paths filled in."""
+
+    def mask(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {
+                key: ("****" if value and any(m in key for m in SECRET_MARKERS) and not isinstance(value, (dict, bool, int, float)) else mask(value))
+                for key, value in obj.items()
+            }
+        return obj
+
+    described = msgspec.to_builtins(settings)
+    described["db_path"] = str(settings.database_path)
+    described["control_socket"] = str(settings.control_socket_path)
+    return mask(described)

@@ -1,0 +1,65 @@
+"""The errors the product raises on purpose. Each message names the thing at fault and what
+was expected; the CLI prints it as one line and the HTTP layer maps it to the error body."""
+
+from __future__ import annotations
+
+
+class DropwireError(Exception):
+    """Base of every error dropwire raises on purpose."""
+
+    #: HTTP status the gateway answers with.
+    http_status: int = 400
+    #: Short machine-readable name, the ``error`` field of the HTTP error body.
+    code: str = "bad_request"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(DropwireError):
+    http_status = 404
+    code = "not_found"
+
+
+class Conflict(DropwireError):
+    http_status = 409
+    code = "conflict"
+
+
+class DatabaseLocked(DropwireError):
+    http_status = 503
+    code = "database_locked"
+
+
+class DatabaseUnusable(DropwireError):
+    """Corrupt, foreign, or newer than this code."""
+
+    http_status = 500
+    code = "database_unusable"
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class VersionConflict(Conflict):
+    """Another writer changed the entity first; reload and retry."""
+
+    code = "version_conflict"
+
+
+class StaleLease(Conflict):
+    """A worker reported on a task whose lease it no longer holds (fencing token too old)."""
+
+    code = "stale_lease"
+
+
+class UnknownTask(DropwireError):
+    code = "unknown_task"
+
+
+class StoreClosed(DropwireError):
+    http_status = 503
+    code = "store_closed"
