@@ -3,6 +3,10 @@ was expected; the CLI prints it as one line and the HTTP layer maps it to the er
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+import msgspec
+
 
 class DropwireError(Exception):
     """Base of every error dropwire raises on purpose."""
@@ -63,3 +67,29 @@ class UnknownTask(DropwireError):
 class StoreClosed(DropwireError):
     http_status = 503
     code = "store_closed"
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The one JSON shape of every HTTP error, in every app of the product."""
+
+    error: str
+    message: str
+    details: dict
+    timestamp: str
+
+
+def error_body(code: str, message: str, details: dict | None = None) -> ErrorBody:
+    return ErrorBody(
+        error=code,
+        message=message,
+        details=details or {},
+        timestamp=datetime.now(timezone.utc).isoformat(),
+    )
+
+
+def error_body_for(exc: DropwireError) -> ErrorBody:
+    return error_body(exc.code, exc.message, {k: _jsonable(v) for k, v in exc.details.items()})
+
+
+def _jsonable(value: object) -> object:
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
