@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -47,7 +48,25 @@ def show_settings() -> None:
     console.print_json(json.dumps(describe_settings(state.settings())))
 
 
+@app.command("demo")
+def demo() -> None:
+    """Run the walkthrough on the embedded default and print what happened."""
+    from local_emulator.demo import run_demo
+
+    run_demo(state.settings(), console)
+
+
+from local_emulator.cli_store import control, db_app, dlq_app, queue_app, worker  # noqa: E402
+
+app.add_typer(db_app, name="db")
+app.add_typer(queue_app, name="queue")
+app.add_typer(dlq_app, name="dlq")
+app.command("control")(control)
+app.command("worker")(worker)
+
+
 def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except DropwireError as exc:

@@ -17,25 +17,13 @@ from typing import Any, Mapping
 import msgspec
 
 from runtime.settings import RuntimeSettings
+from storage.settings import QueueSettings
 from storage.errors import DropwireError
 
 ENV_PREFIX = "DROPWIRE_"
 SETTINGS_FILE_ENV = "DROPWIRE_SETTINGS_FILE"
 # Field names whose values `dropwire settings` masks.
 SECRET_MARKERS = ("token", "secret", "password", "key")
-
-
-class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    workers: int = 4
-    lease_seconds: float = 30.0
-    heartbeat_seconds: float = 10.0
-    max_attempts: int = 5
-    backoff_base_seconds: float = 1.0
-    backoff_max_seconds: float = 300.0
-    # Largest number of operations one group commit takes.
-    max_batch: int = 2000
-    # How often expired leases are looked for.
-    reap_interval_seconds: float = 0.2
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -1,0 +1,143 @@
+"""Polars expressions that parse cell text as a field's type and judge a prediction against
+the truth, one vectorised expression per rule (no per-row Python)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from functions.evaluation.config import (
+    CategoryMatch,
+    DateMatch,
+    Exact,
+    FieldSpec,
+    NormalizedText,
+    Numeric,
+)
+
+# Tried in order and coalesced; the first that parses wins. Ambiguous day/month orders are
+# decided by the field's dayfirst, never guessed per value.
+ISO_DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%d %b %Y", "%d %B %Y", "%b %d, %Y", "%B %d, %Y")
+ISO_DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f")
+DAYFIRST_FORMATS = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d/%m/%y", "%d.%m.%y")
+MONTHFIRST_FORMATS = ("%m/%d/%Y", "%m-%d-%Y", "%m.%d.%Y", "%m/%d/%y")
+
+BOOLEAN_WORDS = {
+    "true": True, "t": True, "yes": True, "y": True, "1": True,
+    "false": False, "f": False, "no": False, "n": False, "0": False,
+}  # fmt: skip
+
+# What a person is told a value should look like, per type.
+EXPECTED = {
+    "integer": "a whole number such as 42",
+    "number": "a number such as 12.5 (dot as decimal separator)",
+    "boolean": "true/false, yes/no, y/n or 1/0",
+}
+
+
+def expected_date(field: FieldSpec) -> str:
+    example = "31/12/2024" if field.dayfirst else "12/31/2024"
+    order = "day first" if field.dayfirst else "month first"
+    flip = "false" if field.dayfirst else "true"
+    return f"a date such as 2024-12-31 or {example} ({order}; set dayfirst: {flip} for the other order)"
+
+
+def is_missing(value: pl.Expr, missing_values: list[str]) -> pl.Expr:
+    """Null, blank, or one of the configured no-value markers (without case)."""
+    text = value.str.strip_chars()
+    tokens = [m.strip().lower() for m in missing_values]
+    return value.is_null() | (text == "") | text.str.to_lowercase().is_in(tokens)
+
+
+def normalise_text(value: pl.Expr, case: bool = True, whitespace: bool = True, punctuation: bool = True) -> pl.Expr:
+    if punctuation:
+        value = value.str.replace_all(r"\p{P}", "")
+    if whitespace:
+        value = value.str.replace_all(r"\s+", " ").str.strip_chars()
+    else:
+        value = value.str.strip_chars()
+    if case:
+        value = value.str.to_lowercase()
+    return value
+
+
+def _category_key(value: pl.Expr) -> pl.Expr:
+    return normalise_text(value, case=True, whitespace=True, punctuation=False)
+
+
+def category_keys(field: FieldSpec) -> list[str]:
+    return [" ".join(c.split()).lower() for c in field.categories]
+
+
+def parse(field: FieldSpec, value: pl.Expr) -> pl.Expr:
+    """The typed value of a cell, null where the text does not parse (or is absent)."""
+    text = value.str.strip_chars()
+    if field.type == "integer":
+        as_float = text.cast(pl.Float64, strict=False)
+        whole = pl.when(as_float.is_finite() & (as_float == as_float.round(0))).then(as_float.cast(pl.Int64, strict=False))
+        # Int64 first keeps precision above 2**53; "3.0" (how spreadsheets write 3) still counts.
+        return pl.coalesce(text.cast(pl.Int64, strict=False), whole)
+    if field.type == "number":
+        number = text.cast(pl.Float64, strict=False)
+        return pl.when(number.is_finite()).then(number)
+    if field.type == "boolean":
+        return text.str.to_lowercase().replace_strict(BOOLEAN_WORDS, default=None, return_dtype=pl.Boolean)
+    if field.type == "date":
+        return parse_date(text, field.dayfirst)
+    if field.type == "category":
+        return _category_key(text)
+    return text
+
+
+def parse_date(text: pl.Expr, dayfirst: bool) -> pl.Expr:
+    ordered = DAYFIRST_FORMATS if dayfirst else MONTHFIRST_FORMATS
+    dates = [_four_digit_year(text.str.strptime(pl.Date, f, strict=False, exact=True), f) for f in (*ISO_DATE_FORMATS, *ordered)]
+    datetimes = [text.str.strptime(pl.Datetime, f, strict=False, exact=True).dt.date() for f in ISO_DATETIME_FORMATS]
+    return pl.coalesce(*dates, *datetimes)
+
+
+def _four_digit_year(date: pl.Expr, fmt: str) -> pl.Expr:
+    # %Y accepts "24", so 31.1.24 would become the year 31; such a date is a mis-parse, and a
+    # later two-digit-year format (%y) reads it properly.
+    return pl.when(date.dt.year() >= 1000).then(date) if "%Y" in fmt else date
+
+
+def values_match(field: FieldSpec, truth: pl.Expr, prediction: pl.Expr) -> pl.Expr:
+    """True where both values are present and the field's rule judges them equal; a prediction
+    that does not parse never matches. Null-free."""
+    rule = field.match
+    if isinstance(rule, NormalizedText):
+        opts = dict(case=rule.case, whitespace=rule.whitespace, punctuation=rule.punctuation)
+        same = normalise_text(truth, **opts) == normalise_text(prediction, **opts)
+    elif isinstance(rule, Numeric):
+        t, p = parse(field, truth).cast(pl.Float64), parse(field, prediction).cast(pl.Float64)
+        allowed = pl.max_horizontal(pl.lit(rule.abs_tolerance), rule.rel_tolerance * t.abs())
+        same = (t - p).abs() <= allowed
+    elif isinstance(rule, DateMatch):
+        t, p = parse(field, truth), parse(field, prediction)
+        same = (t - p).dt.total_days().abs() <= rule.tolerance_days
+    elif isinstance(rule, CategoryMatch):
+        p = parse(field, prediction)
+        same = (parse(field, truth) == p) & p.is_in(category_keys(field))
+    else:
+        assert isinstance(rule, Exact)
+        if field.type == "category":
+            same = truth.str.strip_chars() == prediction.str.strip_chars()
+        else:
+            same = parse(field, truth) == parse(field, prediction)
+    return same.fill_null(False)
+
+
+def rule_label(field: FieldSpec) -> str:
+    """A short human description of how the field is judged, for reports."""
+    rule = field.match
+    if isinstance(rule, NormalizedText):
+        parts = [n for n, on in (("case", rule.case), ("whitespace", rule.whitespace), ("punctuation", rule.punctuation)) if on]
+        return "normalised text (ignoring " + ", ".join(parts) + ")" if parts else "text"
+    if isinstance(rule, Numeric):
+        return f"numeric (abs tol {rule.abs_tolerance:g}, rel tol {rule.rel_tolerance:g})"
+    if isinstance(rule, DateMatch):
+        return "same date" + (f" ± {rule.tolerance_days} days" if rule.tolerance_days else "")
+    if isinstance(rule, CategoryMatch):
+        return "category (" + ", ".join(field.categories) + ")"
+    return "exact"
+

@@ -1,0 +1,78 @@
+"""How handlers and tasks are declared: a registry of named functions, the context they get,
+and what they may return. The emulator's workers run what is registered here."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgspec
+
+from storage.errors import DropwireError
+from storage.records import Effects
+
+
+class Completion(msgspec.Struct, kw_only=True, frozen=True):
+    """What a task function may return: a result to store, and effects (transitions, follow-up
+    tasks) that commit in the same transaction as the task's completion."""
+
+    result: Any = None
+    effects: Effects = Effects()
+
+
+class PermanentTaskError(DropwireError):
+    """Raised by a task that can never succeed with these arguments: no retry, straight to
+    the dead letters."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    task_id: int
+    name: str
+    attempt: int
+    max_attempts: int
+    worker: str
+    logger: logging.Logger
+
+
+@dataclass(frozen=True)
+class RegisteredTask:
+    name: str
+    fn: Callable[[Any, TaskContext], Completion | None]
+    args_type: Any
+
+
+class TaskRegistry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, RegisteredTask] = {}
+
+    def task(self, name: str, *, args_type: Any = Any) -> Callable:
+        """Register `fn(args, context)`; `args_type` is what the msgspec-encoded arguments decode to."""
+
+        def register(fn: Callable) -> Callable:
+            if name in self._tasks:
+                raise DropwireError(f"task {name!r} is registered twice")
+            self._tasks[name] = RegisteredTask(name, fn, args_type)
+            return fn
+
+        return register
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._tasks)
+
+    def get(self, name: str) -> RegisteredTask:
+        return self._tasks[name]
+
+
+def load_registry(spec: str) -> TaskRegistry:
+    """'package.module:attribute' -> the TaskRegistry it names."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        registry = getattr(importlib.import_module(module_name), attribute or "registry")
+    except (ImportError, AttributeError) as exc:
+        raise DropwireError(f"cannot load the task registry {spec!r}: {exc}") from None
+    if not isinstance(registry, TaskRegistry):
+        raise DropwireError(f"{spec!r} is a {type(registry).__name__}, not a TaskRegistry")
+    return registry

@@ -1,0 +1,189 @@
+"""CLI commands for the database, the queue, dead letters, workers and the control plane."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from functions.states import MACHINES
+from local_emulator.control import ControlClient
+from local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
+from local_emulator.settings import Settings
+from storage import consistency, migrate
+from storage.database import connect
+from storage.errors import DropwireError
+
+console = Console()
+
+db_app = typer.Typer(help="The DuckDB state database: schema migrations, checks, snapshots.", no_args_is_help=True)
+queue_app = typer.Typer(help="The durable task queue: statistics, task status, cleanup.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: tasks that spent their attempts.", no_args_is_help=True)
+
+
+def _settings() -> Settings:
+    from local_emulator.cli import state
+
+    return state.settings()
+
+
+def _print_json(value: object) -> None:
+    console.print_json(json.dumps(msgspec.to_builtins(value), default=str))
+
+
+# ---------------------------------------------------------------- db
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the schema version and every applied migration."""
+    settings = _settings()
+    with connect(settings.database_path, read_only=True) as con:
+        applied = migrate.applied_migrations(con)
+    version = applied[-1][0] if applied else 0
+    console.print(f"{settings.database_path}: schema version {version} (this dropwire knows up to {migrate.LATEST})")
+    for number, name, at in applied:
+        console.print(f"  {number:04d}_{name}  applied {at}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration."""
+    settings = _settings()
+    with connect(settings.database_path) as con:
+        applied = migrate.upgrade(con)
+    console.print(f"applied {len(applied)} migration(s): {[f'{m.version:04d}_{m.name}' for m in applied] or 'none, already current'}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(version: int = typer.Argument(..., help="The schema version to go back to (0 empties the database).")) -> None:
+    """Undo migrations down to VERSION, newest first."""
+    settings = _settings()
+    with connect(settings.database_path) as con:
+        undone = migrate.downgrade(con, version)
+    console.print(f"undid {len(undone)} migration(s): {[f'{m.version:04d}_{m.name}' for m in undone] or 'none'}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Check the database: history contiguous and in step with current states, legal paths, sane tasks."""
+    settings = _settings()
+    with connect(settings.database_path, read_only=True) as con:
+        migrate.current_version(con)
+        problems = consistency.check(con, MACHINES)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]✗[/] {problem}")
+        raise DropwireError(f"{len(problems)} consistency problem(s) in {settings.database_path}")
+    console.print(f"[green]✓[/] {settings.database_path} is consistent")
+
+
+@db_app.command("export")
+def db_export(directory: Path = typer.Argument(..., help="A new directory for the Parquet snapshot.")) -> None:
+    """Write a consistent Parquet snapshot of every table (works while the control plane runs)."""
+    with store_access(_settings()) as store:
+        target = store.export(directory)
+    console.print(f"exported to {target}; read it with duckdb (\"SELECT * FROM '{target}/state_history.parquet'\") or polars")
+
+
+@db_app.command("query")
+def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed state (works while the control plane runs).")) -> None:
+    """Run SQL over the state database and print the rows."""
+    with store_access(_settings()) as store:
+        rows = store.query(sql)
+    table = Table(*[f"{i}" for i in range(len(rows[0]))] if rows else ["(no rows)"], show_header=False)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+# ---------------------------------------------------------------- queue
+
+
+@queue_app.command("stats")
+def queue_stats() -> None:
+    """Counts by status and task name, oldest waiting age, attempts."""
+    with store_access(_settings()) as store:
+        _print_json(store.stats())
+
+
+@queue_app.command("status")
+def queue_status(task_id: int) -> None:
+    """One task: status, arguments, every attempt."""
+    with store_access(_settings()) as store:
+        _print_json(store.task(task_id))
+
+
+@queue_app.command("cleanup")
+def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days", help="Age of finished tasks to delete.")) -> None:
+    """Delete finished tasks older than N days."""
+    with store_access(_settings()) as store:
+        removed = store.cleanup(older_than_days)
+    console.print(f"removed {removed} finished task(s) older than {older_than_days} day(s)")
+
+
+# ---------------------------------------------------------------- dead letters
+
+
+@dlq_app.command("list")
+def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed dead letters.")) -> None:
+    """Dead letters waiting for attention."""
+    with store_access(_settings()) as store:
+        letters = store.dead_letters(include_replayed=all_)
+    table = Table("task", "name", "attempts", "died", "last error", "replayed as")
+    for letter in letters:
+        table.add_row(str(letter.task_id), letter.name, str(letter.attempts), letter.died_at[:19],
+                      (letter.last_error or "")[:80], str(letter.replayed_task_id or ""))
+    console.print(table if letters else "no dead letters")
+
+
+@dlq_app.command("show")
+def dlq_show(task_id: int) -> None:
+    """One dead letter with its arguments and every attempt's error and traceback."""
+    with store_access(_settings()) as store:
+        _print_json(store.dead_letter(task_id))
+
+
+@dlq_app.command("replay")
+def dlq_replay(task_id: int) -> None:
+    """Queue a dead task again, with fresh attempts."""
+    with store_access(_settings()) as store:
+        new_id = store.replay_dead_letter(task_id)
+    console.print(f"dead letter {task_id} replayed as task {new_id}")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def control(
+    tasks: str = typer.Option("functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+) -> None:
+    """Run the control plane: own the database, serve workers and tools on the control socket,
+    run local worker threads. Ctrl-C stops it in order."""
+    from functions.registry import load_registry
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_control_plane(_settings(), load_registry(tasks), stop_on_signals())
+
+
+def worker(
+    tasks: str = typer.Option("functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+    name: str = typer.Option("", "--name", help="Worker name in task attempts (default: remote-<pid>)."),
+) -> None:
+    """Run worker threads in this process against a running control plane."""
+    import os
+
+    from functions.registry import load_registry
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    client = ControlClient(settings.control_socket_path, settings.control_authkey)
+    pool = start_pool(settings, client, load_registry(tasks), name or f"remote-{os.getpid()}")
+    stop_on_signals().wait()
+    pool.stop()
+    client.close()

@@ -1,0 +1,225 @@
+"""The control plane's local RPC: the process that owns the DuckDB file serves the queue and
+inspection calls over a Unix socket (authenticated, msgpack-framed), so worker processes
+and CLI tools can work while it runs. A second owner is impossible (the file lock), so this
+socket is the only way in."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import msgspec
+
+from storage.errors import DropwireError
+from storage.records import ClaimedTask, DeadLetter, Effects, QueueStats, TaskSpec, TaskStatus
+from storage.store import Store
+
+log = logging.getLogger("dropwire.control")
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder().decode
+
+
+class ControlUnavailable(DropwireError):
+    http_status = 503
+    code = "control_unavailable"
+
+
+def _error_classes() -> dict[str, type[DropwireError]]:
+    found: dict[str, type[DropwireError]] = {}
+    pending = [DropwireError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+# method name -> (how to call the store, the type of each argument that needs converting)
+_METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+    "claim": (Store.claim, {}),
+    "heartbeat": (lambda store, leases, lease_seconds=None: store.heartbeat([tuple(l) for l in leases], lease_seconds), {}),
+    "complete": (lambda store, **kw: store.complete(**kw, wait=True), {"effects": Effects | None}),
+    "fail": (lambda store, **kw: store.fail(**kw, wait=True), {}),
+    "release": (Store.release, {}),
+    "enqueue": (Store.enqueue, {"spec": TaskSpec}),
+    "task": (Store.task, {}),
+    "stats": (Store.stats, {}),
+    "dead_letters": (Store.dead_letters, {}),
+    "dead_letter": (Store.dead_letter, {}),
+    "replay_dead_letter": (Store.replay_dead_letter, {}),
+    "cleanup": (Store.cleanup, {}),
+    "export": (lambda store, directory: str(store.export(directory)), {}),
+    "query": (Store.query, {}),
+}
+
+
+class ControlServer:
+    def __init__(self, store: Store, socket_path: Path, authkey: str) -> None:
+        self.store = store
+        self.socket_path = socket_path
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if socket_path.exists():
+            # We own the database, so any socket left here is from a dead owner.
+            socket_path.unlink()
+        self._listener = Listener(str(socket_path), family="AF_UNIX", authkey=authkey.encode())
+        self._closed = threading.Event()
+        self._accepting = threading.Thread(target=self._accept, name="dropwire-control", daemon=True)
+
+    def start(self) -> "ControlServer":
+        self._accepting.start()
+        return self
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        self.socket_path.unlink(missing_ok=True)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection = self._listener.accept()
+            except OSError:
+                return  # closed
+            except Exception as exc:  # a client with the wrong key, or one that hung up
+                log.warning("refused a control connection: %s", exc)
+                continue
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: Connection) -> None:
+        with connection:
+            while not self._closed.is_set():
+                try:
+                    method, kwargs = _decode(connection.recv_bytes())
+                except (EOFError, OSError):
+                    return
+                connection.send_bytes(self._dispatch(method, kwargs))
+
+    def _dispatch(self, method: str, kwargs: dict[str, Any]) -> bytes:
+        try:
+            if method not in _METHODS:
+                raise DropwireError(f"unknown control method {method!r}")
+            call, types = _METHODS[method]
+            for name, kind in types.items():
+                if name in kwargs:
+                    kwargs[name] = msgspec.convert(kwargs[name], kind)
+            return _encode(["ok", call(self.store, **kwargs)])
+        except DropwireError as exc:
+            return _encode(["error", exc.code, exc.message, {k: str(v) for k, v in exc.details.items()}])
+        except Exception as exc:
+            log.exception("control call %s failed", method)
+            return _encode(["error", "internal", f"{type(exc).__name__}: {exc}", {}])
+
+
+class ControlClient:
+    """Speaks to a running control plane."""
+
+    _errors = _error_classes()
+
+    def __init__(self, socket_path: Path, authkey: str) -> None:
+        self.socket_path = socket_path
+        self._authkey = authkey.encode()
+        self._local = threading.local()
+        self._connections: list[Connection] = []
+        self._connection()  # fail now, clearly, if nobody listens
+
+    def _connection(self) -> Connection:
+        """One connection per thread, so a worker's long-poll claim never delays a heartbeat."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            try:
+                connection = Client(str(self.socket_path), family="AF_UNIX", authkey=self._authkey)
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise ControlUnavailable(f"no control plane is listening on {self.socket_path}; start one with `dropwire control`") from None
+            except Exception as exc:
+                raise ControlUnavailable(f"the control plane on {self.socket_path} refused the connection: {exc}") from None
+            self._local.connection = connection
+            self._connections.append(connection)
+        return connection
+
+    @classmethod
+    def try_connect(cls, socket_path: Path, authkey: str) -> "ControlClient | None":
+        if not socket_path.exists():
+            return None
+        try:
+            return cls(socket_path, authkey)
+        except ControlUnavailable:
+            return None
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+
+    def _call(self, method: str, result_type: Any = Any, **kwargs: Any) -> Any:
+        connection = self._connection()
+        try:
+            connection.send_bytes(_encode([method, kwargs]))
+            reply = _decode(connection.recv_bytes())
+        except (EOFError, OSError) as exc:
+            self._local.connection = None
+            raise ControlUnavailable(f"lost the control plane on {self.socket_path}: {exc or 'connection closed'}") from None
+        if reply[0] == "ok":
+            return msgspec.convert(reply[1], result_type)
+        _, code, message, details = reply
+        raise self._errors.get(code, DropwireError)(message, **details)
+
+    def _maybe_future(self, wait: bool, call: Callable[[], Any]) -> Any:
+        if wait:
+            return call()
+        future: Future = Future()
+        try:
+            future.set_result(call())
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    # The QueueBackend surface used by WorkerPool.
+    def claim(self, worker: str, *, names: Iterable[str] | None = None, limit: int = 1,
+              lease_seconds: float | None = None, wait_seconds: float = 0.0) -> list[ClaimedTask]:
+        return self._call("claim", list[ClaimedTask], worker=worker, names=sorted(names) if names is not None else None,
+                          limit=limit, lease_seconds=lease_seconds, wait_seconds=wait_seconds)
+
+    def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]:
+        return self._call("heartbeat", list[int], leases=[list(l) for l in leases], lease_seconds=lease_seconds)
+
+    def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None, wait: bool = True) -> Any:
+        return self._maybe_future(wait, lambda: self._call("complete", task_id=task_id, token=token, result=result, effects=effects))
+
+    def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None, retryable: bool = True, wait: bool = True) -> Any:
+        return self._maybe_future(wait, lambda: self._call("fail", task_id=task_id, token=token, error=error,
+                                                           traceback=traceback, retryable=retryable))
+
+    def release(self, task_id: int, token: int) -> None:
+        self._call("release", task_id=task_id, token=token)
+
+    # Inspection and operations used by the CLI.
+    def enqueue(self, spec: TaskSpec) -> int:
+        return self._call("enqueue", int, spec=spec)
+
+    def task(self, task_id: int) -> TaskStatus:
+        return self._call("task", TaskStatus, task_id=task_id)
+
+    def stats(self) -> QueueStats:
+        return self._call("stats", QueueStats)
+
+    def dead_letters(self, *, include_replayed: bool = False) -> list[DeadLetter]:
+        return self._call("dead_letters", list[DeadLetter], include_replayed=include_replayed)
+
+    def dead_letter(self, task_id: int) -> DeadLetter:
+        return self._call("dead_letter", DeadLetter, task_id=task_id)
+
+    def replay_dead_letter(self, task_id: int, *, triggered_by: str = "operator") -> int:
+        return self._call("replay_dead_letter", int, task_id=task_id, triggered_by=triggered_by)
+
+    def cleanup(self, older_than_days: float) -> int:
+        return self._call("cleanup", int, older_than_days=older_than_days)
+
+    def export(self, directory: Path | str) -> Path:
+        return Path(self._call("export", str, directory=str(Path(directory).resolve())))
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        return [tuple(row) for row in self._call("query", list, sql=sql, params=list(params))]

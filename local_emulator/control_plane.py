@@ -1,0 +1,71 @@
+"""Wiring the control plane: the Store (sole owner of the database), its RPC socket, and the
+local worker threads; plus the way tools reach the store whether or not one is running."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Iterator
+
+from functions.registry import TaskRegistry
+from functions.states import MACHINES
+from local_emulator.control import ControlClient, ControlServer
+from local_emulator.settings import Settings
+from local_emulator.workers import WorkerPool
+from storage.store import Store
+
+log = logging.getLogger("dropwire.control_plane")
+
+
+def open_store(settings: Settings, registry: TaskRegistry | None = None) -> Store:
+    return Store.open(settings.database_path, MACHINES, settings=settings.queue,
+                      known_tasks=registry.names() if registry is not None else None)
+
+
+def start_pool(settings: Settings, backend, registry: TaskRegistry, name: str) -> WorkerPool:
+    queue = settings.queue
+    return WorkerPool(backend, registry, workers=queue.workers, prefetch=queue.prefetch,
+                      lease_seconds=queue.lease_seconds, heartbeat_seconds=queue.heartbeat_seconds, name=name).start()
+
+
+@contextlib.contextmanager
+def store_access(settings: Settings) -> Iterator[Store | ControlClient]:
+    """The running control plane if there is one, else the database file opened directly."""
+    client = ControlClient.try_connect(settings.control_socket_path, settings.control_authkey)
+    if client is not None:
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with open_store(settings) as store:
+        yield store
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so a long-running command can stop in order."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def run_control_plane(settings: Settings, registry: TaskRegistry, stop: threading.Event) -> None:
+    """Own the database, serve the socket, run local workers until `stop` is set; then stop
+    in order: workers finish or release their tasks, the socket closes, the store commits
+    what it has and closes."""
+    store = open_store(settings, registry)
+    server = ControlServer(store, settings.control_socket_path, settings.control_authkey).start()
+    pool = start_pool(settings, store, registry, "local") if registry.names() else None
+    log.info("control plane up: database %s, socket %s, %d local worker(s)", settings.database_path,
+             settings.control_socket_path, settings.queue.workers if pool else 0)
+    try:
+        stop.wait()
+    finally:
+        if pool is not None:
+            pool.stop()
+        server.close()
+        store.close()
+        log.info("control plane stopped")

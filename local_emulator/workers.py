@@ -1,0 +1,170 @@
+"""Worker threads that run registered task functions from the durable queue.
+
+The same pool runs inside the control plane (its backend is the Store) or in a separate
+worker process (its backend is a ControlClient talking to the control plane). Each worker
+claims a few tasks at once, heartbeats their leases from one shared thread, and hands in
+completions without waiting for their commit, so completions and the next claim share a
+group commit. A completion with a stale fencing token is refused by the store: the work
+of a worker whose lease expired never commits."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from typing import Any, Iterable, Protocol
+
+import msgspec
+
+from functions.registry import Completion, PermanentTaskError, TaskContext, TaskRegistry
+from storage.errors import DropwireError, StaleLease
+from storage.records import ClaimedTask, Effects
+
+log = logging.getLogger("dropwire.workers")
+
+
+class QueueBackend(Protocol):
+    def claim(self, worker: str, *, names: Iterable[str] | None = None, limit: int = 1,
+              lease_seconds: float | None = None, wait_seconds: float = 0.0) -> list[ClaimedTask]: ...
+
+    def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]: ...
+
+    def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None,
+                 wait: bool = True) -> Any: ...
+
+    def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None,
+             retryable: bool = True, wait: bool = True) -> Any: ...
+
+    def release(self, task_id: int, token: int) -> None: ...
+
+
+class WorkerPool:
+    def __init__(self, backend: QueueBackend, registry: TaskRegistry, *, workers: int, prefetch: int,
+                 lease_seconds: float, heartbeat_seconds: float, name: str = "worker",
+                 claim_wait_seconds: float = 0.5) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.prefetch = prefetch
+        self.claim_wait_seconds = claim_wait_seconds
+        self._name = name
+        self._stopping = threading.Event()
+        self._held: dict[int, int] = {}  # task id -> fencing token, for heartbeats
+        self._held_lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self._threads = [threading.Thread(target=self._work, args=(f"{name}-{i}",), name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        self._heartbeat = threading.Thread(target=self._beat, name=f"{name}-heartbeat", daemon=True)
+
+    def start(self) -> "WorkerPool":
+        for thread in self._threads:
+            thread.start()
+        self._heartbeat.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful stop: each worker finishes the task it is running and releases the ones it
+        claimed but has not started; completions still in flight are waited for."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._heartbeat.join(timeout)
+        for future in list(self._pending):
+            try:
+                future.result(timeout)
+            except Exception:
+                pass  # already logged by the callback
+
+    def _hold(self, task: ClaimedTask) -> None:
+        with self._held_lock:
+            self._held[task.id] = task.token
+
+    def _drop(self, task_id: int) -> None:
+        with self._held_lock:
+            self._held.pop(task_id, None)
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(self.heartbeat_seconds):
+            with self._held_lock:
+                leases = list(self._held.items())
+            if not leases:
+                continue
+            try:
+                lost = self.backend.heartbeat(leases, self.lease_seconds)
+            except DropwireError as exc:
+                log.warning("heartbeat failed: %s", exc.message)
+                continue
+            for task_id in lost:
+                log.warning("lease of task %s was lost; its result will be refused", task_id)
+
+    def _work(self, worker_id: str) -> None:
+        names = self.registry.names()
+        while not self._stopping.is_set():
+            try:
+                claimed = self.backend.claim(worker_id, names=names, limit=self.prefetch,
+                                             lease_seconds=self.lease_seconds, wait_seconds=self.claim_wait_seconds)
+            except DropwireError as exc:
+                log.error("claim failed: %s", exc.message)
+                time.sleep(self.claim_wait_seconds)
+                continue
+            for task in claimed:
+                self._hold(task)
+            for position, task in enumerate(claimed):
+                if self._stopping.is_set():
+                    for unstarted in claimed[position:]:
+                        self._release(unstarted)
+                    break
+                self._run(worker_id, task)
+
+    def _release(self, task: ClaimedTask) -> None:
+        try:
+            self.backend.release(task.id, task.token)
+        except StaleLease:
+            pass
+        finally:
+            self._drop(task.id)
+
+    def _run(self, worker_id: str, task: ClaimedTask) -> None:
+        registered = self.registry.get(task.name)
+        context = TaskContext(task.id, task.name, task.attempt, task.max_attempts, worker_id,
+                              logging.getLogger(f"dropwire.task.{task.name}"))
+        try:
+            try:
+                args = msgspec.json.decode(task.args, type=registered.args_type)
+            except msgspec.ValidationError as exc:
+                raise PermanentTaskError(f"arguments of task {task.name!r} (id {task.id}) do not decode: {exc}") from None
+            outcome = registered.fn(args, context)
+        except Exception as exc:
+            permanent = isinstance(exc, PermanentTaskError)
+            message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
+            self._settle(task, self.backend.fail(task.id, task.token, error=message,
+                                                 traceback=traceback.format_exc(), retryable=not permanent, wait=False))
+            return
+        completion = outcome if isinstance(outcome, Completion) else Completion(result=outcome)
+        self._settle(task, self.backend.complete(task.id, task.token, result=completion.result,
+                                                 effects=completion.effects, wait=False), completion_of=task)
+
+    def _settle(self, task: ClaimedTask, future: Future, completion_of: ClaimedTask | None = None) -> None:
+        """Watch an in-flight completion or failure; a completion whose effects turn out illegal
+        becomes a failed attempt."""
+        self._pending.add(future)
+
+        def done(f: Future) -> None:
+            self._pending.discard(f)
+            self._drop(task.id)
+            exc = f.exception()
+            if exc is None:
+                return
+            if isinstance(exc, StaleLease):
+                log.warning("%s", exc.message)
+            elif completion_of is not None and isinstance(exc, DropwireError):
+                log.warning("task %s finished but its effects were refused: %s", task.id, exc.message)
+                self._pending.add(fail := self.backend.fail(task.id, task.token, error=exc.message, wait=False))
+                fail.add_done_callback(lambda f2: self._pending.discard(f2))
+            else:
+                log.error("reporting task %s failed: %s", task.id, exc)
+
+        future.add_done_callback(done)

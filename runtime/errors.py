@@ -1,0 +1,58 @@
+"""The runtime's own errors. Each maps to one HTTP status and the product's one error body."""
+
+from __future__ import annotations
+
+from storage.errors import DropwireError, NotFound
+
+
+class InvalidUpload(DropwireError):
+    """The upload is not a usable time-series CSV; the message names the line/column at fault."""
+
+    http_status = 422
+    code = "invalid_csv"
+
+
+class UploadTooLarge(DropwireError):
+    http_status = 413
+    code = "upload_too_large"
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class DatasetGone(NotFound):
+    """The dataset was deleted or evicted while a request for it waited."""
+
+    code = "dataset_gone"
+
+
+class IndexOutOfRange(DropwireError):
+    http_status = 422
+    code = "index_out_of_range"
+
+
+class RequestTimedOut(DropwireError):
+    http_status = 504
+    code = "timeout"
+
+
+class ShuttingDown(DropwireError):
+    http_status = 503
+    code = "shutting_down"
+
+
+class ComputeFailed(DropwireError):
+    http_status = 500
+    code = "compute_failed"
+
+
+class ModelLoadError(DropwireError):
+    """The configured model cannot be loaded; `dropwire runtime serve` exits non-zero."""
+
+    http_status = 500
+    code = "model_load_failed"
+
+
+class TrainingError(DropwireError):
+    code = "training_failed"

@@ -1,0 +1,136 @@
+"""The msgspec Structs that cross the store's boundary: what callers ask for and get back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class EntityCreate(msgspec.Struct, kw_only=True, frozen=True):
+    kind: str
+    entity_id: str
+    triggered_by: str
+    reason: str = "created"
+    metadata: dict[str, Any] = {}
+
+
+class TransitionRequest(msgspec.Struct, kw_only=True, frozen=True):
+    """Name a trigger, a target state, or both. `expected_version` turns on the optimistic
+    check: the transition applies only if the entity is still at that version."""
+
+    kind: str
+    entity_id: str
+    trigger: str | None = None
+    to_state: str | None = None
+    expected_version: int | None = None
+    triggered_by: str
+    reason: str = ""
+    metadata: dict[str, Any] = {}
+
+
+class TaskSpec(msgspec.Struct, kw_only=True, frozen=True):
+    name: str
+    args: Any = None
+    priority: int = 0
+    delay_seconds: float = 0.0
+    idempotency_key: str | None = None
+    max_attempts: int | None = None
+    #: Committed in the same transaction as the dead letter if every attempt fails.
+    on_dead: "Effects | None" = None
+
+
+class Effects(msgspec.Struct, kw_only=True, frozen=True):
+    """What commits together in one transaction (the outbox): new entities, transitions,
+    and the tasks they cause."""
+
+    creates: list[EntityCreate] = []
+    transitions: list[TransitionRequest] = []
+    tasks: list[TaskSpec] = []
+
+
+class TransitionRecord(msgspec.Struct, kw_only=True, frozen=True):
+    kind: str
+    entity_id: str
+    seq: int
+    from_state: str | None
+    to_state: str
+    trigger: str
+    triggered_by: str
+    reason: str | None
+    metadata: dict[str, Any]
+    happened_at: float
+
+
+class Applied(msgspec.Struct, kw_only=True, frozen=True):
+    transitions: list[TransitionRecord]
+    task_ids: list[int]
+
+
+class EntitySnapshot(msgspec.Struct, kw_only=True, frozen=True):
+    """An entity's machine rebuilt from the store: current state plus its whole history."""
+
+    kind: str
+    entity_id: str
+    state: str
+    version: int
+    history: list[TransitionRecord]
+    allowed: list[str]
+
+
+class ClaimedTask(msgspec.Struct, kw_only=True, frozen=True):
+    id: int
+    name: str
+    args: bytes
+    attempt: int
+    max_attempts: int
+    token: int
+    lease_expires: float
+
+
+class TaskAttempt(msgspec.Struct, kw_only=True, frozen=True):
+    attempt: int
+    token: int
+    worker: str | None
+    started_at: str
+    finished_at: str
+    outcome: str
+    error: str | None
+    traceback: str | None
+
+
+class TaskStatus(msgspec.Struct, kw_only=True, frozen=True):
+    id: int
+    name: str
+    status: str
+    args: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    not_before: str
+    worker: str | None
+    last_error: str | None
+    result: Any
+    created_at: str
+    finished_at: str | None
+    history: list[TaskAttempt]
+
+
+class QueueStats(msgspec.Struct, kw_only=True, frozen=True):
+    by_status: dict[str, int]
+    by_name: dict[str, dict[str, int]]
+    oldest_waiting_seconds: float | None
+    attempts_total: int
+    max_attempts_seen: int
+    dead_letters: int
+
+
+class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
+    task_id: int
+    name: str
+    args: Any
+    attempts: int
+    last_error: str | None
+    died_at: str
+    replayed_task_id: int | None
+    history: list[TaskAttempt] = []

@@ -1,0 +1,26 @@
+"""The queue's section of the settings; the emulator's Settings composes it."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    workers: int = 4
+    # Tasks a worker claims at once; the ones it has not started are released on stop.
+    prefetch: int = 4
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 10.0
+    max_attempts: int = 5
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
+    # Largest number of operations one group commit takes.
+    max_batch: int = 2000
+    # Longest the writer sleeps before looking for expired leases and due tasks.
+    reap_interval_seconds: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.prefetch < 1 or self.max_attempts < 1 or self.max_batch < 1:
+            raise ValueError("queue.workers, prefetch, max_attempts and max_batch must be at least 1")
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("queue.heartbeat_seconds must be shorter than queue.lease_seconds")
