@@ -643,17 +643,22 @@ class Store:
                                  reason=r, metadata=msgspec.json.decode(m) if m else {}, happened_at=at)
                 for k, e, s, f, t, tr, by, r, m, at in rows]
 
-    def snapshot(self, kind: str, entity_id: str) -> EntitySnapshot:
-        """An entity's state machine rebuilt from the store, with its full history."""
-        machine = self._machine(kind)
+    def current(self, kind: str, entity_id: str) -> tuple[str, int]:
+        """(state, version) as committed, without the history."""
         row = self._cursor().execute(
             "SELECT state, version FROM entity_states WHERE kind = ? AND entity_id = ?", [kind, entity_id]
         ).fetchone()
         if row is None:
             raise NotFound(f"{kind} {entity_id} does not exist", kind=kind, entity_id=entity_id)
-        return EntitySnapshot(kind=kind, entity_id=entity_id, state=row[0], version=row[1],
+        return row[0], row[1]
+
+    def snapshot(self, kind: str, entity_id: str) -> EntitySnapshot:
+        """An entity's state machine rebuilt from the store, with its full history."""
+        machine = self._machine(kind)
+        state, version = self.current(kind, entity_id)
+        return EntitySnapshot(kind=kind, entity_id=entity_id, state=state, version=version,
                               history=self.history(kind, entity_id),
-                              allowed=[f"{t.trigger} -> {t.dest}" for t in machine.allowed(row[0])])
+                              allowed=[f"{t.trigger} -> {t.dest}" for t in machine.allowed(state)])
 
     def entities(self, kind: str) -> list[tuple[str, str, int]]:
         """(entity id, state, version) of every entity of a kind."""

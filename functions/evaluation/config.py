@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import types
 from typing import Literal, Union, get_args, get_origin
 
@@ -137,9 +138,9 @@ def load_config(data: bytes | str, source: str = "config") -> EvaluationConfig:
     raw = _parse(data, source)
     problems: list[ConfigProblem] = []
     _check_value(raw, EvaluationConfig, "", problems)
-    if not problems:
-        _check_semantics(raw, problems)
+    _check_semantics(raw, problems)
     if problems:
+        problems.sort(key=_problem_order)
         raise ConfigInvalid(source, problems)
     return msgspec.convert(raw, EvaluationConfig)
 
@@ -155,6 +156,12 @@ def config_hash(config: EvaluationConfig) -> str:
     however they were written."""
     canonical = msgspec.json.encode(msgspec.to_builtins(config), order="sorted")
     return hashlib.sha256(canonical).hexdigest()
+
+
+def _problem_order(problem: ConfigProblem) -> int:
+    # Top-level options first, then field by field, as a person reads the file.
+    match = re.match(r"fields\[(\d+)\]", problem.path)
+    return int(match.group(1)) + 1 if match else 0
 
 
 def _parse(data: bytes | str, source: str) -> object:
@@ -269,13 +276,38 @@ def _check_tagged(value: object, members: list[type], path: str, problems: list[
 # --- semantic checks: rules between values, run once the shapes are right
 
 
-def _check_semantics(raw: dict, problems: list[ConfigProblem]) -> None:
-    config = msgspec.convert(raw, EvaluationConfig)
-    add = lambda path, message: problems.append(ConfigProblem(path, message))  # noqa: E731
+def _check_semantics(raw: object, problems: list[ConfigProblem]) -> None:
+    """Checks between values. They run on every part whose shape is right, so a config with a
+    mistyped option in one field still hears about a bad tolerance in another."""
+
+    def add(path: str, message: str) -> None:
+        problems.append(ConfigProblem(path, message))
+
+    if not isinstance(raw, dict):
+        return
+    fields: list[tuple[int, FieldSpec]] = []
+    for i, item in enumerate(raw.get("fields") if isinstance(raw.get("fields"), list) else []):
+        try:
+            fields.append((i, msgspec.convert(item, FieldSpec)))
+        except msgspec.ValidationError:
+            continue  # its shape problems are already listed
+    for i, field in fields:
+        _check_field(field, f"fields[{i}]", add)
+    # The top-level options that are in shape, the others left at their defaults (their
+    # problems are listed already); a missing use_case is listed already too.
+    usable: dict[str, object] = {"use_case": "(missing)"}
+    for info in msgspec.structs.fields(EvaluationConfig):
+        if info.encode_name in raw and info.encode_name != "fields":
+            try:
+                msgspec.convert(raw[info.encode_name], info.type)
+            except msgspec.ValidationError:
+                continue
+            usable[info.encode_name] = raw[info.encode_name]
+    config = msgspec.convert({**usable, "fields": [msgspec.to_builtins(f) for _, f in fields]}, EvaluationConfig)
 
     if not config.use_case.strip():
         add("use_case", "must not be empty; expected the use case name")
-    if not config.fields:
+    if not raw.get("fields"):
         add("fields", "no fields; expected at least one field to evaluate")
     if config.layout == "separate" and not config.record_id:
         add("record_id", "layout 'separate' joins the two files on a record id; expected a column name")
@@ -287,20 +319,23 @@ def _check_semantics(raw: dict, problems: list[ConfigProblem]) -> None:
     if not 0.0 <= rules.max_missing_share <= 1.0:
         add("dataset.max_missing_share", f"expected a share between 0 and 1, got {rules.max_missing_share}")
 
-    seen_names: dict[str, int] = {}
+    first_named: dict[str, int] = {}
     # Column -> who reads it, to catch two fields (or a field and the id) sharing a column.
     truth_owner: dict[str, str] = {config.record_id: "record_id"} if config.record_id else {}
     pred_owner = dict(truth_owner)
-    for i, field in enumerate(config.fields):
+    for i, field in fields:
         path = f"fields[{i}]"
-        _check_field(field, path, add)
-        if field.name in seen_names:
-            add(f"{path}.name", f"'{field.name}' is already the name of fields[{seen_names[field.name]}]; expected unique names")
-        seen_names.setdefault(field.name, i)
+        if field.name in first_named:
+            add(f"{path}.name", f"'{field.name}' is already the name of fields[{first_named[field.name]}]; expected unique names")
+            continue
+        first_named[field.name] = i
+        taken = {}
         for owner, column in ((truth_owner, config.truth_column(field)), (pred_owner, config.prediction_column(field))):
             if column in owner:
-                add(path, f"column '{column}' is already read for {owner[column]}; expected each field to have its own columns")
+                taken.setdefault(column, owner[column])
             owner.setdefault(column, path)
+        for column, other in taken.items():
+            add(path, f"column '{column}' is already read for {other}; expected each field to have its own columns")
 
 
 def _check_field(field: FieldSpec, path: str, add) -> None:

@@ -1,0 +1,3 @@
+from local_emulator.cli import main
+
+main()

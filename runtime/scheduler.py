@@ -1,0 +1,408 @@
+"""Which forecast the device computes next: two lanes, shared futures, O(1) staleness.
+
+- Interactive lane: a stack, popped last-in-first-out (the most recent click first), always
+  before background work. A repeated click on a queued index moves it to the top.
+- Background lane: a cursor per dataset that walks its indices lazily, a small chunk at a
+  time, round-robin over datasets; nothing is enqueued ahead of time, so a backlog of 10^5
+  indices costs nothing until the device is free for it.
+- One job (one future) per (dataset, index): identical requests share it; an interactive
+  request for an index the background has not reached yet is queued interactively
+  (promoted) and the cursor later skips it; one for an index in flight joins that job.
+- Each registration of a dataset gets a fresh generation. Deleting it drops its state in
+  O(1): every queued or in-flight job of the old generation is stale from that moment, is
+  skipped when popped, and is never cached; its waiters get an error at once.
+
+One threading lock guards all of it; it is never held across an await or a device call.
+Futures are resolved outside the lock.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from runtime.errors import DatasetGone, DatasetNotFound
+
+if TYPE_CHECKING:
+    from runtime.caches import BoundedCache
+    from runtime.dataset import Dataset
+
+# How far one background take may scan past already computed indices before it lets go
+# of the lock (the worker asks again at once).
+SCAN_LIMIT_PER_CHUNK = 64
+
+
+class Lane(str, enum.Enum):
+    INTERACTIVE = "interactive"
+    BACKGROUND = "background"
+
+
+@dataclass(eq=False)
+class Job:
+    dataset: Dataset
+    index: int
+    generation: int
+    lane: Lane
+    future: Future = field(default_factory=Future)
+    # Popped by the worker (in flight); a later stack entry for it is skipped.
+    taken: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.dataset.handle, self.index)
+
+
+@dataclass(frozen=True)
+class Batch:
+    lane: Lane
+    jobs: list[Job]
+
+
+@dataclass(eq=False)
+class _DatasetState:
+    dataset: Dataset
+    generation: int
+    # Uploaded through process-and-cache: kept until deleted or evicted.
+    persistent: bool = False
+    # Quick draws using it right now; a transient dataset goes when the last one ends.
+    holds: int = 0
+    background: bool = False
+    cursor: int = 0
+    jobs: set[Job] = field(default_factory=set)
+
+
+class SchedulerStats(msgspec.Struct, frozen=True):
+    datasets: int
+    interactive_queued: int
+    in_flight: int
+    background_datasets: int
+    background_remaining: int
+    computed_interactive: int
+    computed_background: int
+    coalesced: int
+    promoted: int
+    stale_dropped: int
+    failed: int
+
+
+class Scheduler:
+    def __init__(self, *, batch_size: int, background_chunk: int) -> None:
+        self.batch_size = batch_size
+        self.background_chunk = background_chunk
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._datasets: dict[str, _DatasetState] = {}
+        self._pending: dict[tuple[str, int], Job] = {}
+        self._stack: list[Job] = []
+        self._rotation: deque[str] = deque()
+        self._generations = itertools.count(1)
+        self._closed: Exception | None = None
+        self._results: BoundedCache | None = None
+        self._model_version = ""
+        self._computed = {Lane.INTERACTIVE: 0, Lane.BACKGROUND: 0}
+        self._coalesced = 0
+        self._promoted = 0
+        self._stale_dropped = 0
+        self._failed = 0
+
+    def attach_results(self, results: BoundedCache, model_version: str) -> None:
+        """The result cache comes after the model (start-up order: queues, model, caches)."""
+        with self._lock:
+            self._results = results
+            self._model_version = model_version
+
+    def result_key(self, handle: str, index: int) -> tuple[str, int, str]:
+        return (handle, index, self._model_version)
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def add_dataset(self, dataset: Dataset, *, background: bool) -> bool:
+        """Register (or re-register) an uploaded dataset; True when it was not known."""
+        with self._lock:
+            self._raise_if_closed()
+            state, created = self._state_for(dataset)
+            state.persistent = True
+            if background and not state.background:
+                state.background = True
+                state.cursor = dataset.first_index
+                self._rotation.append(dataset.handle)
+                self._wake.notify()
+            return created
+
+    def hold(self, dataset: Dataset) -> None:
+        """A quick draw uses the dataset; no background work is started for it."""
+        with self._lock:
+            self._raise_if_closed()
+            state, _ = self._state_for(dataset)
+            state.holds += 1
+
+    def release(self, handle: str) -> bool:
+        """A quick draw is done; True when that removed the dataset (nothing else kept it)."""
+        with self._lock:
+            state = self._datasets.get(handle)
+            if state is None:
+                return False
+            state.holds = max(0, state.holds - 1)
+            if state.holds or state.persistent:
+                return False
+            waiters = self._forget(handle)
+        self._fail(waiters, DatasetGone(f"dataset {handle[:12]} was removed", handle=handle))
+        return True
+
+    def remove_dataset(self, handle: str, error: Exception) -> bool:
+        """Drop a dataset and all its pending work at once; its waiters get ``error``."""
+        with self._lock:
+            if handle not in self._datasets:
+                return False
+            waiters = self._forget(handle)
+        self._fail(waiters, error)
+        return True
+
+    def knows(self, handle: str) -> bool:
+        with self._lock:
+            return handle in self._datasets
+
+    def background_remaining(self, handle: str) -> int:
+        with self._lock:
+            state = self._datasets.get(handle)
+            if state is None or not state.background:
+                return 0
+            return max(0, state.dataset.last_index - state.cursor + 1)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def submit(self, handle: str, index: int) -> tuple[Future, bool]:
+        """An interactive request: (future, answered from the cache)."""
+        with self._lock:
+            self._raise_if_closed()
+            state = self._datasets.get(handle)
+            if state is None:
+                raise DatasetNotFound(f"no dataset with handle {handle!r}", handle=handle)
+            assert self._results is not None, "attach_results() comes before the first request"
+            cached = self._results.get(self.result_key(handle, index))
+            if cached is not None:
+                done: Future = Future()
+                done.set_result(cached)
+                return done, True
+            job = self._pending.get((handle, index))
+            if job is not None:
+                self._coalesced += 1
+                if job.lane is Lane.INTERACTIVE and not job.taken:
+                    self._stack.append(job)  # clicked again: the most recent click again
+                    self._wake.notify()
+                return job.future, False
+            if state.background and index >= state.cursor:
+                self._promoted += 1
+            job = Job(state.dataset, index, state.generation, Lane.INTERACTIVE)
+            self._pending[job.key] = job
+            state.jobs.add(job)
+            self._stack.append(job)
+            self._wake.notify()
+            return job.future, False
+
+    # -- the device worker's side ---------------------------------------------------------
+
+    def next_batch(self, timeout: float) -> Batch | None:
+        """Interactive jobs first (LIFO, up to batch_size), else one background chunk; None
+        when there is nothing after ``timeout`` seconds or the scheduler is closed."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._closed is None:
+                jobs = self._pop_interactive()
+                if jobs:
+                    return Batch(Lane.INTERACTIVE, jobs)
+                jobs, more = self._take_background()
+                if jobs:
+                    return Batch(Lane.BACKGROUND, jobs)
+                if more:
+                    return None  # a long already-computed stretch: let go of the lock, ask again
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._wake.wait(remaining)
+            return None
+
+    def interactive_waiting(self) -> bool:
+        """Whether a background batch should pause for interactive work now."""
+        with self._lock:
+            return any(not job.taken and self._current(job) for job in reversed(self._stack))
+
+    def drop_stale(self, jobs: list[Job]) -> list[Job]:
+        """The jobs still worth computing; the others are counted and forgotten."""
+        with self._lock:
+            current = [job for job in jobs if self._current(job)]
+            self._stale_dropped += len(jobs) - len(current)
+            return current
+
+    def finish(self, jobs: list[Job], results: list[Any]) -> None:
+        """Cache and deliver results of current jobs; results of stale jobs are dropped."""
+        delivered = []
+        with self._lock:
+            for job, result in zip(jobs, results):
+                self._release_job(job)
+                if not self._current(job):
+                    self._stale_dropped += 1
+                    continue
+                assert self._results is not None
+                self._results.put(
+                    self.result_key(*job.key), result, result.nbytes, group=job.dataset.handle
+                )
+                self._computed[job.lane] += 1
+                delivered.append((job, result))
+        for job, result in delivered:
+            _resolve(job.future, result=result)
+
+    def fail(self, jobs: list[Job], error: Exception) -> None:
+        with self._lock:
+            for job in jobs:
+                self._release_job(job)
+            self._failed += len(jobs)
+        self._fail(jobs, error)
+
+    def close(self, error: Exception) -> None:
+        """Refuse new work and fail everything queued or in flight with ``error``."""
+        with self._lock:
+            if self._closed is not None:
+                return
+            self._closed = error
+            waiters = list(self._pending.values())
+            self._pending.clear()
+            self._stack.clear()
+            self._rotation.clear()
+            for state in self._datasets.values():
+                state.jobs.clear()
+            self._wake.notify_all()
+        self._fail(waiters, error)
+
+    def flush(self) -> int:
+        """Forget every dataset (after close); returns how many there were."""
+        with self._lock:
+            count = len(self._datasets)
+            self._datasets.clear()
+            return count
+
+    @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed is not None
+
+    def stats(self) -> SchedulerStats:
+        with self._lock:
+            queued = sum(1 for job in self._pending.values() if not job.taken)
+            background = [s for s in self._datasets.values() if s.background and s.cursor <= s.dataset.last_index]
+            return SchedulerStats(
+                datasets=len(self._datasets),
+                interactive_queued=queued,
+                in_flight=len(self._pending) - queued,
+                background_datasets=len(background),
+                background_remaining=sum(s.dataset.last_index - s.cursor + 1 for s in background),
+                computed_interactive=self._computed[Lane.INTERACTIVE],
+                computed_background=self._computed[Lane.BACKGROUND],
+                coalesced=self._coalesced,
+                promoted=self._promoted,
+                stale_dropped=self._stale_dropped,
+                failed=self._failed,
+            )
+
+    # -- internals (lock held) ------------------------------------------------------------
+
+    def _raise_if_closed(self) -> None:
+        if self._closed is not None:
+            raise self._closed
+
+    def _state_for(self, dataset: Dataset) -> tuple[_DatasetState, bool]:
+        state = self._datasets.get(dataset.handle)
+        if state is not None:
+            return state, False
+        state = _DatasetState(dataset=dataset, generation=next(self._generations))
+        self._datasets[dataset.handle] = state
+        return state, True
+
+    def _current(self, job: Job) -> bool:
+        state = self._datasets.get(job.dataset.handle)
+        return state is not None and state.generation == job.generation
+
+    def _forget(self, handle: str) -> list[Job]:
+        state = self._datasets.pop(handle)
+        for job in state.jobs:
+            if self._pending.get(job.key) is job:
+                del self._pending[job.key]
+        if self._results is not None:
+            self._results.drop_group(handle)
+        # Stack entries and the rotation slot are skipped lazily when reached.
+        return list(state.jobs)
+
+    def _release_job(self, job: Job) -> None:
+        if self._pending.get(job.key) is job:
+            del self._pending[job.key]
+        state = self._datasets.get(job.dataset.handle)
+        if state is not None:
+            state.jobs.discard(job)
+
+    def _pop_interactive(self) -> list[Job]:
+        jobs: list[Job] = []
+        while self._stack and len(jobs) < self.batch_size:
+            job = self._stack.pop()
+            if job.taken:
+                continue
+            if not self._current(job):
+                job.taken = True
+                self._stale_dropped += 1
+                continue
+            job.taken = True
+            jobs.append(job)
+        return jobs
+
+    def _take_background(self) -> tuple[list[Job], bool]:
+        """(a chunk of one dataset's next indices, whether its cursor has more to scan)."""
+        assert self._results is not None
+        for _ in range(len(self._rotation)):
+            handle = self._rotation[0]
+            state = self._datasets.get(handle)
+            if state is None or not state.background or state.cursor > state.dataset.last_index:
+                self._rotation.popleft()
+                continue
+            self._rotation.rotate(-1)  # the next take serves the next dataset
+            jobs: list[Job] = []
+            scanned = 0
+            last = state.dataset.last_index
+            scan_limit = self.background_chunk * SCAN_LIMIT_PER_CHUNK
+            while state.cursor <= last and len(jobs) < self.background_chunk and scanned < scan_limit:
+                index = state.cursor
+                state.cursor += 1
+                scanned += 1
+                if (handle, index) in self._pending or self.result_key(handle, index) in self._results:
+                    continue
+                job = Job(state.dataset, index, state.generation, Lane.BACKGROUND, taken=True)
+                self._pending[job.key] = job
+                state.jobs.add(job)
+                jobs.append(job)
+            if jobs:
+                return jobs, True
+            if state.cursor <= last:
+                return [], True
+        return [], False
+
+    @staticmethod
+    def _fail(jobs: list[Job], error: Exception) -> None:
+        for job in jobs:
+            _resolve(job.future, error=error)
+
+
+def _resolve(future: Future, *, result: Any = None, error: Exception | None = None) -> None:
+    """Settle a future once; a second settle (close racing a finish) is ignored."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass

@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite: a data directory per test, the environment a
+`dropwire` subprocess needs to use it, and a way to run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DROPWIRE = [sys.executable, "-m", "local_emulator"]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def dropwire_env(data_dir: Path) -> dict[str, str]:
+    """Environment for a dropwire subprocess: its own data dir, fast leases, nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWIRE_")}
+    env.update(
+        DROPWIRE_DATA_DIR=str(data_dir),
+        DROPWIRE_QUEUE__LEASE_SECONDS="2",
+        DROPWIRE_QUEUE__HEARTBEAT_SECONDS="0.4",
+        DROPWIRE_QUEUE__BACKOFF_BASE_SECONDS="0.2",
+        DROPWIRE_QUEUE__BACKOFF_MAX_SECONDS="1",
+        PYTHONPATH=str(REPO),
+    )
+    return env
+
+
+@pytest.fixture
+def run_cli(dropwire_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess]:
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([*DROPWIRE, *args], env=env or dropwire_env, cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout)
+
+    return run
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> object:
+    """Poll until `condition()` is truthy; fail the test with `what` if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")

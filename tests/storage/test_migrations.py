@@ -1,0 +1,94 @@
+"""Schema migrations and opening files that are not what we expect: real DuckDB files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from storage import migrate
+from storage.database import connect
+from storage.errors import DatabaseUnusable
+from storage.store import Store
+
+
+def tables(path: Path) -> set[str]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def test_upgrade_applies_every_migration_in_order_and_records_it(tmp_path):
+    path = tmp_path / "db.duckdb"
+    with connect(path) as con:
+        applied = migrate.upgrade(con)
+        assert [m.version for m in applied] == list(range(1, migrate.LATEST + 1))
+        recorded = migrate.applied_migrations(con)
+    assert [v for v, _, _ in recorded] == [m.version for m in applied]
+    assert {"entity_states", "state_history", "tasks", "task_attempts", "dead_letters"} <= tables(path)
+
+
+def test_downgrade_then_upgrade_round_trips(tmp_path):
+    path = tmp_path / "db.duckdb"
+    with connect(path) as con:
+        migrate.upgrade(con)
+        undone = migrate.downgrade(con, 1)
+        assert [m.name for m in undone] == ["queue"]
+        assert migrate.current_version(con) == 1
+    assert "tasks" not in tables(path) and "state_history" in tables(path)
+    with connect(path) as con:
+        migrate.downgrade(con, 0)
+        assert migrate.current_version(con) == 0
+        migrate.upgrade(con)
+        assert migrate.current_version(con) == migrate.LATEST
+
+
+def test_opening_an_old_schema_upgrades_it_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "db.duckdb"
+    with connect(path) as con:
+        migrate.upgrade(con, 1)
+        con.execute("INSERT INTO entity_states VALUES ('model', 'm1', 'REGISTERED', 1, NULL, now(), now())")
+        con.execute("INSERT INTO state_history VALUES ('model', 'm1', 1, NULL, 'REGISTERED', 'create', 'old', NULL, '{}', now())")
+    from functions.states import MACHINES
+
+    with Store.open(path, MACHINES) as store:
+        assert store.snapshot("model", "m1").state == "REGISTERED"
+        assert store.query("SELECT max(version) FROM schema_migrations")[0][0] == migrate.LATEST
+        store.transition("model", "m1", trigger="dataset_uploaded", triggered_by="test")
+
+
+def test_a_database_newer_than_the_code_is_refused_and_left_alone(tmp_path):
+    path = tmp_path / "db.duckdb"
+    with connect(path) as con:
+        migrate.upgrade(con)
+        con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (99, 'future', 'x')")
+    with pytest.raises(DatabaseUnusable, match=r"schema version 99, newer than this dropwire knows \(up to 2\)"):
+        Store.open(path)
+    with connect(path) as con:
+        assert migrate.applied_migrations(con)[-1][0] == 99
+
+
+def test_a_foreign_file_is_refused_untouched(tmp_path):
+    path = tmp_path / "notes.duckdb"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(DatabaseUnusable, match="is not a dropwire database.*left untouched"):
+        Store.open(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_another_applications_duckdb_is_refused(tmp_path):
+    path = tmp_path / "other.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(DatabaseUnusable, match=r"not a dropwire database: it has tables \['invoices'\]"):
+        Store.open(path)
+    assert tables(path) == {"invoices"}
+
+
+def test_downgrade_to_a_version_above_the_current_one_is_refused(tmp_path):
+    with connect(tmp_path / "db.duckdb") as con:
+        migrate.upgrade(con, 1)
+        with pytest.raises(Exception, match="cannot downgrade to 2: the database is at version 1"):
+            migrate.downgrade(con, 2)
