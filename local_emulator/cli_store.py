@@ -167,7 +167,7 @@ def control(
     run local worker threads. Ctrl-C stops it in order."""
     from functions.registry import load_registry
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
     run_control_plane(_settings(), load_registry(tasks), stop_on_signals())
 
 
@@ -180,7 +180,7 @@ def worker(
 
     from functions.registry import load_registry
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
     settings = _settings()
     client = ControlClient(settings.control_socket_path, settings.control_authkey)
     pool = start_pool(settings, client, load_registry(tasks), name or f"remote-{os.getpid()}")

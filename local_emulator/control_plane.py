@@ -26,8 +26,9 @@ def open_store(settings: Settings, registry: TaskRegistry | None = None) -> Stor
 
 def start_pool(settings: Settings, backend, registry: TaskRegistry, name: str) -> WorkerPool:
     queue = settings.queue
-    return WorkerPool(backend, registry, workers=queue.workers, prefetch=queue.prefetch,
-                      lease_seconds=queue.lease_seconds, heartbeat_seconds=queue.heartbeat_seconds, name=name).start()
+    return WorkerPool(backend, registry, workers=queue.workers, max_prefetch=queue.max_prefetch,
+                      claim_batch_seconds=queue.claim_batch_seconds, lease_seconds=queue.lease_seconds,
+                      heartbeat_seconds=queue.heartbeat_seconds, name=name).start()
 
 
 @contextlib.contextmanager

@@ -41,15 +41,18 @@ class QueueBackend(Protocol):
 
 
 class WorkerPool:
-    def __init__(self, backend: QueueBackend, registry: TaskRegistry, *, workers: int, prefetch: int,
-                 lease_seconds: float, heartbeat_seconds: float, name: str = "worker",
-                 claim_wait_seconds: float = 0.5) -> None:
+    def __init__(self, backend: QueueBackend, registry: TaskRegistry, *, workers: int, max_prefetch: int,
+                 lease_seconds: float, heartbeat_seconds: float, claim_batch_seconds: float = 0.1,
+                 name: str = "worker", claim_wait_seconds: float = 0.5) -> None:
         self.backend = backend
         self.registry = registry
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = heartbeat_seconds
-        self.prefetch = prefetch
+        self.max_prefetch = max_prefetch
+        self.claim_batch_seconds = claim_batch_seconds
         self.claim_wait_seconds = claim_wait_seconds
+        # Exponential moving average of task durations, shared by the pool's workers.
+        self._mean_task_seconds = claim_batch_seconds
         self._name = name
         self._stopping = threading.Event()
         self._held: dict[int, int] = {}  # task id -> fencing token, for heartbeats
@@ -97,14 +100,19 @@ class WorkerPool:
             except DropwireError as exc:
                 log.warning("heartbeat failed: %s", exc.message)
                 continue
-            for task_id in lost:
+            with self._held_lock:
+                # A task finished since the heartbeat was sent is not lost, just done.
+                really_lost = [task_id for task_id in lost if task_id in self._held]
+                for task_id in really_lost:
+                    del self._held[task_id]  # stop heartbeating it; its completion will be refused
+            for task_id in really_lost:
                 log.warning("lease of task %s was lost; its result will be refused", task_id)
 
     def _work(self, worker_id: str) -> None:
         names = self.registry.names()
         while not self._stopping.is_set():
             try:
-                claimed = self.backend.claim(worker_id, names=names, limit=self.prefetch,
+                claimed = self.backend.claim(worker_id, names=names, limit=self._claim_size(),
                                              lease_seconds=self.lease_seconds, wait_seconds=self.claim_wait_seconds)
             except DropwireError as exc:
                 log.error("claim failed: %s", exc.message)
@@ -119,6 +127,9 @@ class WorkerPool:
                     break
                 self._run(worker_id, task)
 
+    def _claim_size(self) -> int:
+        return max(1, min(self.max_prefetch, int(self.claim_batch_seconds / max(self._mean_task_seconds, 1e-6))))
+
     def _release(self, task: ClaimedTask) -> None:
         try:
             self.backend.release(task.id, task.token)
@@ -131,6 +142,7 @@ class WorkerPool:
         registered = self.registry.get(task.name)
         context = TaskContext(task.id, task.name, task.attempt, task.max_attempts, worker_id,
                               logging.getLogger(f"dropwire.task.{task.name}"))
+        started = time.perf_counter()
         try:
             try:
                 args = msgspec.json.decode(task.args, type=registered.args_type)
@@ -138,14 +150,19 @@ class WorkerPool:
                 raise PermanentTaskError(f"arguments of task {task.name!r} (id {task.id}) do not decode: {exc}") from None
             outcome = registered.fn(args, context)
         except Exception as exc:
+            self._observe(time.perf_counter() - started)
             permanent = isinstance(exc, PermanentTaskError)
             message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
             self._settle(task, self.backend.fail(task.id, task.token, error=message,
                                                  traceback=traceback.format_exc(), retryable=not permanent, wait=False))
             return
+        self._observe(time.perf_counter() - started)
         completion = outcome if isinstance(outcome, Completion) else Completion(result=outcome)
         self._settle(task, self.backend.complete(task.id, task.token, result=completion.result,
                                                  effects=completion.effects, wait=False), completion_of=task)
+
+    def _observe(self, seconds: float) -> None:
+        self._mean_task_seconds += 0.2 * (seconds - self._mean_task_seconds)
 
     def _settle(self, task: ClaimedTask, future: Future, completion_of: ClaimedTask | None = None) -> None:
         """Watch an in-flight completion or failure; a completion whose effects turn out illegal

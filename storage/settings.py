@@ -7,8 +7,11 @@ import msgspec
 
 class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     workers: int = 4
-    # Tasks a worker claims at once; the ones it has not started are released on stop.
-    prefetch: int = 4
+    # A worker claims about claim_batch_seconds of work at once, judged by the recent mean task
+    # duration: one long task, or up to max_prefetch short ones (so short tasks share group
+    # commits). Claimed tasks it has not started are released on stop.
+    max_prefetch: int = 64
+    claim_batch_seconds: float = 0.1
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     max_attempts: int = 5
@@ -20,7 +23,7 @@ class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     reap_interval_seconds: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.prefetch < 1 or self.max_attempts < 1 or self.max_batch < 1:
-            raise ValueError("queue.workers, prefetch, max_attempts and max_batch must be at least 1")
+        if self.workers < 1 or self.max_prefetch < 1 or self.max_attempts < 1 or self.max_batch < 1:
+            raise ValueError("queue.workers, max_prefetch, max_attempts and max_batch must be at least 1")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("queue.heartbeat_seconds must be shorter than queue.lease_seconds")

@@ -215,8 +215,6 @@ class Store:
             for future, _, own in outcomes:
                 future.set_exception(own or failure)
             return
-        for callback in batch.after_commit:
-            callback()
         for future, result, exc in outcomes:
             if exc is None:
                 future.set_result(result)
@@ -275,8 +273,13 @@ class Store:
     def apply(self, effects: Effects) -> Applied:
         """Create entities, apply transitions and enqueue the tasks they cause, all in one
         transaction; any illegal part refuses the whole and changes nothing."""
+        return self.apply_async(effects).result()
+
+    def apply_async(self, effects: Effects) -> Future:
+        """Like apply, but returns a future, so one caller can pipeline many operations into
+        one group commit; each future resolves once its own part is durable."""
         encoded = [self._encode_task(spec) for spec in effects.tasks]
-        return self._call(partial(self._op_apply, effects, encoded, None))
+        return self._submit(partial(self._op_apply, effects, encoded, None))
 
     def create(self, kind: str, entity_id: str, *, triggered_by: str, reason: str = "created",
                metadata: dict[str, Any] | None = None, tasks: Iterable[TaskSpec] = ()) -> TransitionRecord:
@@ -342,7 +345,8 @@ class Store:
         # Commit the plan to the view and the batch.
         for key, entity in overlay.items():
             self._entities[key] = entity
-            batch.add("entity_states", (key[0], key[1], entity.state, entity.version, entity.previous_state, entity.created_at, now))
+            batch.add("entity_states", (key[0], key[1], entity.state, entity.version, entity.previous_state, entity.created_at, now),
+                      new=entity.version == 1)
         for record, meta in zip(records, metadata_json):
             batch.add("state_history", (record.kind, record.entity_id, record.seq, record.from_state, record.to_state,
                                         record.trigger, record.triggered_by, record.reason, meta, now))
@@ -350,7 +354,7 @@ class Store:
         for task, is_new in new_tasks:
             if is_new:
                 self._index.add(task)
-                batch.add("tasks", task.row(now))
+                batch.add("tasks", task.row(now), new=True)
             task_ids.append(task.id)
         return Applied(transitions=records, task_ids=task_ids)
 
@@ -404,10 +408,8 @@ class Store:
         return self.apply(Effects(tasks=list(specs))).task_ids
 
     def enqueue_async(self, spec: TaskSpec) -> Future:
-        """Like enqueue, but returns a future: one producer can pipeline many enqueues into
-        one group commit. The future's result is an `Applied`."""
-        encoded = [self._encode_task(spec)]
-        return self._submit(partial(self._op_apply, Effects(), encoded, None))
+        """Like enqueue, pipelined (see apply_async); the future's result is an `Applied`."""
+        return self.apply_async(Effects(tasks=[spec]))
 
     # ------------------------------------------------------------------ queue: workers
 
@@ -487,8 +489,9 @@ class Store:
         def finish(batch: Batch, now: float) -> None:
             task = self._index.live[task_id]
             task.status, task.last_error = SUCCEEDED, None
+            # The task row itself records the successful attempt (attempts, worker, claimed_at,
+            # finished_at); task_attempts keeps failures only, so a success costs one UPDATE.
             batch.add("tasks", task.row(now, result=result_json, finished_at=now))
-            batch.add("task_attempts", (task.id, task.attempts, token, task.worker, task.claimed_at, now, SUCCEEDED, None, None))
             self._index.forget(task)
 
         def op(batch: Batch, now: float) -> Applied:
@@ -542,7 +545,7 @@ class Store:
         if task.on_dead is not None:
             error = self._apply_on_dead(task, error, batch, now)
         batch.add("tasks", task.row(now, finished_at=now))
-        batch.add("dead_letters", (task.id, task.name, task.args, task.attempts, error, now, None, None))
+        batch.add("dead_letters", (task.id, task.name, task.args, task.attempts, error, now, None, None), new=True)
         self._index.forget(task)
         log.warning("task %s (%s) moved to dead letters after %d attempt(s): %s", task.id, task.name, task.attempts, error)
         return DEAD
@@ -583,7 +586,7 @@ class Store:
                 [(TaskSpec(name=name, priority=priority, max_attempts=max_attempts,
                            on_dead=msgspec.json.decode(on_dead, type=Effects) if on_dead else None), args)], now)
             self._index.add(task)
-            batch.add("tasks", task.row(now))
+            batch.add("tasks", task.row(now), new=True)
             batch.execute("UPDATE dead_letters SET replayed_task_id = ?, replayed_at = to_timestamp(?) WHERE task_id = ?",
                           (task.id, now, task_id))
             return task.id

@@ -31,7 +31,7 @@ CREATE TABLE task_attempts (
     worker      VARCHAR,
     started_at  TIMESTAMPTZ NOT NULL,
     finished_at TIMESTAMPTZ NOT NULL,
-    -- succeeded | failed | lease_expired
+    -- failed | lease_expired (a success is recorded on the task row itself)
     outcome     VARCHAR NOT NULL,
     error       VARCHAR,
     traceback   VARCHAR,

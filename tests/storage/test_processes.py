@@ -47,7 +47,8 @@ def seed_effect_task(data_dir: Path, first_attempt_seconds: float) -> tuple[int,
 def effect_count_and_attempts(data_dir: Path, task_id: int) -> tuple[int, list[tuple[int, str]]]:
     with Store.open(data_dir / "dropwire.duckdb", MACHINES) as store:
         effects = store.query("SELECT count(*) FROM state_history WHERE entity_id = 'm1' AND \"trigger\" = 'dataset_uploaded'")[0][0]
-        attempts = [(a.attempt, a.outcome) for a in store.task(task_id).history]
+        task = store.task(task_id)
+        attempts = [(a.attempt, a.outcome) for a in task.history] + [(task.attempts, task.status)]
         assert consistency.check(store._con, MACHINES) == []
     return effects, attempts
 
