@@ -66,11 +66,14 @@ def run_demo(settings: Settings, console: Console) -> None:
         _report(store, use_case, models, console)
     console.print(f"\nfinished in {time.perf_counter() - started:.1f}s. Look further with:\n"
                   f"  dropwire queue stats | dropwire dlq list | dropwire db check\n"
-                  f"  duckdb {settings.database_path} \"SELECT * FROM state_history WHERE entity_id LIKE '{use_case}%' ORDER BY happened_at, seq\"")
+                  f"  dropwire db query \"SELECT entity_id, seq, to_state, reason FROM state_history "
+                  f"WHERE entity_id LIKE '{use_case}%' ORDER BY entity_id, seq\"")
 
 
 def _report(store: Store, use_case: str, models: dict[str, str], console: Console) -> None:
     states = Table("entity", "state", "version", "last step")
+    for column in states.columns:
+        column.overflow = "fold"
     snapshot = store.snapshot("use_case", use_case)
     states.add_row(f"use case {use_case}", snapshot.state, str(snapshot.version), snapshot.history[-1].reason or "")
     for name, model_id in models.items():
@@ -79,6 +82,8 @@ def _report(store: Store, use_case: str, models: dict[str, str], console: Consol
     console.print(states)
 
     history = Table("seq", "from", "to", "trigger", "by", "why", title="history of model claude-3 (failed QC, fixed, passed)")
+    for column in history.columns:
+        column.overflow = "fold"
     for record in store.history("model", models["claude-3"]):
         history.add_row(str(record.seq), record.from_state or "-", record.to_state, record.trigger, record.triggered_by, record.reason or "")
     console.print(history)

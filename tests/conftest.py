@@ -34,6 +34,7 @@ def dropwire_env(data_dir: Path) -> dict[str, str]:
         DROPWIRE_QUEUE__BACKOFF_BASE_SECONDS="0.2",
         DROPWIRE_QUEUE__BACKOFF_MAX_SECONDS="1",
         PYTHONPATH=str(REPO),
+        COLUMNS="200",  # rich wraps tables to the terminal; keep words whole for assertions
     )
     return env
 

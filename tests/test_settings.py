@@ -1,0 +1,46 @@
+"""Settings: defaults, then file, then environment; clear errors; derived paths."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, strategies as st
+
+from local_emulator.settings import SettingsError, describe_settings, load_settings
+
+
+def test_defaults_derive_paths_from_the_data_dir():
+    settings = load_settings(environ={"DROPWIRE_DATA_DIR": "/srv/dw"})
+    assert str(settings.database_path) == "/srv/dw/dropwire.duckdb"
+    assert str(settings.control_socket_path) == "/srv/dw/control.sock"
+
+
+def test_environment_overrides_the_file_which_overrides_defaults(tmp_path):
+    file = tmp_path / "dropwire.toml"
+    file.write_text('data_dir = "/from/file"\n[queue]\nworkers = 3\nmax_attempts = 9\n')
+    settings = load_settings(file, environ={"DROPWIRE_QUEUE__WORKERS": "2"})
+    assert (settings.data_dir, settings.queue.workers, settings.queue.max_attempts) == ("/from/file", 2, 9)
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"DROPWIRE_QUEUE__WORKERS": "many"}, r"Expected `int`, got `str` - at `\$.queue.workers`"),
+    ({"DROPWIRE_QUEUE__LEASE_SECONDS": "1", "DROPWIRE_QUEUE__HEARTBEAT_SECONDS": "5"}, "heartbeat_seconds must be shorter"),
+    ({"DROPWIRE_NO_SUCH_THING": "1"}, "Object contains unknown field `no_such_thing`"),
+])
+def test_bad_values_name_the_setting(environ, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ=environ)
+
+
+def test_a_missing_or_broken_file_is_named(tmp_path):
+    with pytest.raises(SettingsError, match="settings file .*nope.toml does not exist"):
+        load_settings(tmp_path / "nope.toml", environ={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("data_dir = \n")
+    with pytest.raises(SettingsError, match="broken.toml is not valid TOML"):
+        load_settings(broken, environ={})
+
+
+@given(st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s))
+def test_secrets_are_always_masked(secret):
+    described = describe_settings(load_settings(environ={"DROPWIRE_CONTROL_AUTHKEY": secret}))
+    assert described["control_authkey"] == "****"
