@@ -5,7 +5,7 @@ Each row of ``samples`` gets its own Scott bandwidth (scipy.stats.gaussian_kde's
 from ``min - 3h`` to ``max + 3h``. Two exact-enough evaluations:
 
 - binned: linear binning onto a fine grid that contains the output grid, then one FFT
-  convolution with the sampled kernel over the whole fine grid (no truncation, no wrap);
+  convolution with the kernel over the whole fine grid (wrap-around only past 9h);
   the fine spacing is at most h / 16, which bounds the binning error to ~1e-4 of the peak;
 - direct: the sum of kernels at every grid point, cheaper when samples x grid is small.
 
@@ -29,6 +29,10 @@ FINE_SPACING = 1.0 / 16.0
 MAX_FINE_POINTS = 1 << 16
 # Elements of one direct-evaluation chunk (rows x grid x samples), to bound memory.
 DIRECT_CHUNK_ELEMENTS = 1 << 22
+# Kernel reach in bandwidths, for the circular convolution's slack (e^-40.5 beyond).
+KERNEL_REACH = 9.0
+# Angular frequency x bandwidth past which the kernel's spectrum is below e^-60.
+SPECTRUM_REACH = math.sqrt(120.0)
 # FFT work counted as this many multiply-adds per point per log2 level, against the direct
 # path's one per sample and grid point.
 FFT_COST_FACTOR = 6.0
@@ -49,7 +53,6 @@ def density_grid(
     samples: torch.Tensor,
     grid_points: int,
     *,
-    bandwidth: torch.Tensor | None = None,
     method: Method = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``samples`` [rows, n] -> (grid [rows, grid_points], density [rows, grid_points])."""
@@ -57,7 +60,7 @@ def density_grid(
         raise ValueError(f"samples must be [rows, n >= 2], got {tuple(samples.shape)}")
     if grid_points < 2:
         raise ValueError(f"grid_points must be at least 2, got {grid_points}")
-    h = scott_bandwidth(samples) if bandwidth is None else bandwidth.to(samples.dtype)
+    h = scott_bandwidth(samples)
     lo = samples.amin(dim=1) - CUT * h
     hi = samples.amax(dim=1) + CUT * h
     steps = torch.linspace(0.0, 1.0, grid_points, device=samples.device, dtype=samples.dtype)
@@ -78,7 +81,7 @@ def density_grid(
 def _cheaper(n: int, grid_points: int, fine_points: int) -> Literal["binned", "direct"]:
     if fine_points > MAX_FINE_POINTS:
         return "direct"
-    fft_size = _fast_size(2 * fine_points - 1)
+    fft_size = _fast_size(fine_points + int(KERNEL_REACH / FINE_SPACING))
     binned_cost = 2 * n + FFT_COST_FACTOR * fft_size * math.log2(fft_size)
     return "binned" if binned_cost < n * grid_points else "direct"
 
@@ -101,22 +104,25 @@ def _binned(
     rows, n = samples.shape
     delta = (hi - lo) / (fine_points - 1)
     position = (samples - lo[:, None]) / delta[:, None]
-    left = position.floor().clamp(0, fine_points - 2)
-    frac = position - left
-    left = left.long()
+    left = position.floor().clamp_(0, fine_points - 2)
+    right_weight = position.sub_(left)
+    left_index = left.long()
     counts = torch.zeros(rows, fine_points, device=samples.device, dtype=samples.dtype)
-    counts.scatter_add_(1, left, 1.0 - frac)
-    counts.scatter_add_(1, left + 1, frac)
-    # The sampled Gaussian's spectrum in closed form: its aliasing at a spacing of h/16 or
-    # less is ~exp(-2 pi^2 16^2), nil. The buffer holds at least 2M-1 points, so the circular
-    # convolution equals the linear one over the whole fine grid (the kernel is never cut).
-    size = _fast_size(2 * fine_points - 1)
-    frequency = torch.arange(size // 2 + 1, device=samples.device, dtype=samples.dtype)
-    omega_h = (2 * math.pi / size) * frequency[None, :] * (h / delta)[:, None]
-    # Clamped so high frequencies give tiny normal floats, not denormals (which are ~10x
-    # slower to compute with on CPUs); e^-60 is nil next to the low frequencies.
-    kernel_spectrum = torch.exp((-0.5 * omega_h * omega_h).clamp_min(-60.0)) / (n * delta)[:, None]
-    spectrum = torch.fft.rfft(counts, n=size) * kernel_spectrum
+    counts.scatter_add_(1, left_index, 1.0 - right_weight)
+    counts.scatter_add_(1, left_index + 1, right_weight)
+    # Circular convolution with the Gaussian sampled at the fine spacing. Wrap-around only
+    # mixes points further apart than the buffer's slack, where the kernel is below e^-40.
+    h_in_steps = h / delta
+    slack = math.ceil(KERNEL_REACH * h_in_steps.amax().item())
+    size = _fast_size(fine_points + slack)
+    # The kernel's spectrum in closed form (its aliasing at a spacing of h/16 or less is
+    # ~exp(-2 pi^2 16^2), nil), kept only where it exceeds e^-60 of its peak: beyond, the
+    # product with the data's spectrum is nil too, and irfft pads it with zeros.
+    kept = min(size // 2 + 1, math.ceil(SPECTRUM_REACH * size / (2 * math.pi * h_in_steps.amin().item())) + 1)
+    frequency = torch.arange(kept, device=samples.device, dtype=samples.dtype)
+    omega_h = (2 * math.pi / size) * frequency[None, :] * h_in_steps[:, None]
+    kernel_spectrum = torch.exp(-0.5 * omega_h * omega_h) / (n * delta)[:, None]
+    spectrum = torch.fft.rfft(counts, n=size)[:, :kept] * kernel_spectrum
     return torch.fft.irfft(spectrum, n=size)[:, :fine_points]
 
 

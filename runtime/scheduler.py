@@ -166,16 +166,13 @@ class Scheduler:
         self._fail(waiters, error)
         return True
 
-    def knows(self, handle: str) -> bool:
-        with self._lock:
-            return handle in self._datasets
-
-    def background_remaining(self, handle: str) -> int:
+    def background_progress(self, handle: str) -> tuple[bool, int]:
+        """(precompute requested, indices the background cursor has not reached yet)."""
         with self._lock:
             state = self._datasets.get(handle)
             if state is None or not state.background:
-                return 0
-            return max(0, state.dataset.last_index - state.cursor + 1)
+                return False, 0
+            return True, max(0, state.dataset.last_index - state.cursor + 1)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -230,6 +227,12 @@ class Scheduler:
                 self._wake.wait(remaining)
             return None
 
+    def next_interactive(self) -> Batch | None:
+        """Interactive jobs only, without waiting: what a paused background batch lets in."""
+        with self._lock:
+            jobs = self._pop_interactive() if self._closed is None else []
+            return Batch(Lane.INTERACTIVE, jobs) if jobs else None
+
     def interactive_waiting(self) -> bool:
         """Whether a background batch should pause for interactive work now."""
         with self._lock:
@@ -241,6 +244,14 @@ class Scheduler:
             current = [job for job in jobs if self._current(job)]
             self._stale_dropped += len(jobs) - len(current)
             return current
+
+    def abandon_if_stale(self, jobs: list[Job]) -> bool:
+        """True (and counted as dropped) when none of the jobs is current any more."""
+        with self._lock:
+            if any(self._current(job) for job in jobs):
+                return False
+            self._stale_dropped += len(jobs)
+            return True
 
     def finish(self, jobs: list[Job], results: list[Any]) -> None:
         """Cache and deliver results of current jobs; results of stale jobs are dropped."""
@@ -288,11 +299,6 @@ class Scheduler:
             count = len(self._datasets)
             self._datasets.clear()
             return count
-
-    @property
-    def closed(self) -> bool:
-        with self._lock:
-            return self._closed is not None
 
     def stats(self) -> SchedulerStats:
         with self._lock:

@@ -22,6 +22,9 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     port: int = 8765
     # "auto" picks CUDA when present, else CPU.
     device: str = "auto"
+    # Intra-op CPU threads of torch; 0 keeps torch's default (all cores). On a CPU shared
+    # with other work, 1 avoids threads spinning against each other.
+    torch_threads: Annotated[int, msgspec.Meta(ge=0)] = 0
     log_level: str = "info"
 
     # Which model to serve, first match wins: a registered MLflow model (name, and version or

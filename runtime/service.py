@@ -1,0 +1,325 @@
+"""The runtime's lifecycle and operations, independent of HTTP.
+
+Start: queues (the scheduler), then the model (a failure stops here), then the caches,
+then the device worker. Shutdown, in order: log a stats snapshot, stop accepting, stop the
+worker (everything pending fails with a clear error at once), unload the model, flush the
+queues and caches.
+
+Registration and deletion run on the event loop thread only, so the data cache and the
+scheduler's dataset table change together; the device worker only reads them through the
+scheduler's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Any
+
+import msgspec
+import torch
+
+from runtime.caches import BoundedCache
+from runtime.dataset import Dataset, parse_csv
+from runtime.errors import DatasetGone, DatasetNotFound, RequestTimedOut, ShuttingDown, UploadTooLarge
+from runtime.model import LoadedModel
+from runtime.model_source import ModelSource, open_model
+from runtime.pipeline import ForecastPipeline, ForecastResult
+from runtime.scheduler import Scheduler
+from runtime.schemas import (
+    DatasetInfo,
+    Deleted,
+    Forecast,
+    Health,
+    ModelInfo,
+    Stats,
+    dataset_info,
+    forecast_body,
+)
+from runtime.settings import RuntimeSettings
+from runtime.worker import DeviceWorker
+
+
+class ForecastService:
+    def __init__(self, settings: RuntimeSettings, model_source: ModelSource, log: logging.Logger) -> None:
+        self.settings = settings
+        self._source = model_source
+        self._log = log
+        self._accepting = False
+        self._started_at = time.monotonic()
+        self._shutdown_started = False
+        self.scheduler: Scheduler | None = None
+        self.model: LoadedModel | None = None
+        self.data_cache: BoundedCache[str, Dataset] | None = None
+        self.result_cache: BoundedCache[tuple[str, int, str], ForecastResult] | None = None
+        self.worker: DeviceWorker | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        s = self.settings
+        self._log.info("starting: queues")
+        self.scheduler = Scheduler(batch_size=s.batch_size, background_chunk=s.background_chunk)
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        self._log.info("starting: model (%s)", self._source.describe())
+        self.model = open_model(self._source, s.device, self._log)
+        self._log.info(
+            "model %s loaded on %s (%d parameters, context %d)",
+            self.model.version,
+            self.model.device,
+            self.model.parameters,
+            self.model.context_length,
+        )
+        self._log.info("starting: caches")
+        self.data_cache = BoundedCache(s.data_cache_max_bytes, on_evict=self._data_evicted)
+        self.result_cache = BoundedCache(s.result_cache_max_bytes)
+        self.scheduler.attach_results(self.result_cache, self.model.version)
+        self._log.info("starting: device worker")
+        pipeline = ForecastPipeline(
+            self.model,
+            horizon=s.horizon,
+            num_samples=s.num_samples,
+            grid_points=s.grid_points,
+            plot_paths=s.plot_paths,
+            band_coverages=s.band_coverages,
+        )
+        self.worker = DeviceWorker(self.scheduler, pipeline, self._log)
+        self.worker.start()
+        self._started_at = time.monotonic()
+        self._accepting = True
+        self._log.info("ready")
+
+    async def shutdown(self) -> None:
+        """The ordered shutdown; safe to call more than once."""
+        if self._shutdown_started or self.scheduler is None:
+            return
+        self._shutdown_started = True
+        self._log.info("shutdown: stats %s", msgspec.json.encode(self.stats()).decode())
+        self._log.info("shutdown: no longer accepting requests")
+        self._accepting = False
+        self._log.info("shutdown: stopping the device worker")
+        self.scheduler.close(ShuttingDown("the runtime is shutting down; this request was not computed"))
+        if self.worker is not None:
+            stopped = await asyncio.to_thread(self.worker.stop, self.settings.shutdown_timeout_s)
+            if not stopped:
+                self._log.warning(
+                    "the device worker did not stop within %ss; leaving it behind", self.settings.shutdown_timeout_s
+                )
+        self._log.info("shutdown: unloading the model")
+        device = self.model.device if self.model else None
+        self.model = None
+        if device is not None and device.type == "cuda":
+            torch.cuda.empty_cache()
+        datasets = self.scheduler.flush()
+        data = self.data_cache.clear() if self.data_cache else 0
+        results = self.result_cache.clear() if self.result_cache else 0
+        self._log.info(
+            "shutdown: flushed queues (%d datasets) and caches (%d datasets, %d results); stopped",
+            datasets,
+            data,
+            results,
+        )
+
+    def ensure_accepting(self) -> None:
+        if not self._accepting:
+            raise ShuttingDown("the runtime is shutting down and accepts no new requests")
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def upload(self, content: bytes, *, precompute: bool) -> tuple[DatasetInfo, bool]:
+        """Process-and-cache: (info, created). Background precompute starts when asked."""
+        self.ensure_accepting()
+        dataset = await self._parse(content)
+        created = self._store(dataset)
+        created = self._scheduler().add_dataset(dataset, background=precompute) or created
+        return self.info(dataset.handle), created
+
+    def info(self, handle: str) -> DatasetInfo:
+        dataset = self._dataset(handle)
+        precompute, remaining = self._scheduler().background_progress(handle)
+        return dataset_info(
+            dataset,
+            precompute=precompute,
+            cached_results=self._results().group_size(handle),
+            background_remaining=remaining,
+        )
+
+    def delete(self, handle: str) -> Deleted:
+        scheduler = self._scheduler()
+        removed = scheduler.remove_dataset(
+            handle, DatasetGone(f"dataset {handle[:12]} was deleted while this request waited", handle=handle)
+        )
+        self._data().pop(handle)
+        if not removed:
+            raise DatasetNotFound(f"no dataset with handle {handle!r}", handle=handle)
+        return Deleted(handle=handle, deleted=True)
+
+    async def forecast(self, handle: str, index: int) -> Forecast:
+        dataset = self._dataset(handle)
+        dataset.check_index(index)
+        return await self._draw(dataset, index)
+
+    async def quick_draw(self, content: bytes) -> Forecast:
+        """Forecast the last index of an upload, then remove everything it added."""
+        self.ensure_accepting()
+        dataset = await self._parse(content)
+        scheduler = self._scheduler()
+        known = self._data().get(dataset.handle)
+        if known is not None:
+            dataset = known  # already uploaded for keeps: share it (it stays afterwards)
+        else:
+            self._store(dataset)
+        scheduler.hold(dataset)
+        try:
+            return await self._draw(dataset, dataset.last_index)
+        finally:
+            if scheduler.release(dataset.handle):
+                self._data().pop(dataset.handle)
+
+    def health(self) -> Health:
+        self.ensure_accepting()
+        assert self.model is not None
+        return Health(status="ok", model_version=self.model.version, device=str(self.model.device))
+
+    def stats(self) -> Stats:
+        model = self.model
+        return Stats(
+            uptime_s=round(time.monotonic() - self._started_at, 3),
+            accepting=self._accepting,
+            model=ModelInfo(
+                version=model.version if model else "",
+                source=model.source if model else "",
+                device=str(model.device) if model else "",
+                architecture=model.meta.architecture if model else "",
+                context_length=model.context_length if model else 0,
+                parameters=model.parameters if model else 0,
+            ),
+            data_cache=self._data().stats(),
+            result_cache=self._results().stats(),
+            scheduler=self._scheduler().stats(),
+            worker=self._worker().stats(),
+        )
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _parse(self, content: bytes) -> Dataset:
+        if len(content) > self.settings.max_upload_bytes:
+            raise _too_large(len(content), self.settings.max_upload_bytes)
+        assert self.model is not None
+        # Parsing a large CSV is CPU work: off the event loop.
+        return await asyncio.to_thread(
+            parse_csv, content, context_length=self.model.context_length, max_series=self.settings.max_series
+        )
+
+    def _store(self, dataset: Dataset) -> bool:
+        data = self._data()
+        if data.get(dataset.handle) is not None:
+            return False
+        if not data.put(dataset.handle, dataset, dataset.nbytes):
+            raise UploadTooLarge(
+                f"the parsed dataset takes {dataset.nbytes} bytes, more than the whole data cache "
+                f"({self.settings.data_cache_max_bytes} bytes, setting runtime.data_cache_max_bytes)"
+            )
+        return True
+
+    async def _draw(self, dataset: Dataset, index: int) -> Forecast:
+        self.ensure_accepting()
+        future, cached = self._scheduler().submit(dataset.handle, index)
+        result = await wait_bounded(
+            future,
+            self.settings.request_timeout_s,
+            what=f"the forecast of dataset {dataset.handle[:12]} at index {index}",
+        )
+        return forecast_body(
+            result, dataset, source="cache" if cached else result.lane, num_samples=self.settings.num_samples
+        )
+
+    def _data_evicted(self, handle: str, _: Dataset) -> None:
+        self._scheduler().remove_dataset(
+            handle,
+            DatasetGone(
+                f"dataset {handle[:12]} was evicted from the data cache (setting "
+                "runtime.data_cache_max_bytes); upload it again",
+                handle=handle,
+            ),
+        )
+
+    def _dataset(self, handle: str) -> Dataset:
+        dataset = self._data().get(handle)
+        if dataset is None:
+            raise DatasetNotFound(
+                f"no dataset with handle {handle!r}: it was never uploaded, or was deleted or evicted",
+                handle=handle,
+            )
+        return dataset
+
+    def _scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise ShuttingDown("the runtime is not started")
+        return self.scheduler
+
+    def _worker(self) -> DeviceWorker:
+        if self.worker is None:
+            raise ShuttingDown("the runtime is not started")
+        return self.worker
+
+    def _data(self) -> BoundedCache[str, Dataset]:
+        if self.data_cache is None:
+            raise ShuttingDown("the runtime is not started")
+        return self.data_cache
+
+    def _results(self) -> BoundedCache[tuple[str, int, str], ForecastResult]:
+        if self.result_cache is None:
+            raise ShuttingDown("the runtime is not started")
+        return self.result_cache
+
+
+async def wait_bounded(future: concurrent.futures.Future, timeout: float, *, what: str) -> Any:
+    """Await a future the device worker resolves, for at most ``timeout`` seconds.
+
+    The caller gets its own asyncio future, so a timeout here never cancels the shared
+    computation other identical requests wait on.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future = loop.create_future()
+
+    def settle(done: concurrent.futures.Future) -> None:
+        if waiter.done():
+            return
+        error = done.exception()
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(done.result())
+
+    def relay(done: concurrent.futures.Future) -> None:
+        try:
+            loop.call_soon_threadsafe(settle, done)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    future.add_done_callback(relay)
+    try:
+        return await asyncio.wait_for(waiter, timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimedOut(
+            f"{what} was not ready within {timeout}s (setting runtime.request_timeout_s); try again"
+        ) from None
+
+
+def _too_large(size: int, limit: int) -> UploadTooLarge:
+    return UploadTooLarge(
+        f"the upload is {size} bytes; the limit is {limit} bytes (setting runtime.max_upload_bytes)",
+        size=size,
+        limit=limit,
+    )
+
+
+def upload_limit_error(limit: int) -> UploadTooLarge:
+    """What the HTTP layer answers when the body stream passes the limit mid-way."""
+    return UploadTooLarge(
+        f"the upload is larger than the limit of {limit} bytes (setting runtime.max_upload_bytes)", limit=limit
+    )

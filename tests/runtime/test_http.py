@@ -1,0 +1,158 @@
+"""Real HTTP against a real `dropwire runtime serve` process (CPU)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from runtime.synthetic import generated_csv
+from tests.conftest import wait_for
+from tests.runtime.conftest import TINY_CONTEXT, RuntimeProcess
+
+ERROR_KEYS = {"error", "message", "details", "timestamp"}
+CSV = {"content-type": "text/csv"}
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *fragments: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == ERROR_KEYS, body
+    assert body["error"] == code, body
+    for fragment in fragments:
+        assert fragment in body["message"], body
+    return body
+
+
+def upload(client: httpx.Client, content: bytes, precompute: bool = False) -> dict:
+    response = client.post("/datasets", content=content, headers=CSV, params={"precompute": precompute})
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def test_upload_draw_cache_hit_png_and_delete(client: httpx.Client) -> None:
+    content = generated_csv(60, series=2, seed=11)
+    response = client.post("/datasets", content=content, headers=CSV, params={"precompute": False})
+    assert response.status_code == 201
+    info = response.json()
+    assert info["series"] == ["series_0", "series_1"] and info["step"] == "1 hour"
+    assert (info["first_index"], info["last_index"]) == (TINY_CONTEXT - 1, 59)
+    assert client.post("/datasets", content=content, headers=CSV, params={"precompute": False}).status_code == 200
+
+    handle = info["handle"]
+    first = client.get(f"/datasets/{handle}/forecasts/30").json()
+    assert first["source"] == "interactive"
+    assert first["origin"] == "2024-01-02T06:00:00" and first["timestamps"][0] == "2024-01-02T07:00:00"
+    series = first["series"][0]
+    assert len(series["history"]) == TINY_CONTEXT and len(series["actual"]) == 6
+    assert len(series["density"]) == 6 and len(series["density"][0]) == 64
+    assert [band["coverage"] for band in series["bands"]] == [0.9, 0.8, 0.5]
+    assert len(series["sample_paths"]) == 4
+    again = client.get(f"/datasets/{handle}/forecasts/30").json()
+    assert again["source"] == "cache"
+    assert again["series"] == first["series"]
+
+    png = client.get(f"/datasets/{handle}/forecasts/59", params={"format": "png"})
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG") and len(png.content) > 10_000
+    assert client.get(f"/datasets/{handle}").json()["cached_results"] == 2
+
+    assert client.delete(f"/datasets/{handle}").json() == {"handle": handle, "deleted": True}
+    assert_error(client.get(f"/datasets/{handle}/forecasts/30"), 404, "dataset_not_found", handle)
+    assert_error(client.delete(f"/datasets/{handle}"), 404, "dataset_not_found")
+
+
+def test_every_error_has_the_one_shape_and_the_runtime_keeps_serving(client: httpx.Client) -> None:
+    assert_error(client.get("/datasets/nope/forecasts/3"), 404, "dataset_not_found", "'nope'")
+    assert_error(client.post("/datasets", content=b"\x00\x01binary", headers=CSV), 422, "invalid_csv", "binary")
+    assert_error(client.post("/datasets", content=b"x,a\nfoo,1\n", headers=CSV), 422, "invalid_csv", "no timestamp column")
+    bad_value = b"timestamp,a\n2024-01-01,1\n2024-01-02,lots\n"
+    body = assert_error(client.post("/datasets", content=bad_value, headers=CSV), 422, "invalid_csv", "line 3, column 'a'")
+    assert body["details"] == {"line": 3, "column": "a"}
+    gap = b"timestamp,a\n2024-01-01,1\n2024-01-02,2\n2024-01-05,3\n"
+    assert_error(client.post("/datasets", content=gap, headers=CSV), 422, "invalid_csv", "gaps")
+    duplicate = b"timestamp,a\n2024-01-01,1\n2024-01-01,2\n"
+    assert_error(client.post("/datasets", content=duplicate, headers=CSV), 422, "invalid_csv", "duplicate timestamp")
+    short = generated_csv(TINY_CONTEXT - 1)
+    assert_error(client.post("/datasets", content=short, headers=CSV), 422, "invalid_csv", f"at least {TINY_CONTEXT}")
+    huge = b"timestamp,a\n" + b"2024-01-01T00:00:00,1.0\n" * 90_000  # > 2,000,000 bytes
+    assert_error(client.post("/datasets", content=huge, headers=CSV), 413, "upload_too_large", "2000000 bytes")
+
+    handle = upload(client, generated_csv(40, seed=12))["handle"]
+    body = assert_error(client.get(f"/datasets/{handle}/forecasts/40"), 422, "index_out_of_range", "7..39")
+    assert body["details"] == {"index": 40, "first": 7, "last": 39}
+    assert_error(client.get(f"/datasets/{handle}/forecasts/-1"), 422, "index_out_of_range")
+    body = assert_error(client.get(f"/datasets/{handle}/forecasts/9", params={"format": "gif"}), 400, "invalid_request")
+    assert body["details"]["errors"]
+    assert_error(client.get("/no/such/route"), 404, "not_found")
+    assert_error(client.put(f"/datasets/{handle}"), 405, "method_not_allowed")
+    assert_error(client.post("/quick-draw", content=b"", headers=CSV), 422, "invalid_csv", "empty")
+
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get(f"/datasets/{handle}/forecasts/39").status_code == 200
+    client.delete(f"/datasets/{handle}")
+
+
+def test_quick_draw_computes_only_the_last_index_and_leaves_nothing(client: httpx.Client, runtime: RuntimeProcess) -> None:
+    before = runtime.stats()
+    forecast = client.post("/quick-draw", content=generated_csv(50, seed=13), headers=CSV).json()
+    assert forecast["index"] == 49 and forecast["source"] == "interactive"
+    png = client.post("/quick-draw", content=generated_csv(50, seed=14), headers=CSV, params={"format": "png"})
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    after = runtime.stats()
+    assert after["scheduler"]["computed_interactive"] - before["scheduler"]["computed_interactive"] == 2
+    assert after["scheduler"]["computed_background"] == before["scheduler"]["computed_background"]
+    assert after["data_cache"]["entries"] == before["data_cache"]["entries"]
+    assert after["result_cache"]["entries"] == before["result_cache"]["entries"]
+    assert_error(client.get(f"/datasets/{forecast['handle']}"), 404, "dataset_not_found")
+
+    # A quick draw of something uploaded for keeps shares it and leaves it in place.
+    kept = upload(client, generated_csv(50, seed=15))["handle"]
+    assert client.post("/quick-draw", content=generated_csv(50, seed=15), headers=CSV).json()["handle"] == kept
+    assert client.get(f"/datasets/{kept}/forecasts/49").json()["source"] == "cache"
+    client.delete(f"/datasets/{kept}")
+
+
+def test_concurrent_identical_requests_are_computed_once(client: httpx.Client, runtime: RuntimeProcess) -> None:
+    handle = upload(client, generated_csv(80, seed=16))["handle"]
+    before = runtime.stats()["scheduler"]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as http:
+            return await asyncio.gather(*(http.get(f"/datasets/{handle}/forecasts/50") for _ in range(12)))
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    bodies = [r.json() for r in responses]
+    assert all(body["series"] == bodies[0]["series"] for body in bodies)
+    after = runtime.stats()["scheduler"]
+    assert after["computed_interactive"] - before["computed_interactive"] == 1
+    shared = after["coalesced"] - before["coalesced"]
+    from_cache = sum(body["source"] == "cache" for body in bodies)
+    assert shared + from_cache == 11
+    client.delete(f"/datasets/{handle}")
+
+
+def test_a_click_beats_the_backlog_and_a_delete_stops_the_background(client: httpx.Client, runtime: RuntimeProcess) -> None:
+    info = upload(client, generated_csv(4000, seed=17), precompute=True)
+    handle = info["handle"]
+    before = runtime.stats()["scheduler"]
+    forecast = client.get(f"/datasets/{handle}/forecasts/{info['last_index']}").json()
+    # The background walks forward from the first index; the last one came by the click.
+    assert forecast["source"] == "interactive"
+    during = runtime.stats()["scheduler"]
+    assert during["background_remaining"] > 3000
+    assert during["promoted"] - before["promoted"] == 1
+
+    wait_for(lambda: runtime.stats()["scheduler"]["computed_background"] > before["computed_background"],
+             what="some background work")
+    assert client.delete(f"/datasets/{handle}").status_code == 200
+    at_delete = runtime.stats()["scheduler"]
+    assert at_delete["background_remaining"] == 0 and at_delete["datasets"] == 0
+    wait_for(lambda: runtime.stats()["scheduler"]["in_flight"] == 0, what="the in-flight chunk to end")
+    # A full round trip through the device: had the deleted dataset's work gone on, the
+    # worker would have picked it up before going idle for this.
+    assert client.post("/quick-draw", content=generated_csv(30, seed=18), headers=CSV).status_code == 200
+    after = runtime.stats()["scheduler"]
+    assert after["computed_background"] == at_delete["computed_background"]
+    assert runtime.stats()["result_cache"]["entries"] == 0
