@@ -47,7 +47,7 @@ class DatasetInvalid(DropwireError):
     code = "dataset_invalid"
 
     def __init__(self, report: QualityReport) -> None:
-        errors = [i for i in report.issues if i.severity == "error"]
+        errors = report.errors
         shown = "; ".join(i.message for i in errors[:5])
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         super().__init__(

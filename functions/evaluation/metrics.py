@@ -27,7 +27,11 @@ from functions.evaluation.dataset import (
     DatasetFiles,
     load_dataset,
     prediction_column,
+    prediction_form,
+    prediction_present,
     truth_column,
+    truth_form,
+    truth_present,
 )
 from functions.evaluation.errors import DatasetInvalid
 from functions.evaluation.quality import check_dataset
@@ -163,10 +167,8 @@ def _mean(values: list[float]) -> float:
 
 def _outcome(config: EvaluationConfig, index: int) -> pl.Expr:
     field = config.fields[index]
-    truth, prediction = pl.col(truth_column(index)), pl.col(prediction_column(index))
-    has_truth = ~matching.is_missing(truth, config.dataset.missing_values)
-    has_prediction = ~matching.is_missing(prediction, config.dataset.missing_values)
-    same = matching.values_match(field, truth, prediction)
+    has_truth, has_prediction = pl.col(truth_present(index)), pl.col(prediction_present(index))
+    same = matching.values_match(field, pl.col(truth_form(index)), pl.col(prediction_form(index)))
     return (
         pl.when(has_truth & has_prediction & same).then(TRUE_POSITIVE)
         .when(has_truth & has_prediction).then(WRONG)

@@ -8,7 +8,7 @@ is a warning (the evaluation counts it as wrong), so a weak model is evaluated, 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import msgspec
 import polars as pl
@@ -23,7 +23,11 @@ from functions.evaluation.dataset import (
     DatasetFiles,
     load_dataset,
     prediction_column,
+    prediction_present,
+    prediction_value,
     truth_column,
+    truth_present,
+    truth_value,
 )
 from functions.evaluation.errors import DatasetUnreadable
 from functions.evaluation.issues import MAX_ROWS_LISTED, QualityIssue, QualityReport, Severity, row_text
@@ -81,12 +85,16 @@ def _run(frame: pl.DataFrame, checks: list[_Check]) -> list[QualityIssue]:
         return []
     exprs = []
     for k, c in enumerate(checks):
+        mask = pl.col(f"__m{k}")
         exprs += [
-            c.mask.sum().alias(f"n{k}"),
-            pl.col(c.row).filter(c.mask).head(MAX_ROWS_LISTED).implode().alias(f"r{k}"),
-            c.example.filter(c.mask).unique(maintain_order=True).head(EXAMPLES).implode().alias(f"e{k}"),
+            mask.sum().alias(f"n{k}"),
+            pl.col(c.row).filter(mask).head(MAX_ROWS_LISTED).implode().alias(f"r{k}"),
+            c.example.filter(mask).unique(maintain_order=True).head(EXAMPLES).implode().alias(f"e{k}"),
         ]
-    found = frame.lazy().select(exprs).collect().row(0, named=True)
+    # Masks become columns first: used three times each, they would otherwise be computed three
+    # times (a duplicate-id mask costs a hash of every id).
+    masked = frame.lazy().with_columns(c.mask.alias(f"__m{k}") for k, c in enumerate(checks))
+    found = masked.select(exprs).collect().row(0, named=True)
     issues = []
     for k, c in enumerate(checks):
         count = found[f"n{k}"]
@@ -129,7 +137,7 @@ def _record_checks(dataset: Dataset) -> list[_Check]:
     if not config.record_id:
         return []
     column, truth_url, pred_url = config.record_id, dataset.truth_file, dataset.prediction_file
-    missing_id = pl.col(RECORD_ID).is_null() | (pl.col(RECORD_ID) == "")
+    missing_id = matching.is_missing(pl.col(RECORD_ID), config.dataset.missing_values)
     checks = [
         _Check(check="missing_record_id", severity="error", file=url, column=column,
                mask=pl.col(row).is_not_null() & missing_id, row=row, example=pl.col(RECORD_ID),
@@ -151,47 +159,63 @@ def _record_checks(dataset: Dataset) -> list[_Check]:
     return checks
 
 
+class _Side(NamedTuple):
+    """The truth or the prediction side of one field, as the checks need it."""
+
+    text: str
+    value: str
+    present: str
+    row: str
+    url: str
+    column: str
+    severity: Severity
+
+
 def _field_checks(dataset: Dataset, index: int, field: FieldSpec) -> list[_Check]:
     config = dataset.config
-    sides = [
-        (truth_column(index), TRUTH_ROW, dataset.truth_file, config.truth_column(field), "error"),
-        (prediction_column(index), PREDICTION_ROW, dataset.prediction_file, config.prediction_column(field), "warning"),
-    ]
+    sides = (
+        _Side(truth_column(index), truth_value(index), truth_present(index), TRUTH_ROW, dataset.truth_file,
+              config.truth_column(field), "error"),
+        _Side(prediction_column(index), prediction_value(index), prediction_present(index), PREDICTION_ROW,
+              dataset.prediction_file, config.prediction_column(field), "warning"),
+    )  # fmt: skip
     checks: list[_Check] = []
-    for internal, row, url, column, severity in sides:
-        value = pl.col(internal)
-        on_file = pl.col(row).is_not_null()
-        missing = on_file & matching.is_missing(value, config.dataset.missing_values)
-        present = on_file & ~matching.is_missing(value, config.dataset.missing_values)
-        where = f"file {url} column '{column}' (field {field.name}, {field.type})"
-
-        def add(check: str, mask: pl.Expr, expected: str, what: str, severity: Severity = severity, threshold: int = 0,
-                where: str = where, url: str = url, column: str = column, row: str = row, value: pl.Expr = value) -> None:
-            checks.append(_Check(check=check, severity=severity, file=url, column=column, mask=mask, row=row,
-                                 example=value, expected=expected, threshold=threshold,
-                                 describe=lambda n, rows, ex: f"{where}: {n} {what}: {rows}" + (f" (e.g. {ex})" if ex else "")))
-
-        if field.required and severity == "error":
-            add("missing_required", missing, "a truth value on every row (the field is required)", "required value(s) missing")
+    for side in sides:
+        on_file = pl.col(side.row).is_not_null()
+        missing = on_file & ~pl.col(side.present)
+        present = on_file & pl.col(side.present)
+        value = pl.col(side.value)
+        if field.required and side.severity == "error":
+            checks.append(_check(side, field, "missing_required", missing, "a truth value on every row (the field is required)",
+                                 "required value(s) missing"))  # fmt: skip
         share = config.dataset.max_missing_share
         if share < 1.0:
-            # The limit is a share of the rows on this file; the count is known only after the join.
-            on_rows = dataset.frame.select(pl.col(row).is_not_null().sum()).item()
-            add("too_many_missing", missing, f"at most {share:.0%} of values missing (dataset.max_missing_share)",
-                f"missing value(s), more than {share:.0%} of {on_rows} rows", threshold=int(share * on_rows))
-        parsed = matching.parse(field, value)
+            # A share of the rows this file has, known only once the files are joined.
+            on_rows = dataset.frame.select(on_file.sum()).item()
+            checks.append(_check(side, field, "too_many_missing", missing, f"at most {share:.0%} of values missing (dataset.max_missing_share)",
+                                 f"missing value(s), more than {share:.0%} of {on_rows} rows", threshold=int(share * on_rows)))  # fmt: skip
         if field.type in matching.EXPECTED or field.type == "date":
             expected = matching.expected_date(field) if field.type == "date" else matching.EXPECTED[field.type]
-            add("invalid_type", present & parsed.is_null(), expected, f"value(s) that do not parse as {field.type}")
+            checks.append(_check(side, field, "invalid_type", present & value.is_null(), expected,
+                                 f"value(s) that do not parse as {field.type}"))  # fmt: skip
         if field.type == "category":
-            add("unknown_category", present & ~parsed.is_in(matching.category_keys(field)),
-                "one of " + ", ".join(field.categories), "value(s) outside the allowed categories")
+            checks.append(_check(side, field, "unknown_category", present & ~value.is_in(matching.category_keys(field)),
+                                 "one of " + ", ".join(field.categories), "value(s) outside the allowed categories"))  # fmt: skip
         if field.type in ("integer", "number") and (field.min is not None or field.max is not None):
-            low = parsed < field.min if field.min is not None else pl.lit(False)
-            high = parsed > field.max if field.max is not None else pl.lit(False)
+            low = value < field.min if field.min is not None else pl.lit(False)
+            high = value > field.max if field.max is not None else pl.lit(False)
             bounds = _bounds(field)
-            add("out_of_range", (low | high).fill_null(False), f"a value {bounds}", f"value(s) not {bounds}")
+            checks.append(_check(side, field, "out_of_range", (low | high).fill_null(False), f"a value {bounds}", f"value(s) not {bounds}"))
     return checks
+
+
+def _check(side: _Side, field: FieldSpec, check: str, mask: pl.Expr, expected: str, what: str, threshold: int = 0) -> _Check:
+    where = f"file {side.url} column '{side.column}' (field {field.name}, {field.type})"
+    return _Check(
+        check=check, severity=side.severity, file=side.url, column=side.column, mask=mask, row=side.row,
+        example=pl.col(side.text), expected=expected, threshold=threshold,
+        describe=lambda n, rows, ex: f"{where}: {n} {what}: {rows}" + (f" (e.g. {ex})" if ex else ""),
+    )  # fmt: skip
 
 
 def _bounds(field: FieldSpec) -> str:

@@ -10,6 +10,7 @@ import io
 import posixpath
 from collections import Counter
 
+import fastexcel
 import fsspec
 import msgspec
 import polars as pl
@@ -46,12 +47,14 @@ def read_table(url: str, rules: DatasetRules, role: str, expected_columns: list[
     fs, path = fsspec.core.url_to_fs(url)
     try:
         size = fs.size(path)
+        with fs.open(path, "rb") as f:
+            head = f.read(SAMPLE_BYTES)
     except FileNotFoundError:
         raise _unreadable("unreadable_file", url, f"file {url} does not exist", "an uploaded dataset file") from None
+    except OSError as exc:  # permissions, a folder, an unreachable bucket
+        raise _unreadable("unreadable_file", url, f"file {url} cannot be opened: {exc}", "a readable dataset file") from None
     if not size:
         raise _unreadable("empty_file", url, f"file {url} is empty (0 bytes)", "a header row and at least one data row")
-    with fs.open(path, "rb") as f:
-        head = f.read(SAMPLE_BYTES)
     fmt = _format(url, head)
     if fmt == "csv":
         table = _read_csv(fs, path, url, head, rules, role)
@@ -95,7 +98,11 @@ def _is_binary(head: bytes) -> bool:
 
 
 def _with_rows(frame: pl.DataFrame, first_data_row: int) -> pl.DataFrame:
-    frame = frame.rename({c: c.strip() for c in frame.columns if c != c.strip()})
+    # Stray spaces around header names are invisible in a spreadsheet; drop them unless two
+    # headers would then collide.
+    stripped = [c.strip() for c in frame.columns]
+    if len(set(stripped)) == len(stripped):
+        frame = frame.rename(dict(zip(frame.columns, stripped)))
     return frame.with_row_index(ROW, offset=first_data_row).with_columns(pl.col(ROW).cast(pl.Int64))
 
 
@@ -103,7 +110,9 @@ def _with_rows(frame: pl.DataFrame, first_data_row: int) -> pl.DataFrame:
 
 
 def _read_csv(fs, path: str, url: str, head: bytes, rules: DatasetRules, role: str) -> Table:
-    encoding = _check_utf8(fs, path, url, head)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise _unreadable("encoding", url, f"file {url} is UTF-16 encoded, not UTF-8; save it as CSV UTF-8", "UTF-8 text")
+    encoding = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
     sample = head.decode("utf-8-sig", errors="replace")
     delimiter = _choose_delimiter(url, sample, rules)
     try:
@@ -113,6 +122,9 @@ def _read_csv(fs, path: str, url: str, head: bytes, rules: DatasetRules, role: s
             with fs.open(path, "rb") as f:
                 frame = pl.read_csv(f, separator=delimiter, infer_schema=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
+        # polars refuses invalid UTF-8 without saying where; find the byte only then, so a
+        # good file is not read twice.
+        _raise_if_not_utf8(fs, path, url)
         detail = str(exc).splitlines()[0]
         raise _unreadable("unreadable_file", url, f"file {url} cannot be read as CSV with delimiter "
                           f"{DELIMITER_NAMES[delimiter]}: {detail}", "the same number of cells on every line") from None
@@ -120,20 +132,20 @@ def _read_csv(fs, path: str, url: str, head: bytes, rules: DatasetRules, role: s
     return Table(source, _with_rows(frame, 2))
 
 
-def _check_utf8(fs, path: str, url: str, head: bytes) -> str:
+def _raise_if_not_utf8(fs, path: str, url: str) -> None:
     """Stream the file through a UTF-8 decoder (never all of it in memory); on the first bad
     byte, say where it is and what the file probably is."""
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise _unreadable("encoding", url, f"file {url} is UTF-16 encoded, not UTF-8; save it as CSV UTF-8", "UTF-8 text")
     decoder = codecs.getincrementaldecoder("utf-8")()
     lines_before = 0
     with fs.open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
+            # Error positions count from any bytes of a character split across chunks.
+            data = decoder.getstate()[0] + chunk
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
-                line = lines_before + chunk.count(b"\n", 0, max(exc.start, 0)) + 1
-                bad = chunk[max(exc.start, 0) : max(exc.start, 0) + 1]
+                line = lines_before + data.count(b"\n", 0, exc.start) + 1
+                bad = data[exc.start : exc.start + 1]
                 raise _unreadable("encoding", url, f"file {url} is not UTF-8: byte 0x{bad.hex().upper()} on line {line} "
                                   f"{_guess_encoding(chunk)}; save it as UTF-8 (in Excel: 'CSV UTF-8')", "UTF-8 text") from None
             lines_before += chunk.count(b"\n")
@@ -142,7 +154,6 @@ def _check_utf8(fs, path: str, url: str, head: bytes) -> str:
         except UnicodeDecodeError:
             raise _unreadable("encoding", url, f"file {url} is not UTF-8: it ends inside a multi-byte character",
                               "UTF-8 text") from None
-    return "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
 
 
 def _guess_encoding(chunk: bytes) -> str:
@@ -211,7 +222,7 @@ def _read_excel(fs, path: str, url: str, rules: DatasetRules, role: str) -> Tabl
         # equal to Excel's.
         frame = pl.read_excel(io.BytesIO(data), **sheet, infer_schema_length=0, drop_empty_rows=False,
                               drop_empty_cols=False, raise_if_empty=False)
-    except Exception as exc:  # noqa: BLE001 - fastexcel raises its own types for corrupt workbooks
+    except (fastexcel.FastExcelError, pl.exceptions.PolarsError, ValueError) as exc:  # ValueError: no such sheet
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         which = f"sheet '{rules.sheet}'" if rules.sheet else "the first sheet"
         raise _unreadable("unreadable_file", url, f"file {url}: {which} cannot be read as a table: {detail}",

@@ -13,14 +13,16 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import msgspec
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from fsspec.implementations.local import LocalFileSystem
 
 from functions.evaluation.metrics import EvaluationMetrics
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 # MLflow's limit for one log_batch call.
 MAX_METRICS_PER_BATCH = 1000
@@ -57,6 +59,11 @@ def log_evaluation_run(
     report_url: str | None = None,
 ) -> str:
     """Log one finished run and return its id."""
+    # Imported here: mlflow takes ~2 s to import, which every quality-check handler importing
+    # this package would otherwise pay.
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=store.tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     experiment_id = (

@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from functions.evaluation import CategoryMatch, DateMatch, Exact, FieldSpec, NormalizedText, Numeric
-from functions.evaluation.matching import values_match
+from functions.evaluation.matching import compared, values_match
 
 
 def judge(field: FieldSpec, pairs: list[tuple[str | None, str | None]]) -> list[bool]:
     frame = pl.DataFrame({"t": [t for t, _ in pairs], "p": [p for _, p in pairs]}, schema={"t": pl.String, "p": pl.String})
-    return frame.select(values_match(field, pl.col("t"), pl.col("p")))["t"].to_list()
+    return frame.select(values_match(field, compared(field, pl.col("t")), compared(field, pl.col("p"))))["t"].to_list()
 
 
 def test_exact_compares_values_of_the_field_type():

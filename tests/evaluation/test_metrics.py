@@ -75,20 +75,24 @@ def test_metrics_equal_scikit_learn(records):
 
     # The same rules computed in plain Python, then scored by scikit-learn: one label column
     # per field, one row per (record, field) outcome slot.
+    def same(k: int, t: str, p: str) -> bool:
+        return abs(float(t) - float(p)) <= 0.01 if k == 2 and t and p else t == p
+
     y_true, y_pred = [], []
     for r in records:
-        for k, (t, p) in enumerate(((r[0], r[1]), (r[2], r[3]), (r[4], r[5]))):
-            same = abs(float(t) - float(p)) <= 0.01 if k == 2 and t and p else t == p
-            for yt, yp in slots(t, p, same):
+        for k in range(3):
+            t, p = r[2 * k], r[2 * k + 1]
+            for yt, yp in slots(t, p, same(k, t, p)):
                 y_true.append([yt if j == k else 0 for j in range(3)])
                 y_pred.append([yp if j == k else 0 for j in range(3)])
     y_true, y_pred = np.array(y_true), np.array(y_pred)
     precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
     for k, m in enumerate(metrics.fields):
         assert (m.precision, m.recall, m.f1) == pytest.approx((precision[k], recall[k], f1[k]))
+        # A prediction the rule accepts is scored as the truth's own label.
         truth = [r[2 * k] for r in records]
-        predicted = [r[2 * k + 1] if k < 2 or not (r[4] and r[5]) or abs(float(r[4]) - float(r[5])) > 0.01 else r[4] for r in records]
-        assert m.accuracy == pytest.approx(accuracy_score(truth, predicted))
+        judged = [r[2 * k] if same(k, r[2 * k], r[2 * k + 1]) else r[2 * k + 1] for r in records]
+        assert m.accuracy == pytest.approx(accuracy_score(truth, judged))
     for average, ours in (("micro", metrics.micro), ("macro", metrics.macro)):
         expected = precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)[:3]
         assert (ours.precision, ours.recall, ours.f1) == pytest.approx(expected)

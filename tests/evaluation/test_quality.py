@@ -7,6 +7,7 @@ import zipfile
 
 import polars as pl
 import pytest
+import xlsxwriter
 
 from functions.evaluation import DatasetFiles, DatasetInvalid, DatasetUnreadable, check_quality, evaluate, load_dataset
 from tests.evaluation.conftest import GOOD_ROWS, HEADER
@@ -138,6 +139,10 @@ def test_ragged_csv_and_missing_file(config, write_csv, tmp_path):
     assert issue.expected == "the same number of cells on every line"
     gone = tmp_path / "gone.csv"
     assert only_issue(check_quality(config, single(str(gone))), "unreadable_file").message == f"file {gone} does not exist"
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    assert only_issue(check_quality(config, single(str(folder))), "unreadable_file").message.startswith(
+        f"file {folder} cannot be opened: ")
 
 
 def test_missing_columns_are_each_named_with_the_columns_found(config, write_csv):
@@ -191,7 +196,7 @@ def test_prediction_problems_are_warnings_and_still_evaluated(config, write_csv)
     rows = with_cell(rows, 2, "cur_pred", "GBP")
     path = write_csv("preds.csv", [HEADER, *rows])
     report = check_quality(config, single(path))
-    assert report.passed
+    assert report.passed and report.errors == [] and report.warnings == report.issues
     assert {(i.check, i.column, i.severity, tuple(i.rows)) for i in report.issues} == {
         ("out_of_range", "total_pred", "warning", (2,)),
         ("invalid_type", "qty_pred", "warning", (3,)),
@@ -301,3 +306,17 @@ def test_without_record_ids_rows_name_the_records(make_config, write_csv):
     path = write_csv("noid.csv", [header, *(r[1:] for r in GOOD_ROWS)])
     evaluation = evaluate(make_config(record_id=None), single(path))
     assert evaluation.per_record["record_id"].to_list() == ["2", "3", "4", "5"]
+
+
+def test_a_named_sheet_and_spaces_around_headers(make_config, tmp_path):
+    path = tmp_path / "book.xlsx"
+    with xlsxwriter.Workbook(path) as book:
+        book.add_worksheet("Notes").write(0, 0, "read me")
+        data = book.add_worksheet("Data")
+        data.write_row(0, 0, [f" {c} " for c in HEADER])
+        for r, row in enumerate(GOOD_ROWS, start=1):
+            data.write_row(r, 0, row)
+    report = check_quality(make_config(dataset={"sheet": "Data"}), single(str(path)))
+    assert report.passed and report.rows_checked == 4
+    issue = only_issue(check_quality(make_config(dataset={"sheet": "Results"}), single(str(path))), "unreadable_file")
+    assert issue.message.startswith(f"file {path}: sheet 'Results' cannot be read as a table: ")
