@@ -11,20 +11,35 @@ from typing import Any, Callable
 import msgspec
 
 from storage.errors import DropwireError
-from storage.records import Effects
+from storage.records import Effects, InvocationRecord
 
 
 class Completion(msgspec.Struct, kw_only=True, frozen=True):
-    """What a task function may return: a result to store, and effects (transitions, follow-up
-    tasks) that commit in the same transaction as the task's completion."""
+    """What a task function may return: a result to store, effects (transitions, follow-up
+    tasks) that commit in the same transaction as the task's completion, and the record of
+    the handler invocation it ran, if any."""
 
     result: Any = None
     effects: Effects = Effects()
+    invocation: InvocationRecord | None = None
 
 
-class PermanentTaskError(DropwireError):
+class TaskFailed(DropwireError):
+    """A failed attempt, with the invocation record to log beside it."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, traceback: str | None = None, invocation: InvocationRecord | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback
+        self.invocation = invocation
+
+
+class PermanentTaskError(TaskFailed):
     """Raised by a task that can never succeed with these arguments: no retry, straight to
     the dead letters."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)

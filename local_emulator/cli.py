@@ -48,6 +48,11 @@ def show_settings() -> None:
     console.print_json(json.dumps(describe_settings(state.settings())))
 
 
+from local_emulator.runtime_cli import runtime_app  # noqa: E402
+
+app.add_typer(runtime_app, name="runtime")
+
+
 @app.command("demo")
 def demo() -> None:
     """Run the walkthrough on the embedded default and print what happened."""
@@ -63,6 +68,14 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(dlq_app, name="dlq")
 app.command("control")(control)
 app.command("worker")(worker)
+
+from local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app  # noqa: E402
+
+app.command("emulate")(emulate)
+app.command("invoke")(invoke)
+app.command("reprocess")(reprocess)
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(events_app, name="events")
 
 
 def main() -> None:

@@ -15,7 +15,18 @@ from typing import Any, Callable, Iterable
 import msgspec
 
 from storage.errors import DropwireError
-from storage.records import ClaimedTask, DeadLetter, Effects, QueueStats, TaskSpec, TaskStatus
+from storage.records import (
+    Admission,
+    Applied,
+    ClaimedTask,
+    DeadLetter,
+    Effects,
+    InvocationRecord,
+    ObjectReceipt,
+    QueueStats,
+    TaskSpec,
+    TaskStatus,
+)
 from storage.store import Store
 
 log = logging.getLogger("dropwire.control")
@@ -43,8 +54,9 @@ def _error_classes() -> dict[str, type[DropwireError]]:
 _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "claim": (Store.claim, {}),
     "heartbeat": (lambda store, leases, lease_seconds=None: store.heartbeat([tuple(l) for l in leases], lease_seconds), {}),
-    "complete": (lambda store, **kw: store.complete(**kw, wait=True), {"effects": Effects | None}),
-    "fail": (lambda store, **kw: store.fail(**kw, wait=True), {}),
+    "complete": (lambda store, **kw: store.complete(**kw, wait=True),
+                 {"effects": Effects | None, "invocation": InvocationRecord | None}),
+    "fail": (lambda store, **kw: store.fail(**kw, wait=True), {"invocation": InvocationRecord | None}),
     "release": (Store.release, {}),
     "enqueue": (Store.enqueue, {"spec": TaskSpec}),
     "task": (Store.task, {}),
@@ -55,6 +67,12 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "cleanup": (Store.cleanup, {}),
     "export": (lambda store, directory: str(store.export(directory)), {}),
     "query": (Store.query, {}),
+    "current": (Store.current, {}),
+    "apply": (Store.apply, {"effects": Effects}),
+    "record_output": (Store.record_output, {}),
+    "hop_of": (Store.hop_of, {}),
+    "admit": (Store.admit, {"receipt": ObjectReceipt, "spec": TaskSpec}),
+    "fire_schedule": (Store.fire_schedule, {"spec": TaskSpec}),
 }
 
 
@@ -186,12 +204,15 @@ class ControlClient:
     def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]:
         return self._call("heartbeat", list[int], leases=[list(l) for l in leases], lease_seconds=lease_seconds)
 
-    def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None, wait: bool = True) -> Any:
-        return self._maybe_future(wait, lambda: self._call("complete", task_id=task_id, token=token, result=result, effects=effects))
+    def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None,
+                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
+        return self._maybe_future(wait, lambda: self._call("complete", task_id=task_id, token=token, result=result,
+                                                           effects=effects, invocation=invocation))
 
-    def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None, retryable: bool = True, wait: bool = True) -> Any:
+    def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None, retryable: bool = True,
+             invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
         return self._maybe_future(wait, lambda: self._call("fail", task_id=task_id, token=token, error=error,
-                                                           traceback=traceback, retryable=retryable))
+                                                           traceback=traceback, retryable=retryable, invocation=invocation))
 
     def release(self, task_id: int, token: int) -> None:
         self._call("release", task_id=task_id, token=token)
@@ -223,3 +244,22 @@ class ControlClient:
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         return [tuple(row) for row in self._call("query", list, sql=sql, params=list(params))]
+
+    # The platform's calls, used by handler processes and event sources.
+    def current(self, kind: str, entity_id: str) -> tuple[str, int]:
+        return tuple(self._call("current", list, kind=kind, entity_id=entity_id))
+
+    def record_output(self, bucket: str, key: str, *, hop: int, function: str, task_id: int) -> None:
+        self._call("record_output", bucket=bucket, key=key, hop=hop, function=function, task_id=task_id)
+
+    def hop_of(self, bucket: str, key: str) -> int:
+        return self._call("hop_of", int, bucket=bucket, key=key)
+
+    def admit(self, receipt: ObjectReceipt, spec: TaskSpec) -> Admission:
+        return self._call("admit", Admission, receipt=receipt, spec=spec)
+
+    def fire_schedule(self, schedule: str, fire_time: float, spec: TaskSpec) -> int | None:
+        return self._call("fire_schedule", int | None, schedule=schedule, fire_time=fire_time, spec=spec)
+
+    def apply(self, effects: Effects) -> Applied:
+        return self._call("apply", Applied, effects=effects)

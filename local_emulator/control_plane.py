@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 from functions.registry import TaskRegistry
 from functions.states import MACHINES
@@ -24,11 +24,12 @@ def open_store(settings: Settings, registry: TaskRegistry | None = None) -> Stor
                       known_tasks=registry.names() if registry is not None else None)
 
 
-def start_pool(settings: Settings, backend, registry: TaskRegistry, name: str) -> WorkerPool:
+def start_pool(settings: Settings, backend, registry: TaskRegistry, name: str,
+               thread_start: Callable[[], None] | None = None) -> WorkerPool:
     queue = settings.queue
     return WorkerPool(backend, registry, workers=queue.workers, max_prefetch=queue.max_prefetch,
                       claim_batch_seconds=queue.claim_batch_seconds, lease_seconds=queue.lease_seconds,
-                      heartbeat_seconds=queue.heartbeat_seconds, name=name).start()
+                      heartbeat_seconds=queue.heartbeat_seconds, name=name, thread_start=thread_start).start()
 
 
 @contextlib.contextmanager

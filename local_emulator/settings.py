@@ -23,7 +23,32 @@ from storage.errors import DropwireError
 ENV_PREFIX = "DROPWIRE_"
 SETTINGS_FILE_ENV = "DROPWIRE_SETTINGS_FILE"
 # Field names whose values `dropwire settings` masks.
-SECRET_MARKERS = ("token", "secret", "password", "key")
+SECRET_MARKERS = ("token", "secret", "password", "authkey")
+
+
+class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # The embedded default: a local folder played as a bucket.
+    bucket: str = "local"
+    bucket_dir: str = ""
+    # A written file counts as complete once its size and mtime hold still this long.
+    settle_seconds: float = 0.03
+    # S3 (or an S3-compatible endpoint): the buckets to serve, and the SQS queue their
+    # notifications go to. Credentials come from the usual AWS variables.
+    s3_endpoint_url: str = ""
+    s3_buckets: list[str] = []
+    sqs_queue_url: str = ""
+    aws_region: str = "us-east-1"
+    sqs_wait_seconds: int = 1
+    # Handler hops from an outside upload after which an object's events are refused.
+    hop_limit: int = 16
+
+
+class HttpSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8700
+    # When set, every endpoint but /health needs "Authorization: Bearer <one of these>".
+    api_tokens: list[str] = []
+    max_upload_bytes: int = 256 * 1024 * 1024
 
 
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -32,7 +57,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     # Where the control plane listens for remote workers and tools (a Unix socket path).
     control_socket: str = ""
     control_authkey: str = "dropwire-local"
+    # Empty: a SQLite store under data_dir (MLflow 3 keeps its registry in a database).
+    mlflow_tracking_uri: str = ""
+    # MODULE:ATTRIBUTE of the FunctionRegistry the platform serves.
+    functions: str = "functions.catalog:functions"
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
 
     def __post_init__(self) -> None:
@@ -46,6 +77,36 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     @property
     def database_path(self) -> Path:
         return Path(self.db_path).expanduser() if self.db_path else self.data_path / "dropwire.duckdb"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.data_path / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """Artifacts beside the local store; a remote tracking server decides its own."""
+        return None if self.mlflow_tracking_uri else (self.data_path / "mlartifacts").resolve().as_uri()
+
+    @property
+    def default_model_path(self) -> Path:
+        return self.data_path / "models" / "default-forecaster.pt"
+
+    @property
+    def bucket_path(self) -> Path:
+        return Path(self.events.bucket_dir).expanduser() if self.events.bucket_dir else self.data_path / "bucket"
+
+    def object_roots(self) -> dict[str, str]:
+        """Bucket name -> URL root, for the object store."""
+        roots = {self.events.bucket: self.bucket_path.resolve().as_uri()}
+        roots.update({bucket: f"s3://{bucket}" for bucket in self.events.s3_buckets})
+        return roots
+
+    def storage_options(self) -> dict[str, dict]:
+        """fsspec options per protocol."""
+        client = {"region_name": self.events.aws_region}
+        if self.events.s3_endpoint_url:
+            client["endpoint_url"] = self.events.s3_endpoint_url
+        return {"s3": {"client_kwargs": client}}
 
     @property
     def control_socket_path(self) -> Path:
@@ -122,4 +183,6 @@ def describe_settings(settings: Settings) -> dict[str, Any]:
     described = msgspec.to_builtins(settings)
     described["db_path"] = str(settings.database_path)
     described["control_socket"] = str(settings.control_socket_path)
+    described["events"]["bucket_dir"] = str(settings.bucket_path)
+    described["mlflow_tracking_uri"] = settings.mlflow_uri
     return mask(described)

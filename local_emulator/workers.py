@@ -14,13 +14,13 @@ import threading
 import time
 import traceback
 from concurrent.futures import Future
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import msgspec
 
-from functions.registry import Completion, PermanentTaskError, TaskContext, TaskRegistry
+from functions.registry import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
 from storage.errors import DropwireError, StaleLease
-from storage.records import ClaimedTask, Effects
+from storage.records import ClaimedTask, Effects, InvocationRecord
 
 log = logging.getLogger("dropwire.workers")
 
@@ -32,10 +32,10 @@ class QueueBackend(Protocol):
     def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]: ...
 
     def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None,
-                 wait: bool = True) -> Any: ...
+                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any: ...
 
     def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None,
-             retryable: bool = True, wait: bool = True) -> Any: ...
+             retryable: bool = True, invocation: InvocationRecord | None = None, wait: bool = True) -> Any: ...
 
     def release(self, task_id: int, token: int) -> None: ...
 
@@ -43,7 +43,8 @@ class QueueBackend(Protocol):
 class WorkerPool:
     def __init__(self, backend: QueueBackend, registry: TaskRegistry, *, workers: int, max_prefetch: int,
                  lease_seconds: float, heartbeat_seconds: float, claim_batch_seconds: float = 0.1,
-                 name: str = "worker", claim_wait_seconds: float = 0.5) -> None:
+                 name: str = "worker", claim_wait_seconds: float = 0.5,
+                 thread_start: Callable[[], None] | None = None) -> None:
         self.backend = backend
         self.registry = registry
         self.lease_seconds = lease_seconds
@@ -51,6 +52,7 @@ class WorkerPool:
         self.max_prefetch = max_prefetch
         self.claim_batch_seconds = claim_batch_seconds
         self.claim_wait_seconds = claim_wait_seconds
+        self._thread_start = thread_start
         # Exponential moving average of task durations, shared by the pool's workers.
         self._mean_task_seconds = claim_batch_seconds
         self._name = name
@@ -109,6 +111,8 @@ class WorkerPool:
                 log.warning("lease of task %s was lost; its result will be refused", task_id)
 
     def _work(self, worker_id: str) -> None:
+        if self._thread_start is not None:
+            self._thread_start()  # e.g. start this thread's handler process before the first task
         names = self.registry.names()
         while not self._stopping.is_set():
             try:
@@ -151,15 +155,18 @@ class WorkerPool:
             outcome = registered.fn(args, context)
         except Exception as exc:
             self._observe(time.perf_counter() - started)
-            permanent = isinstance(exc, PermanentTaskError)
+            failed = exc if isinstance(exc, TaskFailed) else None
             message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
-            self._settle(task, self.backend.fail(task.id, task.token, error=message,
-                                                 traceback=traceback.format_exc(), retryable=not permanent, wait=False))
+            self._settle(task, self.backend.fail(
+                task.id, task.token, error=message,
+                traceback=(failed.traceback if failed and failed.traceback else traceback.format_exc()),
+                retryable=failed.retryable if failed else True,
+                invocation=failed.invocation if failed else None, wait=False))
             return
         self._observe(time.perf_counter() - started)
         completion = outcome if isinstance(outcome, Completion) else Completion(result=outcome)
-        self._settle(task, self.backend.complete(task.id, task.token, result=completion.result,
-                                                 effects=completion.effects, wait=False), completion_of=task)
+        self._settle(task, self.backend.complete(task.id, task.token, result=completion.result, effects=completion.effects,
+                                                 invocation=completion.invocation, wait=False), completion_of=task)
 
     def _observe(self, seconds: float) -> None:
         self._mean_task_seconds += 0.2 * (seconds - self._mean_task_seconds)

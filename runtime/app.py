@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from http import HTTPStatus
 from typing import Literal
 
 from litestar import Litestar, Request, Response, delete, get, post
-from litestar.exceptions import HTTPException, ValidationException
 
-from runtime.errors import ShuttingDown
+from runtime.http_errors import exception_handlers
 from runtime.plotting import fan_chart_png
 from runtime.schemas import DatasetInfo, Deleted, Forecast, Health, Stats
 from runtime.service import ForecastService, upload_limit_error
-from storage.errors import DropwireError, ErrorBody, error_body, error_body_for
 
 Format = Literal["json", "png"]
 # Answers even while shutting down: monitoring must see it happen.
@@ -71,31 +68,10 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
         if request.url.path not in ALWAYS_OPEN:
             service.ensure_accepting()
 
-    def ours(_: Request, exc: DropwireError) -> Response[ErrorBody]:
-        if exc.http_status >= 500 and not isinstance(exc, ShuttingDown):
-            log.error("%s: %s", exc.code, exc.message)
-        return Response(error_body_for(exc), status_code=exc.http_status)
-
-    def litestars(request: Request, exc: HTTPException) -> Response[ErrorBody]:
-        if exc.status_code == 413:
-            return ours(request, upload_limit_error(limit))
-        if isinstance(exc, ValidationException):
-            body = error_body("invalid_request", exc.detail, {"errors": exc.extra or []})
-        else:
-            code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-            body = error_body(code, exc.detail)
-        return Response(body, status_code=exc.status_code)
-
-    def unexpected(request: Request, exc: Exception) -> Response[ErrorBody]:
-        log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
-        return Response(
-            error_body("internal_error", f"unexpected error: {type(exc).__name__}: {exc}"), status_code=500
-        )
-
     return Litestar(
         route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, quick_draw, health, stats],
         before_request=refuse_when_shutting_down,
-        exception_handlers={DropwireError: ours, HTTPException: litestars, Exception: unexpected},
+        exception_handlers=exception_handlers(lambda: upload_limit_error(limit)),
         request_max_body_size=limit,
         on_shutdown=[service.shutdown],
         logging_config=None,

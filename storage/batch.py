@@ -5,7 +5,6 @@ batching is what makes thousands of durable writes per second possible)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
@@ -77,6 +76,24 @@ TABLES: dict[str, TableSpec] = {
             key=("task_id",),
             timestamps=frozenset({"died_at", "replayed_at"}),
             immutable=frozenset({"name", "args", "attempts", "last_error", "died_at"}),
+        ),
+        TableSpec(
+            "invocations",
+            (("task_id", _B), ("attempt", _I), ("function", _S), ("source", _S), ("event", _S), ("worker", _S),
+             ("started_at", _F), ("duration_ms", _F), ("outcome", _S), ("error", _S)),
+            timestamps=frozenset({"started_at"}),
+        ),
+        TableSpec(
+            "object_receipts",
+            (("function", _S), ("bucket", _S), ("key", _S), ("version", _S), ("sequencer", _S), ("event_name", _S),
+             ("task_id", _B), ("received_at", _F)),
+            timestamps=frozenset({"received_at"}),
+        ),
+        TableSpec(
+            "schedule_runs",
+            (("schedule", _S), ("last_fire", _F), ("task_id", _B), ("updated_at", _F)),
+            key=("schedule",),
+            timestamps=frozenset({"last_fire", "updated_at"}),
         ),
     )
 }

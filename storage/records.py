@@ -134,3 +134,34 @@ class DeadLetter(msgspec.Struct, kw_only=True, frozen=True):
     died_at: str
     replayed_task_id: int | None
     history: list[TaskAttempt] = []
+
+
+class InvocationRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """One run of a handler, logged with the task's completion or failure."""
+
+    function: str
+    source: str
+    event: Any
+    started_at: float
+    duration_ms: float
+    outcome: str
+    error: str | None = None
+
+
+class ObjectReceipt(msgspec.Struct, kw_only=True, frozen=True):
+    """An object event offered to one function: (function, bucket, key, version) runs at
+    most once, and an event with an older sequencer than one admitted is stale."""
+
+    function: str
+    bucket: str
+    key: str
+    version: str
+    sequencer: str | None
+    event_name: str
+
+
+class Admission(msgspec.Struct, kw_only=True, frozen=True):
+    #: accepted | duplicate | stale
+    outcome: str
+    task_id: int | None = None
+    reason: str = ""

@@ -38,12 +38,15 @@ from storage.errors import (
     VersionConflict,
 )
 from storage.records import (
+    Admission,
     Applied,
     ClaimedTask,
     DeadLetter,
     Effects,
     EntityCreate,
     EntitySnapshot,
+    InvocationRecord,
+    ObjectReceipt,
     QueueStats,
     TaskAttempt,
     TaskSpec,
@@ -53,7 +56,7 @@ from storage.records import (
 )
 from storage.settings import QueueSettings
 from storage.state_machine import GuardContext, StateMachine, machine_registry
-from storage.task_index import DEAD, LIVE_STATUSES, QUEUED, RETRYING, RUNNING, SUCCEEDED, LiveTask, TaskIndex
+from storage.task_index import DEAD, QUEUED, RETRYING, RUNNING, SUCCEEDED, LiveTask, TaskIndex
 
 log = logging.getLogger("dropwire.store")
 
@@ -107,6 +110,8 @@ class Store:
         self._index = TaskIndex()
         self._next_task_id = 1
         self._next_token = 1
+        self._sequencers: dict[tuple[str, str, str], str] = {}
+        self._schedule_fires: dict[str, float] = {}
         self._load_views(restart_grace=True)
         self._writer = threading.Thread(target=self._run_writer, name="dropwire-store-writer", daemon=True)
         self._writer.start()
@@ -259,6 +264,14 @@ class Store:
             "SELECT idempotency_key, id FROM tasks WHERE idempotency_key IS NOT NULL AND status NOT IN ('queued', 'running', 'retrying')"
         ).fetchall():
             self._index.by_key[key] = task_id
+        self._sequencers = {}
+        for function, bucket, key, sequencer in con.execute(
+            'SELECT function, bucket, "key", sequencer FROM object_receipts WHERE sequencer IS NOT NULL'
+        ).fetchall():
+            latest = self._sequencers.get((function, bucket, key))
+            if latest is None or sequencer_before(latest, sequencer):
+                self._sequencers[(function, bucket, key)] = sequencer
+        self._schedule_fires = dict(con.execute("SELECT schedule, epoch(last_fire) FROM schedule_runs").fetchall())
         self._next_task_id = (con.execute("SELECT max(id) FROM tasks").fetchone()[0] or 0) + 1
         self._next_token = (con.execute("SELECT max(token) FROM tasks").fetchone()[0] or 0) + 1
 
@@ -479,7 +492,7 @@ class Store:
         return lost
 
     def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None,
-                 wait: bool = True) -> Any:
+                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
         """Mark a leased task done and commit its effects in the same transaction. A stale
         token (the lease was lost and the task handed to someone else) is refused."""
         effects = effects or Effects()
@@ -492,6 +505,7 @@ class Store:
             # The task row itself records the successful attempt (attempts, worker, claimed_at,
             # finished_at); task_attempts keeps failures only, so a success costs one UPDATE.
             batch.add("tasks", task.row(now, result=result_json, finished_at=now))
+            self._log_invocation(task, invocation, batch)
             self._index.forget(task)
 
         def op(batch: Batch, now: float) -> Applied:
@@ -502,16 +516,24 @@ class Store:
         return future.result() if wait else future
 
     def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None,
-             retryable: bool = True, wait: bool = True) -> Any:
+             retryable: bool = True, invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
         """Record a failed attempt: retry later with exponential backoff and jitter, or move
         the task to the dead letters once its attempts are spent (or it cannot succeed)."""
 
         def op(batch: Batch, now: float) -> str:
             task = self._leased(task_id, token, "fail")
+            self._log_invocation(task, invocation, batch)
             return self._settle_failure(task, "failed", error, traceback, retryable, batch, now)
 
         future = self._submit(op)
         return future.result() if wait else future
+
+    @staticmethod
+    def _log_invocation(task: LiveTask, invocation: InvocationRecord | None, batch: Batch) -> None:
+        if invocation is not None:
+            batch.add("invocations", (task.id, task.attempts, invocation.function, invocation.source,
+                                      _json.encode(invocation.event).decode(), task.worker, invocation.started_at,
+                                      invocation.duration_ms, invocation.outcome, invocation.error))
 
     def release(self, task_id: int, token: int) -> None:
         """Give back a claimed task that was never started; the attempt is not counted."""
@@ -566,6 +588,70 @@ class Store:
             self._settle_failure(task, "lease_expired",
                                  f"lease expired: worker {task.worker} stopped heartbeating (attempt {task.attempts})",
                                  None, True, batch, now)
+
+    # ------------------------------------------------------------------ object events, outputs, schedules
+
+    def admit(self, receipt: ObjectReceipt, spec: TaskSpec) -> Admission:
+        """Queue `spec` for an object event unless the same (function, bucket, key, version)
+        was admitted before (duplicate) or a newer event for the key was (stale)."""
+        encoded = self._encode_task(spec)
+        return self._call(partial(self._op_admit, receipt, encoded))
+
+    def _op_admit(self, receipt: ObjectReceipt, encoded: tuple[TaskSpec, str], batch: Batch, now: float) -> Admission:
+        dedupe = f"object:{receipt.function}:{receipt.bucket}:{receipt.key}:{receipt.version}"
+        if dedupe in self._index.by_key:
+            return Admission(outcome="duplicate", task_id=self._index.by_key[dedupe],
+                             reason=f"{receipt.bucket}/{receipt.key} version {receipt.version} was already admitted for {receipt.function}")
+        place = (receipt.function, receipt.bucket, receipt.key)
+        latest = self._sequencers.get(place)
+        if receipt.sequencer and latest and sequencer_before(receipt.sequencer, latest):
+            return Admission(outcome="stale", reason=f"event sequencer {receipt.sequencer} is older than "
+                                                     f"{latest}, already admitted for {receipt.bucket}/{receipt.key}")
+        spec, args = encoded
+        (task, _), = self._plan_tasks([(msgspec.structs.replace(spec, idempotency_key=dedupe), args)], now)
+        self._index.add(task)
+        batch.add("tasks", task.row(now), new=True)
+        batch.add("object_receipts", (receipt.function, receipt.bucket, receipt.key, receipt.version, receipt.sequencer,
+                                      receipt.event_name, task.id, now))
+        if receipt.sequencer:
+            self._sequencers[place] = receipt.sequencer
+        return Admission(outcome="accepted", task_id=task.id)
+
+    def record_output(self, bucket: str, key: str, *, hop: int, function: str, task_id: int) -> None:
+        """Note, before a handler writes it, that an object comes from a handler `hop` hops
+        away from an outside upload."""
+        def op(batch: Batch, now: float) -> None:
+            batch.execute("INSERT OR REPLACE INTO object_lineage VALUES (?, ?, ?, ?, ?, to_timestamp(?))",
+                          (bucket, key, hop, function, task_id, now))
+
+        self._call(op)
+
+    def hop_of(self, bucket: str, key: str) -> int:
+        """How many handler hops produced the object (0: it came from outside)."""
+        row = self._cursor().execute('SELECT hop FROM object_lineage WHERE bucket = ? AND "key" = ?', [bucket, key]).fetchone()
+        return row[0] if row else 0
+
+    def fire_schedule(self, schedule: str, fire_time: float, spec: TaskSpec) -> int | None:
+        """Queue a schedule's run for `fire_time` unless a run at or after it was already
+        queued; returns the task id, or None when it was."""
+        encoded = self._encode_task(spec)
+
+        def op(batch: Batch, now: float) -> int | None:
+            last = self._schedule_fires.get(schedule)
+            if last is not None and last >= fire_time:
+                return None
+            (task, _), = self._plan_tasks([encoded], now)
+            self._index.add(task)
+            batch.add("tasks", task.row(now), new=True)
+            batch.add("schedule_runs", (schedule, fire_time, task.id, now), new=last is None)
+            self._schedule_fires[schedule] = fire_time
+            return task.id
+
+        return self._call(op)
+
+    def last_fire(self, schedule: str) -> float | None:
+        row = self._cursor().execute("SELECT epoch(last_fire) FROM schedule_runs WHERE schedule = ?", [schedule]).fetchone()
+        return row[0] if row else None
 
     # ------------------------------------------------------------------ dead letters and cleanup
 
@@ -725,6 +811,12 @@ class Store:
         target.parent.mkdir(parents=True, exist_ok=True)
         self._cursor().execute(f"EXPORT DATABASE '{target.as_posix()}' (FORMAT parquet)")
         return target
+
+
+def sequencer_before(a: str, b: str) -> bool:
+    """S3 sequencers order the events of one key: right-pad with zeros, compare as strings."""
+    width = max(len(a), len(b))
+    return a.upper().ljust(width, "0") < b.upper().ljust(width, "0")
 
 
 class _FinishedRef:

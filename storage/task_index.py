@@ -8,7 +8,6 @@ import heapq
 from dataclasses import dataclass
 
 QUEUED, RUNNING, RETRYING, SUCCEEDED, DEAD = "queued", "running", "retrying", "succeeded", "dead"
-LIVE_STATUSES = (QUEUED, RUNNING, RETRYING)
 
 
 @dataclass(slots=True)

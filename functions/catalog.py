@@ -1,0 +1,7 @@
+"""The product's functions: what `dropwire emulate` serves by default (settings.functions)."""
+
+from __future__ import annotations
+
+from functions.platform import FunctionRegistry
+
+functions = FunctionRegistry()

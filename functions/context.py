@@ -1,0 +1,71 @@
+"""What a handler gets besides its event: objects to read and write, the state API, the
+runtime client, a logger, its attempt number and deadline."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from functions.objects import ObjectStore, ObjectWriter
+from storage.records import EntityCreate, Effects, TaskSpec, TransitionRequest
+
+
+class StateReader(Protocol):
+    def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]: ...
+
+
+@dataclass
+class StateChanges:
+    """Transitions, new entities and follow-up tasks a handler asks for. They commit in one
+    transaction with the invocation's success, or not at all."""
+
+    reader: StateReader
+    triggered_by: str
+    _creates: list[EntityCreate] = field(default_factory=list)
+    _transitions: list[TransitionRequest] = field(default_factory=list)
+    _tasks: list[TaskSpec] = field(default_factory=list)
+
+    def current(self, kind: str, entity_id: str) -> tuple[str, int]:
+        """(state, version) as committed now."""
+        return self.reader.current(kind, entity_id)
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        return self.reader.query(sql, params)
+
+    def create(self, kind: str, entity_id: str, *, reason: str = "created", metadata: dict[str, Any] | None = None) -> None:
+        self._creates.append(EntityCreate(kind=kind, entity_id=entity_id, triggered_by=self.triggered_by,
+                                          reason=reason, metadata=metadata or {}))
+
+    def transition(self, kind: str, entity_id: str, *, trigger: str | None = None, to_state: str | None = None,
+                   expected_version: int | None = None, reason: str = "", metadata: dict[str, Any] | None = None) -> None:
+        self._transitions.append(TransitionRequest(kind=kind, entity_id=entity_id, trigger=trigger, to_state=to_state,
+                                                   expected_version=expected_version, triggered_by=self.triggered_by,
+                                                   reason=reason, metadata=metadata or {}))
+
+    def enqueue(self, spec: TaskSpec) -> None:
+        self._tasks.append(spec)
+
+    def effects(self) -> Effects:
+        return Effects(creates=list(self._creates), transitions=list(self._transitions), tasks=list(self._tasks))
+
+
+@dataclass
+class HandlerContext:
+    function: str
+    task_id: int
+    attempt: int
+    max_attempts: int
+    #: Epoch seconds after which the invocation is stopped and counted as a failed attempt.
+    deadline: float
+    objects: ObjectStore
+    outputs: ObjectWriter
+    state: StateChanges
+    runtime_url: str
+    log: logging.Logger
+
+    def remaining_seconds(self) -> float:
+        return max(0.0, self.deadline - time.time())

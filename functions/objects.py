@@ -1,0 +1,117 @@
+"""Object access for handlers through fsspec, so a local folder and s3:// take the same code
+path. Keys are checked before they become paths; writes are allowed only under the
+function's declared outputs and are noted (hop + 1) before the object appears."""
+
+from __future__ import annotations
+
+import posixpath
+import unicodedata
+import uuid
+from typing import IO, Callable
+
+import fsspec
+
+from storage.errors import DropwireError
+
+
+class InvalidKey(DropwireError):
+    code = "invalid_key"
+
+
+class OutputNotDeclared(DropwireError):
+    code = "output_not_declared"
+    http_status = 403
+
+
+def check_key(key: str) -> str:
+    """The key if it is safe to map onto a path, else InvalidKey saying what is wrong.
+    Spaces, '+', '%' and unicode are fine; '..' segments, absolute paths and control
+    characters are not."""
+    if not key:
+        raise InvalidKey("the object key is empty")
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        raise InvalidKey(f"object key {key!r} contains control characters")
+    if key.startswith("/"):
+        raise InvalidKey(f"object key {key!r} is an absolute path; keys are relative to the bucket")
+    if ".." in key.split("/") or "." in key.split("/"):
+        raise InvalidKey(f"object key {key!r} contains '.' or '..' segments")
+    if key.endswith("/"):
+        raise InvalidKey(f"object key {key!r} names a folder, not an object")
+    return key
+
+
+class ObjectStore:
+    """`roots` maps a bucket name to a URL root: {"local": "file:///srv/bucket", "raw": "s3://raw"}."""
+
+    def __init__(self, roots: dict[str, str], storage_options: dict[str, dict] | None = None) -> None:
+        self.roots = {bucket: root.rstrip("/") for bucket, root in roots.items()}
+        self.storage_options = storage_options or {}
+
+    def url(self, bucket: str, key: str) -> str:
+        try:
+            root = self.roots[bucket]
+        except KeyError:
+            raise DropwireError(f"bucket {bucket!r} is not configured; known buckets: {sorted(self.roots)}") from None
+        return f"{root}/{check_key(key)}"
+
+    def filesystem(self, bucket: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The fsspec filesystem of a bucket and the bucket's root path on it."""
+        url = self.url(bucket, "x")
+        protocol = url.split("://", 1)[0] if "://" in url else "file"
+        fs, root = fsspec.core.url_to_fs(self.roots[bucket], **self.storage_options.get(protocol, {}))
+        return fs, root
+
+    def open(self, bucket: str, key: str, mode: str = "rb") -> IO:
+        """A stream over the object (never the whole object in memory)."""
+        if "r" not in mode:
+            raise DropwireError("ObjectStore.open is for reading; write with ObjectWriter.write or put_file")
+        fs, root = self.filesystem(bucket)
+        return fs.open(posixpath.join(root, check_key(key)), mode)
+
+    def local_path(self, bucket: str, key: str) -> str | None:
+        """A local file path for the object when the bucket is a local folder, else None."""
+        fs, root = self.filesystem(bucket)
+        return posixpath.join(root, check_key(key)) if "file" in fs.protocol else None
+
+    def write_bytes(self, bucket: str, key: str, data: bytes) -> str:
+        """Write atomically (a hidden temporary name, then a rename on local folders) so that
+        a watcher never sees a half-written object; returns the object's URL."""
+        fs, root = self.filesystem(bucket)
+        target = posixpath.join(root, check_key(key))
+        parent = posixpath.dirname(target)
+        fs.makedirs(parent, exist_ok=True)
+        if "file" in fs.protocol:
+            temporary = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
+            with fs.open(temporary, "wb") as out:
+                out.write(data)
+            fs.mv(temporary, target)
+        else:
+            with fs.open(target, "wb") as out:
+                out.write(data)
+        return self.url(bucket, key)
+
+class ObjectWriter:
+    """What a handler writes with: only under its declared outputs, each write noted with
+    its hop count before the object appears (so the event it causes finds it)."""
+
+    def __init__(self, store: ObjectStore, may_write: Callable[[str, str], bool], note: Callable[[str, str], None],
+                 function: str) -> None:
+        self.store = store
+        self._may_write = may_write
+        self._note = note
+        self._function = function
+        self.written: list[tuple[str, str]] = []
+
+    def write_bytes(self, bucket: str, key: str, data: bytes) -> str:
+        check_key(key)
+        if not self._may_write(bucket, key):
+            raise OutputNotDeclared(f"function {self._function!r} may not write {bucket}/{key}: it is outside the "
+                                    "output prefixes the function declared")
+        self._note(bucket, key)
+        url = self.store.write_bytes(bucket, key, data)
+        self.written.append((bucket, key))
+        return url
+
+    def put_file(self, bucket: str, key: str, local_path: str) -> str:
+        with open(local_path, "rb") as source:
+            return self.write_bytes(bucket, key, source.read())

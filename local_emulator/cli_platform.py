@@ -1,0 +1,139 @@
+"""CLI commands of the function platform: emulate, invoke, reprocess, schedules, events."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import msgspec
+import typer
+from rich.console import Console
+
+from functions.objects import ObjectStore
+from functions.platform import Invocation, ObjectEvent, ScheduledEvent, HttpEvent, load_functions
+from local_emulator.control_plane import stop_on_signals, store_access
+from local_emulator.emulator import ChaosSettings, Emulator
+from local_emulator.router import EventRouter
+from local_emulator.sandbox import Request, execute
+from local_emulator.settings import Settings
+from local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
+from storage.errors import DropwireError
+
+console = Console()
+schedule_app = typer.Typer(help="Schedules: list them, fire one now.", no_args_is_help=True)
+events_app = typer.Typer(help="Print realistic events, for tests and for trying functions.", no_args_is_help=True)
+
+
+def _settings() -> Settings:
+    from local_emulator.cli import state
+
+    return state.settings()
+
+
+def emulate(
+    s3_endpoint: str = typer.Option("", help="S3/SQS endpoint URL (e.g. a moto server); default: the settings."),
+    bucket: list[str] = typer.Option([], "--s3-bucket", help="S3 bucket to serve (repeatable)."),
+    sqs_queue_url: str = typer.Option("", help="SQS queue that receives the buckets' notifications."),
+    chaos_duplicate: float = typer.Option(0.0, help="Probability that an event is delivered twice."),
+    chaos_reorder: float = typer.Option(0.0, help="Probability that an event is held back so later ones overtake it."),
+    chaos_delay_ms: float = typer.Option(0.0, help="Largest random delay added to each event."),
+    chaos_seed: Optional[int] = typer.Option(None, help="Seed for repeatable chaos."),
+) -> None:
+    """Run the platform: folder (and S3) events, dispatcher, scheduler, HTTP gateway. Ctrl-C stops it cleanly."""
+    logging.getLogger().setLevel(logging.INFO)
+    settings = _settings()
+    events = settings.events
+    overrides = {k: v for k, v in {"s3_endpoint_url": s3_endpoint, "s3_buckets": bucket or None,
+                                    "sqs_queue_url": sqs_queue_url}.items() if v}
+    if overrides:
+        settings = msgspec.structs.replace(settings, events=msgspec.structs.replace(events, **overrides))
+    chaos = ChaosSettings(duplicate=chaos_duplicate, reorder=chaos_reorder, max_delay_seconds=chaos_delay_ms / 1000,
+                          seed=chaos_seed)
+    stop = stop_on_signals()
+    with Emulator(settings, chaos=chaos):
+        console.print(f"dropwire is up: drop files into {settings.bucket_path}, HTTP on "
+                      f"http://{settings.http.host}:{settings.http.port} (docs at /schema/swagger). Ctrl-C stops.")
+        stop.wait()
+
+
+def _load_event(path: Path) -> ObjectEvent | ScheduledEvent | HttpEvent:
+    """An event file: an S3 notification (its first record), or an ObjectEvent, ScheduledEvent
+    or HttpEvent as JSON."""
+    raw = path.read_bytes()
+    try:
+        return parse_notification(raw, source="file")[0]
+    except (MalformedEvent, IndexError):
+        pass
+    for kind in (ObjectEvent, ScheduledEvent, HttpEvent):
+        try:
+            return msgspec.json.decode(raw, type=kind)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            continue
+    raise DropwireError(f"{path} is neither an S3 notification nor an ObjectEvent, ScheduledEvent or HttpEvent as JSON")
+
+
+def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., "--event", exists=True, dir_okay=False)) -> None:
+    """Run one handler once, in this process, on an event from a file; commit what it asks."""
+    settings = _settings()
+    spec = load_functions(settings.functions).get(function)
+    objects = ObjectStore(settings.object_roots(), settings.storage_options())
+    with store_access(settings) as store:
+        the_event = _load_event(event)
+        hop = store.hop_of(the_event.bucket, the_event.key) if isinstance(the_event, ObjectEvent) else 0
+        request = Request(invocation=Invocation(function=function, source="invoke", event=the_event, hop=hop),
+                          task_id=0, attempt=1, max_attempts=1, deadline=time.time() + spec.timeout_seconds)
+        outcome = execute(spec, request, objects, store,
+                          lambda b, k, h, f, t: store.record_output(b, k, hop=h, function=f, task_id=t),
+                          f"http://{settings.runtime.host}:{settings.runtime.port}")
+        if not outcome.ok:
+            console.print(outcome.traceback or "", highlight=False)
+            raise DropwireError(f"function {function!r} failed: {outcome.error}")
+        applied = store.apply(outcome.effects)
+    console.print_json(json.dumps({"result": outcome.result, "transitions": len(applied.transitions),
+                                   "tasks": applied.task_ids}, default=str))
+
+
+def reprocess(function: str, bucket: str, key: str) -> None:
+    """Run FUNCTION again on BUCKET/KEY on purpose (receipts would otherwise drop it)."""
+    settings = _settings()
+    functions = load_functions(settings.functions)
+    objects = ObjectStore(settings.object_roots(), settings.storage_options())
+    with store_access(settings) as store:
+        task_id = EventRouter(functions, store, settings.events.hop_limit).reprocess(function, objects, bucket, key)
+    console.print(f"queued task {task_id}: {function} on {bucket}/{key}")
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    """Every schedule with its trigger and last run."""
+    settings = _settings()
+    with store_access(settings) as store:
+        for schedule, spec in load_functions(settings.functions).schedules():
+            last = store.query("SELECT last_fire FROM schedule_runs WHERE schedule = ?", [schedule.name])
+            when = schedule.cron or f"every {schedule.every_seconds}s"
+            console.print(f"{schedule.name}: {spec.name}, {when}, last run {last[0][0] if last else 'never'}")
+
+
+@schedule_app.command("run")
+def schedule_run(name: str) -> None:
+    """Fire schedule NAME now."""
+    from local_emulator.scheduler import Scheduler
+
+    settings = _settings()
+    with store_access(settings) as store:
+        task_id = Scheduler(load_functions(settings.functions), store).fire(name, datetime.now(timezone.utc))
+    console.print(f"schedule {name} fired: task {task_id}")
+
+
+@events_app.command("s3")
+def events_s3(
+    bucket: str = typer.Option(...), key: str = typer.Option(...), size: int = typer.Option(0),
+    etag: str = typer.Option("d41d8cd98f00b204e9800998ecf8427e"), event_name: str = typer.Option("ObjectCreated:Put"),
+    version_id: Optional[str] = typer.Option(None),
+) -> None:
+    """Print an S3 event notification (URL-encoded key, sequencer, size, etag)."""
+    print(json.dumps(example_notification(bucket, key, size, etag, event_name, version_id), indent=2))

@@ -1,0 +1,75 @@
+"""Turning registered functions into queue tasks: each function is a task `fn:<name>` whose
+runner calls the handler (in a sandbox process) and reports the invocation, its effects and
+its outcome back to the queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import partial
+from typing import Callable
+
+from functions.platform import FunctionRegistry, FunctionSpec, Invocation
+from functions.registry import Completion, TaskContext, TaskFailed, TaskRegistry
+from local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerTimeout, Outcome, Request, Sandbox
+from storage.records import InvocationRecord
+
+Runner = Callable[[FunctionSpec, Request], Outcome]
+
+
+def invocation_tasks(functions: FunctionRegistry, runner: Runner) -> TaskRegistry:
+    registry = TaskRegistry()
+    for spec in functions:
+        registry.task(spec.task_name, args_type=Invocation)(partial(_invoke, spec, runner))
+    return registry
+
+
+def _invoke(spec: FunctionSpec, runner: Runner, invocation: Invocation, context: TaskContext) -> Completion:
+    started = time.time()
+    request = Request(invocation=invocation, task_id=context.task_id, attempt=context.attempt,
+                      max_attempts=context.max_attempts, deadline=started + spec.timeout_seconds)
+
+    def record(outcome: str, error: str | None = None) -> InvocationRecord:
+        return InvocationRecord(function=spec.name, source=invocation.source, event=invocation.event, started_at=started,
+                                duration_ms=(time.time() - started) * 1000, outcome=outcome, error=error)
+
+    try:
+        outcome = runner(spec, request)
+    except HandlerTimeout as exc:
+        raise TaskFailed(exc.message, invocation=record("timed_out", exc.message)) from None
+    except HandlerCrashed as exc:
+        raise TaskFailed(exc.message, invocation=record("failed", exc.message)) from None
+    if not outcome.ok:
+        raise TaskFailed(outcome.error or "the handler failed", traceback=outcome.traceback,
+                         invocation=record("failed", outcome.error))
+    return Completion(result=outcome.result, effects=outcome.effects, invocation=record("succeeded"))
+
+
+class SandboxPool:
+    """One sandbox process per dispatcher thread, started on first use."""
+
+    def __init__(self, config: ChildConfig) -> None:
+        self._config = config
+        self._local = threading.local()
+        self._all: list[Sandbox] = []
+        self._lock = threading.Lock()
+
+    def _mine(self) -> Sandbox:
+        sandbox = getattr(self._local, "sandbox", None)
+        if sandbox is None:
+            sandbox = self._local.sandbox = Sandbox(self._config)
+            with self._lock:
+                self._all.append(sandbox)
+        return sandbox
+
+    def prepare(self) -> None:
+        """Start the calling thread's handler process now, not on its first event."""
+        self._mine().start()
+
+    def run(self, spec: FunctionSpec, request: Request) -> Outcome:
+        return self._mine().run(request)
+
+    def close(self) -> None:
+        with self._lock:
+            for sandbox in self._all:
+                sandbox.stop()

@@ -1,0 +1,135 @@
+"""The whole platform on one machine: the store and its control socket, the dispatcher
+(worker threads, each with a handler process), event sources (a local folder, and S3 via
+SQS when configured), optional chaos, the scheduler and the HTTP gateway. Stops in order:
+no new events, held events delivered, no new schedules, gateway closed, running handlers
+finished and claimed tasks released, then the store commits and closes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import boto3
+import uvicorn
+
+from functions.objects import ObjectStore
+from functions.platform import FunctionRegistry, load_functions
+from local_emulator.chaos import Chaos
+from local_emulator.control import ControlServer
+from local_emulator.control_plane import open_store, start_pool
+from local_emulator.dispatcher import SandboxPool, invocation_tasks
+from local_emulator.gateway import build_gateway
+from local_emulator.router import EventRouter
+from local_emulator.sandbox import ChildConfig
+from local_emulator.scheduler import Scheduler
+from local_emulator.settings import Settings
+from local_emulator.sources.folder import FolderSource
+from local_emulator.sources.s3 import SqsSource
+from storage.errors import DropwireError
+
+log = logging.getLogger("dropwire.emulator")
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    max_delay_seconds: float = 0.0
+    seed: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.duplicate or self.reorder or self.max_delay_seconds)
+
+
+class Emulator:
+    def __init__(self, settings: Settings, *, chaos: ChaosSettings = ChaosSettings(),
+                 functions: FunctionRegistry | None = None, serve_http: bool = True) -> None:
+        self.settings = settings
+        self.functions = functions or load_functions(settings.functions)
+        self.chaos_settings = chaos
+        self.serve_http = serve_http
+        self._stops: list = []
+
+    def start(self) -> "Emulator":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> "Emulator":
+        settings = self.settings
+        self.objects = ObjectStore(settings.object_roots(), settings.storage_options())
+        self.sandboxes = SandboxPool(ChildConfig(
+            functions=settings.functions, roots=self.objects.roots, storage_options=settings.storage_options(),
+            control_socket=str(settings.control_socket_path), control_authkey=settings.control_authkey,
+            runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}"))
+        tasks = invocation_tasks(self.functions, self.sandboxes.run)
+        self.store = open_store(settings, tasks)
+        self._stops.append(self.store.close)
+        server = ControlServer(self.store, settings.control_socket_path, settings.control_authkey).start()
+        self._stops.append(server.close)
+        self._stops.append(self.sandboxes.close)
+        pool = start_pool(settings, self.store, tasks, "dispatcher", thread_start=self.sandboxes.prepare)
+        self._stops.append(pool.stop)
+
+        self.router = EventRouter(self.functions, self.store, settings.events.hop_limit)
+        self.scheduler = Scheduler(self.functions, self.store).start()
+        self._stops.append(self.scheduler.stop)
+        if self.serve_http:
+            self._start_gateway()
+        route = self.router.route
+        if self.chaos_settings.active:
+            chaos = Chaos(route, duplicate=self.chaos_settings.duplicate, reorder=self.chaos_settings.reorder,
+                          max_delay_seconds=self.chaos_settings.max_delay_seconds, seed=self.chaos_settings.seed)
+            self._stops.append(chaos.close)
+            route = chaos.submit
+        folder = FolderSource(settings.bucket_path, settings.events.bucket, route, settings.events.settle_seconds).start()
+        self._stops.append(folder.stop)
+        if settings.events.sqs_queue_url:
+            sqs = boto3.client("sqs", region_name=settings.events.aws_region,
+                               endpoint_url=settings.events.s3_endpoint_url or None)
+            self._stops.append(SqsSource(sqs, settings.events.sqs_queue_url, route, settings.events.sqs_wait_seconds).start().stop)
+        log.info("emulator up: bucket %s = %s, database %s, %d function(s)%s", settings.events.bucket,
+                 settings.bucket_path, settings.database_path, len(list(self.functions)),
+                 f", HTTP on http://{settings.http.host}:{settings.http.port}" if self.serve_http else "")
+        return self
+
+    def _start_gateway(self) -> None:
+        settings = self.settings
+        app = build_gateway(self.store, self.functions, self.objects, self.router, self.scheduler,
+                            settings.http.api_tokens, settings.http.max_upload_bytes)
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
+                                               log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, name="dropwire-gateway", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise DropwireError(f"the HTTP gateway could not start on {settings.http.host}:{settings.http.port} "
+                                    "(is the port in use? set DROPWIRE_HTTP__PORT)")
+            time.sleep(0.01)
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join()
+
+        self._stops.append(stop)
+
+    def stop(self) -> None:
+        while self._stops:
+            stop = self._stops.pop()
+            try:
+                stop()
+            except Exception:
+                log.exception("stopping %s failed", getattr(stop, "__qualname__", stop))
+        log.info("emulator stopped")
+
+    def __enter__(self) -> "Emulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,173 @@
+"""The HTTP trigger gateway: invoke HTTP-triggered functions, upload objects (written to the
+bucket, then the ordinary event path fires: one path, not two), and operate the queue.
+OpenAPI at /schema (interactive docs at /schema/swagger). With API tokens configured, every
+endpoint but /health needs a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, get, post, put
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Body
+
+from functions.objects import ObjectStore, check_key
+from functions.platform import FunctionRegistry, HttpEvent, Invocation, OnHttp
+from local_emulator.router import EventRouter
+from local_emulator.scheduler import Scheduler
+from runtime.http_errors import exception_handlers
+from storage.errors import DropwireError, NotFound
+from storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
+from storage.store import Store
+
+ALWAYS_OPEN = frozenset({"/health"})
+FINISHED = frozenset({"succeeded", "dead"})
+
+
+class NotAuthorized(DropwireError):
+    http_status = 401
+    code = "not_authorized"
+
+
+class TooLarge(DropwireError):
+    http_status = 413
+    code = "upload_too_large"
+
+
+class Accepted(msgspec.Struct):
+    task_id: int
+    status_url: str
+
+
+class Uploaded(msgspec.Struct):
+    bucket: str
+    key: str
+    size: int
+    url: str
+
+
+class Reprocess(msgspec.Struct):
+    function: str
+    bucket: str
+    key: str
+
+
+class Health(msgspec.Struct):
+    status: str
+    database: str
+    functions: list[str]
+    queue: dict[str, int]
+
+
+class InvocationRow(msgspec.Struct):
+    task_id: int
+    attempt: int
+    function: str
+    source: str
+    started_at: str
+    duration_ms: float
+    outcome: str
+    error: str | None
+    event: Any
+
+
+def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, router: EventRouter,
+                  scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int) -> Litestar:
+
+    async def require_token(request: Request) -> None:
+        if not api_tokens or request.url.path in ALWAYS_OPEN:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, t) for t in api_tokens):
+            raise NotAuthorized("a valid bearer token is required: send 'Authorization: Bearer <token>'"
+                                if header else "missing 'Authorization: Bearer <token>' header")
+
+    @get("/health", sync_to_thread=True)
+    def health() -> Health:
+        return Health(status="ok", database=str(store.path), functions=sorted(f.name for f in functions),
+                      queue=store.stats().by_status)
+
+    @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True)
+    def invoke(name: str, data: Any = Body(description="JSON passed to the handler as event.body"),
+               wait: float = 0.0) -> Accepted | TaskStatus:
+        spec = functions.get(name)
+        if not any(isinstance(t, OnHttp) for t in spec.triggers):
+            raise NotFound(f"function {name!r} has no HTTP trigger")
+        event = HttpEvent(body=data, received_at=datetime.now(timezone.utc).isoformat())
+        task_id = store.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
+                                         max_attempts=spec.max_attempts))
+        deadline = time.monotonic() + min(wait, 300.0)
+        while wait and time.monotonic() < deadline:
+            status = store.task(task_id)
+            if status.status in FINISHED:
+                return status
+            time.sleep(0.02)
+        return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
+
+    @put("/buckets/{bucket:str}/objects/{key:path}", status_code=201)
+    async def upload(bucket: str, key: str, request: Request) -> Uploaded:
+        key = check_key(key.lstrip("/"))
+        body = await request.body()
+        if len(body) > max_upload_bytes:
+            raise TooLarge(f"upload of {len(body)} bytes exceeds the limit of {max_upload_bytes} bytes")
+        url = objects.write_bytes(bucket, key, body)
+        return Uploaded(bucket=bucket, key=key, size=len(body), url=url)
+
+    @get("/tasks/stats", sync_to_thread=True)
+    def task_stats() -> QueueStats:
+        return store.stats()
+
+    @get("/tasks/{task_id:int}", sync_to_thread=True)
+    def task(task_id: int) -> TaskStatus:
+        return store.task(task_id)
+
+    @post("/tasks/cleanup", sync_to_thread=True)
+    def cleanup(older_than_days: float = 7.0) -> dict[str, int]:
+        return {"removed": store.cleanup(older_than_days)}
+
+    @get("/dead-letters", sync_to_thread=True)
+    def dead_letters(include_replayed: bool = False) -> list[DeadLetter]:
+        return store.dead_letters(include_replayed=include_replayed)
+
+    @get("/dead-letters/{task_id:int}", sync_to_thread=True)
+    def dead_letter(task_id: int) -> DeadLetter:
+        return store.dead_letter(task_id)
+
+    @post("/dead-letters/{task_id:int}/replay", sync_to_thread=True)
+    def replay(task_id: int) -> Accepted:
+        new_id = store.replay_dead_letter(task_id, triggered_by="http")
+        return Accepted(task_id=new_id, status_url=f"/tasks/{new_id}")
+
+    @get("/invocations", sync_to_thread=True)
+    def invocations(function: str | None = None, limit: int = 50) -> list[InvocationRow]:
+        rows = store.query(
+            "SELECT task_id, attempt, function, source, started_at, duration_ms, outcome, error, event FROM invocations "
+            "WHERE ? IS NULL OR function = ? ORDER BY started_at DESC LIMIT ?", [function, function, max(1, min(limit, 1000))])
+        return [InvocationRow(task_id=t, attempt=a, function=f, source=s, started_at=str(at), duration_ms=d, outcome=o,
+                              error=e, event=msgspec.json.decode(ev)) for t, a, f, s, at, d, o, e, ev in rows]
+
+    @post("/reprocess", status_code=202, sync_to_thread=True)
+    def reprocess(data: Reprocess) -> Accepted:
+        task_id = router.reprocess(data.function, objects, data.bucket, data.key)
+        return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
+
+    @post("/schedules/{name:str}/run", status_code=202, sync_to_thread=True)
+    def run_schedule(name: str) -> Accepted:
+        task_id = scheduler.fire(name, datetime.now(timezone.utc))
+        return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
+
+    return Litestar(
+        route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
+                        invocations, reprocess, run_schedule],
+        before_request=require_token,
+        exception_handlers=exception_handlers(
+            lambda: TooLarge(f"upload exceeds the limit of {max_upload_bytes} bytes")),
+        request_max_body_size=max_upload_bytes,
+        openapi_config=OpenAPIConfig(title="dropwire gateway", version="0.1.0"),
+        logging_config=None,
+    )

@@ -1,0 +1,157 @@
+"""Running a handler: in-process for `dropwire invoke`, or in a long-lived child process per
+dispatcher worker, so that a handler past its timeout can be killed (a thread cannot be) and
+counted as a failed attempt, and a handler that crashes the interpreter takes only its child
+with it."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+import msgspec
+
+from functions.context import HandlerContext, StateChanges, StateReader
+from functions.objects import ObjectStore, ObjectWriter
+from functions.platform import FunctionSpec, Invocation, load_functions
+from storage.errors import DropwireError
+from storage.records import Effects
+
+log = logging.getLogger("dropwire.sandbox")
+
+
+class HandlerTimeout(DropwireError):
+    code = "handler_timeout"
+
+
+class HandlerCrashed(DropwireError):
+    code = "handler_crashed"
+
+
+class Request(msgspec.Struct, kw_only=True, frozen=True):
+    invocation: Invocation
+    task_id: int
+    attempt: int
+    max_attempts: int
+    deadline: float
+
+
+class Outcome(msgspec.Struct, kw_only=True, frozen=True):
+    ok: bool
+    result: Any = None
+    effects: Effects = Effects()
+    error: str | None = None
+    traceback: str | None = None
+
+
+def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
+            note_output: Callable[[str, str, int, str, int], None], runtime_url: str) -> Outcome:
+    """Call the handler with its context; what it asked to change comes back as effects."""
+    invocation = request.invocation
+    context = HandlerContext(
+        function=spec.name, task_id=request.task_id, attempt=request.attempt, max_attempts=request.max_attempts,
+        deadline=request.deadline, objects=objects,
+        outputs=ObjectWriter(objects, spec.may_write,
+                             lambda bucket, key: note_output(bucket, key, invocation.hop + 1, spec.name, request.task_id),
+                             spec.name),
+        state=StateChanges(reader, triggered_by=f"function:{spec.name}"),
+        runtime_url=runtime_url, log=logging.getLogger(f"dropwire.fn.{spec.name}"),
+    )
+    try:
+        result = spec.handler(invocation.event, context)
+        return Outcome(ok=True, result=result, effects=context.state.effects())
+    except Exception as exc:
+        message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
+        return Outcome(ok=False, error=message, traceback=traceback.format_exc())
+
+
+class ChildConfig(msgspec.Struct, frozen=True):
+    functions: str
+    roots: dict[str, str]
+    storage_options: dict[str, dict]
+    control_socket: str
+    control_authkey: str
+    runtime_url: str
+
+
+def _child_main(connection: Connection, config_bytes: bytes) -> None:
+    from pathlib import Path
+
+    from local_emulator.control import ControlClient
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
+    config = msgspec.msgpack.decode(config_bytes, type=ChildConfig)
+    registry = load_functions(config.functions)
+    objects = ObjectStore(config.roots, config.storage_options)
+    client = ControlClient(Path(config.control_socket), config.control_authkey)
+
+    def note(bucket: str, key: str, hop: int, function: str, task_id: int) -> None:
+        client.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
+
+    decode = msgspec.msgpack.Decoder(Request).decode
+    while True:
+        try:
+            request = decode(connection.recv_bytes())
+        except EOFError:
+            return
+        outcome = execute(registry.get(request.invocation.function), request, objects, client, note, config.runtime_url)
+        try:
+            connection.send_bytes(msgspec.msgpack.encode(outcome))
+        except (TypeError, msgspec.EncodeError) as exc:
+            connection.send_bytes(msgspec.msgpack.encode(Outcome(
+                ok=False, error=f"the handler's result cannot be encoded: {exc}")))
+
+
+class Sandbox:
+    """One child process that runs handlers one at a time; replaced when it is killed."""
+
+    def __init__(self, config: ChildConfig) -> None:
+        self._config = msgspec.msgpack.encode(config)
+        self._context = multiprocessing.get_context("spawn")
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._connection: Connection | None = None
+
+    def start(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        parent, child = self._context.Pipe()
+        self._process = self._context.Process(target=_child_main, args=(child, self._config), daemon=True,
+                                              name="dropwire-handler")
+        self._process.start()
+        child.close()
+        self._connection = parent
+
+    def run(self, request: Request) -> Outcome:
+        self.start()
+        assert self._connection is not None and self._process is not None
+        self._connection.send_bytes(msgspec.msgpack.encode(request))
+        timeout = max(0.0, request.deadline - time.time())
+        if not self._connection.poll(timeout):
+            self.stop(kill=True)
+            raise HandlerTimeout(f"function {request.invocation.function!r} ran past its timeout "
+                                 f"({timeout:.1f}s left at start) and was stopped")
+        try:
+            return msgspec.msgpack.decode(self._connection.recv_bytes(), type=Outcome)
+        except (EOFError, OSError):
+            self._process.join(1)
+            code = self._process.exitcode
+            self.stop(kill=True)
+            raise HandlerCrashed(f"the process running function {request.invocation.function!r} died "
+                                 f"(exit code {code})") from None
+
+    def stop(self, kill: bool = False) -> None:
+        if self._process is None:
+            return
+        if self._connection is not None:
+            self._connection.close()
+        if kill:
+            self._process.kill()
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._process = self._connection = None

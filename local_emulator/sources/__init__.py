@@ -1,0 +1,1 @@
+"""Event sources: each turns what its store reports into normalised ObjectEvents."""

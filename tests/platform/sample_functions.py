@@ -1,0 +1,43 @@
+"""Functions the platform tests register (loaded by the emulator and its handler processes
+through settings.functions = 'tests.platform.sample_functions:functions')."""
+
+from __future__ import annotations
+
+import time
+
+from functions.context import HandlerContext
+from functions.platform import FunctionRegistry, HttpEvent, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, ScheduledEvent
+
+functions = FunctionRegistry()
+
+
+@functions.function("measure", on=[OnUpload(bucket="local", prefix="incoming/")], outputs=[Output(bucket="local", prefix="measured/")],
+                    timeout_seconds=30)
+def measure(event: ObjectEvent, context: HandlerContext) -> dict:
+    """Counts the bytes of an upload by streaming it, and writes a small report."""
+    total = 0
+    with context.objects.open(event.bucket, event.key) as stream:
+        while chunk := stream.read(65536):
+            total += len(chunk)
+    context.outputs.write_bytes("local", f"measured/{event.key}.txt", f"{total}\n".encode())
+    return {"key": event.key, "bytes": total, "hop": None}
+
+
+@functions.function("add", on=[OnHttp()], timeout_seconds=10)
+def add(event: HttpEvent, context: HandlerContext) -> dict:
+    return {"sum": sum(event.body["numbers"]), "attempt": context.attempt}
+
+
+@functions.function("sleepy", on=[OnHttp()], timeout_seconds=0.5, max_attempts=2)
+def sleepy(event: HttpEvent, context: HandlerContext) -> None:
+    time.sleep(30)
+
+
+@functions.function("broken", on=[OnUpload(bucket="local", prefix="broken/")], max_attempts=2)
+def broken(event: ObjectEvent, context: HandlerContext) -> None:
+    raise ValueError(f"cannot handle {event.key}")
+
+
+@functions.function("tick", on=[OnSchedule(name="every-2s", every_seconds=2, catch_up_seconds=3600)])
+def tick(event: ScheduledEvent, context: HandlerContext) -> dict:
+    return {"fired_for": event.fire_time, "catch_up": event.catch_up}
