@@ -8,12 +8,12 @@ from __future__ import annotations
 import hmac
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, get, post, put
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Body
+from litestar.params import Body, FromPath, FromQuery, JSONBody
 
 from functions.objects import ObjectStore, check_key
 from functions.platform import FunctionRegistry, HttpEvent, Invocation, OnHttp
@@ -93,8 +93,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
                       queue=store.stats().by_status)
 
     @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True)
-    def invoke(name: str, data: Any = Body(description="JSON passed to the handler as event.body"),
-               wait: float = 0.0) -> Accepted | TaskStatus:
+    def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
+               wait: FromQuery[float] = 0.0) -> Accepted | TaskStatus:
         spec = functions.get(name)
         if not any(isinstance(t, OnHttp) for t in spec.triggers):
             raise NotFound(f"function {name!r} has no HTTP trigger")
@@ -110,7 +110,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
     @put("/buckets/{bucket:str}/objects/{key:path}", status_code=201)
-    async def upload(bucket: str, key: str, request: Request) -> Uploaded:
+    async def upload(bucket: FromPath[str], key: FromPath[str], request: Request) -> Uploaded:
         key = check_key(key.lstrip("/"))
         body = await request.body()
         if len(body) > max_upload_bytes:
@@ -123,28 +123,28 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return store.stats()
 
     @get("/tasks/{task_id:int}", sync_to_thread=True)
-    def task(task_id: int) -> TaskStatus:
+    def task(task_id: FromPath[int]) -> TaskStatus:
         return store.task(task_id)
 
     @post("/tasks/cleanup", sync_to_thread=True)
-    def cleanup(older_than_days: float = 7.0) -> dict[str, int]:
+    def cleanup(older_than_days: FromQuery[float] = 7.0) -> dict[str, int]:
         return {"removed": store.cleanup(older_than_days)}
 
     @get("/dead-letters", sync_to_thread=True)
-    def dead_letters(include_replayed: bool = False) -> list[DeadLetter]:
+    def dead_letters(include_replayed: FromQuery[bool] = False) -> list[DeadLetter]:
         return store.dead_letters(include_replayed=include_replayed)
 
     @get("/dead-letters/{task_id:int}", sync_to_thread=True)
-    def dead_letter(task_id: int) -> DeadLetter:
+    def dead_letter(task_id: FromPath[int]) -> DeadLetter:
         return store.dead_letter(task_id)
 
     @post("/dead-letters/{task_id:int}/replay", sync_to_thread=True)
-    def replay(task_id: int) -> Accepted:
+    def replay(task_id: FromPath[int]) -> Accepted:
         new_id = store.replay_dead_letter(task_id, triggered_by="http")
         return Accepted(task_id=new_id, status_url=f"/tasks/{new_id}")
 
     @get("/invocations", sync_to_thread=True)
-    def invocations(function: str | None = None, limit: int = 50) -> list[InvocationRow]:
+    def invocations(function: FromQuery[str | None] = None, limit: FromQuery[int] = 50) -> list[InvocationRow]:
         rows = store.query(
             "SELECT task_id, attempt, function, source, started_at, duration_ms, outcome, error, event FROM invocations "
             "WHERE ? IS NULL OR function = ? ORDER BY started_at DESC LIMIT ?", [function, function, max(1, min(limit, 1000))])
@@ -152,12 +152,12 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
                               error=e, event=msgspec.json.decode(ev)) for t, a, f, s, at, d, o, e, ev in rows]
 
     @post("/reprocess", status_code=202, sync_to_thread=True)
-    def reprocess(data: Reprocess) -> Accepted:
+    def reprocess(data: JSONBody[Reprocess]) -> Accepted:
         task_id = router.reprocess(data.function, objects, data.bucket, data.key)
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
     @post("/schedules/{name:str}/run", status_code=202, sync_to_thread=True)
-    def run_schedule(name: str) -> Accepted:
+    def run_schedule(name: FromPath[str]) -> Accepted:
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 

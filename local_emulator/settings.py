@@ -9,6 +9,7 @@ from here; paths left empty derive from ``data_dir``.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -132,8 +133,18 @@ def _nest_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise SettingsError(f"environment variable {name} conflicts with another DROPWIRE_ variable")
-        target[parts[-1]] = value
+        target[parts[-1]] = _list_or_text(name, value)
     return out
+
+
+def _list_or_text(name: str, value: str) -> Any:
+    """List settings come from the environment as JSON arrays: DROPWIRE_HTTP__API_TOKENS='["a", "b"]'."""
+    if not value.lstrip().startswith("["):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"environment variable {name} looks like a JSON array but is not valid JSON: {exc}") from None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,63 @@
+"""Receipts: whatever order and however often S3 delivers a key's events, each version runs at
+most once and never after a newer one (real DuckDB store)."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from functions.platform import ObjectEvent
+from local_emulator.router import EventRouter
+from storage.store import Store
+from tests.platform.sample_functions import functions
+
+KEYS = itertools.count()
+
+
+def versions(key: str, count: int) -> list[ObjectEvent]:
+    return [ObjectEvent(bucket="local", key=key, raw_key=key, size=i, etag=f"etag{i}", version_id=None,
+                        sequencer=f"{0x5F00 + i:X}", event_name="ObjectCreated:Put", event_time="", source="s3")
+            for i in range(count)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_duplicated_and_reordered_deliveries_run_each_version_at_most_once_in_order(tmp_path_factory, data):
+    store = _store(tmp_path_factory)
+    router = EventRouter(functions, store, hop_limit=16)
+    originals = versions(f"incoming/k{next(KEYS)}.csv", data.draw(st.integers(1, 5)))
+    deliveries = data.draw(st.lists(st.sampled_from(originals), min_size=1, max_size=12))
+    admitted = [e for e in deliveries if router.route(e)[0].outcome == "accepted"]
+    sequence = [e.sequencer for e in admitted]
+    assert len(sequence) == len(set(sequence)), "a version ran twice"
+    assert sequence == sorted(sequence, key=lambda s: int(s, 16)), "an older version ran after a newer one"
+    newest = max(deliveries, key=lambda e: int(e.sequencer, 16))
+    assert newest in admitted
+
+
+_STORES: dict[str, Store] = {}
+
+
+def _store(factory) -> Store:
+    # One real store for all examples (hypothesis runs many; opening a file each time is slow).
+    if "store" not in _STORES:
+        _STORES["store"] = Store.open(factory.mktemp("receipts") / "db.duckdb")
+    return _STORES["store"]
+
+
+def teardown_module() -> None:
+    for store in _STORES.values():
+        store.close()
+
+
+def test_the_hop_guard_refuses_objects_deep_in_a_chain(tmp_path):
+    with Store.open(tmp_path / "db.duckdb") as store:
+        router = EventRouter(functions, store, hop_limit=16)
+        deep, shallow = versions("incoming/deep.csv", 1)[0], versions("incoming/shallow.csv", 1)[0]
+        store.record_output("local", "incoming/deep.csv", hop=16, function="somebody", task_id=1)
+        store.record_output("local", "incoming/shallow.csv", hop=15, function="somebody", task_id=1)
+        assert router.route(deep) == []
+        (admission,) = router.route(shallow)
+        assert admission.outcome == "accepted"
+        assert store.task(admission.task_id).args["hop"] == 15
