@@ -41,3 +41,13 @@ def broken(event: ObjectEvent, context: HandlerContext) -> None:
 @functions.function("tick", on=[OnSchedule(name="every-2s", every_seconds=2, catch_up_seconds=3600)])
 def tick(event: ScheduledEvent, context: HandlerContext) -> dict:
     return {"fired_for": event.fire_time, "catch_up": event.catch_up}
+
+
+@functions.function("s3_measure", on=[OnUpload(bucket="uploads", prefix="in/")], outputs=[Output(bucket="uploads", prefix="out/")],
+                    timeout_seconds=30)
+def s3_measure(event: ObjectEvent, context: HandlerContext) -> dict:
+    """The same code as for a local folder: the object store hides where the bucket lives."""
+    with context.objects.open(event.bucket, event.key) as stream:
+        total = len(stream.read())
+    context.outputs.write_bytes("uploads", f"out/{event.key}.txt", f"{total}\n".encode())
+    return {"bytes": total}
