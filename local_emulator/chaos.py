@@ -14,7 +14,7 @@ from functions.platform import ObjectEvent
 
 
 class Chaos:
-    def __init__(self, route: Callable[[ObjectEvent], object], *, duplicate: float = 0.0, reorder: float = 0.0,
+    def __init__(self, route: Callable[[list[ObjectEvent]], object], *, duplicate: float = 0.0, reorder: float = 0.0,
                  max_delay_seconds: float = 0.0, seed: int | None = None) -> None:
         self.route = route
         self.duplicate, self.reorder, self.max_delay = duplicate, reorder, max_delay_seconds
@@ -26,7 +26,11 @@ class Chaos:
         self._thread = threading.Thread(target=self._run, name="dropwire-chaos", daemon=True)
         self._thread.start()
 
-    def submit(self, event: ObjectEvent) -> None:
+    def submit(self, events: list[ObjectEvent]) -> None:
+        for event in events:
+            self._hold(event)
+
+    def _hold(self, event: ObjectEvent) -> None:
         copies = 2 if self._random.random() < self.duplicate else 1
         with self._wake:
             for _ in range(copies):
@@ -53,4 +57,4 @@ class Chaos:
                     if self._stopping:
                         return
                     self._wake.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-            self.route(event)
+            self.route([event])

@@ -83,7 +83,8 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
     with store_access(settings) as store:
         the_event = _load_event(event)
-        hop = store.hop_of(the_event.bucket, the_event.key) if isinstance(the_event, ObjectEvent) else 0
+        place = (the_event.bucket, the_event.key) if isinstance(the_event, ObjectEvent) else None
+        hop = store.hops_of([place]).get(place, 0) if place else 0
         request = Request(invocation=Invocation(function=function, source="invoke", event=the_event, hop=hop),
                           task_id=0, attempt=1, max_attempts=1, deadline=time.time() + spec.timeout_seconds)
         outcome = execute(spec, request, objects, store,

@@ -16,13 +16,11 @@ import msgspec
 
 from storage.errors import DropwireError
 from storage.records import (
-    Admission,
     Applied,
     ClaimedTask,
     DeadLetter,
     Effects,
     InvocationRecord,
-    ObjectReceipt,
     QueueStats,
     TaskSpec,
     TaskStatus,
@@ -70,8 +68,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "current": (Store.current, {}),
     "apply": (Store.apply, {"effects": Effects}),
     "record_output": (Store.record_output, {}),
-    "hop_of": (Store.hop_of, {}),
-    "admit": (Store.admit, {"receipt": ObjectReceipt, "spec": TaskSpec}),
+    "hops_of": (lambda store, objects: list(store.hops_of([tuple(o) for o in objects]).items()), {}),
     "fire_schedule": (Store.fire_schedule, {"spec": TaskSpec}),
 }
 
@@ -252,11 +249,9 @@ class ControlClient:
     def record_output(self, bucket: str, key: str, *, hop: int, function: str, task_id: int) -> None:
         self._call("record_output", bucket=bucket, key=key, hop=hop, function=function, task_id=task_id)
 
-    def hop_of(self, bucket: str, key: str) -> int:
-        return self._call("hop_of", int, bucket=bucket, key=key)
-
-    def admit(self, receipt: ObjectReceipt, spec: TaskSpec) -> Admission:
-        return self._call("admit", Admission, receipt=receipt, spec=spec)
+    def hops_of(self, objects: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        pairs = self._call("hops_of", list, objects=[list(o) for o in objects])
+        return {(bucket, key): hop for (bucket, key), hop in pairs}
 
     def fire_schedule(self, schedule: str, fire_time: float, spec: TaskSpec) -> int | None:
         return self._call("fire_schedule", int | None, schedule=schedule, fire_time=fire_time, spec=spec)

@@ -53,6 +53,8 @@ class SandboxPool:
         self._local = threading.local()
         self._all: list[Sandbox] = []
         self._lock = threading.Lock()
+        self._prepared = threading.Condition(self._lock)
+        self._ready = 0
 
     def _mine(self) -> Sandbox:
         sandbox = getattr(self._local, "sandbox", None)
@@ -65,6 +67,14 @@ class SandboxPool:
     def prepare(self) -> None:
         """Start the calling thread's handler process now, not on its first event."""
         self._mine().start()
+        with self._prepared:
+            self._ready += 1
+            self._prepared.notify_all()
+
+    def wait_ready(self, count: int, timeout: float) -> bool:
+        """Wait until `count` threads have a handler process that has loaded the functions."""
+        with self._prepared:
+            return self._prepared.wait_for(lambda: self._ready >= count, timeout)
 
     def run(self, spec: FunctionSpec, request: Request) -> Outcome:
         return self._mine().run(request)

@@ -75,6 +75,8 @@ class Emulator:
         self._stops.append(self.sandboxes.close)
         pool = start_pool(settings, self.store, tasks, "dispatcher", thread_start=self.sandboxes.prepare)
         self._stops.append(pool.stop)
+        if not self.sandboxes.wait_ready(settings.queue.workers, timeout=180):
+            raise DropwireError("the handler processes did not start within 180s; see the log above")
 
         self.router = EventRouter(self.functions, self.store, settings.events.hop_limit)
         self.scheduler = Scheduler(self.functions, self.store).start()

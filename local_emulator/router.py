@@ -18,9 +18,9 @@ log = logging.getLogger("dropwire.router")
 
 
 class Admitter(Protocol):
-    def admit(self, receipt: ObjectReceipt, spec: TaskSpec) -> Admission: ...
+    def admit(self, offers: list[tuple[ObjectReceipt, TaskSpec]]) -> list[Admission]: ...
 
-    def hop_of(self, bucket: str, key: str) -> int: ...
+    def hops_of(self, objects: list[tuple[str, str]]) -> dict[tuple[str, str], int]: ...
 
     def enqueue(self, spec: TaskSpec) -> int: ...
 
@@ -31,37 +31,45 @@ class EventRouter:
         self.admitter = admitter
         self.hop_limit = hop_limit
 
-    def route(self, event: ObjectEvent) -> list[Admission]:
+    def route(self, events: list[ObjectEvent]) -> list[Admission]:
+        """Admit every (event, matching function) pair in one group commit."""
+        wanted = [(event, self.functions.matching(event)) for event in events if self._safe(event)]
+        for event, matching in wanted:
+            if not matching:
+                log.info("no function watches %s %s/%s; ignored", event.event_name, event.bucket, event.key)
+        wanted = [(event, matching) for event, matching in wanted if matching]
+        hops = self.admitter.hops_of(list({(e.bucket, e.key) for e, _ in wanted}))
+        offers, offered = [], []
+        for event, matching in wanted:
+            hop = hops.get((event.bucket, event.key), 0)
+            if hop >= self.hop_limit:
+                log.error("refused %s/%s: it is %d handler hops from an outside upload, the limit is %d; "
+                          "a chain of functions is feeding itself", event.bucket, event.key, hop, self.hop_limit)
+                continue
+            for spec in matching:
+                offers.append((ObjectReceipt(function=spec.name, bucket=event.bucket, key=event.key, version=event.version,
+                                             sequencer=event.sequencer, event_name=event.event_name),
+                               TaskSpec(name=spec.task_name, max_attempts=spec.max_attempts,
+                                        args=Invocation(function=spec.name, source="upload", event=event, hop=hop))))
+                offered.append((event, spec.name))
+        admissions = self.admitter.admit(offers) if offers else []
+        for (event, function), admission in zip(offered, admissions):
+            if admission.outcome == "accepted":
+                log.info("%s/%s -> %s (task %s)", event.bucket, event.key, function, admission.task_id)
+            else:
+                log.info("%s/%s not queued for %s: %s (%s)", event.bucket, event.key, function, admission.outcome,
+                         admission.reason)
+        return admissions
+
+    @staticmethod
+    def _safe(event: ObjectEvent) -> bool:
         try:
             check_key(event.key)
         except InvalidKey as exc:
             log.warning("ignored %s event from %s for %s/%r: %s", event.event_name, event.source, event.bucket,
                         event.raw_key, exc.message)
-            return []
-        matching = self.functions.matching(event)
-        if not matching:
-            log.info("no function watches %s %s/%s; ignored", event.event_name, event.bucket, event.key)
-            return []
-        hop = self.admitter.hop_of(event.bucket, event.key)
-        if hop >= self.hop_limit:
-            log.error("refused %s/%s: it is %d handler hops from an outside upload, the limit is %d; "
-                      "a chain of functions is feeding itself", event.bucket, event.key, hop, self.hop_limit)
-            return []
-        admissions = []
-        for spec in matching:
-            admission = self.admitter.admit(
-                ObjectReceipt(function=spec.name, bucket=event.bucket, key=event.key, version=event.version,
-                              sequencer=event.sequencer, event_name=event.event_name),
-                TaskSpec(name=spec.task_name, args=Invocation(function=spec.name, source="upload", event=event, hop=hop),
-                         max_attempts=spec.max_attempts),
-            )
-            if admission.outcome == "accepted":
-                log.info("%s/%s -> %s (task %s)", event.bucket, event.key, spec.name, admission.task_id)
-            else:
-                log.info("%s/%s not queued for %s: %s (%s)", event.bucket, event.key, spec.name, admission.outcome,
-                         admission.reason)
-            admissions.append(admission)
-        return admissions
+            return False
+        return True
 
     def reprocess(self, function: str, objects: ObjectStore, bucket: str, key: str) -> int:
         """Run `function` again on an object, on purpose: receipts do not stop it."""
@@ -78,6 +86,7 @@ class EventRouter:
                             event_time=datetime.now(timezone.utc).isoformat(), source="reprocess")
         task_id = self.admitter.enqueue(TaskSpec(
             name=spec.task_name, max_attempts=spec.max_attempts,
-            args=Invocation(function=function, source="reprocess", event=event, hop=self.admitter.hop_of(bucket, key))))
+            args=Invocation(function=function, source="reprocess", event=event,
+                            hop=self.admitter.hops_of([(bucket, key)]).get((bucket, key), 0))))
         log.info("reprocessing %s/%s with %s (task %s)", bucket, key, function, task_id)
         return task_id

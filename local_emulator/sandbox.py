@@ -93,6 +93,7 @@ def _child_main(connection: Connection, config_bytes: bytes) -> None:
         client.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
 
     decode = msgspec.msgpack.Decoder(Request).decode
+    connection.send_bytes(b"ready")
     while True:
         try:
             request = decode(connection.recv_bytes())
@@ -109,6 +110,8 @@ def _child_main(connection: Connection, config_bytes: bytes) -> None:
 class Sandbox:
     """One child process that runs handlers one at a time; replaced when it is killed."""
 
+    start_timeout_seconds = 120.0
+
     def __init__(self, config: ChildConfig) -> None:
         self._config = msgspec.msgpack.encode(config)
         self._context = multiprocessing.get_context("spawn")
@@ -124,6 +127,16 @@ class Sandbox:
         self._process.start()
         child.close()
         self._connection = parent
+        # Ready means imported and loaded: the first event must not wait for that.
+        try:
+            ready = parent.poll(self.start_timeout_seconds) and parent.recv_bytes() == b"ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            code = self._process.exitcode
+            self.stop(kill=True)
+            raise HandlerCrashed(f"the handler process did not become ready within {self.start_timeout_seconds}s"
+                                 + (f" (it exited with code {code}; see its error above)" if code is not None else ""))
 
     def run(self, request: Request) -> Outcome:
         self.start()

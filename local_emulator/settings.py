@@ -32,7 +32,7 @@ class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     bucket: str = "local"
     bucket_dir: str = ""
     # A written file counts as complete once its size and mtime hold still this long.
-    settle_seconds: float = 0.03
+    settle_seconds: float = 0.02
     # S3 (or an S3-compatible endpoint): the buckets to serve, and the SQS queue their
     # notifications go to. Credentials come from the usual AWS variables.
     s3_endpoint_url: str = ""

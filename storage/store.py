@@ -591,13 +591,18 @@ class Store:
 
     # ------------------------------------------------------------------ object events, outputs, schedules
 
-    def admit(self, receipt: ObjectReceipt, spec: TaskSpec) -> Admission:
-        """Queue `spec` for an object event unless the same (function, bucket, key, version)
-        was admitted before (duplicate) or a newer event for the key was (stale)."""
-        encoded = self._encode_task(spec)
-        return self._call(partial(self._op_admit, receipt, encoded))
+    def admit(self, offers: list[tuple[ObjectReceipt, TaskSpec]]) -> list[Admission]:
+        """For each object event offered to a function, queue its task unless the same
+        (function, bucket, key, version) was admitted before (duplicate) or a newer event for
+        the key was (stale). All in one group commit."""
+        encoded = [(receipt, self._encode_task(spec)) for receipt, spec in offers]
 
-    def _op_admit(self, receipt: ObjectReceipt, encoded: tuple[TaskSpec, str], batch: Batch, now: float) -> Admission:
+        def op(batch: Batch, now: float) -> list[Admission]:
+            return [self._admit_one(receipt, spec, batch, now) for receipt, spec in encoded]
+
+        return self._call(op)
+
+    def _admit_one(self, receipt: ObjectReceipt, encoded: tuple[TaskSpec, str], batch: Batch, now: float) -> Admission:
         dedupe = f"object:{receipt.function}:{receipt.bucket}:{receipt.key}:{receipt.version}"
         if dedupe in self._index.by_key:
             return Admission(outcome="duplicate", task_id=self._index.by_key[dedupe],
@@ -626,10 +631,14 @@ class Store:
 
         self._call(op)
 
-    def hop_of(self, bucket: str, key: str) -> int:
-        """How many handler hops produced the object (0: it came from outside)."""
-        row = self._cursor().execute('SELECT hop FROM object_lineage WHERE bucket = ? AND "key" = ?', [bucket, key]).fetchone()
-        return row[0] if row else 0
+    def hops_of(self, objects: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """How many handler hops produced each (bucket, key); objects from outside are left out."""
+        if not objects:
+            return {}
+        rows = self._cursor().execute(
+            'SELECT bucket, "key", hop FROM object_lineage WHERE (bucket, "key") IN (SELECT unnest(?), unnest(?))',
+            [[b for b, _ in objects], [k for _, k in objects]]).fetchall()
+        return {(b, k): hop for b, k, hop in rows}
 
     def fire_schedule(self, schedule: str, fire_time: float, spec: TaskSpec) -> int | None:
         """Queue a schedule's run for `fire_time` unless a run at or after it was already

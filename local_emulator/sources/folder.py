@@ -28,7 +28,8 @@ def ignored(relative: str) -> bool:
 
 
 class FolderSource:
-    def __init__(self, root: Path, bucket: str, emit: Callable[[ObjectEvent], object], settle_seconds: float = 0.03) -> None:
+    def __init__(self, root: Path, bucket: str, emit: Callable[[list[ObjectEvent]], object],
+                 settle_seconds: float = 0.03) -> None:
         self.root = root.resolve()
         self.bucket = bucket
         self.emit = emit
@@ -87,6 +88,7 @@ class FolderSource:
 
     def _flush_settled(self) -> None:
         now = time.monotonic()
+        settled = []
         for path, (size, mtime_ns, since) in list(self._pending.items()):
             if now - since < self.settle_seconds:
                 continue
@@ -99,16 +101,19 @@ class FolderSource:
                 self._pending[path] = (stat.st_size, stat.st_mtime_ns, now)  # still being written
                 continue
             del self._pending[path]
-            self._deliver(self._event(self._relative(path), stat, "ObjectCreated:Put"))
+            settled.append(self._event(self._relative(path), stat, "ObjectCreated:Put"))
+        self._deliver(settled)
 
-    def _deliver(self, event: ObjectEvent) -> None:
+    def _deliver(self, events: list[ObjectEvent]) -> None:
+        if not events:
+            return
         try:
-            self.emit(event)
+            self.emit(events)
         except Exception:
-            log.exception("could not route %s/%s", event.bucket, event.key)
+            log.exception("could not route %d event(s), first %s/%s", len(events), events[0].bucket, events[0].key)
 
     def _run(self) -> None:
-        watcher = watchfiles.watch(self.root, stop_event=self._stop, debounce=50, step=5, rust_timeout=10,
+        watcher = watchfiles.watch(self.root, stop_event=self._stop, debounce=50, step=5, rust_timeout=5,
                                    yield_on_timeout=True, raise_interrupt=False)
         self._scan(self.root)  # catch up on what arrived while nobody watched
         self._ready.set()
@@ -119,7 +124,7 @@ class FolderSource:
                     continue
                 if change == watchfiles.Change.deleted:
                     if self._pending.pop(path, None) is None and not os.path.exists(path):
-                        self._deliver(self._event(relative, None, "ObjectRemoved:Delete"))
+                        self._deliver([self._event(relative, None, "ObjectRemoved:Delete")])
                 elif os.path.isdir(path):
                     self._scan(path)
                 else:

@@ -100,7 +100,7 @@ class SqsSource:
     events were routed (their invocations durably queued); one that is not an S3 event is
     logged and deleted so it cannot come back forever."""
 
-    def __init__(self, client, queue_url: str, route: Callable[[ObjectEvent], object], wait_seconds: int = 1) -> None:
+    def __init__(self, client, queue_url: str, route: Callable[[list[ObjectEvent]], object], wait_seconds: int = 1) -> None:
         self.client = client
         self.queue_url = queue_url
         self.route = route
@@ -125,19 +125,21 @@ class SqsSource:
                 log.error("cannot receive from %s: %s", self.queue_url, exc)
                 self._stop.wait(1.0)
                 continue
-            for message in reply.get("Messages", []):
-                self._handle(message)
+            self._handle(reply.get("Messages", []))
 
-    def _handle(self, message: dict) -> None:
-        try:
-            events = parse_notification(message["Body"], source="sqs")
-        except MalformedEvent as exc:
-            log.error("deleted SQS message %s: %s", message.get("MessageId"), exc.message)
-        else:
+    def _handle(self, messages: list[dict]) -> None:
+        """Route the events of all received messages together, then delete the messages."""
+        events = []
+        for message in messages:
             try:
-                for event in events:
-                    self.route(event)
-            except DropwireError as exc:
-                log.error("SQS message %s stays queued (it will be retried): %s", message.get("MessageId"), exc.message)
-                return
-        self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+                events.extend(parse_notification(message["Body"], source="sqs"))
+            except MalformedEvent as exc:
+                log.error("deleting SQS message %s: %s", message.get("MessageId"), exc.message)
+        try:
+            if events:
+                self.route(events)
+        except DropwireError as exc:
+            log.error("%d SQS message(s) stay queued (they will be retried): %s", len(messages), exc.message)
+            return
+        for message in messages:
+            self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -18,9 +18,9 @@ def source(tmp_path):
     seen: list[ObjectEvent] = []
     lock = threading.Lock()
 
-    def emit(event: ObjectEvent) -> None:
+    def emit(events: list[ObjectEvent]) -> None:
         with lock:
-            seen.append(event)
+            seen.extend(events)
 
     root = tmp_path / "bucket"
     root.mkdir()

@@ -28,7 +28,7 @@ def test_duplicated_and_reordered_deliveries_run_each_version_at_most_once_in_or
     router = EventRouter(functions, store, hop_limit=16)
     originals = versions(f"incoming/k{next(KEYS)}.csv", data.draw(st.integers(1, 5)))
     deliveries = data.draw(st.lists(st.sampled_from(originals), min_size=1, max_size=12))
-    admitted = [e for e in deliveries if router.route(e)[0].outcome == "accepted"]
+    admitted = [e for e in deliveries if router.route([e])[0].outcome == "accepted"]
     sequence = [e.sequencer for e in admitted]
     assert len(sequence) == len(set(sequence)), "a version ran twice"
     assert sequence == sorted(sequence, key=lambda s: int(s, 16)), "an older version ran after a newer one"
@@ -57,7 +57,7 @@ def test_the_hop_guard_refuses_objects_deep_in_a_chain(tmp_path):
         deep, shallow = versions("incoming/deep.csv", 1)[0], versions("incoming/shallow.csv", 1)[0]
         store.record_output("local", "incoming/deep.csv", hop=16, function="somebody", task_id=1)
         store.record_output("local", "incoming/shallow.csv", hop=15, function="somebody", task_id=1)
-        assert router.route(deep) == []
-        (admission,) = router.route(shallow)
+        assert router.route([deep]) == []
+        (admission,) = router.route([shallow])
         assert admission.outcome == "accepted"
         assert store.task(admission.task_id).args["hop"] == 15
