@@ -5,12 +5,12 @@ its own outputs, or on another function's outputs in a cycle (the classic Lambda
 from __future__ import annotations
 
 import fnmatch
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgspec
 
+from functions.registry import load_named
 from storage.errors import DropwireError
 
 
@@ -196,20 +196,9 @@ class FunctionRegistry:
     def matching(self, event: ObjectEvent) -> list[FunctionSpec]:
         return [f for f in self._functions.values() if any(t.matches(event) for t in f.uploads())]
 
-    def watched_buckets(self) -> set[str]:
-        return {t.bucket for f in self._functions.values() for t in f.uploads()}
-
     def schedules(self) -> list[tuple[OnSchedule, FunctionSpec]]:
         return [(t, f) for f in self._functions.values() for t in f.triggers if isinstance(t, OnSchedule)]
 
 
 def load_functions(spec: str) -> FunctionRegistry:
-    """'package.module:attribute' -> the FunctionRegistry it names."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        registry = getattr(importlib.import_module(module_name), attribute or "functions")
-    except (ImportError, AttributeError) as exc:
-        raise DropwireError(f"cannot load the function registry {spec!r}: {exc}") from None
-    if not isinstance(registry, FunctionRegistry):
-        raise DropwireError(f"{spec!r} is a {type(registry).__name__}, not a FunctionRegistry")
-    return registry
+    return load_named(spec, FunctionRegistry, "functions")

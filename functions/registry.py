@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import msgspec
 
 from storage.errors import DropwireError
 from storage.records import Effects, InvocationRecord
+
+T = TypeVar("T")
 
 
 class Completion(msgspec.Struct, kw_only=True, frozen=True):
@@ -81,13 +83,17 @@ class TaskRegistry:
         return self._tasks[name]
 
 
-def load_registry(spec: str) -> TaskRegistry:
-    """'package.module:attribute' -> the TaskRegistry it names."""
+def load_named(spec: str, kind: type[T], default_attribute: str) -> T:
+    """'package.module:attribute' -> the object it names, which must be a `kind`."""
     module_name, _, attribute = spec.partition(":")
     try:
-        registry = getattr(importlib.import_module(module_name), attribute or "registry")
+        found = getattr(importlib.import_module(module_name), attribute or default_attribute)
     except (ImportError, AttributeError) as exc:
-        raise DropwireError(f"cannot load the task registry {spec!r}: {exc}") from None
-    if not isinstance(registry, TaskRegistry):
-        raise DropwireError(f"{spec!r} is a {type(registry).__name__}, not a TaskRegistry")
-    return registry
+        raise DropwireError(f"cannot load the {kind.__name__} {spec!r}: {exc}") from None
+    if not isinstance(found, kind):
+        raise DropwireError(f"{spec!r} is a {type(found).__name__}, not a {kind.__name__}")
+    return found
+
+
+def load_registry(spec: str) -> TaskRegistry:
+    return load_named(spec, TaskRegistry, "registry")

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import boto3
-import httpx
 import msgspec
 
 from local_emulator.emulator import Emulator
 from local_emulator.settings import load_settings
-from tests.platform.conftest import free_port
+from tests.platform.moto_server import CREDENTIALS, moto_server
 
 FUNCTIONS = "tests.benchmarks.bench_functions:functions"
 
@@ -73,19 +70,8 @@ def folder_throughput(root: Path, files: int = 1000) -> float:
 
 
 def sqs_latency(root: Path, objects: int = 60) -> list[float]:
-    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(credentials)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{endpoint}/moto-api/")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+    os.environ.update(CREDENTIALS)
+    with moto_server() as endpoint:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
         sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
         s3.create_bucket(Bucket="bench-uploads")
@@ -103,9 +89,6 @@ def sqs_latency(root: Path, objects: int = 60) -> list[float]:
                 time.sleep(0.05)
             starts = started_at(emulator, objects)
         return [starts[key] - at for key, at in written.items()]
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def main() -> None:

@@ -4,42 +4,25 @@ free loopback port, sending real bucket notifications to a real queue."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import boto3
-import httpx
 import pytest
 
 from local_emulator.emulator import Emulator
 from local_emulator.sources.s3 import example_notification
 from tests.conftest import wait_for
-from tests.platform.conftest import emulator_settings, free_port
+from tests.platform.conftest import emulator_settings
+from tests.platform.moto_server import CREDENTIALS, moto_server
 
 pytestmark = pytest.mark.slow
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture
 def moto(monkeypatch):
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **CREDENTIALS})
-    endpoint = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{endpoint}/moto-api/").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, timeout=30, what="the moto server")
-    yield endpoint
-    server.terminate()
-    server.wait(10)
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def test_s3_uploads_reach_handlers_through_sqs(moto, tmp_path):
@@ -58,7 +41,8 @@ def test_s3_uploads_reach_handlers_through_sqs(moto, tmp_path):
         s3.put_object(Bucket="uploads", Key="elsewhere/ignored.csv", Body=b"nobody watches this prefix")
         # Not an S3 event: logged and deleted, and the consumer goes on.
         sqs.send_message(QueueUrl=queue_url, MessageBody="this is not an S3 event")
-        wait_for(lambda: emulator.store.query("SELECT count(*) FROM invocations WHERE outcome = 'succeeded'")[0][0] == 1,
+        wait_for(lambda: emulator.store.query(
+            "SELECT count(*) FROM invocations WHERE function = 's3_measure' AND outcome = 'succeeded'")[0][0] == 1,
                  timeout=60, what="the S3 upload to be handled")
         report = s3.get_object(Bucket="uploads", Key="out/in/red flower+1.csv.txt")["Body"].read()
         assert report == b"11\n"
@@ -70,4 +54,4 @@ def test_s3_uploads_reach_handlers_through_sqs(moto, tmp_path):
         wait_for(lambda: int(sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
                              ["ApproximateNumberOfMessages"]) == 0, timeout=30, what="the queue to drain")
         wait_for(lambda: emulator.store.query("SELECT count(*) FROM object_receipts")[0][0] == 1, what="one receipt")
-        assert emulator.store.query("SELECT count(*) FROM invocations")[0][0] == 1
+        assert emulator.store.query("SELECT count(*) FROM invocations WHERE function = 's3_measure'")[0][0] == 1
