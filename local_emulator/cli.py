@@ -83,5 +83,5 @@ def main() -> None:
     try:
         app()
     except DropwireError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc.message}", highlight=False)
         sys.exit(1)

@@ -47,8 +47,12 @@ def run_demo(settings: Settings, console: Console) -> None:
         console.print(Panel.fit(f"dropwire demo: use case [bold]{use_case}[/] with three models\n"
                                 f"state database: {settings.database_path}", title="dropwire"))
         store.create("use_case", use_case, triggered_by="demo.team", reason="use case created")
-        for trigger in ("template_sent", "await_config", "config_uploaded", "validation_started", "config_valid"):
-            store.transition("use_case", use_case, trigger=trigger, triggered_by="demo.team")
+        for trigger, reason in (("template_sent", "config template sent to the team"),
+                                ("await_config", "waiting for the team's config"),
+                                ("config_uploaded", "config.yaml uploaded"),
+                                ("validation_started", "validating the config"),
+                                ("config_valid", "config valid: 1 field, exact match")):
+            store.transition("use_case", use_case, trigger=trigger, triggered_by="demo.team", reason=reason)
         for model_id in models.values():
             store.create("model", model_id, triggered_by="demo.team", reason="model registered")
         # A dataset with an unreadable argument shows a task that can never succeed.
@@ -72,8 +76,7 @@ def run_demo(settings: Settings, console: Console) -> None:
 
 def _report(store: Store, use_case: str, models: dict[str, str], console: Console) -> None:
     states = Table("entity", "state", "version", "last step")
-    for column in states.columns:
-        column.overflow = "fold"
+    states.columns[1].no_wrap = True
     snapshot = store.snapshot("use_case", use_case)
     states.add_row(f"use case {use_case}", snapshot.state, str(snapshot.version), snapshot.history[-1].reason or "")
     for name, model_id in models.items():
@@ -81,11 +84,11 @@ def _report(store: Store, use_case: str, models: dict[str, str], console: Consol
         states.add_row(f"model {name}", snap.state, str(snap.version), snap.history[-1].reason or "")
     console.print(states)
 
-    history = Table("seq", "from", "to", "trigger", "by", "why", title="history of model claude-3 (failed QC, fixed, passed)")
-    for column in history.columns:
-        column.overflow = "fold"
+    history = Table("seq", "state", "trigger", "by", "why", title="history of model claude-3 (failed QC, fixed, passed)")
+    for column in history.columns[1:3]:
+        column.no_wrap = True  # state and trigger names stay whole; the reason wraps
     for record in store.history("model", models["claude-3"]):
-        history.add_row(str(record.seq), record.from_state or "-", record.to_state, record.trigger, record.triggered_by, record.reason or "")
+        history.add_row(str(record.seq), record.to_state, record.trigger, record.triggered_by, record.reason or "")
     console.print(history)
 
     stats = store.stats()
