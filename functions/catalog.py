@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functions import forecasts
 from functions.platform import FunctionRegistry
 
 functions = FunctionRegistry()
+forecasts.register(functions)

@@ -10,7 +10,7 @@ from functools import partial
 from typing import Callable
 
 from functions.platform import FunctionRegistry, FunctionSpec, Invocation
-from functions.registry import Completion, TaskContext, TaskFailed, TaskRegistry
+from functions.registry import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
 from local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerTimeout, Outcome, Request, Sandbox
 from storage.records import InvocationRecord
 
@@ -40,8 +40,9 @@ def _invoke(spec: FunctionSpec, runner: Runner, invocation: Invocation, context:
     except HandlerCrashed as exc:
         raise TaskFailed(exc.message, invocation=record("failed", exc.message)) from None
     if not outcome.ok:
-        raise TaskFailed(outcome.error or "the handler failed", traceback=outcome.traceback,
-                         invocation=record("failed", outcome.error))
+        failed = TaskFailed if outcome.retryable else PermanentTaskError
+        raise failed(outcome.error or "the handler failed", traceback=outcome.traceback,
+                     invocation=record("failed", outcome.error))
     return Completion(result=outcome.result, effects=outcome.effects, invocation=record("succeeded"))
 
 

@@ -18,6 +18,7 @@ import msgspec
 from functions.context import HandlerContext, StateChanges, StateReader
 from functions.objects import ObjectStore, ObjectWriter
 from functions.platform import FunctionSpec, Invocation, load_functions
+from functions.registry import PermanentTaskError
 from storage.errors import DropwireError
 from storage.records import Effects
 
@@ -46,6 +47,8 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
     effects: Effects = Effects()
     error: str | None = None
     traceback: str | None = None
+    # False when the handler raised PermanentTaskError: no retry, straight to the dead letters.
+    retryable: bool = True
 
 
 def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
@@ -66,7 +69,8 @@ def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: 
         return Outcome(ok=True, result=result, effects=context.state.effects())
     except Exception as exc:
         message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
-        return Outcome(ok=False, error=message, traceback=traceback.format_exc())
+        return Outcome(ok=False, error=message, traceback=traceback.format_exc(),
+                       retryable=not isinstance(exc, PermanentTaskError))
 
 
 class ChildConfig(msgspec.Struct, frozen=True):

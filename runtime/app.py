@@ -4,7 +4,8 @@ error body ``{error, message, details, timestamp}``.
     POST   /datasets?precompute=true        CSV body -> handle; background precompute starts
     GET    /datasets/{handle}               what is known about it
     DELETE /datasets/{handle}               drop it and all its pending work
-    GET    /datasets/{handle}/forecasts/{index}?format=json|png
+    GET    /datasets/{handle}/forecasts/{index}?format=json|png     interactive: ahead of everything
+    GET    /datasets/{handle}/forecasts?start=&stop=&wait=S         a range at background priority
     POST   /quick-draw?format=json|png      CSV body -> forecast of its last index, then forgotten
     GET    /health, GET /stats
 """
@@ -16,10 +17,11 @@ import logging
 from typing import Literal
 
 from litestar import Litestar, Request, Response, delete, get, post
+from litestar.params import Parameter
 
 from runtime.http_errors import exception_handlers
 from runtime.plotting import fan_chart_png
-from runtime.schemas import DatasetInfo, Deleted, Forecast, Health, Stats
+from runtime.schemas import DatasetInfo, Deleted, Forecast, ForecastRange, Health, Stats
 from runtime.service import ForecastService, upload_limit_error
 
 Format = Literal["json", "png"]
@@ -52,6 +54,14 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
     async def draw(handle: str, index: int, format: Format = "json") -> Response:
         return await forecast_response(await service.forecast(handle, index), format)
 
+    @get("/datasets/{handle:str}/forecasts")
+    async def draw_range(
+        handle: str, start: int, stop: int, wait: float | None = Parameter(default=None, gt=0)
+    ) -> ForecastRange:
+        # For batch consumers: never jumps ahead of interactive work, waits (bounded) for
+        # the background lane instead.
+        return await service.forecast_range(handle, start, stop, wait)
+
     @post("/quick-draw", status_code=200)
     async def quick_draw(request: Request, format: Format = "json") -> Response:
         return await forecast_response(await service.quick_draw(await request.body()), format)
@@ -69,7 +79,7 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
             service.ensure_accepting()
 
     return Litestar(
-        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, quick_draw, health, stats],
+        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats],
         before_request=refuse_when_shutting_down,
         exception_handlers=exception_handlers(lambda: upload_limit_error(limit)),
         request_max_body_size=limit,

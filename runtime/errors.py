@@ -32,6 +32,11 @@ class IndexOutOfRange(DropwireError):
     code = "index_out_of_range"
 
 
+class InvalidRange(DropwireError):
+    http_status = 422
+    code = "invalid_range"
+
+
 class RequestTimedOut(DropwireError):
     http_status = 504
     code = "timeout"

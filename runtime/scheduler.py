@@ -8,6 +8,12 @@
 - One job (one future) per (dataset, index): identical requests share it; an interactive
   request for an index the background has not reached yet is queued interactively
   (promoted) and the cursor later skips it; one for an index in flight joins that job.
+- Range watchers (a batch consumer) wait for specific indices at background priority: an
+  index the cursor will reach gets a future its job takes over when the cursor gets there;
+  one behind the cursor (evicted from the result cache, or never walked) is queued in the
+  dataset's revisit heap, which its background chunks serve first. Only what was asked for
+  is ever queued, and the watcher holds the results themselves, so they need not survive in
+  the result cache.
 - Each registration of a dataset gets a fresh generation. Deleting it drops its state in
   O(1): every queued or in-flight job of the old generation is stale from that moment, is
   skipped when popped, and is never cached; its waiters get an error at once.
@@ -19,6 +25,7 @@ Futures are resolved outside the lock.
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import threading
 import time
@@ -77,6 +84,14 @@ class _DatasetState:
     background: bool = False
     cursor: int = 0
     jobs: set[Job] = field(default_factory=set)
+    # Futures of watched indices no job has taken yet, and those of them behind the cursor.
+    awaited: dict[int, Future] = field(default_factory=dict)
+    revisit: list[int] = field(default_factory=list)
+    # Has an entry in the background rotation.
+    rotating: bool = False
+
+    def has_background_work(self) -> bool:
+        return bool(self.revisit) or (self.background and self.cursor <= self.dataset.last_index)
 
 
 class SchedulerStats(msgspec.Struct, frozen=True):
@@ -85,6 +100,8 @@ class SchedulerStats(msgspec.Struct, frozen=True):
     in_flight: int
     background_datasets: int
     background_remaining: int
+    # Indices range watchers wait for that no job has taken yet.
+    awaited: int
     computed_interactive: int
     computed_background: int
     coalesced: int
@@ -133,8 +150,7 @@ class Scheduler:
             if background and not state.background:
                 state.background = True
                 state.cursor = dataset.first_index
-                self._rotation.append(dataset.handle)
-                self._wake.notify()
+                self._rotate(state)
             return created
 
     def hold(self, dataset: Dataset) -> None:
@@ -154,7 +170,7 @@ class Scheduler:
             if state.holds or state.persistent:
                 return False
             waiters = self._forget(handle)
-        self._fail(waiters, DatasetGone(f"dataset {handle[:12]} was removed", handle=handle))
+        _fail(waiters, DatasetGone(f"dataset {handle[:12]} was removed", handle=handle))
         return True
 
     def remove_dataset(self, handle: str, error: Exception) -> bool:
@@ -163,7 +179,7 @@ class Scheduler:
             if handle not in self._datasets:
                 return False
             waiters = self._forget(handle)
-        self._fail(waiters, error)
+        _fail(waiters, error)
         return True
 
     def background_progress(self, handle: str) -> tuple[bool, int]:
@@ -179,11 +195,7 @@ class Scheduler:
     def submit(self, handle: str, index: int) -> tuple[Future, bool]:
         """An interactive request: (future, answered from the cache)."""
         with self._lock:
-            self._raise_if_closed()
-            state = self._datasets.get(handle)
-            if state is None:
-                raise DatasetNotFound(f"no dataset with handle {handle!r}", handle=handle)
-            assert self._results is not None, "attach_results() comes before the first request"
+            state = self._requestable(handle)
             cached = self._results.get(self.result_key(handle, index))
             if cached is not None:
                 done: Future = Future()
@@ -198,12 +210,51 @@ class Scheduler:
                 return job.future, False
             if state.background and index >= state.cursor:
                 self._promoted += 1
-            job = Job(state.dataset, index, state.generation, Lane.INTERACTIVE)
+            # A range watcher's future for it (if any) becomes this job's: one future per index.
+            job = Job(state.dataset, index, state.generation, Lane.INTERACTIVE, future=state.awaited.pop(index, None) or Future())
             self._pending[job.key] = job
             state.jobs.add(job)
             self._stack.append(job)
             self._wake.notify()
             return job.future, False
+
+    def _requestable(self, handle: str) -> _DatasetState:
+        """The dataset's state for a new request (under the lock), or why there is none."""
+        self._raise_if_closed()
+        state = self._datasets.get(handle)
+        if state is None:
+            raise DatasetNotFound(f"no dataset with handle {handle!r}", handle=handle)
+        assert self._results is not None, "attach_results() comes before the first request"
+        return state
+
+    def watch(self, handle: str, indices: range) -> list[Future]:
+        """Futures of the forecasts at ``indices`` at background priority: never ahead of
+        interactive work, and without promoting anything. Cached results resolve at once,
+        indices in flight are joined; the rest wait for the background lane."""
+        futures: list[Future] = []
+        with self._lock:
+            state = self._requestable(handle)
+            for index in indices:
+                cached = self._results.get(self.result_key(handle, index))
+                if cached is not None:
+                    done: Future = Future()
+                    done.set_result(cached)
+                    futures.append(done)
+                    continue
+                job = self._pending.get((handle, index))
+                if job is not None:
+                    self._coalesced += 1
+                    futures.append(job.future)
+                    continue
+                future = state.awaited.get(index)
+                if future is None:
+                    future = state.awaited[index] = Future()
+                    if not (state.background and index >= state.cursor):
+                        heapq.heappush(state.revisit, index)  # the cursor will not get there
+                futures.append(future)
+            if state.revisit:
+                self._rotate(state)
+        return futures
 
     # -- the device worker's side ---------------------------------------------------------
 
@@ -276,7 +327,7 @@ class Scheduler:
             for job in jobs:
                 self._release_job(job)
             self._failed += len(jobs)
-        self._fail(jobs, error)
+        _fail([job.future for job in jobs], error)
 
     def close(self, error: Exception) -> None:
         """Refuse new work and fail everything queued or in flight with ``error``."""
@@ -284,14 +335,17 @@ class Scheduler:
             if self._closed is not None:
                 return
             self._closed = error
-            waiters = list(self._pending.values())
+            waiters = [job.future for job in self._pending.values()]
             self._pending.clear()
             self._stack.clear()
             self._rotation.clear()
             for state in self._datasets.values():
                 state.jobs.clear()
+                waiters.extend(state.awaited.values())
+                state.awaited.clear()
+                state.revisit.clear()
             self._wake.notify_all()
-        self._fail(waiters, error)
+        _fail(waiters, error)
 
     def flush(self) -> int:
         """Forget every dataset (after close); returns how many there were."""
@@ -310,6 +364,7 @@ class Scheduler:
                 in_flight=len(self._pending) - queued,
                 background_datasets=len(background),
                 background_remaining=sum(s.dataset.last_index - s.cursor + 1 for s in background),
+                awaited=sum(len(s.awaited) for s in self._datasets.values()),
                 computed_interactive=self._computed[Lane.INTERACTIVE],
                 computed_background=self._computed[Lane.BACKGROUND],
                 coalesced=self._coalesced,
@@ -336,7 +391,7 @@ class Scheduler:
         state = self._datasets.get(job.dataset.handle)
         return state is not None and state.generation == job.generation
 
-    def _forget(self, handle: str) -> list[Job]:
+    def _forget(self, handle: str) -> list[Future]:
         state = self._datasets.pop(handle)
         for job in state.jobs:
             if self._pending.get(job.key) is job:
@@ -344,7 +399,13 @@ class Scheduler:
         if self._results is not None:
             self._results.drop_group(handle)
         # Stack entries and the rotation slot are skipped lazily when reached.
-        return list(state.jobs)
+        return [job.future for job in state.jobs] + list(state.awaited.values())
+
+    def _rotate(self, state: _DatasetState) -> None:
+        if not state.rotating:
+            state.rotating = True
+            self._rotation.append(state.dataset.handle)
+            self._wake.notify()
 
     def _release_job(self, job: Job) -> None:
         if self._pending.get(job.key) is job:
@@ -368,39 +429,52 @@ class Scheduler:
         return jobs
 
     def _take_background(self) -> tuple[list[Job], bool]:
-        """(a chunk of one dataset's next indices, whether its cursor has more to scan)."""
+        """(a chunk of one dataset's next indices, whether it has more to scan): watched
+        indices behind its cursor first, then the cursor's."""
         assert self._results is not None
         for _ in range(len(self._rotation)):
             handle = self._rotation[0]
             state = self._datasets.get(handle)
-            if state is None or not state.background or state.cursor > state.dataset.last_index:
+            if state is None or not state.has_background_work():
                 self._rotation.popleft()
+                if state is not None:
+                    state.rotating = False
                 continue
             self._rotation.rotate(-1)  # the next take serves the next dataset
             jobs: list[Job] = []
+            while state.revisit and len(jobs) < self.background_chunk:
+                index = heapq.heappop(state.revisit)
+                future = state.awaited.pop(index, None)
+                if future is not None:  # else an interactive job took it over meanwhile
+                    jobs.append(self._background_job(state, index, future))
+            if jobs:
+                return jobs, True
             scanned = 0
             last = state.dataset.last_index
             scan_limit = self.background_chunk * SCAN_LIMIT_PER_CHUNK
-            while state.cursor <= last and len(jobs) < self.background_chunk and scanned < scan_limit:
+            while state.background and state.cursor <= last and len(jobs) < self.background_chunk and scanned < scan_limit:
                 index = state.cursor
                 state.cursor += 1
                 scanned += 1
                 if (handle, index) in self._pending or self.result_key(handle, index) in self._results:
                     continue
-                job = Job(state.dataset, index, state.generation, Lane.BACKGROUND, taken=True)
-                self._pending[job.key] = job
-                state.jobs.add(job)
-                jobs.append(job)
+                jobs.append(self._background_job(state, index, state.awaited.pop(index, None) or Future()))
             if jobs:
                 return jobs, True
-            if state.cursor <= last:
+            if state.has_background_work():
                 return [], True
         return [], False
 
-    @staticmethod
-    def _fail(jobs: list[Job], error: Exception) -> None:
-        for job in jobs:
-            _resolve(job.future, error=error)
+    def _background_job(self, state: _DatasetState, index: int, future: Future) -> Job:
+        job = Job(state.dataset, index, state.generation, Lane.BACKGROUND, future=future, taken=True)
+        self._pending[job.key] = job
+        state.jobs.add(job)
+        return job
+
+
+def _fail(futures: list[Future], error: Exception) -> None:
+    for future in futures:
+        _resolve(future, error=error)
 
 
 def _resolve(future: Future, *, result: Any = None, error: Exception | None = None) -> None:

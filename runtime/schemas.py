@@ -65,6 +65,35 @@ class Forecast(msgspec.Struct, frozen=True):
     series: list[SeriesForecast]
 
 
+class SeriesSummary(msgspec.Struct, frozen=True):
+    name: str
+    mean: list[float]
+    std: list[float]
+    # One list per quantile level of the range (its ``levels``), each over the horizon steps.
+    quantiles: list[list[float]]
+
+
+class ForecastSummary(msgspec.Struct, frozen=True):
+    index: int
+    origin: str
+    timestamps: list[str]
+    # The lane that computed it: "interactive" / "background".
+    lane: str
+    series: list[SeriesSummary]
+
+
+class ForecastRange(msgspec.Struct, frozen=True):
+    """A batch consumer's view of indices start..stop-1: numbers only, no paths or densities."""
+
+    handle: str
+    start: int
+    stop: int
+    model_version: str
+    horizon: int
+    levels: list[float]
+    forecasts: list[ForecastSummary]
+
+
 class ModelInfo(msgspec.Struct, frozen=True):
     version: str
     source: str
@@ -149,4 +178,30 @@ def forecast_body(result: ForecastResult, dataset: Dataset, *, source: str, num_
         model_version=result.model_version,
         source=source,
         series=series,
+    )
+
+
+def range_body(results: list[ForecastResult], dataset: Dataset, *, start: int, stop: int) -> ForecastRange:
+    horizon = results[0].series[0].mean.shape[0]
+    forecasts = [
+        ForecastSummary(
+            index=result.index,
+            origin=dataset.timestamps[result.index].isoformat(),
+            timestamps=[t.isoformat() for t in dataset.future_timestamps(result.index, horizon)],
+            lane=result.lane,
+            series=[
+                SeriesSummary(name=name, mean=s.mean.tolist(), std=s.std.tolist(), quantiles=s.quantiles.tolist())
+                for name, s in zip(dataset.series_names, result.series)
+            ],
+        )
+        for result in results
+    ]
+    return ForecastRange(
+        handle=dataset.handle,
+        start=start,
+        stop=stop,
+        model_version=results[0].model_version,
+        horizon=horizon,
+        levels=list(results[0].levels),
+        forecasts=forecasts,
     )

@@ -23,7 +23,7 @@ import torch
 
 from runtime.caches import BoundedCache
 from runtime.dataset import Dataset, parse_csv
-from runtime.errors import DatasetGone, DatasetNotFound, RequestTimedOut, ShuttingDown, UploadTooLarge
+from runtime.errors import DatasetGone, DatasetNotFound, InvalidRange, RequestTimedOut, ShuttingDown, UploadTooLarge
 from runtime.model import LoadedModel
 from runtime.model_source import ModelSource, open_model
 from runtime.pipeline import ForecastPipeline, ForecastResult
@@ -32,11 +32,13 @@ from runtime.schemas import (
     DatasetInfo,
     Deleted,
     Forecast,
+    ForecastRange,
     Health,
     ModelInfo,
     Stats,
     dataset_info,
     forecast_body,
+    range_body,
 )
 from runtime.settings import RuntimeSettings
 from runtime.worker import DeviceWorker
@@ -162,6 +164,29 @@ class ForecastService:
         dataset.check_index(index)
         return await self._draw(dataset, index)
 
+    async def forecast_range(self, handle: str, start: int, stop: int, wait: float | None) -> ForecastRange:
+        """The forecasts of indices start..stop-1 at background priority, once all are
+        computed, waiting at most ``wait`` seconds (capped at request_timeout_s)."""
+        self.ensure_accepting()
+        dataset = self._dataset(handle)
+        limit = self.settings.max_range_indices
+        if not 0 < stop - start <= limit:
+            raise InvalidRange(
+                f"start={start}, stop={stop}: a range needs start < stop and at most {limit} indices "
+                "(setting runtime.max_range_indices)",
+                start=start,
+                stop=stop,
+                limit=limit,
+            )
+        dataset.check_index(start)
+        dataset.check_index(stop - 1)
+        timeout = min(wait or self.settings.request_timeout_s, self.settings.request_timeout_s)
+        futures = self._scheduler().watch(handle, range(start, stop))
+        results = await wait_all_bounded(
+            futures, timeout, what=f"indices {start}..{stop - 1} of dataset {handle[:12]}"
+        )
+        return range_body(results, dataset, start=start, stop=stop)
+
     async def quick_draw(self, content: bytes) -> Forecast:
         """Forecast the last index of an upload, then remove everything it added."""
         self.ensure_accepting()
@@ -278,11 +303,38 @@ class ForecastService:
 
 
 async def wait_bounded(future: concurrent.futures.Future, timeout: float, *, what: str) -> Any:
-    """Await a future the device worker resolves, for at most ``timeout`` seconds.
+    """Await a future the device worker resolves, for at most ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(_relay(future), timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimedOut(
+            f"{what} was not ready within {timeout}s (setting runtime.request_timeout_s); try again"
+        ) from None
 
-    The caller gets its own asyncio future, so a timeout here never cancels the shared
-    computation other identical requests wait on.
-    """
+
+async def wait_all_bounded(futures: list[concurrent.futures.Future], timeout: float, *, what: str) -> list[Any]:
+    """Await every future for at most ``timeout`` seconds in all; the first error (in index
+    order) wins over a timeout, so a deleted dataset says so rather than timing out."""
+    waiters = [_relay(future) for future in futures]
+    done, pending = await asyncio.wait(waiters, timeout=timeout)
+    for waiter in pending:
+        waiter.cancel()
+    for waiter in waiters:
+        if waiter in done and waiter.exception() is not None:
+            raise waiter.exception()  # type: ignore[misc]
+    if pending:
+        raise RequestTimedOut(
+            f"{what}: {len(pending)} of {len(waiters)} forecasts were not computed within {timeout}s; "
+            "the background lane is busy, ask again (a later request finds what was computed meanwhile)",
+            ready=len(done),
+            total=len(waiters),
+        )
+    return [waiter.result() for waiter in waiters]
+
+
+def _relay(future: concurrent.futures.Future) -> asyncio.Future:
+    """An asyncio future of this loop settled with ``future``: the caller's own, so a timeout
+    or cancellation never cancels the shared computation other requests wait on."""
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future = loop.create_future()
 
@@ -302,12 +354,7 @@ async def wait_bounded(future: concurrent.futures.Future, timeout: float, *, wha
             pass  # the loop is closed: nobody is waiting any more
 
     future.add_done_callback(relay)
-    try:
-        return await asyncio.wait_for(waiter, timeout)
-    except asyncio.TimeoutError:
-        raise RequestTimedOut(
-            f"{what} was not ready within {timeout}s (setting runtime.request_timeout_s); try again"
-        ) from None
+    return waiter
 
 
 def _too_large(size: int, limit: int) -> UploadTooLarge:

@@ -54,6 +54,8 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     batch_size: Positive = 16
     background_chunk: Positive = 4
     request_timeout_s: PositiveFloat = 30.0
+    # Most indices one background range request may wait for.
+    max_range_indices: Positive = 256
     shutdown_timeout_s: PositiveFloat = 10.0
 
     # Caches, bounded by the bytes of what they hold.

@@ -156,3 +156,76 @@ def test_a_click_beats_the_backlog_and_a_delete_stops_the_background(client: htt
     after = runtime.stats()["scheduler"]
     assert after["computed_background"] == at_delete["computed_background"]
     assert runtime.stats()["result_cache"]["entries"] == 0
+
+
+def test_a_range_waits_for_the_background_lane_and_a_click_still_comes_first(client: httpx.Client,
+                                                                              runtime: RuntimeProcess) -> None:
+    info = upload(client, generated_csv(260, seed=19))  # no precompute: the range asks for its indices
+    handle, first, last = info["handle"], info["first_index"], info["last_index"]
+    model_version = client.get("/health").json()["model_version"]
+    before = runtime.stats()["scheduler"]
+
+    async def scenario() -> tuple[dict, bool, httpx.Response]:
+        async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as http:
+            ranged = asyncio.create_task(http.get(f"/datasets/{handle}/forecasts",
+                                                  params={"start": first, "stop": last + 1, "wait": 60}))
+            while not ranged.done() and (await http.get("/stats")).json()["scheduler"]["computed_background"] == \
+                    before["computed_background"]:
+                await asyncio.sleep(0.01)
+            click = (await http.get(f"/datasets/{handle}/forecasts/{last}")).json()
+            return click, ranged.done(), await ranged
+
+    click, range_done_at_click, response = asyncio.run(scenario())
+    # The range is walked in index order at background priority; the click on its last index
+    # was answered while the range still waited, and the range took the click's result.
+    assert click["source"] == "interactive" and not range_done_at_click
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["handle"], body["start"], body["stop"], body["model_version"]) == (handle, first, last + 1, model_version)
+    assert body["levels"] == [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95] and body["horizon"] == 6
+    forecasts = body["forecasts"]
+    assert [f["index"] for f in forecasts] == list(range(first, last + 1))
+    assert [f["lane"] for f in forecasts] == ["background"] * (len(forecasts) - 1) + ["interactive"]
+    assert forecasts[-1]["series"][0]["mean"] == click["series"][0]["mean"]
+    for forecast in forecasts:
+        quantiles = forecast["series"][0]["quantiles"]
+        assert all(low <= high for a, b in zip(quantiles, quantiles[1:]) for low, high in zip(a, b))
+    after = runtime.stats()["scheduler"]
+    assert after["computed_background"] - before["computed_background"] == len(forecasts) - 1
+    assert after["computed_interactive"] - before["computed_interactive"] == 1
+    assert after["awaited"] == 0 and after["background_remaining"] == before["background_remaining"]
+
+    # Asked again: everything is cached, nothing is computed.
+    again = client.get(f"/datasets/{handle}/forecasts", params={"start": first, "stop": first + 10}).json()
+    assert again["forecasts"] == forecasts[:10]
+    assert runtime.stats()["scheduler"]["computed_background"] == after["computed_background"]
+    client.delete(f"/datasets/{handle}")
+
+
+def test_range_errors_timeouts_and_deletes_have_the_one_shape(client: httpx.Client, runtime: RuntimeProcess) -> None:
+    handle = upload(client, generated_csv(300, seed=20))["handle"]
+    path = f"/datasets/{handle}/forecasts"
+    assert_error(client.get(path, params={"start": 20, "stop": 20}), 422, "invalid_range", "start < stop")
+    assert_error(client.get(path, params={"start": 7, "stop": 264}), 422, "invalid_range", "at most 256",
+                 "runtime.max_range_indices")
+    assert_error(client.get(path, params={"start": 250, "stop": 301}), 422, "index_out_of_range", "7..299")
+    assert_error(client.get(path, params={"start": 7, "stop": 9, "wait": 0}), 400, "invalid_request")
+    assert_error(client.get("/datasets/nope/forecasts", params={"start": 7, "stop": 9}), 404, "dataset_not_found")
+
+    body = assert_error(client.get(path, params={"start": 7, "stop": 207, "wait": 0.001}), 504, "timeout",
+                        "were not computed within 0.001s", "ask again")
+    assert body["details"]["total"] == 200 and body["details"]["ready"] < 200
+    # The work a timed-out range asked for goes on; asking again collects it.
+    wait_for(lambda: runtime.stats()["scheduler"]["awaited"] == 0, what="the timed-out range's work")
+    assert len(client.get(path, params={"start": 7, "stop": 207}).json()["forecasts"]) == 200
+
+    async def delete_while_waiting() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as http:
+            ranged = asyncio.create_task(http.get(path, params={"start": 207, "stop": 300, "wait": 60}))
+            while not ranged.done() and (await http.get("/stats")).json()["scheduler"]["awaited"] == 0:
+                await asyncio.sleep(0.01)
+            assert (await http.delete(f"/datasets/{handle}")).status_code == 200
+            return await ranged
+
+    assert_error(asyncio.run(delete_while_waiting()), 404, "dataset_gone", "was deleted while this request waited")
+    assert runtime.stats()["scheduler"]["awaited"] == 0
