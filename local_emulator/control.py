@@ -19,6 +19,7 @@ from storage.records import (
     Applied,
     ClaimedTask,
     DeadLetter,
+    Done,
     Effects,
     InvocationRecord,
     QueueStats,
@@ -52,8 +53,8 @@ def _error_classes() -> dict[str, type[DropwireError]]:
 _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "claim": (Store.claim, {}),
     "heartbeat": (lambda store, leases, lease_seconds=None: store.heartbeat([tuple(l) for l in leases], lease_seconds), {}),
-    "complete": (lambda store, **kw: store.complete(**kw, wait=True),
-                 {"effects": Effects | None, "invocation": InvocationRecord | None}),
+    "complete_many": (lambda store, done: [None if e is None else [e.code, e.message, {k: str(v) for k, v in e.details.items()}]
+                                           for e in store.complete_many(done, wait=True)], {"done": list[Done]}),
     "fail": (lambda store, **kw: store.fail(**kw, wait=True), {"invocation": InvocationRecord | None}),
     "release": (Store.release, {}),
     "enqueue": (Store.enqueue, {"spec": TaskSpec}),
@@ -201,10 +202,12 @@ class ControlClient:
     def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]:
         return self._call("heartbeat", list[int], leases=[list(l) for l in leases], lease_seconds=lease_seconds)
 
-    def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None,
-                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
-        return self._maybe_future(wait, lambda: self._call("complete", task_id=task_id, token=token, result=result,
-                                                           effects=effects, invocation=invocation))
+    def complete_many(self, done: list[Done], *, wait: bool = True) -> Any:
+        def call() -> list[DropwireError | None]:
+            return [None if outcome is None else self._errors.get(outcome[0], DropwireError)(outcome[1], **outcome[2])
+                    for outcome in self._call("complete_many", list, done=done)]
+
+        return self._maybe_future(wait, call)
 
     def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None, retryable: bool = True,
              invocation: InvocationRecord | None = None, wait: bool = True) -> Any:

@@ -20,7 +20,7 @@ import msgspec
 
 from functions.registry import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
 from storage.errors import DropwireError, StaleLease
-from storage.records import ClaimedTask, Effects, InvocationRecord
+from storage.records import ClaimedTask, Done, InvocationRecord
 
 log = logging.getLogger("dropwire.workers")
 
@@ -31,8 +31,7 @@ class QueueBackend(Protocol):
 
     def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]: ...
 
-    def complete(self, task_id: int, token: int, *, result: Any = None, effects: Effects | None = None,
-                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any: ...
+    def complete_many(self, done: list[Done], *, wait: bool = True) -> Any: ...
 
     def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None,
              retryable: bool = True, invocation: InvocationRecord | None = None, wait: bool = True) -> Any: ...
@@ -124,12 +123,21 @@ class WorkerPool:
                 continue
             for task in claimed:
                 self._hold(task)
+            succeeded: list[tuple[ClaimedTask, Done]] = []
+            handed_in = time.perf_counter()
             for position, task in enumerate(claimed):
                 if self._stopping.is_set():
                     for unstarted in claimed[position:]:
                         self._release(unstarted)
                     break
-                self._run(worker_id, task)
+                done = self._run(worker_id, task)
+                if done is not None:
+                    succeeded.append((task, done))
+                # Successes go in together, but none waits longer than one claim's worth of work.
+                if time.perf_counter() - handed_in >= self.claim_batch_seconds:
+                    self._hand_in(succeeded)
+                    succeeded, handed_in = [], time.perf_counter()
+            self._hand_in(succeeded)
 
     def _claim_size(self) -> int:
         return max(1, min(self.max_prefetch, int(self.claim_batch_seconds / max(self._mean_task_seconds, 1e-6))))
@@ -142,7 +150,8 @@ class WorkerPool:
         finally:
             self._drop(task.id)
 
-    def _run(self, worker_id: str, task: ClaimedTask) -> None:
+    def _run(self, worker_id: str, task: ClaimedTask) -> Done | None:
+        """Run one task: its success to hand in, or None after reporting its failure."""
         registered = self.registry.get(task.name)
         context = TaskContext(task.id, task.name, task.attempt, task.max_attempts, worker_id,
                               logging.getLogger(f"dropwire.task.{task.name}"))
@@ -157,38 +166,54 @@ class WorkerPool:
             self._observe(time.perf_counter() - started)
             failed = exc if isinstance(exc, TaskFailed) else None
             message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
-            self._settle(task, self.backend.fail(
+            self._watch(self.backend.fail(
                 task.id, task.token, error=message,
                 traceback=(failed.traceback if failed and failed.traceback else traceback.format_exc()),
                 retryable=failed.retryable if failed else True,
-                invocation=failed.invocation if failed else None, wait=False))
-            return
+                invocation=failed.invocation if failed else None, wait=False), [task])
+            return None
         self._observe(time.perf_counter() - started)
         completion = outcome if isinstance(outcome, Completion) else Completion(result=outcome)
-        self._settle(task, self.backend.complete(task.id, task.token, result=completion.result, effects=completion.effects,
-                                                 invocation=completion.invocation, wait=False), completion_of=task)
+        return Done(task_id=task.id, token=task.token, result=completion.result, effects=completion.effects,
+                    invocation=completion.invocation)
 
     def _observe(self, seconds: float) -> None:
         self._mean_task_seconds += 0.2 * (seconds - self._mean_task_seconds)
 
-    def _settle(self, task: ClaimedTask, future: Future, completion_of: ClaimedTask | None = None) -> None:
-        """Watch an in-flight completion or failure; a completion whose effects turn out illegal
-        becomes a failed attempt."""
+    def _hand_in(self, succeeded: list[tuple[ClaimedTask, Done]]) -> None:
+        if not succeeded:
+            return
+        tasks = [task for task, _ in succeeded]
+        future = self.backend.complete_many([done for _, done in succeeded], wait=False)
+
+        def refused(outcomes: list[DropwireError | None]) -> None:
+            for task, outcome in zip(tasks, outcomes):
+                if isinstance(outcome, StaleLease):
+                    log.warning("%s", outcome.message)
+                elif outcome is not None:
+                    # The task ran, but what it asked to change is not legal now: a failed attempt.
+                    log.warning("task %s finished but its effects were refused: %s", task.id, outcome.message)
+                    self._watch(self.backend.fail(task.id, task.token, error=outcome.message, wait=False), [task])
+
+        self._watch(future, tasks, on_result=refused)
+
+    def _watch(self, future: Future, tasks: list[ClaimedTask],
+               on_result: Callable[[Any], None] | None = None) -> None:
+        """Keep an in-flight report until it commits (stop() waits for them), then stop
+        heartbeating its tasks. Runs its callback in the writer's thread: never block here."""
         self._pending.add(future)
 
-        def done(f: Future) -> None:
+        def settled(f: Future) -> None:
             self._pending.discard(f)
-            self._drop(task.id)
+            for task in tasks:
+                self._drop(task.id)
             exc = f.exception()
-            if exc is None:
-                return
-            if isinstance(exc, StaleLease):
-                log.warning("%s", exc.message)
-            elif completion_of is not None and isinstance(exc, DropwireError):
-                log.warning("task %s finished but its effects were refused: %s", task.id, exc.message)
-                self._pending.add(fail := self.backend.fail(task.id, task.token, error=exc.message, wait=False))
-                fail.add_done_callback(lambda f2: self._pending.discard(f2))
-            else:
-                log.error("reporting task %s failed: %s", task.id, exc)
+            if exc is not None:
+                if isinstance(exc, StaleLease):
+                    log.warning("%s", exc.message)
+                else:
+                    log.error("reporting task(s) %s failed: %s", [t.id for t in tasks], exc)
+            elif on_result is not None:
+                on_result(f.result())
 
-        future.add_done_callback(done)
+        future.add_done_callback(settled)

@@ -165,3 +165,13 @@ class Admission(msgspec.Struct, kw_only=True, frozen=True):
     outcome: str
     task_id: int | None = None
     reason: str = ""
+
+
+class Done(msgspec.Struct, kw_only=True, frozen=True):
+    """One successful task, handed in with others in `Store.complete_many`."""
+
+    task_id: int
+    token: int
+    result: Any = None
+    effects: Effects = Effects()
+    invocation: InvocationRecord | None = None

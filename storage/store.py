@@ -42,6 +42,7 @@ from storage.records import (
     Applied,
     ClaimedTask,
     DeadLetter,
+    Done,
     Effects,
     EntityCreate,
     EntitySnapshot,
@@ -495,25 +496,52 @@ class Store:
                  invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
         """Mark a leased task done and commit its effects in the same transaction. A stale
         token (the lease was lost and the task handed to someone else) is refused."""
-        effects = effects or Effects()
-        encoded = [self._encode_task(spec) for spec in effects.tasks]
-        result_json = _json.encode(result).decode() if result is not None else None
+        prepared = self._prepare(Done(task_id=task_id, token=token, result=result, effects=effects or Effects(),
+                                      invocation=invocation))
+        future = self._submit(lambda batch, now: self._complete_one(*prepared, batch, now))
+        return future.result() if wait else future
+
+    def complete_many(self, done: list[Done], *, wait: bool = True) -> Any:
+        """Hand in many successes in one operation (one future, one group commit). Each stays
+        atomic on its own: the result lists, per task, None or the error that refused it."""
+        prepared = [self._prepare(item) for item in done]
+
+        def op(batch: Batch, now: float) -> list[DropwireError | None]:
+            outcomes: list[DropwireError | None] = []
+            for item in prepared:
+                try:
+                    self._complete_one(*item, batch, now)
+                    outcomes.append(None)
+                except DropwireError as exc:
+                    outcomes.append(exc)
+            return outcomes
+
+        future = self._submit(op)
+        return future.result() if wait else future
+
+    def _prepare(self, done: Done) -> tuple[Done, list[tuple[TaskSpec, str]], str | None]:
+        """The encoding work, done in the caller's thread rather than the writer's."""
+        return (done, [self._encode_task(spec) for spec in done.effects.tasks],
+                _json.encode(done.result).decode() if done.result is not None else None)
+
+    def _complete_one(self, done: Done, encoded: list[tuple[TaskSpec, str]], result_json: str | None,
+                      batch: Batch, now: float) -> Applied:
+        self._leased(done.task_id, done.token, "complete")
 
         def finish(batch: Batch, now: float) -> None:
-            task = self._index.live[task_id]
+            task = self._index.live[done.task_id]
             task.status, task.last_error = SUCCEEDED, None
             # The task row itself records the successful attempt (attempts, worker, claimed_at,
             # finished_at); task_attempts keeps failures only, so a success costs one UPDATE.
             batch.add("tasks", task.row(now, result=result_json, finished_at=now))
-            self._log_invocation(task, invocation, batch)
+            self._log_invocation(task, done.invocation, batch)
             self._index.forget(task)
 
-        def op(batch: Batch, now: float) -> Applied:
-            self._leased(task_id, token, "complete")
-            return self._op_apply(effects, encoded, finish, batch, now)
-
-        future = self._submit(op)
-        return future.result() if wait else future
+        effects = done.effects
+        if not (effects.creates or effects.transitions or effects.tasks):
+            finish(batch, now)  # nothing to plan: the common case of a task without effects
+            return Applied(transitions=[], task_ids=[])
+        return self._op_apply(effects, encoded, finish, batch, now)
 
     def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None,
              retryable: bool = True, invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
