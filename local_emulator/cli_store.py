@@ -1,10 +1,12 @@
-"""CLI commands for the database, the queue, dead letters, workers and the control plane."""
+"""CLI commands for the database, the queue, dead letters, notifications, workers and the control plane."""
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import msgspec
 import typer
@@ -24,6 +26,7 @@ console = Console()
 db_app = typer.Typer(help="The DuckDB state database: schema migrations, checks, snapshots.", no_args_is_help=True)
 queue_app = typer.Typer(help="The durable task queue: statistics, task status, cleanup.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: tasks that spent their attempts.", no_args_is_help=True)
+notifications_app = typer.Typer(help="Notifications: the outbox of e-mails and webhooks.", no_args_is_help=True)
 
 
 def _settings() -> Settings:
@@ -157,6 +160,29 @@ def dlq_replay(task_id: int) -> None:
     console.print(f"dead letter {task_id} replayed as task {new_id}")
 
 
+# ---------------------------------------------------------------- notifications
+
+
+@notifications_app.command("list")
+def notifications_list(
+    status: Optional[str] = typer.Option(None, "--status", help="Only this status: pending, sent, recorded or failed."),
+    limit: int = typer.Option(100, "--limit", help="How many, newest first."),
+) -> None:
+    """Notifications with where their delivery stands."""
+    with store_access(_settings()) as store:
+        found = store.notifications(status, limit)
+    table = Table("id", "kind", "status", "attempts", "entity", "subject", "created", "e-mailed", "webhook", "last error")
+    for n in found:
+        table.add_row(str(n.id), n.kind, n.status, str(n.attempts), f"{n.entity_kind}/{n.entity_id}" if n.entity_kind else "",
+                      n.subject[:60], _when(n.created_at), _when(n.email_sent_at), _when(n.webhook_sent_at),
+                      (n.last_error or "")[:80])
+    console.print(table if found else "no notifications")
+
+
+def _when(epoch: float | None) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if epoch is not None else ""
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -182,7 +208,7 @@ def worker(
 
     logging.getLogger().setLevel(logging.INFO)
     settings = _settings()
-    client = ControlClient(settings.control_socket_path, settings.control_authkey)
+    client = ControlClient(settings.control_socket_path, settings.control_key())
     pool = start_pool(settings, client, load_registry(tasks), name or f"remote-{os.getpid()}")
     stop_on_signals().wait()
     pool.stop()

@@ -22,6 +22,7 @@ from storage.records import (
     Done,
     Effects,
     InvocationRecord,
+    NotificationRecord,
     QueueStats,
     TaskSpec,
     TaskStatus,
@@ -64,6 +65,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "dead_letter": (Store.dead_letter, {}),
     "replay_dead_letter": (Store.replay_dead_letter, {}),
     "cleanup": (Store.cleanup, {}),
+    "notifications": (Store.notifications, {}),
     "export": (lambda store, directory: str(store.export(directory)), {}),
     "query": (Store.query, {}),
     "current": (Store.current, {}),
@@ -83,6 +85,7 @@ class ControlServer:
             # We own the database, so any socket left here is from a dead owner.
             socket_path.unlink()
         self._listener = Listener(str(socket_path), family="AF_UNIX", authkey=authkey.encode())
+        socket_path.chmod(0o600)  # only this user may even try the key
         self._closed = threading.Event()
         self._accepting = threading.Thread(target=self._accept, name="dropwire-control", daemon=True)
 
@@ -238,6 +241,9 @@ class ControlClient:
 
     def cleanup(self, older_than_days: float) -> int:
         return self._call("cleanup", int, older_than_days=older_than_days)
+
+    def notifications(self, status: str | None = None, limit: int = 100) -> list[NotificationRecord]:
+        return self._call("notifications", list[NotificationRecord], status=status, limit=limit)
 
     def export(self, directory: Path | str) -> Path:
         return Path(self._call("export", str, directory=str(Path(directory).resolve())))

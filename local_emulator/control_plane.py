@@ -35,7 +35,7 @@ def start_pool(settings: Settings, backend, registry: TaskRegistry, name: str,
 @contextlib.contextmanager
 def store_access(settings: Settings) -> Iterator[Store | ControlClient]:
     """The running control plane if there is one, else the database file opened directly."""
-    client = ControlClient.try_connect(settings.control_socket_path, settings.control_authkey)
+    client = ControlClient.try_connect(settings.control_socket_path, settings.control_key())
     if client is not None:
         try:
             yield client
@@ -59,7 +59,7 @@ def run_control_plane(settings: Settings, registry: TaskRegistry, stop: threadin
     in order: workers finish or release their tasks, the socket closes, the store commits
     what it has and closes."""
     store = open_store(settings, registry)
-    server = ControlServer(store, settings.control_socket_path, settings.control_authkey).start()
+    server = ControlServer(store, settings.control_socket_path, settings.control_key()).start()
     pool = start_pool(settings, store, registry, "local") if registry.names() else None
     log.info("control plane up: database %s, socket %s, %d local worker(s)", settings.database_path,
              settings.control_socket_path, settings.queue.workers if pool else 0)

@@ -1,8 +1,9 @@
 """The whole platform on one machine: the store and its control socket, the dispatcher
 (worker threads, each with a handler process), event sources (a local folder, and S3 via
-SQS when configured), optional chaos, the scheduler and the HTTP gateway. Stops in order:
-no new events, held events delivered, no new schedules, gateway closed, running handlers
-finished and claimed tasks released, then the store commits and closes."""
+SQS when configured), optional chaos, the scheduler, the notifier and the HTTP gateway. Stops
+in order: no new events, held events delivered, gateway closed, no new schedules, notifier
+stopped, running handlers finished and claimed tasks released, then the store commits and
+closes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from local_emulator.control import ControlServer
 from local_emulator.control_plane import open_store, start_pool
 from local_emulator.dispatcher import SandboxPool, invocation_tasks
 from local_emulator.gateway import build_gateway
+from local_emulator.notifier import Notifier
 from local_emulator.router import EventRouter
 from local_emulator.sandbox import ChildConfig
 from local_emulator.scheduler import Scheduler
@@ -65,12 +67,12 @@ class Emulator:
         self.objects = ObjectStore(settings.object_roots(), settings.storage_options())
         self.sandboxes = SandboxPool(ChildConfig(
             functions=settings.functions, roots=self.objects.roots, storage_options=settings.storage_options(),
-            control_socket=str(settings.control_socket_path), control_authkey=settings.control_authkey,
+            control_socket=str(settings.control_socket_path), control_authkey=settings.control_key(),
             runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}"))
         tasks = invocation_tasks(self.functions, self.sandboxes.run)
         self.store = open_store(settings, tasks)
         self._stops.append(self.store.close)
-        server = ControlServer(self.store, settings.control_socket_path, settings.control_authkey).start()
+        server = ControlServer(self.store, settings.control_socket_path, settings.control_key()).start()
         self._stops.append(server.close)
         self._stops.append(self.sandboxes.close)
         pool = start_pool(settings, self.store, tasks, "dispatcher", thread_start=self.sandboxes.prepare)
@@ -78,6 +80,8 @@ class Emulator:
         if not self.sandboxes.wait_ready(settings.queue.workers, timeout=180):
             raise DropwireError("the handler processes did not start within 180s; see the log above")
 
+        self.notifier = Notifier(self.store, settings.notify, settings.outbox_path, settings.storage_options()).start()
+        self._stops.append(self.notifier.stop)
         self.router = EventRouter(self.functions, self.store, settings.events.hop_limit)
         self.scheduler = Scheduler(self.functions, self.store).start()
         self._stops.append(self.scheduler.stop)

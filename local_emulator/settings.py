@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,12 +53,48 @@ class HttpSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     max_upload_bytes: int = 256 * 1024 * 1024
 
 
+class NotificationSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Delivery of notifications. Every notification is written as an .eml file under
+    outbox_dir whatever else is configured; e-mail goes out only with smtp_host set, a webhook
+    only with webhook_url set."""
+
+    outbox_dir: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 10.0
+    from_address: str = "dropwire@localhost"
+    # Sent to when a notification names no recipients.
+    recipients: list[str] = []
+    webhook_url: str = ""
+    # Signs every webhook body (X-Dropwire-Signature: sha256=<hex HMAC-SHA256>); required with webhook_url.
+    webhook_secret: str = ""
+    webhook_timeout_seconds: float = 10.0
+    # How often the notifier looks for due notifications (new ones and retries).
+    poll_seconds: float = 1.0
+    # Retries: between half and all of base·2^(n−1), capped; failed after max_attempts.
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 3600.0
+    max_attempts: int = 10
+    # A larger attachment is left out of the e-mail, with a line in the body saying so.
+    max_attachment_bytes: int = 10 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("notify.webhook_url needs notify.webhook_secret (every webhook is signed)")
+        if self.max_attempts < 1 or self.poll_seconds <= 0:
+            raise ValueError("notify.max_attempts must be at least 1 and notify.poll_seconds positive")
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dropwire"
     db_path: str = ""
     # Where the control plane listens for remote workers and tools (a Unix socket path).
     control_socket: str = ""
-    control_authkey: str = "dropwire-local"
+    # Shared key for the control socket; empty: a random key kept in <data_dir>/control.key (0600).
+    control_authkey: str = ""
     # Empty: a SQLite store under data_dir (MLflow 3 keeps its registry in a database).
     mlflow_tracking_uri: str = ""
     # MODULE:ATTRIBUTE of the FunctionRegistry the platform serves.
@@ -66,6 +103,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
+    notify: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -108,6 +146,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         if self.events.s3_endpoint_url:
             client["endpoint_url"] = self.events.s3_endpoint_url
         return {"s3": {"client_kwargs": client}}
+
+    def control_key(self) -> str:
+        """The control socket's key: the configured one, else this data dir's own random key."""
+        if self.control_authkey:
+            return self.control_authkey
+        path = self.data_path / "control.key"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_hex(32)
+            try:
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                    out.write(key)
+            except FileExistsError:  # another process made it first
+                return path.read_text().strip()
+            return key
+
+    @property
+    def outbox_path(self) -> Path:
+        return Path(self.notify.outbox_dir).expanduser() if self.notify.outbox_dir else self.data_path / "outbox"
 
     @property
     def control_socket_path(self) -> Path:
@@ -195,5 +254,6 @@ def describe_settings(settings: Settings) -> dict[str, Any]:
     described["db_path"] = str(settings.database_path)
     described["control_socket"] = str(settings.control_socket_path)
     described["events"]["bucket_dir"] = str(settings.bucket_path)
+    described["notify"]["outbox_dir"] = str(settings.outbox_path)
     described["mlflow_tracking_uri"] = settings.mlflow_uri
     return mask(described)

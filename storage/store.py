@@ -47,6 +47,8 @@ from storage.records import (
     EntityCreate,
     EntitySnapshot,
     InvocationRecord,
+    NotificationRecord,
+    NotificationRequest,
     ObjectReceipt,
     QueueStats,
     TaskAttempt,
@@ -62,6 +64,7 @@ from storage.task_index import DEAD, QUEUED, RETRYING, RUNNING, SUCCEEDED, LiveT
 log = logging.getLogger("dropwire.store")
 
 _json = msgspec.json.Encoder()
+NOTIFICATION_STATUSES = ("pending", "sent", "recorded", "failed")
 _STOP = object()
 
 
@@ -111,6 +114,7 @@ class Store:
         self._index = TaskIndex()
         self._next_task_id = 1
         self._next_token = 1
+        self._next_notification_id = 1
         self._sequencers: dict[tuple[str, str, str], str] = {}
         self._schedule_fires: dict[str, float] = {}
         self._load_views(restart_grace=True)
@@ -275,6 +279,7 @@ class Store:
         self._schedule_fires = dict(con.execute("SELECT schedule, epoch(last_fire) FROM schedule_runs").fetchall())
         self._next_task_id = (con.execute("SELECT max(id) FROM tasks").fetchone()[0] or 0) + 1
         self._next_token = (con.execute("SELECT max(token) FROM tasks").fetchone()[0] or 0) + 1
+        self._next_notification_id = (con.execute("SELECT max(id) FROM notifications").fetchone()[0] or 0) + 1
 
     # ------------------------------------------------------------------ entities and transitions
 
@@ -353,6 +358,7 @@ class Store:
                                             triggered_by=request.triggered_by, reason=request.reason,
                                             metadata=request.metadata, happened_at=now))
         metadata_json = [_json.encode(r.metadata).decode() for r in records]
+        notification_rows = [self._notification_row(request, now) for request in effects.notifications]
         new_tasks = self._plan_tasks(encoded_tasks, now)
         if completing is not None:
             completing(batch, now)
@@ -370,7 +376,26 @@ class Store:
                 self._index.add(task)
                 batch.add("tasks", task.row(now), new=True)
             task_ids.append(task.id)
+        for row in notification_rows:
+            batch.add("notifications", (self._next_notification_id, *row), new=True)
+            self._next_notification_id += 1
         return Applied(transitions=records, task_ids=task_ids)
+
+    @staticmethod
+    def _notification_row(request: NotificationRequest, now: float) -> tuple:
+        """A notification's row (without its id), or a refusal that names what is wrong."""
+        if not request.kind or not request.subject:
+            raise DropwireError(f"a notification needs a kind and a subject, got kind={request.kind!r} subject={request.subject!r}")
+        for address in request.recipients:
+            if "@" not in address or any(c.isspace() for c in address):
+                raise DropwireError(f"notification {request.kind!r}: {address!r} is not an e-mail address", kind=request.kind)
+        try:
+            metadata = _json.encode(request.metadata).decode()
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise DropwireError(f"metadata of notification {request.kind!r} cannot be encoded as JSON: {exc}") from None
+        return (request.kind, _json.encode(request.recipients).decode(), request.subject, request.body,
+                _json.encode(request.attachments).decode(), request.entity_kind, request.entity_id, metadata,
+                "pending", 0, now, now, now)
 
     # ------------------------------------------------------------------ queue: enqueue
 
@@ -538,7 +563,7 @@ class Store:
             self._index.forget(task)
 
         effects = done.effects
-        if not (effects.creates or effects.transitions or effects.tasks):
+        if not (effects.creates or effects.transitions or effects.tasks or effects.notifications):
             finish(batch, now)  # nothing to plan: the common case of a task without effects
             return Applied(transitions=[], task_ids=[])
         return self._op_apply(effects, encoded, finish, batch, now)
@@ -690,6 +715,52 @@ class Store:
         row = self._cursor().execute("SELECT epoch(last_fire) FROM schedule_runs WHERE schedule = ?", [schedule]).fetchone()
         return row[0] if row else None
 
+    # ------------------------------------------------------------------ notifications (the outbox's delivery side)
+
+    def mark_notification(self, notification_id: int, *, status: str, attempts: int, last_error: str | None = None,
+                          next_attempt_at: float | None = None, eml_path: str | None = None,
+                          email_sent: bool = False, webhook_sent: bool = False) -> None:
+        """Record a delivery attempt: which channels succeeded (their first success time is
+        kept), the status, the attempts so far, the error and when to try again."""
+        if status not in NOTIFICATION_STATUSES:
+            raise DropwireError(f"notification status must be one of {NOTIFICATION_STATUSES}, got {status!r}")
+
+        def op(batch: Batch, now: float) -> None:
+            if self._con.execute("SELECT 1 FROM notifications WHERE id = ?", [notification_id]).fetchone() is None:
+                raise NotFound(f"no notification {notification_id}", notification_id=notification_id)
+            batch.execute(
+                "UPDATE notifications SET status = ?, attempts = ?, last_error = ?, "
+                "next_attempt_at = to_timestamp(?), eml_path = coalesce(?, eml_path), "
+                "email_sent_at = CASE WHEN ? THEN coalesce(email_sent_at, to_timestamp(?)) ELSE email_sent_at END, "
+                "webhook_sent_at = CASE WHEN ? THEN coalesce(webhook_sent_at, to_timestamp(?)) ELSE webhook_sent_at END, "
+                "updated_at = to_timestamp(?) WHERE id = ?",
+                (status, attempts, last_error, next_attempt_at if next_attempt_at is not None else now, eml_path,
+                 email_sent, now, webhook_sent, now, now, notification_id))
+
+        self._call(op)
+
+    def pending_notifications(self, limit: int = 100) -> list[NotificationRecord]:
+        """Pending notifications whose next attempt is due, oldest first."""
+        return self._notifications("WHERE status = 'pending' AND next_attempt_at <= now()", [], limit)
+
+    def notifications(self, status: str | None = None, limit: int = 100) -> list[NotificationRecord]:
+        """The newest notifications, optionally of one status."""
+        if status is not None and status not in NOTIFICATION_STATUSES:
+            raise DropwireError(f"notification status must be one of {NOTIFICATION_STATUSES}, got {status!r}")
+        where, params = ("WHERE status = ?", [status]) if status is not None else ("", [])
+        return self._notifications(where, params, limit, newest_first=True)
+
+    def _notifications(self, where: str, params: list, limit: int, newest_first: bool = False) -> list[NotificationRecord]:
+        rows = self._cursor().execute(
+            "SELECT id, kind, subject, body, recipients, attachments, entity_kind, entity_id, metadata, status, attempts, "
+            "last_error, epoch(created_at), epoch(next_attempt_at), epoch(email_sent_at), epoch(webhook_sent_at), eml_path "
+            f"FROM notifications {where} ORDER BY id {'DESC' if newest_first else ''} LIMIT ?", [*params, limit]).fetchall()
+        return [NotificationRecord(id=i, kind=k, subject=s, body=b, recipients=msgspec.json.decode(r),
+                                   attachments=msgspec.json.decode(a), entity_kind=ek, entity_id=ei,
+                                   metadata=msgspec.json.decode(m), status=st, attempts=at, last_error=e, created_at=c,
+                                   next_attempt_at=n, email_sent_at=es, webhook_sent_at=ws, eml_path=p)
+                for i, k, s, b, r, a, ek, ei, m, st, at, e, c, n, es, ws, p in rows]
+
     # ------------------------------------------------------------------ dead letters and cleanup
 
     def replay_dead_letter(self, task_id: int, *, triggered_by: str = "operator") -> int:
@@ -757,8 +828,21 @@ class Store:
         return cursor
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
-        """Plain SQL over the committed state, for inspection."""
-        return self._cursor().execute(sql, params).fetchall()
+        """One read-only SELECT over the committed state, for inspection. Writes must go through
+        the writer thread (its views would silently go out of step), so anything else is refused."""
+        cursor = self._cursor()
+        try:
+            statements = cursor.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise DropwireError(f"the query does not parse: {exc}") from None
+        kinds = [statement.type for statement in statements]
+        if kinds not in ([duckdb.StatementType.SELECT], [duckdb.StatementType.EXPLAIN]):
+            raise DropwireError("a query must be exactly one SELECT (read-only); got "
+                                + (", ".join(k.name for k in kinds) or "nothing"))
+        try:
+            return cursor.execute(sql, params).fetchall()
+        except duckdb.Error as exc:
+            raise DropwireError(f"the query failed: {exc}") from None
 
     def history(self, kind: str, entity_id: str) -> list[TransitionRecord]:
         rows = self._cursor().execute(

@@ -28,7 +28,7 @@ def test_errors_print_one_line_and_no_traceback(run_cli, dropwire_env, data_dir)
 def test_db_commands_upgrade_downgrade_and_report(run_cli, data_dir):
     assert run_cli("db", "upgrade").returncode == 0
     current = run_cli("db", "current")
-    assert "schema version 3" in current.stdout and "0003_platform" in current.stdout
+    assert "schema version 4" in current.stdout and "0004_notifications" in current.stdout
     assert run_cli("db", "downgrade", "1").returncode == 0
     assert "schema version 1" in run_cli("db", "current").stdout
     with duckdb.connect(str(data_dir / "dropwire.duckdb")) as con:
@@ -52,3 +52,12 @@ def test_demo_runs_the_walkthrough_and_leaves_a_consistent_database(run_cli):
     assert "replayed as task" in run_cli("dlq", "replay", task_id).stdout
     stats = json.loads(run_cli("queue", "stats").stdout)
     assert stats["by_status"]["queued"] == 1 and stats["dead_letters"] == 0
+
+
+def test_db_query_is_read_only(run_cli):
+    assert run_cli("db", "upgrade").returncode == 0
+    assert "0" in run_cli("db", "query", "SELECT count(*) FROM tasks").stdout
+    for sql, kind in (("DELETE FROM tasks", "DELETE"), ("SELECT 1; DROP TABLE tasks", "SELECT, DROP")):
+        refused = run_cli("db", "query", sql)
+        assert refused.returncode == 1 and f"must be exactly one SELECT (read-only); got {kind}" in refused.stderr
+    assert run_cli("db", "check").returncode == 0

@@ -14,6 +14,7 @@ import pytest
 
 from functions.states import MACHINES
 from local_emulator.control import ControlClient
+from local_emulator.settings import load_settings
 from storage import consistency
 from storage.database import connect
 from storage.records import TaskSpec
@@ -54,7 +55,8 @@ def effect_count_and_attempts(data_dir: Path, task_id: int) -> tuple[int, list[t
 
 
 def task_status(data_dir: Path, env: dict[str, str], task_id: int) -> str | None:
-    client = ControlClient.try_connect(data_dir / "control.sock", "dropwire-local")
+    settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(data_dir)})
+    client = ControlClient.try_connect(settings.control_socket_path, settings.control_key())
     if client is None:
         return None
     try:
