@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from functions.objects import ObjectStore, ObjectWriter
-from storage.records import EntityCreate, Effects, TaskSpec, TransitionRequest
+from storage.records import EntityCreate, Effects, NotificationRequest, TaskSpec, TransitionRequest
 
 
 class StateReader(Protocol):
@@ -20,14 +20,15 @@ class StateReader(Protocol):
 
 @dataclass
 class StateChanges:
-    """Transitions, new entities and follow-up tasks a handler asks for. They commit in one
-    transaction with the invocation's success, or not at all."""
+    """Transitions, new entities, follow-up tasks and notifications a handler asks for. They
+    commit in one transaction with the invocation's success, or not at all."""
 
     reader: StateReader
     triggered_by: str
     _creates: list[EntityCreate] = field(default_factory=list)
     _transitions: list[TransitionRequest] = field(default_factory=list)
     _tasks: list[TaskSpec] = field(default_factory=list)
+    _notifications: list[NotificationRequest] = field(default_factory=list)
 
     def current(self, kind: str, entity_id: str) -> tuple[str, int]:
         """(state, version) as committed now."""
@@ -49,8 +50,18 @@ class StateChanges:
     def enqueue(self, spec: TaskSpec) -> None:
         self._tasks.append(spec)
 
+    def notify(self, kind: str, subject: str, body: str = "", *, recipients: list[str] | None = None,
+               attachments: list[str] | None = None, entity_kind: str | None = None, entity_id: str | None = None,
+               metadata: dict[str, Any] | None = None) -> None:
+        """Send a notification (e-mail, webhook, .eml in the outbox) once this invocation's
+        success commits; `attachments` are object URLs or local paths (e.g. the report)."""
+        self._notifications.append(NotificationRequest(
+            kind=kind, subject=subject, body=body, recipients=list(recipients or []), attachments=list(attachments or []),
+            entity_kind=entity_kind, entity_id=entity_id, metadata=metadata or {}))
+
     def effects(self) -> Effects:
-        return Effects(creates=list(self._creates), transitions=list(self._transitions), tasks=list(self._tasks))
+        return Effects(creates=list(self._creates), transitions=list(self._transitions), tasks=list(self._tasks),
+                       notifications=list(self._notifications))
 
 
 @dataclass

@@ -61,11 +61,12 @@ def demo() -> None:
     run_demo(state.settings(), console)
 
 
-from local_emulator.cli_store import control, db_app, dlq_app, queue_app, worker  # noqa: E402
+from local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker  # noqa: E402
 
 app.add_typer(db_app, name="db")
 app.add_typer(queue_app, name="queue")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(notifications_app, name="notifications")
 app.command("control")(control)
 app.command("worker")(worker)
 

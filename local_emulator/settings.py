@@ -192,18 +192,26 @@ def _nest_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise SettingsError(f"environment variable {name} conflicts with another DROPWIRE_ variable")
-        target[parts[-1]] = _list_or_text(name, value)
+        target[parts[-1]] = value
     return out
 
 
-def _list_or_text(name: str, value: str) -> Any:
-    """List settings come from the environment as JSON arrays: DROPWIRE_HTTP__API_TOKENS='["a", "b"]'."""
-    if not value.lstrip().startswith("["):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"environment variable {name} looks like a JSON array but is not valid JSON: {exc}") from None
+def _lists_from_json(raw: dict[str, Any], struct: type, prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """List fields come from the environment as JSON arrays: DROPWIRE_HTTP__API_TOKENS='["a", "b"]'.
+    Decided by the field's declared type, so a secret that merely starts with '[' stays a string."""
+    fields = {f.name: f.type for f in msgspec.inspect.type_info(struct).fields}
+    out = dict(raw)
+    for name, value in raw.items():
+        kind = fields.get(name)
+        variable = f"{prefix}{name.upper()}"
+        if isinstance(kind, msgspec.inspect.StructType) and isinstance(value, dict):
+            out[name] = _lists_from_json(value, kind.cls, f"{variable}__")
+        elif isinstance(kind, msgspec.inspect.ListType) and isinstance(value, str):
+            try:
+                out[name] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"{variable} must be a JSON array like '[\"a\", \"b\"]': {exc}") from None
+    return out
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +238,7 @@ def load_settings(
             raise SettingsError(f"settings file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
-    raw = _merge(raw, _nest_environment(environ))
+    raw = _merge(raw, _lists_from_json(_nest_environment(environ), Settings))
     try:
         # strict=False lets "8080" from the environment become an int.
         return msgspec.convert(raw, Settings, strict=False)

@@ -95,6 +95,16 @@ TABLES: dict[str, TableSpec] = {
             key=("schedule",),
             timestamps=frozenset({"last_fire", "updated_at"}),
         ),
+        # Rows are inserted here with the change that causes them; delivery updates them
+        # with plain UPDATE statements (Store.mark_notification).
+        TableSpec(
+            "notifications",
+            (("id", _B), ("kind", _S), ("recipients", _S), ("subject", _S), ("body", _S), ("attachments", _S),
+             ("entity_kind", _S), ("entity_id", _S), ("metadata", _S), ("status", _S), ("attempts", _I),
+             ("next_attempt_at", _F), ("created_at", _F), ("updated_at", _F)),
+            key=("id",),
+            timestamps=frozenset({"next_attempt_at", "created_at", "updated_at"}),
+        ),
     )
 }
 

@@ -40,13 +40,30 @@ class TaskSpec(msgspec.Struct, kw_only=True, frozen=True):
     on_dead: "Effects | None" = None
 
 
+class NotificationRequest(msgspec.Struct, kw_only=True, frozen=True):
+    """A notification to deliver once the change that causes it commits (e-mail, webhook,
+    and always an .eml file in the outbox). Empty `recipients`: the configured defaults."""
+
+    #: e.g. template_sent, config_invalid, qc_passed, qc_failed, evaluation_completed, evaluation_failed
+    kind: str
+    subject: str
+    body: str = ""
+    recipients: list[str] = []
+    #: Object URLs (s3://..., file://...) or local paths, attached to the e-mail.
+    attachments: list[str] = []
+    entity_kind: str | None = None
+    entity_id: str | None = None
+    metadata: dict[str, Any] = {}
+
+
 class Effects(msgspec.Struct, kw_only=True, frozen=True):
     """What commits together in one transaction (the outbox): new entities, transitions,
-    and the tasks they cause."""
+    the tasks they cause and the notifications they send."""
 
     creates: list[EntityCreate] = []
     transitions: list[TransitionRequest] = []
     tasks: list[TaskSpec] = []
+    notifications: list[NotificationRequest] = []
 
 
 class TransitionRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -175,3 +192,26 @@ class Done(msgspec.Struct, kw_only=True, frozen=True):
     result: Any = None
     effects: Effects = Effects()
     invocation: InvocationRecord | None = None
+
+
+class NotificationRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """A notification as stored, with where its delivery stands (times are epoch seconds)."""
+
+    id: int
+    kind: str
+    subject: str
+    body: str
+    recipients: list[str]
+    attachments: list[str]
+    entity_kind: str | None
+    entity_id: str | None
+    metadata: dict[str, Any]
+    #: pending | sent | recorded (no channel configured: only the .eml file) | failed
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: float
+    next_attempt_at: float
+    email_sent_at: float | None
+    webhook_sent_at: float | None
+    eml_path: str | None

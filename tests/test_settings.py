@@ -44,3 +44,10 @@ def test_a_missing_or_broken_file_is_named(tmp_path):
 def test_secrets_are_always_masked(secret):
     described = describe_settings(load_settings(environ={"DROPWIRE_CONTROL_AUTHKEY": secret}))
     assert described["control_authkey"] == "****"
+
+
+def test_list_settings_read_json_arrays_by_field_type():
+    settings = load_settings(environ={"DROPWIRE_HTTP__API_TOKENS": '["a", "b"]', "DROPWIRE_CONTROL_AUTHKEY": "[not a list"})
+    assert settings.http.api_tokens == ["a", "b"] and settings.control_authkey == "[not a list"
+    with pytest.raises(SettingsError, match=r"DROPWIRE_EVENTS__S3_BUCKETS must be a JSON array"):
+        load_settings(environ={"DROPWIRE_EVENTS__S3_BUCKETS": "one,two"})
