@@ -68,7 +68,8 @@ def run_demo(settings: Settings, console: Console) -> None:
         finally:
             pool.stop()
         _report(store, use_case, models, console)
-    console.print(f"\nfinished in {time.perf_counter() - started:.1f}s. Look further with:\n"
+    console.print(f"\nfinished in {time.perf_counter() - started:.1f}s. Look further with "
+                  f"(after `source .venv/bin/activate`):\n"
                   f"  dropwire queue stats | dropwire dlq list | dropwire db check\n"
                   f"  dropwire db query \"SELECT entity_id, seq, to_state, reason FROM state_history "
                   f"WHERE entity_id LIKE '{use_case}%' ORDER BY entity_id, seq\"")
