@@ -9,12 +9,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
 import msgspec
 
 from local_emulator.emulator import Emulator
 from local_emulator.settings import load_settings
-from tests.platform.moto_server import CREDENTIALS, moto_server
+from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket
 
 FUNCTIONS = "tests.benchmarks.bench_functions:functions"
 
@@ -72,13 +71,7 @@ def folder_throughput(root: Path, files: int = 1000) -> float:
 def sqs_latency(root: Path, objects: int = 60) -> list[float]:
     os.environ.update(CREDENTIALS)
     with moto_server() as endpoint:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
-        s3.create_bucket(Bucket="bench-uploads")
-        queue = sqs.create_queue(QueueName="bench-events")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        s3.put_bucket_notification_configuration(Bucket="bench-uploads", NotificationConfiguration={
-            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+        s3, _, queue = notifying_bucket(endpoint, "bench-uploads")
         settings = settings_for(root / "sqs", DROPWIRE_EVENTS__S3_ENDPOINT_URL=endpoint,
                                 DROPWIRE_EVENTS__S3_BUCKETS='["bench-uploads"]', DROPWIRE_EVENTS__SQS_QUEUE_URL=queue)
         with Emulator(settings, serve_http=False) as emulator:

@@ -39,3 +39,18 @@ def moto_server(timeout: float = 30.0) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def notifying_bucket(endpoint: str, bucket: str) -> tuple[object, object, str]:
+    """Create `bucket` with its ObjectCreated notifications sent to a new SQS queue; returns
+    (s3 client, sqs client, queue URL)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    queue_url = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]})
+    return s3, sqs, queue_url

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import boto3
 import pytest
 
 from local_emulator.emulator import Emulator
 from local_emulator.sources.s3 import example_notification
 from tests.conftest import wait_for
 from tests.platform.conftest import emulator_settings
-from tests.platform.moto_server import CREDENTIALS, moto_server
+from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +25,7 @@ def moto(monkeypatch):
 
 
 def test_s3_uploads_reach_handlers_through_sqs(moto, tmp_path):
-    s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
-    sqs = boto3.client("sqs", endpoint_url=moto, region_name="us-east-1")
-    s3.create_bucket(Bucket="uploads")
-    queue_url = sqs.create_queue(QueueName="uploads-events")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3.put_bucket_notification_configuration(Bucket="uploads", NotificationConfiguration={
-        "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]})
+    s3, sqs, queue_url = notifying_bucket(moto, "uploads")
 
     settings = emulator_settings(tmp_path / "data", DROPWIRE_EVENTS__S3_ENDPOINT_URL=moto,
                                  DROPWIRE_EVENTS__S3_BUCKETS='["uploads"]', DROPWIRE_EVENTS__SQS_QUEUE_URL=queue_url)
