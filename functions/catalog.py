@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from functions import forecasts
+from functions import evaluation_flow, forecasts
 from functions.platform import FunctionRegistry
 
 functions = FunctionRegistry()
 forecasts.register(functions)
+evaluation_flow.register(functions)

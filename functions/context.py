@@ -76,6 +76,10 @@ class HandlerContext:
     outputs: ObjectWriter
     state: StateChanges
     runtime_url: str
+    #: Where evaluation runs are logged (settings.mlflow_uri) and where a new experiment keeps
+    #: its artifacts (settings.mlflow_artifact_location; None lets the tracking server decide).
+    mlflow_tracking_uri: str
+    mlflow_artifact_location: str | None
     log: logging.Logger
 
     def remaining_seconds(self) -> float:

@@ -89,7 +89,8 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
                           task_id=0, attempt=1, max_attempts=1, deadline=time.time() + spec.timeout_seconds)
         outcome = execute(spec, request, objects, store,
                           lambda b, k, h, f, t: store.record_output(b, k, hop=h, function=f, task_id=t),
-                          f"http://{settings.runtime.host}:{settings.runtime.port}")
+                          f"http://{settings.runtime.host}:{settings.runtime.port}", settings.mlflow_uri,
+                          settings.mlflow_artifact_location)
         if not outcome.ok:
             console.print(outcome.traceback or "", highlight=False)
             raise DropwireError(f"function {function!r} failed: {outcome.error}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import boto3
 import uvicorn
 
+from functions.evaluation.tracking import prepare_tracking_store
 from functions.objects import ObjectStore
 from functions.platform import FunctionRegistry, load_functions
 from local_emulator.chaos import Chaos
@@ -68,7 +69,9 @@ class Emulator:
         self.sandboxes = SandboxPool(ChildConfig(
             functions=settings.functions, roots=self.objects.roots, storage_options=settings.storage_options(),
             control_socket=str(settings.control_socket_path), control_authkey=settings.control_key(),
-            runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}"))
+            runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}",
+            mlflow_tracking_uri=settings.mlflow_uri, mlflow_artifact_location=settings.mlflow_artifact_location))
+        prepare_tracking_store(settings.mlflow_uri)
         tasks = invocation_tasks(self.functions, self.sandboxes.run)
         self.store = open_store(settings, tasks)
         self._stops.append(self.store.close)

@@ -52,7 +52,8 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
-            note_output: Callable[[str, str, int, str, int], None], runtime_url: str) -> Outcome:
+            note_output: Callable[[str, str, int, str, int], None], runtime_url: str, mlflow_tracking_uri: str,
+            mlflow_artifact_location: str | None) -> Outcome:
     """Call the handler with its context; what it asked to change comes back as effects."""
     invocation = request.invocation
     context = HandlerContext(
@@ -62,7 +63,8 @@ def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: 
                              lambda bucket, key: note_output(bucket, key, invocation.hop + 1, spec.name, request.task_id),
                              spec.name),
         state=StateChanges(reader, triggered_by=f"function:{spec.name}"),
-        runtime_url=runtime_url, log=logging.getLogger(f"dropwire.fn.{spec.name}"),
+        runtime_url=runtime_url, mlflow_tracking_uri=mlflow_tracking_uri,
+        mlflow_artifact_location=mlflow_artifact_location, log=logging.getLogger(f"dropwire.fn.{spec.name}"),
     )
     try:
         result = spec.handler(invocation.event, context)
@@ -80,6 +82,8 @@ class ChildConfig(msgspec.Struct, frozen=True):
     control_socket: str
     control_authkey: str
     runtime_url: str
+    mlflow_tracking_uri: str
+    mlflow_artifact_location: str | None
 
 
 def _child_main(connection: Connection, config_bytes: bytes) -> None:
@@ -103,7 +107,8 @@ def _child_main(connection: Connection, config_bytes: bytes) -> None:
             request = decode(connection.recv_bytes())
         except EOFError:
             return
-        outcome = execute(registry.get(request.invocation.function), request, objects, client, note, config.runtime_url)
+        outcome = execute(registry.get(request.invocation.function), request, objects, client, note, config.runtime_url,
+                          config.mlflow_tracking_uri, config.mlflow_artifact_location)
         try:
             connection.send_bytes(msgspec.msgpack.encode(outcome))
         except (TypeError, msgspec.EncodeError) as exc:

@@ -364,9 +364,11 @@ class Store:
             completing(batch, now)
         # Commit the plan to the view and the batch.
         for key, entity in overlay.items():
+            # New to the view, not version 1: an entity created and moved on in one operation is still a new row.
+            new = key not in self._entities
             self._entities[key] = entity
             batch.add("entity_states", (key[0], key[1], entity.state, entity.version, entity.previous_state, entity.created_at, now),
-                      new=entity.version == 1)
+                      new=new)
         for record, meta in zip(records, metadata_json):
             batch.add("state_history", (record.kind, record.entity_id, record.seq, record.from_state, record.to_state,
                                         record.trigger, record.triggered_by, record.reason, meta, now))

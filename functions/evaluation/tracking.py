@@ -42,6 +42,15 @@ def local_tracking_store(data_dir: str | os.PathLike) -> TrackingStore:
     return TrackingStore(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri())
 
 
+def prepare_tracking_store(tracking_uri: str) -> None:
+    """Create a SQLite store's schema once, before handler processes use it: MLflow migrates a
+    new SQLite database on first use, and two processes doing that at once break it."""
+    if tracking_uri.startswith("sqlite:"):
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+
+
 def metric_key(*parts: str) -> str:
     """MLflow keys allow letters, digits, _ - . / and space; anything else in a field name becomes _."""
     return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from functions.states import MACHINES, MODEL_EVALUATION, USE_CASE, ModelEvaluationState as M, UseCaseState as U
 from storage import consistency
 from storage.errors import Conflict, IllegalTransition, NotFound, VersionConflict
-from storage.records import Effects, TaskSpec, TransitionRequest
+from storage.records import EntityCreate, Effects, TaskSpec, TransitionRequest
 from storage.state_machine import UnknownState
 from storage.store import Store
 from tests.storage.helpers import CYCLE
@@ -168,4 +168,13 @@ def test_random_trigger_sequences_never_leave_a_legal_path(store, data):
         for prev, step in zip(snapshot.history, snapshot.history[1:]):
             assert step.from_state == prev.to_state
             assert any(t.dest == step.to_state and t.trigger == step.trigger for t in machine.allowed(prev.to_state))
+    assert consistency.check(store._con, [*MACHINES, CYCLE]) == []
+
+
+def test_an_entity_created_and_moved_on_in_one_operation_has_its_current_state(store):
+    store.apply(Effects(
+        creates=[EntityCreate(kind="model", entity_id="m1", triggered_by="t")],
+        transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="t")],
+    ))
+    assert store.current("model", "m1") == ("QUALITY_CHECK_PENDING", 2)
     assert consistency.check(store._con, [*MACHINES, CYCLE]) == []
