@@ -124,13 +124,17 @@ def results_prefix(use_case: str, model: str, version: str) -> str:
     return f"{RESULTS_PREFIX}{use_case}/{model}/{version}/"
 
 
+def _state_or_none(context: HandlerContext, kind: str, entity_id: str) -> str | None:
+    try:
+        return context.state.current(kind, entity_id)[0]
+    except NotFound:
+        return None
+
+
 def use_case_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     use_case = _parse_key(event, USE_CASE_KEY, "use-cases/<use case>/use-case.json")["uc"]
     about = _decode(context, event, UseCaseFile)
-    try:
-        state, _ = context.state.current("use_case", use_case)
-    except NotFound:
-        state = None
+    state = _state_or_none(context, "use_case", use_case)
     if state is not None:
         raise PermanentTaskError(f"{event.key}: use case {use_case!r} already exists (state {state}); "
                                  "a use case is registered once")
@@ -205,10 +209,7 @@ def model_registered(event: ObjectEvent, context: HandlerContext) -> dict:
     except NotFound:
         raise PermanentTaskError(f"{event.key}: use case {use_case!r} does not exist; upload "
                                  f"{SOURCE_PREFIX}{use_case}/use-case.json first") from None
-    try:
-        state, _ = context.state.current("model", model_id)
-    except NotFound:
-        state = None
+    state = _state_or_none(context, "model", model_id)
     if state is not None:
         raise PermanentTaskError(f"{event.key}: model {model_id!r} is already registered (state {state}); "
                                  "register a new version under a new model folder")
