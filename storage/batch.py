@@ -58,10 +58,10 @@ TABLES: dict[str, TableSpec] = {
             "tasks",
             (("id", _B), ("name", _S), ("args", _S), ("priority", _I), ("status", _S), ("attempts", _I), ("max_attempts", _I),
              ("not_before", _F), ("claimed_at", _F), ("lease_expires", _F), ("token", _B), ("worker", _S),
-             ("idempotency_key", _S), ("last_error", _S), ("result", _S), ("on_dead", _S), ("created_at", _F), ("updated_at", _F), ("finished_at", _F)),
+             ("idempotency_key", _S), ("last_error", _S), ("result", _S), ("on_dead", _S), ("on_retry", _S), ("created_at", _F), ("updated_at", _F), ("finished_at", _F)),
             key=("id",),
             timestamps=frozenset({"not_before", "claimed_at", "lease_expires", "created_at", "updated_at", "finished_at"}),
-            immutable=frozenset({"name", "args", "priority", "max_attempts", "idempotency_key", "on_dead", "created_at"}),
+            immutable=frozenset({"name", "args", "priority", "max_attempts", "idempotency_key", "on_dead", "on_retry", "created_at"}),
         ),
         TableSpec(
             "task_attempts",

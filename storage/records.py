@@ -36,7 +36,11 @@ class TaskSpec(msgspec.Struct, kw_only=True, frozen=True):
     delay_seconds: float = 0.0
     idempotency_key: str | None = None
     max_attempts: int | None = None
-    #: Committed in the same transaction as the dead letter if every attempt fails.
+    #: Committed with each failed attempt that will be retried, when still legal (skipped when
+    #: not); the failure's error is added to the metadata of its transitions.
+    on_retry: "Effects | None" = None
+    #: Committed in the same transaction as the dead letter if every attempt fails; the last
+    #: error is added to its transitions' and notifications' metadata and to the notifications' body.
     on_dead: "Effects | None" = None
 
 

@@ -256,7 +256,7 @@ class Store:
         now = time.time()
         for row in con.execute(
             "SELECT id, name, args, priority, status, attempts, max_attempts, epoch(not_before), epoch(created_at), "
-            "epoch(claimed_at), epoch(lease_expires), token, worker, idempotency_key, last_error, on_dead "
+            "epoch(claimed_at), epoch(lease_expires), token, worker, idempotency_key, last_error, on_dead, on_retry "
             "FROM tasks WHERE status IN ('queued', 'running', 'retrying')"
         ).fetchall():
             task = LiveTask(*row)
@@ -406,8 +406,8 @@ class Store:
             raise UnknownTask(f"unknown task {spec.name!r}; registered tasks: {sorted(self.known_tasks)}", task=spec.name)
         if spec.max_attempts is not None and spec.max_attempts < 1:
             raise DropwireError(f"task {spec.name!r}: max_attempts must be at least 1, got {spec.max_attempts}")
-        if spec.on_dead is not None:
-            for follow_up in spec.on_dead.tasks:
+        for effects in (spec.on_retry, spec.on_dead):
+            for follow_up in effects.tasks if effects is not None else ():
                 self._encode_task(follow_up)
         try:
             return spec, _json.encode(spec.args).decode()
@@ -433,6 +433,7 @@ class Store:
                 max_attempts=spec.max_attempts or self.settings.max_attempts,
                 not_before=now + max(0.0, spec.delay_seconds), created_at=now, idempotency_key=key,
                 on_dead=_json.encode(spec.on_dead).decode() if spec.on_dead is not None else None,
+                on_retry=_json.encode(spec.on_retry).decode() if spec.on_retry is not None else None,
             )
             next_id += 1
             if key is not None:
@@ -616,27 +617,39 @@ class Store:
         if retryable and task.attempts < task.max_attempts:
             task.status, task.not_before = RETRYING, now + self.backoff_seconds(task.attempts)
             self._index.schedule(task)
+            if task.on_retry is not None:
+                self._apply_failure_effects(task, task.on_retry, error, batch, now)
             batch.add("tasks", task.row(now))
             return RETRYING
         task.status = DEAD
         if task.on_dead is not None:
-            error = self._apply_on_dead(task, error, batch, now)
+            refused = self._apply_failure_effects(task, task.on_dead, error, batch, now)
+            if refused is not None:
+                error = f"{error} (its on-dead effects were refused: {refused})"
         batch.add("tasks", task.row(now, finished_at=now))
         batch.add("dead_letters", (task.id, task.name, task.args, task.attempts, error, now, None, None), new=True)
         self._index.forget(task)
         log.warning("task %s (%s) moved to dead letters after %d attempt(s): %s", task.id, task.name, task.attempts, error)
         return DEAD
 
-    def _apply_on_dead(self, task: LiveTask, error: str, batch: Batch, now: float) -> str:
-        """Commit the task's on-dead effects with its dead letter; if they are no longer legal
-        (the entity moved on), the dead letter says so instead."""
-        effects = msgspec.json.decode(task.on_dead, type=Effects)
+    def _apply_failure_effects(self, task: LiveTask, encoded: str, error: str, batch: Batch, now: float) -> str | None:
+        """Commit a task's on-retry or on-dead effects with its failure, the error added to
+        what they record. When they are no longer legal (the entity moved on), nothing of them
+        commits and the refusal is returned."""
+        effects = msgspec.json.decode(encoded, type=Effects)
+        failure = {"error": error, "task_id": task.id, "attempt": task.attempts}
+        effects = Effects(
+            creates=effects.creates, tasks=effects.tasks,
+            transitions=[msgspec.structs.replace(t, metadata=t.metadata | failure) for t in effects.transitions],
+            notifications=[msgspec.structs.replace(n, metadata=n.metadata | failure,
+                                                   body=f"{n.body}\n\nError (task {task.id}, attempt {task.attempts}): {error}")
+                           for n in effects.notifications])
         try:
-            encoded = [self._encode_task(spec) for spec in effects.tasks]
-            self._op_apply(effects, encoded, None, batch, now)
+            self._op_apply(effects, [self._encode_task(spec) for spec in effects.tasks], None, batch, now)
         except DropwireError as exc:
-            return f"{error} (its on-dead effects were refused: {exc.message})"
-        return error
+            log.info("task %s: effects of its failure not applied: %s", task.id, exc.message)
+            return exc.message
+        return None
 
     def _reap_expired_leases(self, batch: Batch, now: float) -> None:
         for task in self._index.pop_expired(now):
@@ -768,19 +781,20 @@ class Store:
     def replay_dead_letter(self, task_id: int, *, triggered_by: str = "operator") -> int:
         """Queue a dead task again as a new task with fresh attempts; the dead letter records it."""
         row = self._cursor().execute(
-            "SELECT d.name, d.args, t.priority, t.max_attempts, d.replayed_task_id, t.on_dead FROM dead_letters d "
+            "SELECT d.name, d.args, t.priority, t.max_attempts, d.replayed_task_id, t.on_dead, t.on_retry FROM dead_letters d "
             "JOIN tasks t ON t.id = d.task_id WHERE d.task_id = ?", [task_id]
         ).fetchone()
         if row is None:
             raise NotFound(f"no dead letter for task {task_id}", task_id=task_id)
-        name, args, priority, max_attempts, replayed, on_dead = row
+        name, args, priority, max_attempts, replayed, on_dead, on_retry = row
         if replayed is not None:
             raise Conflict(f"dead letter {task_id} was already replayed as task {replayed}", task_id=task_id, replayed_task_id=replayed)
 
         def op(batch: Batch, now: float) -> int:
             (task, _), = self._plan_tasks(
                 [(TaskSpec(name=name, priority=priority, max_attempts=max_attempts,
-                           on_dead=msgspec.json.decode(on_dead, type=Effects) if on_dead else None), args)], now)
+                           on_dead=msgspec.json.decode(on_dead, type=Effects) if on_dead else None,
+                           on_retry=msgspec.json.decode(on_retry, type=Effects) if on_retry else None), args)], now)
             self._index.add(task)
             batch.add("tasks", task.row(now), new=True)
             batch.execute("UPDATE dead_letters SET replayed_task_id = ?, replayed_at = to_timestamp(?) WHERE task_id = ?",

@@ -28,13 +28,14 @@ class LiveTask:
     idempotency_key: str | None = None
     last_error: str | None = None
     on_dead: str | None = None
+    on_retry: str | None = None
 
     def row(self, now: float, *, result: str | None = None, finished_at: float | None = None) -> tuple:
         """The task's image in the `tasks` table (column order of batch.TABLES['tasks'])."""
         return (
             self.id, self.name, self.args, self.priority, self.status, self.attempts, self.max_attempts,
             self.not_before, self.claimed_at, self.lease_expires, self.token, self.worker,
-            self.idempotency_key, self.last_error, result, self.on_dead, self.created_at, now, finished_at,
+            self.idempotency_key, self.last_error, result, self.on_dead, self.on_retry, self.created_at, now, finished_at,
         )
 
 

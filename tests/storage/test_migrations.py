@@ -34,7 +34,7 @@ def test_downgrade_then_upgrade_round_trips(tmp_path):
     with connect(path) as con:
         migrate.upgrade(con)
         undone = migrate.downgrade(con, 1)
-        assert [m.name for m in undone] == ["notifications", "platform", "queue"]
+        assert [m.name for m in undone] == ["task_on_retry", "notifications", "platform", "queue"]
         assert migrate.current_version(con) == 1
     assert "tasks" not in tables(path) and "state_history" in tables(path)
     with connect(path) as con:
@@ -63,7 +63,7 @@ def test_a_database_newer_than_the_code_is_refused_and_left_alone(tmp_path):
     with connect(path) as con:
         migrate.upgrade(con)
         con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (99, 'future', 'x')")
-    with pytest.raises(DatabaseUnusable, match=r"schema version 99, newer than this dropwire knows \(up to 4\)"):
+    with pytest.raises(DatabaseUnusable, match=rf"schema version 99, newer than this dropwire knows \(up to {migrate.LATEST}\)"):
         Store.open(path)
     with connect(path) as con:
         assert migrate.applied_migrations(con)[-1][0] == 99

@@ -144,6 +144,44 @@ def test_on_dead_effects_commit_with_the_dead_letter(store):
     assert store.dead_letter(task_id).last_error == "crash"
 
 
+def test_on_retry_effects_commit_with_each_retried_failure_and_survive_a_restart(db):
+    started_then_crashed = [
+        TransitionRequest(kind="model", entity_id="m1", trigger="evaluation_started", triggered_by="queue"),
+        TransitionRequest(kind="model", entity_id="m1", trigger="attempt_failed", triggered_by="queue")]
+    gave_up = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", to_state="EVALUATION_FAILED",
+                                                     triggered_by="queue")])
+    with Store.open(db, MACHINES, settings=FAST) as store:
+        store.create("model", "m1", triggered_by="t")
+        for trigger in ("dataset_uploaded", "quality_check_started", "quality_check_passed", "evaluation_queued"):
+            store.transition("model", "m1", trigger=trigger, triggered_by="t")
+        task_id = store.enqueue(TaskSpec(name="evaluate", max_attempts=3,
+                                         on_retry=Effects(transitions=started_then_crashed), on_dead=gave_up))
+        claimed = store.claim("w")[0]
+        store.fail(claimed.id, claimed.token, error="CUDA out of memory")
+        assert store.current("model", "m1")[0] == "RETRYING"
+    with Store.open(db, MACHINES, settings=FAST) as store:  # the effects travel with the task
+        for error in ("disk full", "killed"):
+            claimed = store.claim("w", wait_seconds=2)[0]
+            store.fail(claimed.id, claimed.token, error=error)
+        history = store.history("model", "m1")
+        assert [(h.from_state, h.to_state) for h in history[-5:]] == [
+            ("EVALUATION_QUEUED", "EVALUATION_RUNNING"), ("EVALUATION_RUNNING", "RETRYING"),
+            ("RETRYING", "EVALUATION_RUNNING"), ("EVALUATION_RUNNING", "RETRYING"), ("RETRYING", "EVALUATION_FAILED")]
+        assert [h.metadata["error"] for h in history[-5:]] == ["CUDA out of memory"] * 2 + ["disk full"] * 2 + ["killed"]
+        assert history[-1].metadata["attempt"] == 3 and history[-1].metadata["task_id"] == task_id
+        assert store.dead_letter(task_id).last_error == "killed"
+
+
+def test_refused_on_retry_effects_do_not_stop_the_retry(store):
+    store.create("model", "m1", triggered_by="t")
+    task_id = store.enqueue(TaskSpec(name="evaluate", max_attempts=2, on_retry=Effects(transitions=[
+        TransitionRequest(kind="model", entity_id="m1", trigger="attempt_failed", triggered_by="queue")])))
+    claimed = store.claim("w")[0]
+    assert store.fail(claimed.id, claimed.token, error="crash") == "retrying"
+    assert store.current("model", "m1") == ("REGISTERED", 1)
+    assert store.task(task_id).status == "retrying"
+
+
 def test_queued_delayed_retrying_and_running_tasks_survive_a_restart(db):
     with Store.open(db, MACHINES, settings=FAST) as store:
         queued = store.enqueue(TaskSpec(name="queued", args=[1, 2]))
