@@ -1,7 +1,7 @@
-"""The walkthrough tasks behind `dropwire demo`: a model's quality check and evaluation on a
-handful of in-line records, enough to show the state machines, the outbox, retries and dead
-letters working on the real store. The full evaluation job (files, configs, reports) is
-functions/evaluation."""
+"""Small in-line tasks that `dropwire control` and `dropwire worker` run by default (`--tasks`
+names another registry): a model's quality check and evaluation on a handful of records,
+enough to watch the control plane, remote workers, the outbox, retries and dead letters on
+the real store. The product's evaluation workflow is functions/evaluation_flow.py."""
 
 from __future__ import annotations
 

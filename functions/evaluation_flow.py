@@ -5,22 +5,28 @@ bucket ``local`` and each one moves its use case or model along its state machin
     use-cases/<uc>/use-case.json                     {"name", "team_email"}: the use case, its config template
     use-cases/<uc>/config.yaml|.yml|.json            the evaluation config, validated (every problem listed)
     use-cases/<uc>/models/<model>/register.json      {"name", "version"}: a model of the use case
-    use-cases/<uc>/models/<model>/dataset.csv|.parquet|.xlsx   its dataset (layout single)
+    use-cases/<uc>/models/<model>/dataset.<ext>      layout single: truth and predictions in one file;
+                                                     layout separate: the truth file
+    use-cases/<uc>/models/<model>/predictions.<ext>  layout separate: the predictions, joined on the record id
+    (<ext>: csv, parquet or xlsx)
 
 What they produce lies under prefixes no trigger watches: ``evaluation-templates/<uc>/``
 (the template sent to the team), ``evaluation-configs/<uc>/config.json`` (the last valid
-config, which evaluations use) and ``evaluation-results/<uc>/<model>/<version>/`` (the
-quality report, Parquet results and the Excel report).
+config, which checks and evaluations use) and ``evaluation-results/<uc>/<model>/<version>/``
+(the quality report, Parquet results and the Excel report).
 
-A dataset upload commits ``dataset_uploaded`` and ``quality_check_started`` and queues the
-``evaluation-run`` invocation, whose success commits the quality check's outcome and, when it
-passed, the evaluation's, in one completion. A crash is retried by the queue; a task whose
-retries are spent leaves the model in QUALITY_CHECK_RUNNING with a dead letter (moving it to
-EVALUATION_FAILED through the task's on_dead effects is not done yet).
+A dataset upload (for layout separate: the second of the two files) commits
+``dataset_uploaded`` with the files to check and queues the quality check; a check that
+passes queues the evaluation. Each step commits its transitions with its success. A crash is
+not a data problem: the queue retries the step, each retried attempt moving the model through
+RETRYING (the task's on-retry effects), and a step whose attempts are spent moves it to
+EVALUATION_FAILED with the error (its on-dead effects) and tells the team. From there
+``evaluation-retry`` (HTTP) queues the evaluation again; a new dataset starts over.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 import uuid
 from datetime import datetime, timezone
@@ -33,6 +39,7 @@ from functions.context import HandlerContext
 from functions.evaluation import (
     ConfigInvalid,
     ConfigProblem,
+    Dataset,
     DatasetFiles,
     DatasetUnreadable,
     EvaluationConfig,
@@ -49,12 +56,12 @@ from functions.evaluation import (
     write_excel_report,
     write_results,
 )
-from functions.platform import FunctionRegistry, HttpEvent, Invocation, ObjectEvent, OnHttp, OnUpload, Output
+from functions.platform import FunctionRegistry, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue, OnUpload, Output
 from functions.registry import PermanentTaskError
 from functions.states import ModelEvaluationState as M
 from functions.states import UseCaseState as U
 from storage.errors import NotFound
-from storage.records import TaskSpec
+from storage.records import Effects, NotificationRequest, TaskSpec, TransitionRequest
 
 # The local folder played as a bucket (settings.events.bucket's default).
 BUCKET = "local"
@@ -68,11 +75,13 @@ USE_CASE_FUNCTION = "evaluation-use-case"
 CONFIG_FUNCTION = "evaluation-config"
 MODEL_FUNCTION = "evaluation-model"
 DATASET_FUNCTION = "evaluation-dataset"
+QUALITY_CHECK_FUNCTION = "evaluation-quality-check"
 RUN_FUNCTION = "evaluation-run"
-RUN_TIMEOUT_S = 900.0
-RUN_MAX_ATTEMPTS = 3
+RETRY_FUNCTION = "evaluation-retry"
+STEP_TIMEOUT_S = 900.0
+STEP_MAX_ATTEMPTS = 3
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-DATASET_SUFFIXES = (".csv", ".parquet", ".xlsx")
+DATASET_FORMATS = ("csv", "parquet", "xlsx")
 # Quality issues named in a transition's metadata and a notification's body (the attached
 # report has them all).
 ISSUES_LISTED = 20
@@ -80,7 +89,8 @@ ISSUES_LISTED = 20
 USE_CASE_KEY = re.compile(r"use-cases/(?P<uc>[^/]+)/use-case\.json")
 CONFIG_KEY = re.compile(r"use-cases/(?P<uc>[^/]+)/config\.(yaml|yml|json)")
 MODEL_KEY = re.compile(r"use-cases/(?P<uc>[^/]+)/models/(?P<model>[^/]+)/register\.json")
-DATASET_KEY = re.compile(r"use-cases/(?P<uc>[^/]+)/models/(?P<model>[^/]+)/dataset\.(csv|parquet|xlsx)")
+DATA_KEY = re.compile(r"use-cases/(?P<uc>[^/]+)/models/(?P<model>[^/]+)/(?P<role>dataset|predictions)\.(csv|parquet|xlsx)")
+DATA_LAYOUT = "use-cases/<use case>/models/<model>/dataset|predictions.csv|.parquet|.xlsx"
 
 # A new config may be uploaded in these use-case states; a dataset only once one is valid.
 CONFIG_ACCEPTED_IN = (U.AWAITING_CONFIG, U.CONFIG_INVALID, U.CONFIG_VALIDATED)
@@ -100,6 +110,13 @@ class ModelFile(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     version: str
 
 
+class ModelRef(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A model named in an HTTP body: use case id and the model's folder name."""
+
+    use_case: str
+    model: str
+
+
 def register(functions: FunctionRegistry) -> None:
     functions.function(USE_CASE_FUNCTION, on=[OnUpload(bucket=BUCKET, prefix=SOURCE_PREFIX, suffix="/use-case.json")],
                        outputs=[Output(bucket=BUCKET, prefix=TEMPLATES_PREFIX)], timeout_seconds=60)(use_case_uploaded)
@@ -108,12 +125,14 @@ def register(functions: FunctionRegistry) -> None:
                        outputs=[Output(bucket=BUCKET, prefix=CONFIGS_PREFIX)], timeout_seconds=60)(config_uploaded)
     functions.function(MODEL_FUNCTION, on=[OnUpload(bucket=BUCKET, prefix=SOURCE_PREFIX, suffix="/register.json")],
                        timeout_seconds=60)(model_registered)
-    functions.function(DATASET_FUNCTION, on=[OnUpload(bucket=BUCKET, prefix=SOURCE_PREFIX, suffix=f"/dataset{s}")
-                                             for s in DATASET_SUFFIXES], timeout_seconds=60)(dataset_uploaded)
-    # Queued by dataset_uploaded; the HTTP trigger only lets the
-    # platform list it, and such an invocation is refused (see run_evaluation).
-    functions.function(RUN_FUNCTION, on=[OnHttp()], outputs=[Output(bucket=BUCKET, prefix=RESULTS_PREFIX)],
-                       timeout_seconds=RUN_TIMEOUT_S, max_attempts=RUN_MAX_ATTEMPTS)(run_evaluation)
+    functions.function(DATASET_FUNCTION, on=[OnUpload(bucket=BUCKET, prefix=SOURCE_PREFIX, suffix=f"/{role}.{ext}")
+                                             for role in ("dataset", "predictions") for ext in DATASET_FORMATS],
+                       timeout_seconds=60)(dataset_uploaded)
+    functions.function(QUALITY_CHECK_FUNCTION, on=[OnQueue()], outputs=[Output(bucket=BUCKET, prefix=RESULTS_PREFIX)],
+                       timeout_seconds=STEP_TIMEOUT_S, max_attempts=STEP_MAX_ATTEMPTS)(run_quality_check)
+    functions.function(RUN_FUNCTION, on=[OnQueue()], outputs=[Output(bucket=BUCKET, prefix=RESULTS_PREFIX)],
+                       timeout_seconds=STEP_TIMEOUT_S, max_attempts=STEP_MAX_ATTEMPTS)(run_evaluation)
+    functions.function(RETRY_FUNCTION, on=[OnHttp()], timeout_seconds=60)(retry_evaluation)
 
 
 def config_key(use_case: str) -> str:
@@ -141,7 +160,7 @@ def use_case_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     template = context.outputs.write_bytes(BUCKET, f"{TEMPLATES_PREFIX}{use_case}/config-template.yaml",
                                            render_template(use_case).encode())
     metadata = _file(event) | {"name": about.name, "team_email": about.team_email}
-    context.state.create("use_case", use_case, reason=f"{event.key} uploaded", metadata=metadata)
+    context.state.create("use_case", use_case, reason=f"{posixpath.basename(event.key)} uploaded", metadata=metadata)
     context.state.transition("use_case", use_case, trigger="template_sent", reason="config template written",
                              metadata=_file(event) | {"template": template})
     context.state.transition("use_case", use_case, trigger="await_config", reason="waiting for the team's config",
@@ -173,11 +192,8 @@ def config_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
         if config.use_case != use_case:
             problems.append(ConfigProblem("use_case", f"is {config.use_case!r}, but the file was uploaded for use "
                                                       f"case {use_case!r}"))
-        if config.layout != "single":
-            problems.append(ConfigProblem("layout", f"is {config.layout!r}; uploads take one dataset file per "
-                                                    "model, so the layout must be single"))
     context.state.transition("use_case", use_case, trigger="config_uploaded", expected_version=version,
-                             reason=f"{event.key} uploaded (was {state})", metadata=_file(event))
+                             reason=f"{posixpath.basename(event.key)} uploaded (was {state})", metadata=_file(event))
     context.state.transition("use_case", use_case, trigger="validation_started", reason="validating the config",
                              metadata=_file(event))
     if problems:
@@ -195,7 +211,7 @@ def config_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     assert config is not None
     digest = config_hash(config)
     context.outputs.write_bytes(BUCKET, config_key(use_case), msgspec.json.encode(config))
-    context.state.transition("use_case", use_case, trigger="config_valid", reason=f"{event.key} is valid",
+    context.state.transition("use_case", use_case, trigger="config_valid", reason=f"{posixpath.basename(event.key)} is valid",
                              metadata=_file(event) | {"config_hash": digest, "fields": [f.name for f in config.fields]})
     return {"use_case": use_case, "valid": True, "config_hash": digest}
 
@@ -213,88 +229,116 @@ def model_registered(event: ObjectEvent, context: HandlerContext) -> dict:
     if state is not None:
         raise PermanentTaskError(f"{event.key}: model {model_id!r} is already registered (state {state}); "
                                  "register a new version under a new model folder")
-    context.state.create("model", model_id, reason=f"{event.key} uploaded",
+    context.state.create("model", model_id, reason=f"{posixpath.basename(event.key)} uploaded",
                          metadata=_file(event) | {"use_case": use_case, "name": about.name, "version": about.version})
     return {"model": model_id, "name": about.name, "version": about.version}
 
 
 def dataset_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
-    parts = _parse_key(event, DATASET_KEY, "use-cases/<use case>/models/<model>/dataset.csv|.parquet|.xlsx")
-    use_case, model_id = parts["uc"], f"{parts['uc']}/{parts['model']}"
+    """A model's data file arrived: once the model has every file its use case's layout needs,
+    record which files are checked and queue the quality check."""
+    parts = _parse_key(event, DATA_KEY, DATA_LAYOUT)
+    use_case, folder_name, role = parts["uc"], parts["model"], parts["role"]
+    model_id = f"{use_case}/{folder_name}"
     _require(context, "use_case", use_case, DATASET_NEEDS_USE_CASE_IN, event,
              f"upload a valid {SOURCE_PREFIX}{use_case}/config.yaml, then the dataset again")
+    config = _valid_config(context, use_case)
+    if role == "predictions" and config.layout == "single":
+        raise PermanentTaskError(f"{event.key}: use case {use_case!r} has layout single: upload one file, dataset.<ext>, "
+                                 "with truth and prediction columns (predictions.<ext> is for layout separate)")
+    covering = _check_covering(context, model_id, event)
+    if covering is not None:
+        # Another upload's check started after this file was written, so it reads this content.
+        return {"model": model_id, "covered_by_check_started_at": covering}
     _, version = _require(context, "model", model_id, DATASET_ACCEPTED_IN, event,
-                          f"upload {SOURCE_PREFIX}{model_id.replace('/', '/models/', 1)}/register.json first, "
-                          "or wait for the running check to finish")
+                          f"upload {SOURCE_PREFIX}{use_case}/models/{folder_name}/register.json first, "
+                          "or upload again when the running check has finished")
+    files = {role: event.key}
+    if config.layout == "separate":
+        other = "predictions" if role == "dataset" else "dataset"
+        found = _newest_data_file(context, event.bucket, f"{SOURCE_PREFIX}{use_case}/models/{folder_name}/{other}")
+        if found is None:
+            return {"model": model_id, "waiting_for": f"{SOURCE_PREFIX}{use_case}/models/{folder_name}/{other}."
+                                                      f"{'|'.join(DATASET_FORMATS)}"}
+        files[other] = found
+    team = _created_with(context, "use_case", use_case, UseCaseFile)
     context.state.transition("model", model_id, trigger="dataset_uploaded", expected_version=version,
-                             reason=f"{event.key} uploaded", metadata=_file(event))
-    context.state.transition("model", model_id, trigger="quality_check_started", reason="quality check queued",
-                             metadata=_file(event))
-    context.state.enqueue(TaskSpec(
-        name=f"fn:{RUN_FUNCTION}",  # the platform's invocation task of a function (FunctionSpec.task_name)
-        args=Invocation(function=RUN_FUNCTION, source="upload", event=event),
-        max_attempts=RUN_MAX_ATTEMPTS,
-        idempotency_key=f"{RUN_FUNCTION}:{event.bucket}/{event.key}@{event.version}"))
-    return {"model": model_id, "dataset": event.key}
+                             reason=f"{posixpath.basename(event.key)} uploaded", metadata=_file(event) | {"files": files})
+    context.state.enqueue(_step(QUALITY_CHECK_FUNCTION, Invocation(function=QUALITY_CHECK_FUNCTION, source="upload",
+                                                                   event=event),
+                                model_id, "quality_check_started", team.team_email,
+                                idempotency_key=f"{QUALITY_CHECK_FUNCTION}:{event.bucket}/{event.key}@{event.version}"))
+    return {"model": model_id, "files": files}
 
 
-def run_evaluation(event: ObjectEvent | HttpEvent, context: HandlerContext) -> dict:
-    """Quality-check a model's dataset and, when it passes, evaluate it; commits every
-    transition from QUALITY_CHECK_RUNNING to where the model ends in one completion."""
-    if not isinstance(event, ObjectEvent):
-        raise PermanentTaskError(f"{RUN_FUNCTION} runs on a dataset upload, queued by {DATASET_FUNCTION}; upload "
-                                 "use-cases/<use case>/models/<model>/dataset.<csv|parquet|xlsx> instead")
-    parts = _parse_key(event, DATASET_KEY, "use-cases/<use case>/models/<model>/dataset.csv|.parquet|.xlsx")
-    use_case, model_id = parts["uc"], f"{parts['uc']}/{parts['model']}"
+def run_quality_check(event: ObjectEvent, context: HandlerContext) -> dict:
+    """Check the files recorded by the model's last dataset upload; a pass queues the evaluation."""
+    use_case, folder_name, model_id = _model_of(event, context)
+    _, version = _require_model(context, model_id, (M.QUALITY_CHECK_PENDING, M.RETRYING), QUALITY_CHECK_FUNCTION)
     team = _created_with(context, "use_case", use_case, UseCaseFile)
     model = _created_with(context, "model", model_id, ModelFile)
-    with context.objects.open(BUCKET, config_key(use_case)) as stream:
-        config = load_config(stream.read(), source=context.objects.url(BUCKET, config_key(use_case)))
-    folder = results_prefix(use_case, parts["model"], model.version)
-    dataset_url = context.objects.url(event.bucket, event.key)
-    files = DatasetFiles(dataset=dataset_url)
-    try:
-        dataset = load_dataset(config, files)
-    except DatasetUnreadable as exc:
-        dataset, report = None, QualityReport(passed=False, rows_checked=0, issues=exc.issues, files=[])
-    else:
-        report = check_dataset(dataset)
-    report_url = context.outputs.write_bytes(BUCKET, f"{folder}quality-report.json", msgspec.json.encode(report))
-    issues = [{"file": i.file, "column": i.column, "rows": i.rows, "row_count": i.row_count, "message": i.message}
-              for i in report.errors[:ISSUES_LISTED]]
-    checked = _file(event) | {"rows_checked": report.rows_checked, "errors": len(report.errors),
-                              "warnings": len(report.warnings), "quality_report": report_url}
+    context.state.transition("model", model_id, trigger="quality_check_started", expected_version=version,
+                             reason=f"attempt {context.attempt} of {context.max_attempts}", metadata=_file(event))
+    config = _valid_config(context, use_case)
+    dataset, report, report_url, checked = _load_and_check(context, config, model_id, folder_name, model.version)
     if dataset is None or not report.passed:
         context.state.transition("model", model_id, trigger="quality_check_failed",
-                                 reason=f"{len(report.errors)} quality error(s) in {event.key}",
-                                 metadata=checked | {"issues": issues})
+                                 reason=f"{len(report.errors)} quality error(s)", metadata=checked)
         context.state.transition("model", model_id, trigger="await_data_fix", reason="waiting for a fixed dataset",
                                  metadata=_file(event))
         context.state.notify(
             "qc_failed", f"The dataset of {model.name} {model.version} failed the quality check",
-            f"{event.bucket}/{event.key} has {len(report.errors)} error(s):\n"
-            + "\n".join(f"- {i['message']}" for i in issues)
-            + f"\n\nFix them and upload the dataset again to {event.key}. Every issue is in the attached report.",
+            f"{', '.join(checked['files'].values())}: {len(report.errors)} error(s):\n"
+            + "\n".join(f"- {i['message']}" for i in checked["issues"])
+            + "\n\nFix them and upload the dataset again. Every issue is in the attached report.",
             recipients=[team.team_email], attachments=[report_url], entity_kind="model", entity_id=model_id,
-            metadata=checked)
+            metadata={k: v for k, v in checked.items() if k != "issues"})
         return {"model": model_id, "passed": False, "errors": len(report.errors)}
 
-    context.state.transition("model", model_id, trigger="quality_check_passed", reason=f"{event.key} passed",
-                             metadata=checked)
-    context.state.notify(
-        "qc_passed", f"The dataset of {model.name} {model.version} passed the quality check",
-        f"{event.bucket}/{event.key}: {report.rows_checked} rows checked, {len(report.warnings)} warning(s); "
-        "the evaluation runs now.",
-        recipients=[team.team_email], attachments=[report_url], entity_kind="model", entity_id=model_id,
-        metadata=checked)
+    context.state.transition("model", model_id, trigger="quality_check_passed",
+                             reason=f"{report.rows_checked} rows passed", metadata=checked)
     context.state.transition("model", model_id, trigger="evaluation_queued", reason="quality check passed",
                              metadata=_file(event))
-    context.state.transition("model", model_id, trigger="evaluation_started", reason="evaluating", metadata=_file(event))
+    context.state.notify(
+        "qc_passed", f"The dataset of {model.name} {model.version} passed the quality check",
+        f"{', '.join(checked['files'].values())}: {report.rows_checked} rows checked, {len(report.warnings)} "
+        "warning(s); the evaluation is queued.",
+        recipients=[team.team_email], attachments=[report_url], entity_kind="model", entity_id=model_id,
+        metadata=checked)
+    context.state.enqueue(_step(RUN_FUNCTION, Invocation(function=RUN_FUNCTION, source="upload", event=event),
+                                model_id, "evaluation_started", team.team_email))
+    return {"model": model_id, "passed": True, "rows": report.rows_checked}
+
+
+def run_evaluation(event: ObjectEvent | HttpEvent, context: HandlerContext) -> dict:
+    """Evaluate the model's checked files: Parquet results, the Excel report, an MLflow run."""
+    use_case, folder_name, model_id = _model_of(event, context)
+    _, version = _require_model(context, model_id, (M.EVALUATION_QUEUED, M.RETRYING), RUN_FUNCTION)
+    team = _created_with(context, "use_case", use_case, UseCaseFile)
+    model = _created_with(context, "model", model_id, ModelFile)
+    context.state.transition("model", model_id, trigger="evaluation_started", expected_version=version,
+                             reason=f"attempt {context.attempt} of {context.max_attempts}", metadata=_event_note(event))
+    config = _valid_config(context, use_case)
+    # Checked again: a retry may come after a check that crashed, and what is evaluated must pass.
+    dataset, report, report_url, checked = _load_and_check(context, config, model_id, folder_name, model.version)
+    if dataset is None or not report.passed:
+        context.state.transition("model", model_id, trigger="evaluation_failed",
+                                 reason=f"the data no longer passes the quality check ({len(report.errors)} error(s)); "
+                                        "upload a fixed dataset", metadata=checked)
+        context.state.notify(
+            "evaluation_failed", f"Evaluation of {model.name} {model.version} failed",
+            "The data does not pass the quality check:\n" + "\n".join(f"- {i['message']}" for i in checked["issues"])
+            + "\n\nUpload a fixed dataset; the attached report has every issue.",
+            recipients=[team.team_email], attachments=[report_url], entity_kind="model", entity_id=model_id,
+            metadata={k: v for k, v in checked.items() if k != "issues"})
+        return {"model": model_id, "passed": False, "errors": len(report.errors)}
+    folder = results_prefix(use_case, folder_name, model.version)
     evaluation = evaluate_dataset(dataset)
     digest = config_hash(config)
     written = _written_through(context, folder, lambda root: msgspec.to_builtins(write_results(evaluation, root)))
     excel = ReportContext(use_case=use_case, model_name=model.name, model_version=model.version, config_hash=digest,
-                          files=[dataset_url], evaluated_at=datetime.now(timezone.utc).isoformat())
+                          files=[context.objects.url(BUCKET, key) for key in checked["files"].values()],
+                          evaluated_at=datetime.now(timezone.utc).isoformat())
     report_xlsx = _written_through(context, folder, lambda root: {
         "report": write_excel_report(evaluation, excel, f"{root}report.xlsx")})["report"]
     metrics = evaluation.metrics
@@ -307,9 +351,11 @@ def run_evaluation(event: ObjectEvent | HttpEvent, context: HandlerContext) -> d
         "micro": msgspec.to_builtins(metrics.micro), "macro": msgspec.to_builtins(metrics.macro),
         "field_f1": {m.field: m.f1 for m in metrics.fields},
     }
-    context.state.transition("model", model_id, trigger="evaluation_succeeded", reason=f"{event.key} evaluated",
-                             metadata=_file(event) | summary | {"config_hash": digest, "report": report_xlsx,
-                                                                "results": written, "mlflow_run_id": run_id})
+    context.state.transition("model", model_id, trigger="evaluation_succeeded",
+                             reason=f"{metrics.records} records evaluated",
+                             metadata=_event_note(event) | summary | {
+                                 "files": checked["files"], "config_hash": digest, "report": report_xlsx,
+                                 "results": written, "mlflow_run_id": run_id, "quality_report": report_url})
     context.state.notify(
         "evaluation_completed", f"Evaluation of {model.name} {model.version} is done",
         f"{metrics.records} records; micro F1 {metrics.micro.f1:.3f}, accuracy {metrics.micro.accuracy:.3f}; "
@@ -317,7 +363,138 @@ def run_evaluation(event: ObjectEvent | HttpEvent, context: HandlerContext) -> d
         "The report is attached.",
         recipients=[team.team_email], attachments=[report_xlsx], entity_kind="model", entity_id=model_id,
         metadata={"mlflow_run_id": run_id, "micro_f1": metrics.micro.f1})
-    return {"model": model_id, "passed": True, "mlflow_run_id": run_id, "report": report_xlsx}
+    return {"model": model_id, "mlflow_run_id": run_id, "report": report_xlsx, "micro_f1": metrics.micro.f1}
+
+
+def retry_evaluation(event: HttpEvent, context: HandlerContext) -> dict:
+    """HTTP: queue the evaluation of a model in EVALUATION_FAILED again (body: use_case, model)."""
+    try:
+        ref = msgspec.convert(event.body, ModelRef)
+    except msgspec.ValidationError as exc:
+        raise PermanentTaskError(f"{RETRY_FUNCTION} takes a JSON body {{\"use_case\": ..., \"model\": ...}}: {exc}") from None
+    model_id = f"{ref.use_case}/{ref.model}"
+    _, version = _require_model(context, model_id, (M.EVALUATION_FAILED,), RETRY_FUNCTION)
+    team = _created_with(context, "use_case", ref.use_case, UseCaseFile)
+    context.state.transition("model", model_id, trigger="retry", expected_version=version,
+                             reason="retry asked over HTTP", metadata={"requested_at": event.received_at})
+    context.state.enqueue(_step(RUN_FUNCTION, Invocation(function=RUN_FUNCTION, source="http", event=event),
+                                model_id, "evaluation_started", team.team_email))
+    return {"model": model_id, "state": M.EVALUATION_QUEUED}
+
+
+def _step(function: str, invocation: Invocation, model_id: str, start_trigger: str, team_email: str,
+          idempotency_key: str | None = None) -> TaskSpec:
+    """A queued step of a model's evaluation. A crashed attempt that will be retried records
+    the step's start and the crash (-> RETRYING); the last one records the start and the
+    failure (-> EVALUATION_FAILED) and tells the team. The store adds the error to both."""
+
+    def moves(*triggers: str, reason: str) -> list[TransitionRequest]:
+        return [TransitionRequest(kind="model", entity_id=model_id, trigger=t, triggered_by=f"queue:{function}",
+                                  reason=reason) for t in triggers]
+
+    return TaskSpec(
+        name=f"fn:{function}",  # the platform's invocation task of a function (FunctionSpec.task_name)
+        args=invocation, max_attempts=STEP_MAX_ATTEMPTS, idempotency_key=idempotency_key,
+        on_retry=Effects(transitions=moves(start_trigger, "attempt_failed", reason=f"{function} crashed; retried")),
+        on_dead=Effects(
+            transitions=moves(start_trigger, "evaluation_failed",
+                              reason=f"{function} crashed on all {STEP_MAX_ATTEMPTS} attempts"),
+            notifications=[NotificationRequest(
+                kind="evaluation_failed", subject=f"Evaluation of {model_id} failed",
+                body=f"{function} crashed on all {STEP_MAX_ATTEMPTS} attempts (not a problem in the data). "
+                     f"Retry it with POST /api/use-cases/{model_id.replace('/', '/models/', 1)}/retry once the cause "
+                     "is fixed.",
+                recipients=[team_email], entity_kind="model", entity_id=model_id)]))
+
+
+def _load_and_check(context: HandlerContext, config: EvaluationConfig, model_id: str, folder_name: str,
+                    version: str) -> tuple[Dataset | None, QualityReport, str, dict[str, Any]]:
+    """Read the model's checked files and run the quality check; the report is written to the
+    results folder. Returns the dataset (None if unreadable), the report, its URL and what the
+    transitions record about it."""
+    files = _checked_files(context, model_id)
+    urls = {role: context.objects.url(BUCKET, key) for role, key in files.items()}
+    located = (DatasetFiles(dataset=urls.get("dataset")) if config.layout == "single"
+               else DatasetFiles(truth=urls.get("dataset"), predictions=urls.get("predictions")))
+    try:
+        dataset = load_dataset(config, located)
+    except DatasetUnreadable as exc:
+        dataset, report = None, QualityReport(passed=False, rows_checked=0, issues=exc.issues, files=[])
+    else:
+        report = check_dataset(dataset)
+    folder = results_prefix(model_id.split("/", 1)[0], folder_name, version)
+    report_url = context.outputs.write_bytes(BUCKET, f"{folder}quality-report.json", msgspec.json.encode(report))
+    issues = [{"file": i.file, "column": i.column, "rows": i.rows, "row_count": i.row_count, "message": i.message}
+              for i in report.errors[:ISSUES_LISTED]]
+    checked = {"files": files, "rows_checked": report.rows_checked, "errors": len(report.errors),
+               "warnings": len(report.warnings), "quality_report": report_url, "issues": issues}
+    return dataset, report, report_url, checked
+
+
+def _checked_files(context: HandlerContext, model_id: str) -> dict[str, str]:
+    """{role: key} of the files the model's last dataset upload recorded."""
+    rows = context.state.query("SELECT metadata FROM state_history WHERE kind = 'model' AND entity_id = ? AND "
+                               "\"trigger\" = 'dataset_uploaded' ORDER BY seq DESC LIMIT 1", [model_id])
+    if not rows:
+        raise PermanentTaskError(f"model {model_id!r} has no dataset upload on record; upload its dataset")
+    return msgspec.json.decode(rows[0][0])["files"]
+
+
+def _check_covering(context: HandlerContext, model_id: str, event: ObjectEvent) -> str | None:
+    """When the model's last check was started for this key after the event's object was
+    written (it reads the object then), that check's start time; else None."""
+    try:
+        written = datetime.fromisoformat(event.event_time)
+    except ValueError:
+        return None
+    rows = context.state.query(
+        "SELECT epoch(happened_at), metadata FROM state_history WHERE kind = 'model' AND entity_id = ? AND "
+        "\"trigger\" = 'dataset_uploaded' ORDER BY seq DESC LIMIT 1", [model_id])
+    if not rows or event.key not in msgspec.json.decode(rows[0][1]).get("files", {}).values():
+        return None
+    started = datetime.fromtimestamp(rows[0][0], timezone.utc)
+    return started.isoformat() if started >= written else None
+
+
+def _newest_data_file(context: HandlerContext, bucket: str, stem: str) -> str | None:
+    """The most recently written of <stem>.csv / .parquet / .xlsx, or None."""
+    found = [(when, f"{stem}.{ext}") for ext in DATASET_FORMATS
+             if (when := context.objects.modified(bucket, f"{stem}.{ext}")) is not None]
+    return max(found)[1] if found else None
+
+
+def _valid_config(context: HandlerContext, use_case: str) -> EvaluationConfig:
+    """The use case's last valid config (written by config_uploaded)."""
+    with context.objects.open(BUCKET, config_key(use_case)) as stream:
+        return load_config(stream.read(), source=context.objects.url(BUCKET, config_key(use_case)))
+
+
+def _model_of(event: ObjectEvent | HttpEvent, context: HandlerContext) -> tuple[str, str, str]:
+    """(use case, model folder, model id) of a step's event: the upload, or a retry's body."""
+    if isinstance(event, ObjectEvent):
+        parts = _parse_key(event, DATA_KEY, DATA_LAYOUT)
+        use_case, folder_name = parts["uc"], parts["model"]
+    else:
+        ref = msgspec.convert(event.body, ModelRef)
+        use_case, folder_name = ref.use_case, ref.model
+    return use_case, folder_name, f"{use_case}/{folder_name}"
+
+
+def _require_model(context: HandlerContext, model_id: str, states: tuple[str, ...], step: str) -> tuple[str, int]:
+    try:
+        state, version = context.state.current("model", model_id)
+    except NotFound:
+        raise PermanentTaskError(f"{step}: model {model_id!r} does not exist") from None
+    if state not in states:
+        hint = (f"; retry it with POST /api/use-cases/{model_id.replace('/', '/models/', 1)}/retry"
+                if state == M.EVALUATION_FAILED and step != RETRY_FUNCTION else "")
+        raise PermanentTaskError(f"{step}: model {model_id!r} is {state}; this step runs only in "
+                                 f"{', '.join(states)}{hint}")
+    return state, version
+
+
+def _event_note(event: ObjectEvent | HttpEvent) -> dict[str, Any]:
+    return _file(event) if isinstance(event, ObjectEvent) else {"requested_at": event.received_at}
 
 
 def _written_through(context: HandlerContext, folder: str, write) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import posixpath
 import unicodedata
 import uuid
+from datetime import datetime, timezone
 from typing import IO, Callable
 
 import fsspec
@@ -72,6 +73,15 @@ class ObjectStore:
         """A local file path for the object when the bucket is a local folder, else None."""
         fs, root = self.filesystem(bucket)
         return posixpath.join(root, check_key(key)) if "file" in fs.protocol else None
+
+    def modified(self, bucket: str, key: str) -> datetime | None:
+        """When the object was last written, or None if there is no such object."""
+        fs, root = self.filesystem(bucket)
+        path = posixpath.join(root, check_key(key))
+        if not fs.exists(path):
+            return None
+        stamp = fs.modified(path)
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
     def write_bytes(self, bucket: str, key: str, data: bytes) -> str:
         """Write atomically (a hidden temporary name, then a rename on local folders) so that

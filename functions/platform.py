@@ -92,7 +92,12 @@ class OnHttp(msgspec.Struct, kw_only=True, frozen=True):
     pass
 
 
-Trigger = OnUpload | OnSchedule | OnHttp
+class OnQueue(msgspec.Struct, kw_only=True, frozen=True):
+    """A follow-up step: queued only by another function's committed effects (e.g. an
+    evaluation queued by a passed quality check), never fired by uploads, schedules or HTTP."""
+
+
+Trigger = OnUpload | OnSchedule | OnHttp | OnQueue
 
 
 class Output(msgspec.Struct, kw_only=True, frozen=True):

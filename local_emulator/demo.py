@@ -1,99 +1,218 @@
-"""`dropwire demo`: one use case, three models, real store and real workers, printed so a
-person can follow what happened and where to look."""
+"""`dropwire demo`: the evaluation workflow end to end on the embedded default (a local folder
+as the bucket, the DuckDB file, a local MLflow store), on generated data. It starts the
+emulator, drops files into the bucket as a team would, and narrates what the handlers did:
+one use case, three models; one passes and is evaluated, one fails the quality check, is
+fixed and passes, one is still at work when the summary is taken."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
+from pathlib import Path
 
+import msgspec
+import polars as pl
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from functions.demo import ModelJob, Record, registry
-from local_emulator.control_plane import open_store, start_pool
+from functions.evaluation import QualityReport
+from functions.evaluation.samples import sample_config, sample_dataset
+from functions.evaluation_flow import SOURCE_PREFIX, results_prefix
+from local_emulator.emulator import Emulator
 from local_emulator.settings import Settings
-from storage.records import Effects, TaskSpec, TransitionRequest
-from storage.store import Store
+from storage.errors import DropwireError, NotFound
 
-GOOD = [Record("invoice", "invoice"), Record("receipt", "receipt"), Record("invoice", "receipt"), Record("contract", "contract")]
-MISSING = [Record("invoice", "invoice"), Record("receipt", None), Record("contract", None), Record("invoice", "invoice")]
-
-
-def _upload(store: Store, model_id: str, records: list[Record], crash_attempts: int = 0, note: str = "") -> None:
-    """A dataset arrives: the transition and the quality-check task commit together (outbox)."""
-    job = ModelJob(model_id=model_id, records=records, crash_attempts=crash_attempts)
-    store.apply(Effects(
-        transitions=[TransitionRequest(kind="model", entity_id=model_id, trigger="dataset_uploaded", triggered_by="demo.team",
-                                       reason=note or "dataset uploaded", metadata={"file_uploaded": f"{model_id}/dataset.csv"})],
-        tasks=[TaskSpec(name="demo.quality_check", args=job)],
-    ))
+# name -> (version, records, error rate); the last one's dataset is big enough to still be at
+# work when the others are done.
+MODELS = {"gpt-4o": ("2024-08-06", 5_000, 0.04), "claude-3.5": ("2024-10-22", 5_000, 0.07),
+          "llama-3.1": ("70b", 400_000, 0.10)}
+DONE = ("EVALUATION_COMPLETED", "EVALUATION_FAILED", "AWAITING_DATA_FIX")
+WAIT_S = 120.0
 
 
-def _wait_until_settled(store: Store, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        busy = {k: v for k, v in store.stats().by_status.items() if k in ("queued", "running", "retrying")}
-        if not busy:
-            return
-        time.sleep(0.1)
+class DemoRun:
+    def __init__(self, emulator: Emulator, use_case: str, console: Console) -> None:
+        self.emulator = emulator
+        self.store = emulator.store
+        self.bucket = emulator.settings.bucket_path
+        self.use_case = use_case
+        self.console = console
+        self.started = time.perf_counter()
+
+    def say(self, text: str) -> None:
+        self.console.print(f"[dim]{time.perf_counter() - self.started:5.1f}s[/]  {text}", highlight=False)
+
+    def drop(self, key: str, data: bytes) -> str:
+        """Put a file into the bucket folder whole, as an upload would (write, then rename)."""
+        target = self.bucket / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".{target.name}.part")
+        staged.write_bytes(data)
+        staged.replace(target)
+        return key
+
+    def state(self, kind: str, entity_id: str) -> str | None:
+        try:
+            return self.store.current(kind, entity_id)[0]
+        except NotFound:
+            return None
+
+    def wait(self, kind: str, entity_id: str, states: tuple[str, ...]) -> str:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            if (state := self.state(kind, entity_id)) in states:
+                return state
+            time.sleep(0.05)
+        letters = [f"{d.name}: {d.last_error}" for d in self.store.dead_letters()]
+        raise DropwireError(f"{kind} {entity_id} did not reach {' or '.join(states)} within {WAIT_S:.0f}s "
+                            f"(it is {self.state(kind, entity_id)}); dead letters: {letters or 'none'}")
+
+    def model_key(self, model: str, name: str) -> str:
+        return f"{SOURCE_PREFIX}{self.use_case}/models/{model}/{name}"
 
 
 def run_demo(settings: Settings, console: Console) -> None:
-    started = time.perf_counter()
-    use_case = f"uc-{datetime.now():%Y%m%d-%H%M%S}"
-    models = {name: f"{use_case}/{name}" for name in ("gpt-4", "claude-3", "gemini")}
-    with open_store(settings, registry) as store:
-        console.print(Panel.fit(f"dropwire demo: use case [bold]{use_case}[/] with three models\n"
-                                f"state database: {settings.database_path}", title="dropwire"))
-        store.create("use_case", use_case, triggered_by="demo.team", reason="use case created")
-        for trigger, reason in (("template_sent", "config template sent to the team"),
-                                ("await_config", "waiting for the team's config"),
-                                ("config_uploaded", "config.yaml uploaded"),
-                                ("validation_started", "validating the config"),
-                                ("config_valid", "config valid: 1 field, exact match")):
-            store.transition("use_case", use_case, trigger=trigger, triggered_by="demo.team", reason=reason)
-        for model_id in models.values():
-            store.create("model", model_id, triggered_by="demo.team", reason="model registered")
-        # A dataset with an unreadable argument shows a task that can never succeed.
-        store.enqueue(TaskSpec(name="demo.quality_check", args={"model_id": models["gemini"], "records": "not a list"}))
-        pool = start_pool(settings, store, registry, "demo")
-        try:
-            _upload(store, models["gpt-4"], GOOD)
-            _upload(store, models["claude-3"], MISSING)
-            _upload(store, models["gemini"], GOOD, crash_attempts=1)
-            _wait_until_settled(store, timeout=30)
-            _upload(store, models["claude-3"], GOOD, note="corrected dataset re-uploaded")
-            _wait_until_settled(store, timeout=30)
-        finally:
-            pool.stop()
-        _report(store, use_case, models, console)
-    console.print(f"\nfinished in {time.perf_counter() - started:.1f}s. Look further with "
-                  f"(after `source .venv/bin/activate`):\n"
-                  f"  dropwire queue stats | dropwire dlq list | dropwire db check\n"
-                  f"  dropwire db query \"SELECT entity_id, seq, to_state, reason FROM state_history "
-                  f"WHERE entity_id LIKE '{use_case}%' ORDER BY entity_id, seq\"")
+    use_case = f"invoices-{datetime.now():%Y%m%d-%H%M%S}"
+    console.print(Panel.fit(
+        f"dropwire demo: the evaluation workflow on generated invoice-extraction data\n"
+        f"bucket (a local folder): {settings.bucket_path}\ndatabase: {settings.database_path}\n"
+        f"MLflow: {settings.mlflow_uri}", title="dropwire"))
+    with Emulator(settings, serve_http=False) as emulator:
+        run = DemoRun(emulator, use_case, console)
+        run.say(f"emulator up: {settings.queue.workers} workers, each with a handler process; the bucket folder is watched")
+        _walk_through(run)
+        summary_states = _summary(run)
+        console.print()
+        run.say("stopping: running handlers finish, queued work stays in the database")
+    _after_stop(settings, use_case, summary_states, console)
 
 
-def _report(store: Store, use_case: str, models: dict[str, str], console: Console) -> None:
-    states = Table("entity", "state", "version", "last step")
-    states.columns[1].no_wrap = True
-    snapshot = store.snapshot("use_case", use_case)
-    states.add_row(f"use case {use_case}", snapshot.state, str(snapshot.version), snapshot.history[-1].reason or "")
-    for name, model_id in models.items():
-        snap = store.snapshot("model", model_id)
-        states.add_row(f"model {name}", snap.state, str(snap.version), snap.history[-1].reason or "")
-    console.print(states)
+def _walk_through(run: DemoRun) -> None:
+    uc = run.use_case
+    run.drop(f"{SOURCE_PREFIX}{uc}/use-case.json", json.dumps({"name": "Invoice extraction",
+                                                               "team_email": "ml-team@example.com"}).encode())
+    run.say(f"dropped {SOURCE_PREFIX}{uc}/use-case.json")
+    run.wait("use_case", uc, ("AWAITING_CONFIG",))
+    run.say(f"  use case {uc}: AWAITING_CONFIG; config template written to evaluation-templates/{uc}/ and sent "
+            "to the team (a notification)")
+    run.drop(f"{SOURCE_PREFIX}{uc}/config.json", json.dumps(sample_config(uc), indent=2).encode())
+    run.say(f"dropped {SOURCE_PREFIX}{uc}/config.json (6 fields: exact, normalised text, numeric tolerance, "
+            "date, category, boolean)")
+    run.say(f"  use case: {run.wait('use_case', uc, ('CONFIG_VALIDATED', 'CONFIG_INVALID'))}")
+    for model, (version, _, _) in MODELS.items():
+        run.drop(run.model_key(model, "register.json"), json.dumps({"name": model, "version": version}).encode())
+    for model in MODELS:
+        run.wait("model", f"{uc}/{model}", ("REGISTERED",))
+    run.say(f"registered models {', '.join(MODELS)}: each has its own state machine")
 
-    history = Table("seq", "state", "trigger", "by", "why", title="history of model claude-3 (failed QC, fixed, passed)")
+    first, second, third = MODELS
+    run.drop(run.model_key(first, "dataset.csv"), _dataset(first).write_csv().encode())
+    run.drop(run.model_key(second, "dataset.csv"), _dataset(second, broken=True).write_csv().encode())
+    run.say(f"dropped datasets: {first} (clean), {second} (with data problems), {MODELS[first][1]:,} records each")
+    run.say(f"  {second}: {run.wait('model', f'{uc}/{second}', DONE)} (quality check failed)")
+    _show_issues(run, second)
+    run.say(f"  {first}: {run.wait('model', f'{uc}/{first}', DONE)}")
+
+    # The fix (as Excel) and the big third dataset (as Parquet) arrive together.
+    fixed = _dataset(second)
+    staged = run.bucket / f".{second}-fixed.xlsx"
+    fixed.write_excel(staged)
+    run.drop(run.model_key(second, "dataset.xlsx"), staged.read_bytes())
+    staged.unlink()
+    big = _dataset(third)
+    staged = run.bucket / f".{third}.parquet"
+    big.write_parquet(staged)
+    run.drop(run.model_key(third, "dataset.parquet"), staged.read_bytes())
+    staged.unlink()
+    run.say(f"dropped {second}'s fixed dataset (.xlsx) and {third}'s dataset ({MODELS[third][1]:,} records, .parquet)")
+    run.say(f"  {second}: {run.wait('model', f'{uc}/{second}', DONE)} after the fix")
+
+
+def _dataset(model: str, *, broken: bool = False) -> pl.DataFrame:
+    _, records, error_rate = MODELS[model]
+    return sample_dataset(records, error_rate=error_rate, seed=sum(map(ord, model)), broken=broken)
+
+
+def _show_issues(run: DemoRun, model: str) -> None:
+    version = MODELS[model][0]
+    report_path = run.bucket / results_prefix(run.use_case, model, version) / "quality-report.json"
+    report = msgspec.json.decode(report_path.read_bytes(), type=QualityReport)
+    table = Table("column", "rows", "what is wrong", title=f"quality issues of {model}'s first dataset "
+                  f"(all in {report_path.relative_to(run.bucket.parent)})", title_justify="left")
+    for issue in report.errors:
+        rows = ", ".join(map(str, issue.rows[:5])) + (" …" if issue.row_count > 5 else "")
+        table.add_row(issue.column or "", f"{rows} ({issue.row_count})", issue.message.split(": ", 1)[-1])
+    run.console.print(table)
+
+
+def _summary(run: DemoRun) -> dict[str, str]:
+    table = Table("model", "state", "records", "micro F1", "accuracy", "all fields right",
+                  title=f"use case {run.use_case}: {run.state('use_case', run.use_case)}", title_justify="left")
+    table.columns[1].no_wrap = True
+    states: dict[str, str] = {}
+    where: list[str] = []
+    for model, (version, _, _) in MODELS.items():
+        snapshot = run.store.snapshot("model", f"{run.use_case}/{model}")
+        states[model] = snapshot.state
+        if snapshot.state != "EVALUATION_COMPLETED":
+            table.add_row(f"{model} {version}", f"{snapshot.state} (still at work)", "", "", "", "")
+            continue
+        done = snapshot.history[-1].metadata
+        table.add_row(f"{model} {version}", snapshot.state, f"{done['records']:,}", f"{done['micro']['f1']:.3f}",
+                      f"{done['micro']['accuracy']:.3f}", f"{done['records_all_matched']:.1%}")
+        where.append(f"  {model}: report {_local(run, done['report'])}\n    MLflow run {done['mlflow_run_id']} "
+                     f"(experiment dropwire-evaluation/{run.use_case})")
+    run.console.print()
+    run.console.print(table)
+    run.console.print("Excel reports (summary, per field, mismatches) and MLflow runs:\n" + "\n".join(where),
+                      highlight=False)
+
+    second = list(MODELS)[1]
+    history = Table("seq", "state", "trigger", "by", "why", title=f"history of {second}: failed the check, fixed, "
+                    "evaluated", title_justify="left")
     for column in history.columns[1:3]:
-        column.no_wrap = True  # state and trigger names stay whole; the reason wraps
-    for record in store.history("model", models["claude-3"]):
+        column.no_wrap = True
+    for record in run.store.history("model", f"{run.use_case}/{second}"):
         history.add_row(str(record.seq), record.to_state, record.trigger, record.triggered_by, record.reason or "")
-    console.print(history)
+    run.console.print(history)
+    kinds = run.store.query("SELECT kind, count(*) FROM notifications WHERE entity_id LIKE ? OR entity_id = ? "
+                            "GROUP BY kind ORDER BY kind", [f"{run.use_case}/%", run.use_case])
+    run.console.print("notifications (outbox; .eml files in " f"{run.emulator.settings.outbox_path}): "
+                      + ", ".join(f"{kind} x{count}" for kind, count in kinds), highlight=False)
+    return states
 
-    stats = store.stats()
-    console.print(f"queue: {stats.by_status}; {stats.attempts_total} attempts in all "
-                  f"(gemini's evaluation crashed once and was retried with backoff)")
-    for letter in store.dead_letters():
-        console.print(f"dead letter: task {letter.task_id} ({letter.name}) after {letter.attempts} attempt(s): {letter.last_error}")
+
+def _after_stop(settings: Settings, use_case: str, states: dict[str, str], console: Console) -> None:
+    from storage.store import Store
+    from functions.states import MACHINES
+
+    with Store.open(settings.database_path, MACHINES) as store:
+        later = {m: store.current("model", f"{use_case}/{m}")[0] for m in MODELS}
+        waiting = store.stats().by_status
+    for model, state in states.items():
+        if state in DONE:
+            continue
+        if later[model] in DONE:
+            console.print(f"[bold]{model}[/] was {state} at the summary; its running step was let finish while the "
+                          f"emulator stopped, and it is {later[model]} now.", highlight=False)
+        else:
+            console.print(f"[bold]{model}[/] was {state} at the summary and is {later[model]} now: its next step "
+                          "waits in the queue (durably), and `dropwire emulate` carries on from there.", highlight=False)
+    console.print(f"queue now: {waiting}\n\nLook further (after `source .venv/bin/activate`):\n"
+                  f"  dropwire emulate                   # the platform, with the HTTP API on "
+                  f"http://{settings.http.host}:{settings.http.port}/api\n"
+                  f"  dropwire db query \"SELECT entity_id, seq, to_state, reason FROM state_history "
+                  f"WHERE entity_id LIKE '{use_case}%' ORDER BY entity_id, seq\"\n"
+                  f"  dropwire notifications list | dropwire dlq list | dropwire db check\n"
+                  f"  mlflow ui --backend-store-uri {settings.mlflow_uri}", highlight=False)
+
+
+def _local(run: DemoRun, url: str) -> str:
+    """A report's URL as a path a person can open."""
+    path = Path(url.removeprefix("file://"))
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

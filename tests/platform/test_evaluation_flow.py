@@ -18,9 +18,10 @@ from tests.evaluation.conftest import FIELDS, GOOD_ROWS, HEADER
 pytestmark = pytest.mark.slow
 
 VALID_CONFIG = json.dumps({"use_case": "invoices", "fields": FIELDS})
-# Two problems the flow adds to the core's checks: another use case's name, and a layout
-# that one dataset file per model cannot serve.
-INVALID_CONFIG = f"use_case: receipts\nlayout: separate\nfields: {json.dumps(FIELDS)}\n"
+# Two problems, both listed: layout separate without the record id it joins on, and a type
+# that does not exist.
+INVALID_CONFIG = (f"use_case: invoices\nlayout: separate\nrecord_id: null\n"
+                  f"fields: {json.dumps([FIELDS[0], FIELDS[1] | {'type': 'money'}, *FIELDS[2:]])}\n")
 
 
 def drop(bucket: Path, key: str, content: bytes | str) -> None:
@@ -64,7 +65,7 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     reach(emulator, "use_case", "invoices", "CONFIG_INVALID")
     invalid = emulator.store.snapshot("use_case", "invoices").history[-1]
     paths = [p["path"] for p in invalid.metadata["problems"]]
-    assert paths == ["use_case", "layout"]
+    assert paths == ["record_id", "fields[1].type"]
     assert invalid.metadata["file_uploaded"] == "local/use-cases/invoices/config.yaml"
     drop(bucket, "use-cases/invoices/config.yaml", VALID_CONFIG)
     reach(emulator, "use_case", "invoices", "CONFIG_VALIDATED")
@@ -94,6 +95,8 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     failed = emulator.store.snapshot("model", "invoices/beta").history
     assert [h.trigger for h in failed] == ["create", "dataset_uploaded", "quality_check_started",
                                            "quality_check_failed", "await_data_fix"]
+    assert failed[1].metadata["files"] == {"dataset": "use-cases/invoices/models/beta/dataset.csv"}
+    assert {h.triggered_by for h in failed[2:]} == {"function:evaluation-quality-check"}
     issue = failed[3].metadata["issues"][0]
     assert issue["column"] == "name_true" and issue["rows"] == [3] and "required" in issue["message"]
     report = msgspec.json.decode((bucket / "evaluation-results/invoices/beta/1/quality-report.json").read_bytes(),
@@ -135,3 +138,166 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     assert sorted(kind for kind, _ in rows) == expected
     assert all(any(a.endswith("report.xlsx") for a in json.loads(attachments)) for kind, attachments in rows
                if kind == "evaluation_completed")
+
+
+def _use_case_with_models(emulator, use_case: str, config: dict, models: list[str]) -> Path:
+    bucket = emulator.settings.bucket_path
+    if state(emulator, "use_case", use_case) is None:
+        drop(bucket, f"use-cases/{use_case}/use-case.json", json.dumps({"name": use_case, "team_email": "team@example.com"}))
+        reach(emulator, "use_case", use_case, "AWAITING_CONFIG")
+    drop(bucket, f"use-cases/{use_case}/config.json", json.dumps(config))
+    reach(emulator, "use_case", use_case, "CONFIG_VALIDATED")
+    for model in models:
+        drop(bucket, f"use-cases/{use_case}/models/{model}/register.json", json.dumps({"name": model, "version": "1"}))
+        reach(emulator, "model", f"{use_case}/{model}", "REGISTERED")
+    return bucket
+
+
+def _tasks_of(emulator, function: str) -> list[tuple[str, str, dict | None, str | None]]:
+    """(event key, status, result, last error) of every invocation task of `function`."""
+    rows = emulator.store.query("SELECT json_extract_string(args, '$.event.key'), status, result, last_error FROM tasks "
+                                "WHERE name = ? ORDER BY id", [f"fn:{function}"])
+    return [(key, status, json.loads(result) if result else None, error) for key, status, result, error in rows]
+
+
+def _settled(emulator, function: str, count: int) -> bool:
+    tasks = _tasks_of(emulator, function)
+    return len(tasks) >= count and all(status in ("succeeded", "dead") for _, status, _, _ in tasks)
+
+
+def test_separate_layout_waits_for_both_files_and_joins_them_on_the_record_id(start_emulator):
+    emulator, _ = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions")
+    bucket = emulator.settings.bucket_path
+    drop(bucket, "use-cases/receipts/use-case.json", json.dumps({"name": "Receipts", "team_email": "team@example.com"}))
+    reach(emulator, "use_case", "receipts", "AWAITING_CONFIG")
+    # A config written for another use case is refused, naming the field.
+    drop(bucket, "use-cases/receipts/config.json", json.dumps({"use_case": "invoices", "layout": "separate", "fields": FIELDS}))
+    reach(emulator, "use_case", "receipts", "CONFIG_INVALID")
+    problem, = emulator.store.snapshot("use_case", "receipts").history[-1].metadata["problems"]
+    assert problem["path"] == "use_case" and "'receipts'" in problem["message"]
+    _use_case_with_models(emulator, "receipts", {"use_case": "receipts", "layout": "separate", "fields": FIELDS}, ["m"])
+
+    # Predictions first (Parquet, records in another order): the model waits for the truth file.
+    names = [f["name"] for f in FIELDS]
+    truth = pl.DataFrame({"record_id": [r[0] for r in GOOD_ROWS],
+                          **{n: [r[1 + 2 * i] for r in GOOD_ROWS] for i, n in enumerate(names)}})
+    predictions = pl.DataFrame({"record_id": [r[0] for r in GOOD_ROWS],
+                                **{n: [r[2 + 2 * i] for r in GOOD_ROWS] for i, n in enumerate(names)}}).reverse()
+    staged = bucket / "predictions.tmp"
+    predictions.write_parquet(staged)
+    drop(bucket, "use-cases/receipts/models/m/predictions.parquet", staged.read_bytes())
+    staged.unlink()
+    wait_for(lambda: _settled(emulator, "evaluation-dataset", 1), what="the predictions upload to be handled")
+    (_, status, result, _), = _tasks_of(emulator, "evaluation-dataset")
+    assert status == "succeeded" and result["waiting_for"] == "use-cases/receipts/models/m/dataset.csv|parquet|xlsx"
+    assert state(emulator, "model", "receipts/m") == "REGISTERED"
+
+    drop(bucket, "use-cases/receipts/models/m/dataset.csv", truth.write_csv())
+    reach(emulator, "model", "receipts/m", "EVALUATION_COMPLETED")
+    history = emulator.store.snapshot("model", "receipts/m").history
+    assert history[1].metadata["files"] == {"dataset": "use-cases/receipts/models/m/dataset.csv",
+                                            "predictions": "use-cases/receipts/models/m/predictions.parquet"}
+    done = history[-1].metadata
+    assert done["records"] == 4
+    # The same records and rules as the single-file layout give the same metrics.
+    single = _use_case_with_models(emulator, "single", {"use_case": "single", "fields": FIELDS}, ["m"])
+    drop(single, "use-cases/single/models/m/dataset.csv", csv([HEADER, *GOOD_ROWS]))
+    reach(emulator, "model", "single/m", "EVALUATION_COMPLETED")
+    assert emulator.store.snapshot("model", "single/m").history[-1].metadata["micro"] == done["micro"]
+
+
+def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry_recovers(start_emulator, tmp_path):
+    # MLflow 3 refuses a plain-folder tracking store: every evaluation attempt crashes.
+    broken_tracking = {"DROPWIRE_MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions", **broken_tracking)
+    bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
+    drop(bucket, "use-cases/invoices/models/alpha/dataset.csv", csv([HEADER, *GOOD_ROWS]))
+    reach(emulator, "model", "invoices/alpha", "EVALUATION_FAILED")
+
+    history = emulator.store.snapshot("model", "invoices/alpha").history
+    assert [h.to_state for h in history[5:]] == ["EVALUATION_RUNNING", "RETRYING", "EVALUATION_RUNNING", "RETRYING",
+                                                 "EVALUATION_RUNNING", "EVALUATION_FAILED"]
+    assert [h.metadata["attempt"] for h in history[5:]] == [1, 1, 2, 2, 3, 3]
+    assert all("file" in h.metadata["error"].lower() for h in history[5:])  # MLflow's refusal, word for word
+    assert {h.triggered_by for h in history[5:]} == {"queue:evaluation-run"}
+    (key, status, _, error), = _tasks_of(emulator, "evaluation-run")
+    assert status == "dead" and key == "use-cases/invoices/models/alpha/dataset.csv" and error == history[-1].metadata["error"]
+    body = wait_for(lambda: emulator.store.query("SELECT body FROM notifications WHERE kind = 'evaluation_failed'"),
+                    what="the evaluation_failed notification")[0][0]
+    assert "crashed on all 3 attempts" in body and history[-1].metadata["error"] in body
+
+    # A retry of a model that has not failed is refused, naming its state.
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions")
+    bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
+    refused = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
+    assert refused.json()["status"] == "dead"
+    assert "is REGISTERED; this step runs only in EVALUATION_FAILED" in refused.json()["last_error"]
+
+
+def test_retry_after_the_cause_is_fixed_completes_the_evaluation(tmp_path):
+    from local_emulator.emulator import Emulator
+    from tests.platform.conftest import emulator_settings
+
+    data_dir = tmp_path / "data"
+    env = {"DROPWIRE_FUNCTIONS": "functions.catalog:functions"}
+    with Emulator(emulator_settings(data_dir, **env, DROPWIRE_MLFLOW_TRACKING_URI=(tmp_path / "mlruns").as_uri())) as emulator:
+        bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
+        drop(bucket, "use-cases/invoices/models/alpha/dataset.csv", csv([HEADER, *GOOD_ROWS]))
+        reach(emulator, "model", "invoices/alpha", "EVALUATION_FAILED")
+    # Restarted with a working tracking store, then retried over HTTP: the failure is not lost.
+    import httpx
+
+    with Emulator(emulator_settings(data_dir, **env)) as emulator:
+        with httpx.Client(base_url=f"http://127.0.0.1:{emulator.settings.http.port}", timeout=60) as http:
+            answer = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
+        assert answer.json()["status"] == "succeeded", answer.text
+        reach(emulator, "model", "invoices/alpha", "EVALUATION_COMPLETED")
+        history = emulator.store.snapshot("model", "invoices/alpha").history
+        assert [h.trigger for h in history[-4:]] == ["evaluation_failed", "retry", "evaluation_started",
+                                                     "evaluation_succeeded"]
+        assert history[-1].metadata["records"] == 4
+
+
+def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_history(start_emulator, tmp_path):
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions", DROPWIRE_QUEUE__WORKERS="3")
+    bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
+    # predictions.<ext> belongs to layout separate: refused with what to upload instead.
+    drop(bucket, "use-cases/invoices/models/alpha/predictions.csv", csv([HEADER, *GOOD_ROWS]))
+    wait_for(lambda: _settled(emulator, "evaluation-dataset", 1), what="the predictions upload to be handled")
+    (_, status, _, error), = _tasks_of(emulator, "evaluation-dataset")
+    assert status == "dead" and "has layout single: upload one file, dataset.<ext>" in error
+
+    frame = pl.DataFrame({c: [r[i] for r in GOOD_ROWS] for i, c in enumerate(HEADER)})
+    staged = tmp_path / "staged"
+    frame.write_parquet(staged.with_suffix(".parquet"))
+    frame.write_excel(staged.with_suffix(".xlsx"))
+    bodies = {"csv": csv([HEADER, *GOOD_ROWS]).encode(), "parquet": staged.with_suffix(".parquet").read_bytes(),
+              "xlsx": staged.with_suffix(".xlsx").read_bytes()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda item: http.put(f"/buckets/local/objects/use-cases/invoices/models/alpha/dataset.{item[0]}",
+                                                      content=item[1]), bodies.items()))
+    assert [a.status_code for a in answers] == [201, 201, 201]
+    wait_for(lambda: _settled(emulator, "evaluation-dataset", 4) and emulator.store.stats().by_status.keys() <= {"succeeded", "dead"},
+             timeout=60, what="every upload and check to finish")
+
+    uploads = {key: (status, result, error) for key, status, result, error in _tasks_of(emulator, "evaluation-dataset")
+               if "/dataset." in key}
+    history = emulator.store.snapshot("model", "invoices/alpha").history
+    checked = [h.metadata["files"]["dataset"] for h in history if h.trigger == "dataset_uploaded"]
+    assert checked, "at least one upload won"
+    for key, (status, result, error) in uploads.items():
+        # Each upload was checked, was covered by a check that read it, or was refused while one ran.
+        assert (key in checked) or (status == "succeeded" and "covered_by_check_started_at" in result) or (
+            status == "dead" and "upload again when the running check has finished" in error), (key, status, result, error)
+    assert history[-1].to_state == "EVALUATION_COMPLETED"
+    path = emulator.settings.database_path
+    emulator.stop()
+
+    from functions.states import MACHINES
+    from storage import consistency
+    from storage.store import Store
+
+    with Store.open(path, MACHINES) as store:
+        assert consistency.check(store._con, MACHINES) == []
