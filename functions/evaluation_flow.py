@@ -29,6 +29,7 @@ from __future__ import annotations
 import posixpath
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -273,15 +274,11 @@ def dataset_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
 
 def run_quality_check(event: ObjectEvent, context: HandlerContext) -> dict:
     """Check the files recorded by the model's last dataset upload; a pass queues the evaluation."""
-    use_case, folder_name, model_id = _model_of(event, context)
-    _, version = _require_model(context, model_id, (M.QUALITY_CHECK_PENDING, M.RETRYING), QUALITY_CHECK_FUNCTION)
-    team = _created_with(context, "use_case", use_case, UseCaseFile)
-    model = _created_with(context, "model", model_id, ModelFile)
-    context.state.transition("model", model_id, trigger="quality_check_started", expected_version=version,
-                             reason=f"attempt {context.attempt} of {context.max_attempts}", metadata=_file(event))
-    config = _valid_config(context, use_case)
-    dataset, report, report_url, checked = _load_and_check(context, config, model_id, folder_name, model.version)
-    if dataset is None or not report.passed:
+    step = _start_step(event, context, (M.QUALITY_CHECK_PENDING, M.RETRYING), "quality_check_started",
+                       QUALITY_CHECK_FUNCTION)
+    model_id, team, model, report, report_url, checked = (step.model_id, step.team, step.model, step.report,
+                                                          step.report_url, step.checked)
+    if step.dataset is None or not report.passed:
         context.state.transition("model", model_id, trigger="quality_check_failed",
                                  reason=f"{len(report.errors)} quality error(s)", metadata=checked)
         context.state.transition("model", model_id, trigger="await_data_fix", reason="waiting for a fixed dataset",
@@ -312,15 +309,11 @@ def run_quality_check(event: ObjectEvent, context: HandlerContext) -> dict:
 
 def run_evaluation(event: ObjectEvent | HttpEvent, context: HandlerContext) -> dict:
     """Evaluate the model's checked files: Parquet results, the Excel report, an MLflow run."""
-    use_case, folder_name, model_id = _model_of(event, context)
-    _, version = _require_model(context, model_id, (M.EVALUATION_QUEUED, M.RETRYING), RUN_FUNCTION)
-    team = _created_with(context, "use_case", use_case, UseCaseFile)
-    model = _created_with(context, "model", model_id, ModelFile)
-    context.state.transition("model", model_id, trigger="evaluation_started", expected_version=version,
-                             reason=f"attempt {context.attempt} of {context.max_attempts}", metadata=_event_note(event))
-    config = _valid_config(context, use_case)
     # Checked again: a retry may come after a check that crashed, and what is evaluated must pass.
-    dataset, report, report_url, checked = _load_and_check(context, config, model_id, folder_name, model.version)
+    step = _start_step(event, context, (M.EVALUATION_QUEUED, M.RETRYING), "evaluation_started", RUN_FUNCTION)
+    use_case, folder_name, model_id, team, model, config = (step.use_case, step.folder_name, step.model_id, step.team,
+                                                            step.model, step.config)
+    dataset, report, report_url, checked = step.dataset, step.report, step.report_url, step.checked
     if dataset is None or not report.passed:
         context.state.transition("model", model_id, trigger="evaluation_failed",
                                  reason=f"the data no longer passes the quality check ({len(report.errors)} error(s)); "
@@ -405,6 +398,36 @@ def _step(function: str, invocation: Invocation, model_id: str, start_trigger: s
                      f"Retry it with POST /api/use-cases/{model_id.replace('/', '/models/', 1)}/retry once the cause "
                      "is fixed.",
                 recipients=[team_email], entity_kind="model", entity_id=model_id)]))
+
+
+@dataclass(frozen=True)
+class _Step:
+    """A started step of a model's evaluation, with its files read and quality-checked."""
+
+    use_case: str
+    folder_name: str
+    model_id: str
+    team: UseCaseFile
+    model: ModelFile
+    config: EvaluationConfig
+    dataset: Dataset | None  # None: the files could not be read (the report says why)
+    report: QualityReport
+    report_url: str
+    checked: dict[str, Any]  # what the transitions record about the check
+
+
+def _start_step(event: ObjectEvent | HttpEvent, context: HandlerContext, states: tuple[str, ...], trigger: str,
+                function: str) -> _Step:
+    """Record the step's start (from one of `states`), then read and check the model's files."""
+    use_case, folder_name, model_id = _model_of(event, context)
+    _, version = _require_model(context, model_id, states, function)
+    model = _created_with(context, "model", model_id, ModelFile)
+    context.state.transition("model", model_id, trigger=trigger, expected_version=version,
+                             reason=f"attempt {context.attempt} of {context.max_attempts}", metadata=_event_note(event))
+    config = _valid_config(context, use_case)
+    dataset, report, report_url, checked = _load_and_check(context, config, model_id, folder_name, model.version)
+    return _Step(use_case, folder_name, model_id, _created_with(context, "use_case", use_case, UseCaseFile), model,
+                 config, dataset, report, report_url, checked)
 
 
 def _load_and_check(context: HandlerContext, config: EvaluationConfig, model_id: str, folder_name: str,
