@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
 from functions.registry import load_named
 from storage.errors import DropwireError
+
+if TYPE_CHECKING:
+    from functions.api import ApiFactory
 
 
 class ObjectEvent(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag="object"):
@@ -142,6 +145,7 @@ class RecursiveTrigger(DropwireError):
 class FunctionRegistry:
     def __init__(self) -> None:
         self._functions: dict[str, FunctionSpec] = {}
+        self._apis: list[ApiFactory] = []
 
     def function(self, name: str, *, on: list[Trigger], outputs: list[Output] = (), timeout_seconds: float = 300.0,
                  max_attempts: int = 3) -> Callable:
@@ -188,6 +192,15 @@ class FunctionRegistry:
                 if nxt not in seen:
                     seen.add(nxt)
                     stack.append((nxt, path + [nxt]))
+
+    def http_api(self, factory: ApiFactory) -> ApiFactory:
+        """Serve `factory(ports)` (a Litestar Router) on the gateway beside the functions, so
+        an API of the product is mounted without the emulator knowing what it does."""
+        self._apis.append(factory)
+        return factory
+
+    def http_apis(self) -> list[ApiFactory]:
+        return list(self._apis)
 
     def get(self, name: str) -> FunctionSpec:
         try:

@@ -1,5 +1,7 @@
 """The HTTP trigger gateway: invoke HTTP-triggered functions, upload objects (written to the
 bucket, then the ordinary event path fires: one path, not two), and operate the queue.
+The HTTP APIs the function registry carries (e.g. the evaluation API under /api) are mounted
+beside them, built from ports: the bucket, a read-only view of the state, and invoke.
 OpenAPI at /schema (interactive docs at /schema/swagger). With API tokens configured, every
 endpoint but /health needs a bearer token."""
 
@@ -15,6 +17,7 @@ from litestar import Litestar, Request, get, post, put
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
+from functions.api import ApiPorts
 from functions.objects import ObjectStore, check_key
 from functions.platform import FunctionRegistry, HttpEvent, Invocation, OnHttp
 from local_emulator.router import EventRouter
@@ -75,8 +78,9 @@ class InvocationRow(msgspec.Struct):
     event: Any
 
 
-def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, router: EventRouter,
+def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
                   scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int) -> Litestar:
+    """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers)."""
 
     async def require_token(request: Request) -> None:
         if not api_tokens or request.url.path in ALWAYS_OPEN:
@@ -92,15 +96,18 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return Health(status="ok", database=str(store.path), functions=sorted(f.name for f in functions),
                       queue=store.stats().by_status)
 
-    @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True)
-    def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
-               wait: FromQuery[float] = 0.0) -> Accepted | TaskStatus:
+    def enqueue_http(name: str, body: Any) -> int:
         spec = functions.get(name)
         if not any(isinstance(t, OnHttp) for t in spec.triggers):
             raise NotFound(f"function {name!r} has no HTTP trigger")
-        event = HttpEvent(body=data, received_at=datetime.now(timezone.utc).isoformat())
-        task_id = store.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
-                                         max_attempts=spec.max_attempts))
+        event = HttpEvent(body=body, received_at=datetime.now(timezone.utc).isoformat())
+        return store.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
+                                      max_attempts=spec.max_attempts))
+
+    @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True)
+    def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
+               wait: FromQuery[float] = 0.0) -> Accepted | TaskStatus:
+        task_id = enqueue_http(name, data)
         deadline = time.monotonic() + min(wait, 300.0)
         while wait and time.monotonic() < deadline:
             status = store.task(task_id)
@@ -161,9 +168,10 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
+    ports = ApiPorts(objects=objects, bucket=bucket, state=store, invoke=enqueue_http)
     return Litestar(
         route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
-                        invocations, reprocess, run_schedule],
+                        invocations, reprocess, run_schedule, *(factory(ports) for factory in functions.http_apis())],
         before_request=require_token,
         exception_handlers=exception_handlers(
             lambda: TooLarge(f"upload exceeds the limit of {max_upload_bytes} bytes")),

@@ -28,7 +28,11 @@ def exception_handlers(too_large: Callable[[], DropwireError] | None = None) -> 
         if exc.status_code == 413 and too_large is not None:
             return ours(request, too_large())
         if isinstance(exc, ValidationException):
-            body = error_body("invalid_request", exc.detail, {"errors": exc.extra or []})
+            # The message names what is wrong, not only that something is.
+            said = "; ".join(f"{e.get('source', '')} {e.get('key', '')}: {e.get('message', '')}".strip()
+                             for e in exc.extra if isinstance(e, dict)) if isinstance(exc.extra, list) else ""
+            body = error_body("invalid_request", f"{exc.detail}: {said}" if said else exc.detail,
+                              {"errors": exc.extra or []})
         else:
             code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
             body = error_body(code, exc.detail)

@@ -1,0 +1,44 @@
+"""What an HTTP API carried by a FunctionRegistry (`FunctionRegistry.http_api`) is built
+from. The gateway fills these ports from what it already has; an API gets no database: it
+writes only into the bucket (so an HTTP upload fires the same handlers as a dropped file),
+reads committed state, and invokes HTTP-triggered functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from functions.objects import ObjectStore
+from storage.records import EntitySnapshot, TaskStatus, TransitionRecord
+
+if TYPE_CHECKING:
+    from litestar import Router
+
+
+class ReadOnlyState(Protocol):
+    """The committed state, read-only (storage.store.Store provides it)."""
+
+    def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
+
+    def snapshot(self, kind: str, entity_id: str) -> EntitySnapshot: ...
+
+    def history(self, kind: str, entity_id: str) -> list[TransitionRecord]: ...
+
+    def entities(self, kind: str) -> list[tuple[str, str, int]]: ...
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]: ...
+
+    def task(self, task_id: int) -> TaskStatus: ...
+
+
+@dataclass(frozen=True)
+class ApiPorts:
+    #: Where uploads are written: the bucket whose events fire the handlers.
+    objects: ObjectStore
+    bucket: str
+    state: ReadOnlyState
+    #: invoke(function name, JSON body) -> the id of the queued invocation task.
+    invoke: Callable[[str, Any], int]
+
+
+ApiFactory = Callable[[ApiPorts], "Router"]
