@@ -206,3 +206,29 @@ def test_bad_input_gets_a_clear_message_in_the_one_error_shape(http):
     assert refused["details"]["function"] == "evaluation-dataset"
     letter = http.get(refused["details"]["dead_letter"]).json()
     assert letter["last_error"] == refused["message"]
+
+
+def test_layout_separate_over_http_predictions_then_truth(http):
+    created = http.post("/api/use-cases", params=WAIT, json={"name": "Scans", "team_email": "team@example.com"})
+    assert created.json()["state"] == "AWAITING_CONFIG", created.text
+    separate = json.dumps({"use_case": "scans", "layout": "separate", "fields": FIELDS})
+    assert http.post("/api/use-cases/scans/upload-config", params=WAIT,
+                     files={"file": ("config.json", separate.encode())}).json()["state"] == "CONFIG_VALIDATED"
+    assert http.post("/api/use-cases/scans/models", params=WAIT,
+                     json={"name": "ocr", "version": "2", "id": "ocr"}).json()["state"] == "REGISTERED"
+    names = [f["name"] for f in FIELDS]
+    truth = [["record_id", *names]] + [[r[0], *r[1::2]] for r in GOOD_ROWS]
+    predictions = [["record_id", *names]] + [[r[0], *r[2::2]] for r in reversed(GOOD_ROWS)]
+
+    waiting = http.post("/api/use-cases/scans/models/ocr/upload-predictions", params=WAIT,
+                        files={"file": ("predictions.csv", csv(predictions))})
+    assert waiting.status_code == 200, waiting.text
+    handler, = waiting.json()["handlers"]
+    assert handler["result"]["waiting_for"].startswith("use-cases/scans/models/ocr/dataset.")
+    assert waiting.json()["state"] == "REGISTERED"
+    http.post("/api/use-cases/scans/models/ocr/upload-dataset", params={**WAIT, "format": "csv"}, content=csv(truth))
+    reach(http, "/api/use-cases/scans/models/ocr", "EVALUATION_COMPLETED")
+    results = http.get("/api/use-cases/scans/models/ocr/results").json()
+    assert results["files"] == {"dataset": "use-cases/scans/models/ocr/dataset.csv",
+                                "predictions": "use-cases/scans/models/ocr/predictions.csv"}
+    assert results["records"] == 4 and {f["field"] for f in results["fields"]} == set(names)
