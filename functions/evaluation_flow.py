@@ -338,7 +338,7 @@ def run_evaluation(event: ObjectEvent | HttpEvent, context: HandlerContext) -> d
     run_id = log_evaluation_run(
         TrackingStore(tracking_uri=context.mlflow_tracking_uri, artifact_location=context.mlflow_artifact_location),
         f"dropwire-evaluation/{use_case}", use_case=use_case, model_name=model.name, model_version=model.version,
-        config_hash=digest, metrics=metrics, report_url=report_xlsx)
+        config_hash=digest, metrics=metrics, report_url=report_xlsx, storage_options=context.objects.storage_options)
     summary = {
         "records": metrics.records, "records_all_matched": metrics.records_all_matched,
         "micro": msgspec.to_builtins(metrics.micro), "macro": msgspec.to_builtins(metrics.macro),
@@ -437,8 +437,9 @@ def _load_and_check(context: HandlerContext, config: EvaluationConfig, model_id:
     transitions record about it."""
     files = _checked_files(context, model_id)
     urls = {role: context.objects.url(BUCKET, key) for role, key in files.items()}
-    located = (DatasetFiles(dataset=urls.get("dataset")) if config.layout == "single"
-               else DatasetFiles(truth=urls.get("dataset"), predictions=urls.get("predictions")))
+    options = context.objects.storage_options
+    located = (DatasetFiles(dataset=urls.get("dataset"), storage_options=options) if config.layout == "single"
+               else DatasetFiles(truth=urls.get("dataset"), predictions=urls.get("predictions"), storage_options=options))
     try:
         dataset = load_dataset(config, located)
     except DatasetUnreadable as exc:

@@ -41,6 +41,13 @@ def check_key(key: str) -> str:
     return key
 
 
+def url_to_fs(url: str, storage_options: dict[str, dict] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's filesystem and path for a URL (or local path), with the options configured
+    for its protocol ({"s3": {"client_kwargs": {...}}}: e.g. an S3-compatible endpoint)."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    return fsspec.core.url_to_fs(url, **(storage_options or {}).get(protocol, {}))
+
+
 class ObjectStore:
     """`roots` maps a bucket name to a URL root: {"local": "file:///srv/bucket", "raw": "s3://raw"}."""
 
@@ -57,10 +64,8 @@ class ObjectStore:
 
     def filesystem(self, bucket: str) -> tuple[fsspec.AbstractFileSystem, str]:
         """The fsspec filesystem of a bucket and the bucket's root path on it."""
-        url = self.url(bucket, "x")
-        protocol = url.split("://", 1)[0] if "://" in url else "file"
-        fs, root = fsspec.core.url_to_fs(self.roots[bucket], **self.storage_options.get(protocol, {}))
-        return fs, root
+        self.url(bucket, "x")  # a bucket that is not configured is named as such
+        return url_to_fs(self.roots[bucket], self.storage_options)
 
     def open(self, bucket: str, key: str, mode: str = "rb") -> IO:
         """A stream over the object (never the whole object in memory)."""

@@ -55,7 +55,7 @@ def emulate(
                           seed=chaos_seed)
     stop = stop_on_signals()
     with Emulator(settings, chaos=chaos):
-        console.print(f"dropwire is up: drop files into {settings.bucket_path}, HTTP on "
+        console.print(f"dropwire is up: drop files into {settings.object_roots()[settings.events.bucket]}, HTTP on "
                       f"http://{settings.http.host}:{settings.http.port} (docs at /schema/swagger). Ctrl-C stops.")
         stop.wait()
 

@@ -6,6 +6,7 @@ fixed and passes, one is still at work when the summary is taken."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from datetime import datetime
@@ -36,7 +37,7 @@ class DemoRun:
     def __init__(self, emulator: Emulator, use_case: str, console: Console) -> None:
         self.emulator = emulator
         self.store = emulator.store
-        self.bucket = emulator.settings.bucket_path
+        self.bucket = emulator.settings.events.bucket
         self.use_case = use_case
         self.console = console
         self.started = time.perf_counter()
@@ -45,12 +46,8 @@ class DemoRun:
         self.console.print(f"[dim]{time.perf_counter() - self.started:5.1f}s[/]  {text}", highlight=False)
 
     def drop(self, key: str, data: bytes) -> str:
-        """Put a file into the bucket folder whole, as an upload would (write, then rename)."""
-        target = self.bucket / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_name(f".{target.name}.part")
-        staged.write_bytes(data)
-        staged.replace(target)
+        """Upload a file into the bucket whole, as a team would (a folder: write, then rename)."""
+        self.emulator.objects.write_bytes(self.bucket, key, data)
         return key
 
     def state(self, kind: str, entity_id: str) -> str | None:
@@ -59,10 +56,19 @@ class DemoRun:
         except NotFound:
             return None
 
-    def wait(self, kind: str, entity_id: str, states: tuple[str, ...]) -> str:
+    def version(self, kind: str, entity_id: str) -> int:
+        return self.store.current(kind, entity_id)[1]
+
+    def wait(self, kind: str, entity_id: str, states: tuple[str, ...], past_version: int = 0) -> str:
+        """Wait for one of `states`, reached after `past_version` (a re-upload's check must
+        start before its model's current state counts)."""
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            if (state := self.state(kind, entity_id)) in states:
+            try:
+                state, version = self.store.current(kind, entity_id)
+            except NotFound:
+                state, version = None, 0
+            if state in states and version > past_version:
                 return state
             time.sleep(0.05)
         letters = [f"{d.name}: {d.last_error}" for d in self.store.dead_letters()]
@@ -77,11 +83,13 @@ def run_demo(settings: Settings, console: Console) -> None:
     use_case = f"invoices-{datetime.now():%Y%m%d-%H%M%S}"
     console.print(Panel.fit(
         f"dropwire demo: the evaluation workflow on generated invoice-extraction data\n"
-        f"bucket (a local folder): {settings.bucket_path}\ndatabase: {settings.database_path}\n"
+        f"bucket {settings.events.bucket}: {_local(settings.object_roots()[settings.events.bucket])}\n"
+        f"database: {settings.database_path}\n"
         f"MLflow: {settings.mlflow_uri}", title="dropwire"))
     with Emulator(settings, serve_http=False) as emulator:
         run = DemoRun(emulator, use_case, console)
-        run.say(f"emulator up: {settings.queue.workers} workers, each with a handler process; the bucket folder is watched")
+        run.say(f"emulator up: {settings.queue.workers} workers, each with a handler process; "
+                + ("S3 notifications arrive through SQS" if settings.events.bucket_s3 else "the bucket folder is watched"))
         _walk_through(run)
         summary_states = _summary(run)
         console.print()
@@ -116,18 +124,14 @@ def _walk_through(run: DemoRun) -> None:
     run.say(f"  {first}: {run.wait('model', f'{uc}/{first}', DONE)}")
 
     # The fix (as Excel) and the big third dataset (as Parquet) arrive together.
-    fixed = _dataset(second)
-    staged = run.bucket / f".{second}-fixed.xlsx"
-    fixed.write_excel(staged)
-    run.drop(run.model_key(second, "dataset.xlsx"), staged.read_bytes())
-    staged.unlink()
-    big = _dataset(third)
-    staged = run.bucket / f".{third}.parquet"
-    big.write_parquet(staged)
-    run.drop(run.model_key(third, "dataset.parquet"), staged.read_bytes())
-    staged.unlink()
+    fixed, big = io.BytesIO(), io.BytesIO()
+    _dataset(second).write_excel(fixed)
+    _dataset(third).write_parquet(big)
+    before_fix = run.version("model", f"{uc}/{second}")
+    run.drop(run.model_key(second, "dataset.xlsx"), fixed.getvalue())
+    run.drop(run.model_key(third, "dataset.parquet"), big.getvalue())
     run.say(f"dropped {second}'s fixed dataset (.xlsx) and {third}'s dataset ({MODELS[third][1]:,} records, .parquet)")
-    run.say(f"  {second}: {run.wait('model', f'{uc}/{second}', DONE)} after the fix")
+    run.say(f"  {second}: {run.wait('model', f'{uc}/{second}', DONE, past_version=before_fix)} after the fix")
 
 
 def _dataset(model: str, *, broken: bool = False) -> pl.DataFrame:
@@ -136,14 +140,13 @@ def _dataset(model: str, *, broken: bool = False) -> pl.DataFrame:
 
 
 def _show_issues(run: DemoRun, model: str) -> None:
-    version = MODELS[model][0]
-    report_path = run.bucket / results_prefix(run.use_case, model, version) / "quality-report.json"
-    report = msgspec.json.decode(report_path.read_bytes(), type=QualityReport)
-    table = Table("column", "rows", "what is wrong", title=f"quality issues of {model}'s first dataset "
-                  f"(all in {report_path.relative_to(run.bucket.parent)})", title_justify="left")
+    key = f"{results_prefix(run.use_case, model, MODELS[model][0])}quality-report.json"
+    with run.emulator.objects.open(run.bucket, key) as stream:
+        report = msgspec.json.decode(stream.read(), type=QualityReport)
+    table = Table("column", "rows", "what is wrong (the report has every row)", title=f"quality issues of {model}'s first dataset "
+                  f"(all in {_local(run.emulator.objects.url(run.bucket, key))})", title_justify="left")
     for issue in report.errors:
-        rows = ", ".join(map(str, issue.rows[:5])) + (" …" if issue.row_count > 5 else "")
-        table.add_row(issue.column or "", f"{rows} ({issue.row_count})", issue.message.split(": ", 1)[-1])
+        table.add_row(issue.column or "", str(issue.row_count), issue.message.split(": ", 1)[-1])
     run.console.print(table)
 
 
@@ -162,7 +165,7 @@ def _summary(run: DemoRun) -> dict[str, str]:
         done = snapshot.history[-1].metadata
         table.add_row(f"{model} {version}", snapshot.state, f"{done['records']:,}", f"{done['micro']['f1']:.3f}",
                       f"{done['micro']['accuracy']:.3f}", f"{done['records_all_matched']:.1%}")
-        where.append(f"  {model}: report {_local(run, done['report'])}\n    MLflow run {done['mlflow_run_id']} "
+        where.append(f"  {model}: report {_local(done['report'])}\n    MLflow run {done['mlflow_run_id']} "
                      f"(experiment dropwire-evaluation/{run.use_case})")
     run.console.print()
     run.console.print(table)
@@ -209,8 +212,10 @@ def _after_stop(settings: Settings, use_case: str, states: dict[str, str], conso
                   f"  mlflow ui --backend-store-uri {settings.mlflow_uri}", highlight=False)
 
 
-def _local(run: DemoRun, url: str) -> str:
-    """A report's URL as a path a person can open."""
+def _local(url: str) -> str:
+    """An object's URL as a path a person can open (when it is a local file)."""
+    if not url.startswith("file://"):
+        return url
     path = Path(url.removeprefix("file://"))
     try:
         return str(path.relative_to(Path.cwd()))

@@ -96,14 +96,16 @@ class Emulator:
                           max_delay_seconds=self.chaos_settings.max_delay_seconds, seed=self.chaos_settings.seed)
             self._stops.append(chaos.close)
             route = chaos.submit
-        folder = FolderSource(settings.bucket_path, settings.events.bucket, route, settings.events.settle_seconds).start()
-        self._stops.append(folder.stop)
+        if not settings.events.bucket_s3:  # the bucket is the local folder
+            folder = FolderSource(settings.bucket_path, settings.events.bucket, route, settings.events.settle_seconds).start()
+            self._stops.append(folder.stop)
         if settings.events.sqs_queue_url:
             sqs = boto3.client("sqs", region_name=settings.events.aws_region,
                                endpoint_url=settings.events.s3_endpoint_url or None)
-            self._stops.append(SqsSource(sqs, settings.events.sqs_queue_url, route, settings.events.sqs_wait_seconds).start().stop)
+            self._stops.append(SqsSource(sqs, settings.events.sqs_queue_url, route, settings.events.sqs_wait_seconds,
+                                         settings.events.bucket_names).start().stop)
         log.info("emulator up: bucket %s = %s, database %s, %d function(s)%s", settings.events.bucket,
-                 settings.bucket_path, settings.database_path, len(list(self.functions)),
+                 self.objects.roots[settings.events.bucket], settings.database_path, len(list(self.functions)),
                  f", HTTP on http://{settings.http.host}:{settings.http.port}" if self.serve_http else "")
         return self
 

@@ -29,9 +29,12 @@ SECRET_MARKERS = ("token", "secret", "password", "authkey")
 
 
 class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    # The embedded default: a local folder played as a bucket.
+    # The bucket the functions know (the product's catalog uses "local"): by default a local
+    # folder (bucket_dir, default <data_dir>/bucket); with bucket_s3 set, that S3 bucket
+    # instead, its notifications arriving through sqs_queue_url.
     bucket: str = "local"
     bucket_dir: str = ""
+    bucket_s3: str = ""
     # A written file counts as complete once its size and mtime hold still this long.
     settle_seconds: float = 0.02
     # S3 (or an S3-compatible endpoint): the buckets to serve, and the SQS queue their
@@ -43,6 +46,17 @@ class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     sqs_wait_seconds: int = 1
     # Handler hops from an outside upload after which an object's events are refused.
     hop_limit: int = 16
+
+    def __post_init__(self) -> None:
+        if self.bucket_s3 and ("/" in self.bucket_s3 or self.bucket_s3.startswith("s3:")):
+            raise ValueError(f"events.bucket_s3 is an S3 bucket name (like 'team-data'), got {self.bucket_s3!r}")
+        if self.bucket_s3 and not self.sqs_queue_url:
+            raise ValueError("events.bucket_s3 needs events.sqs_queue_url: the bucket's notifications arrive there")
+
+    @property
+    def bucket_names(self) -> dict[str, str]:
+        """S3 bucket name -> the name functions know it by (events from S3 carry the former)."""
+        return {self.bucket_s3: self.bucket} if self.bucket_s3 else {}
 
 
 class HttpSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -136,8 +150,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
     def object_roots(self) -> dict[str, str]:
         """Bucket name -> URL root, for the object store."""
-        roots = {self.events.bucket: self.bucket_path.resolve().as_uri()}
-        roots.update({bucket: f"s3://{bucket}" for bucket in self.events.s3_buckets})
+        roots = {bucket: f"s3://{bucket}" for bucket in self.events.s3_buckets}
+        roots[self.events.bucket] = (f"s3://{self.events.bucket_s3}" if self.events.bucket_s3
+                                     else self.bucket_path.resolve().as_uri())
         return roots
 
     def storage_options(self) -> dict[str, dict]:

@@ -25,6 +25,9 @@ def test_environment_overrides_the_file_which_overrides_defaults(tmp_path):
     ({"DROPWIRE_QUEUE__WORKERS": "many"}, r"Expected `int`, got `str` - at `\$.queue.workers`"),
     ({"DROPWIRE_QUEUE__LEASE_SECONDS": "1", "DROPWIRE_QUEUE__HEARTBEAT_SECONDS": "5"}, "heartbeat_seconds must be shorter"),
     ({"DROPWIRE_NO_SUCH_THING": "1"}, "Object contains unknown field `no_such_thing`"),
+    ({"DROPWIRE_EVENTS__BUCKET_S3": "s3://team-data", "DROPWIRE_EVENTS__SQS_QUEUE_URL": "http://q"},
+     "events.bucket_s3 is an S3 bucket name"),
+    ({"DROPWIRE_EVENTS__BUCKET_S3": "team-data"}, "events.bucket_s3 needs events.sqs_queue_url"),
 ])
 def test_bad_values_name_the_setting(environ, message):
     with pytest.raises(SettingsError, match=message):

@@ -25,6 +25,8 @@ class DatasetFiles(msgspec.Struct, frozen=True, kw_only=True):
     dataset: str | None = None
     truth: str | None = None
     predictions: str | None = None
+    #: fsspec options per protocol for reading them (e.g. an S3-compatible endpoint).
+    storage_options: dict[str, dict] = {}
 
 
 class Dataset(msgspec.Struct, frozen=True):
@@ -94,7 +96,7 @@ def load_dataset(config: EvaluationConfig, files: DatasetFiles) -> Dataset:
                                      f"a {role} file"))
             continue
         try:
-            tables.append(read_table(url, config.dataset, role, expected))
+            tables.append(read_table(url, config.dataset, role, expected, files.storage_options))
         except DatasetUnreadable as exc:
             issues.extend(exc.issues)
     if issues:

@@ -11,10 +11,11 @@ import posixpath
 from collections import Counter
 
 import fastexcel
-import fsspec
 import msgspec
 import polars as pl
 from fsspec.implementations.local import LocalFileSystem
+
+from functions.objects import url_to_fs
 
 from functions.evaluation.config import DatasetRules
 from functions.evaluation.errors import DatasetUnreadable
@@ -41,10 +42,12 @@ class Table(msgspec.Struct, frozen=True):
     frame: pl.DataFrame
 
 
-def read_table(url: str, rules: DatasetRules, role: str, expected_columns: list[str]) -> Table:
-    """Read ``url`` (a local path, ``file://`` or ``s3://`` URL) as text columns; raise
-    DatasetUnreadable with the quality issues when it cannot be used."""
-    fs, path = fsspec.core.url_to_fs(url)
+def read_table(url: str, rules: DatasetRules, role: str, expected_columns: list[str],
+               storage_options: dict[str, dict] | None = None) -> Table:
+    """Read ``url`` (a local path, ``file://`` or ``s3://`` URL; `storage_options` per
+    protocol) as text columns; raise DatasetUnreadable with the quality issues when it cannot
+    be used."""
+    fs, path = url_to_fs(url, storage_options)
     try:
         size = fs.size(path)
         with fs.open(path, "rb") as f:

@@ -15,9 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import fsspec
 import msgspec
 from fsspec.implementations.local import LocalFileSystem
+
+from functions.objects import url_to_fs
 
 from functions.evaluation.metrics import EvaluationMetrics
 
@@ -66,6 +67,7 @@ def log_evaluation_run(
     config_hash: str,
     metrics: EvaluationMetrics,
     report_url: str | None = None,
+    storage_options: dict[str, dict] | None = None,
 ) -> str:
     """Log one finished run and return its id."""
     # Imported here: mlflow takes ~2 s to import, which every quality-check handler importing
@@ -97,7 +99,7 @@ def log_evaluation_run(
         for start in range(0, len(logged), MAX_METRICS_PER_BATCH):
             client.log_batch(run_id, metrics=logged[start : start + MAX_METRICS_PER_BATCH])
         if report_url:
-            _log_artifact(client, run_id, report_url)
+            _log_artifact(client, run_id, report_url, storage_options)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -105,8 +107,8 @@ def log_evaluation_run(
     return run_id
 
 
-def _log_artifact(client: MlflowClient, run_id: str, url: str) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
+def _log_artifact(client: MlflowClient, run_id: str, url: str, storage_options: dict[str, dict] | None) -> None:
+    fs, path = url_to_fs(url, storage_options)
     if isinstance(fs, LocalFileSystem):
         client.log_artifact(run_id, path)
         return

@@ -100,11 +100,14 @@ class SqsSource:
     events were routed (their invocations durably queued); one that is not an S3 event is
     logged and deleted so it cannot come back forever."""
 
-    def __init__(self, client, queue_url: str, route: Callable[[list[ObjectEvent]], object], wait_seconds: int = 1) -> None:
+    def __init__(self, client, queue_url: str, route: Callable[[list[ObjectEvent]], object], wait_seconds: int = 1,
+                 bucket_names: dict[str, str] | None = None) -> None:
         self.client = client
         self.queue_url = queue_url
         self.route = route
         self.wait_seconds = wait_seconds
+        #: S3 bucket -> the name functions know it by (settings.events.bucket_s3)
+        self.bucket_names = bucket_names or {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dropwire-sqs", daemon=True)
 
@@ -132,7 +135,8 @@ class SqsSource:
         events = []
         for message in messages:
             try:
-                events.extend(parse_notification(message["Body"], source="sqs"))
+                events.extend(msgspec.structs.replace(e, bucket=self.bucket_names.get(e.bucket, e.bucket))
+                              for e in parse_notification(message["Body"], source="sqs"))
             except MalformedEvent as exc:
                 log.error("deleting SQS message %s: %s", message.get("MessageId"), exc.message)
         try:

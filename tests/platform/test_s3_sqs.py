@@ -48,3 +48,42 @@ def test_s3_uploads_reach_handlers_through_sqs(moto, tmp_path):
                              ["ApproximateNumberOfMessages"]) == 0, timeout=30, what="the queue to drain")
         wait_for(lambda: emulator.store.query("SELECT count(*) FROM object_receipts")[0][0] == 1, what="one receipt")
         assert emulator.store.query("SELECT count(*) FROM invocations WHERE function = 's3_measure'")[0][0] == 1
+
+
+def test_the_evaluation_workflow_on_an_s3_bucket(moto, tmp_path):
+    """The product's functions know their bucket as "local"; events.bucket_s3 backs it with an
+    S3 bucket: uploads to S3 fire them, and their outputs land in S3."""
+    from tests.evaluation.conftest import FIELDS, GOOD_ROWS, HEADER
+
+    s3, _, queue_url = notifying_bucket(moto, "team-data")
+    settings = emulator_settings(tmp_path / "data", DROPWIRE_FUNCTIONS="functions.catalog:functions",
+                                 DROPWIRE_EVENTS__S3_ENDPOINT_URL=moto, DROPWIRE_EVENTS__BUCKET_S3="team-data",
+                                 DROPWIRE_EVENTS__SQS_QUEUE_URL=queue_url)
+    assert settings.object_roots()["local"] == "s3://team-data"
+
+    def state(kind: str, entity_id: str) -> str | None:
+        rows = emulator.store.query("SELECT state FROM entity_states WHERE kind = ? AND entity_id = ?", [kind, entity_id])
+        return rows[0][0] if rows else None
+
+    def reach(kind: str, entity_id: str, wanted: str) -> None:
+        wait_for(lambda: state(kind, entity_id) == wanted, timeout=60, what=f"{entity_id} to reach {wanted}")
+
+    with Emulator(settings, serve_http=False) as emulator:
+        s3.put_object(Bucket="team-data", Key="use-cases/invoices/use-case.json",
+                      Body=json.dumps({"name": "Invoices", "team_email": "team@example.com"}).encode())
+        reach("use_case", "invoices", "AWAITING_CONFIG")
+        s3.put_object(Bucket="team-data", Key="use-cases/invoices/config.json",
+                      Body=json.dumps({"use_case": "invoices", "fields": FIELDS}).encode())
+        reach("use_case", "invoices", "CONFIG_VALIDATED")
+        s3.put_object(Bucket="team-data", Key="use-cases/invoices/models/alpha/register.json",
+                      Body=json.dumps({"name": "alpha", "version": "1"}).encode())
+        reach("model", "invoices/alpha", "REGISTERED")
+        s3.put_object(Bucket="team-data", Key="use-cases/invoices/models/alpha/dataset.csv",
+                      Body=("\n".join(",".join(row) for row in [HEADER, *GOOD_ROWS]) + "\n").encode())
+        reach("model", "invoices/alpha", "EVALUATION_COMPLETED")
+        done = emulator.store.snapshot("model", "invoices/alpha").history[-1].metadata
+        assert done["report"] == "s3://team-data/evaluation-results/invoices/alpha/1/report.xlsx"
+        assert done["file_uploaded"] == "local/use-cases/invoices/models/alpha/dataset.csv"
+        report = s3.get_object(Bucket="team-data", Key="evaluation-results/invoices/alpha/1/report.xlsx")["Body"].read()
+        assert report[:2] == b"PK"
+        assert s3.head_object(Bucket="team-data", Key="evaluation-templates/invoices/config-template.yaml")
