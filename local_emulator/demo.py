@@ -153,19 +153,19 @@ def _show_issues(run: DemoRun, model: str) -> None:
 def _summary(run: DemoRun) -> dict[str, str]:
     table = Table("model", "state", "records", "micro F1", "accuracy", "all fields right",
                   title=f"use case {run.use_case}: {run.state('use_case', run.use_case)}", title_justify="left")
-    table.columns[1].no_wrap = True
+    table.columns[0].no_wrap = table.columns[1].no_wrap = True
     states: dict[str, str] = {}
     where: list[str] = []
     for model, (version, _, _) in MODELS.items():
         snapshot = run.store.snapshot("model", f"{run.use_case}/{model}")
         states[model] = snapshot.state
         if snapshot.state != "EVALUATION_COMPLETED":
-            table.add_row(f"{model} {version}", f"{snapshot.state} (still at work)", "", "", "", "")
+            table.add_row(model, snapshot.state, "still at work", "", "", "")
             continue
         done = snapshot.history[-1].metadata
-        table.add_row(f"{model} {version}", snapshot.state, f"{done['records']:,}", f"{done['micro']['f1']:.3f}",
+        table.add_row(model, snapshot.state, f"{done['records']:,}", f"{done['micro']['f1']:.3f}",
                       f"{done['micro']['accuracy']:.3f}", f"{done['records_all_matched']:.1%}")
-        where.append(f"  {model}: report {_local(done['report'])}\n    MLflow run {done['mlflow_run_id']} "
+        where.append(f"  {model} {version}: report {_local(done['report'])}\n    MLflow run {done['mlflow_run_id']} "
                      f"(experiment dropwire-evaluation/{run.use_case})")
     run.console.print()
     run.console.print(table)
