@@ -455,13 +455,22 @@ def _load_and_check(context: HandlerContext, config: EvaluationConfig, model_id:
     return dataset, report, report_url, checked
 
 
+def _last_upload(context: HandlerContext, model_id: str) -> tuple[datetime, dict[str, str]] | None:
+    """When the model's last dataset upload was recorded, and its {role: key} files."""
+    rows = context.state.query("SELECT epoch(happened_at), metadata FROM state_history WHERE kind = 'model' AND "
+                               "entity_id = ? AND \"trigger\" = 'dataset_uploaded' ORDER BY seq DESC LIMIT 1",
+                               [model_id])
+    if not rows:
+        return None
+    return datetime.fromtimestamp(rows[0][0], timezone.utc), msgspec.json.decode(rows[0][1])["files"]
+
+
 def _checked_files(context: HandlerContext, model_id: str) -> dict[str, str]:
     """{role: key} of the files the model's last dataset upload recorded."""
-    rows = context.state.query("SELECT metadata FROM state_history WHERE kind = 'model' AND entity_id = ? AND "
-                               "\"trigger\" = 'dataset_uploaded' ORDER BY seq DESC LIMIT 1", [model_id])
-    if not rows:
+    upload = _last_upload(context, model_id)
+    if upload is None:
         raise PermanentTaskError(f"model {model_id!r} has no dataset upload on record; upload its dataset")
-    return msgspec.json.decode(rows[0][0])["files"]
+    return upload[1]
 
 
 def _check_covering(context: HandlerContext, model_id: str, event: ObjectEvent) -> str | None:
@@ -471,13 +480,10 @@ def _check_covering(context: HandlerContext, model_id: str, event: ObjectEvent) 
         written = datetime.fromisoformat(event.event_time)
     except ValueError:
         return None
-    rows = context.state.query(
-        "SELECT epoch(happened_at), metadata FROM state_history WHERE kind = 'model' AND entity_id = ? AND "
-        "\"trigger\" = 'dataset_uploaded' ORDER BY seq DESC LIMIT 1", [model_id])
-    if not rows or event.key not in msgspec.json.decode(rows[0][1]).get("files", {}).values():
+    upload = _last_upload(context, model_id)
+    if upload is None or event.key not in upload[1].values():
         return None
-    started = datetime.fromtimestamp(rows[0][0], timezone.utc)
-    return started.isoformat() if started >= written else None
+    return upload[0].isoformat() if upload[0] >= written else None
 
 
 def _newest_data_file(context: HandlerContext, bucket: str, stem: str) -> str | None:
