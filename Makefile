@@ -24,8 +24,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# make bench runs every benchmark; make bench BENCH="queue kde" runs those named.
+BENCH ?=
 bench: $(STAMP)
-	$(BIN)/python -m tests.benchmarks
+	$(BIN)/python -m tests.benchmarks $(BENCH)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

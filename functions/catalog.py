@@ -3,10 +3,12 @@ emulate` serves by default (settings.functions)."""
 
 from __future__ import annotations
 
-from functions import evaluation_api, evaluation_flow, forecasts
-from functions.platform import FunctionRegistry
+from dropwire.functions.evaluation import api as evaluation_api
+from dropwire.functions.evaluation import handlers as evaluation_handlers
+from dropwire.functions.forecasts import handlers as forecast_handlers
+from dropwire.functions.platform.registry import FunctionRegistry
 
 functions = FunctionRegistry()
-forecasts.register(functions)
-evaluation_flow.register(functions)
+forecast_handlers.register(functions)
+evaluation_handlers.register(functions)
 functions.http_api(evaluation_api.build_router)

@@ -1,14 +1,14 @@
 """Small in-line tasks that `dropwire control` and `dropwire worker` run by default (`--tasks`
 names another registry): a model's quality check and evaluation on a handful of records,
 enough to watch the control plane, remote workers, the outbox, retries and dead letters on
-the real store. The product's evaluation workflow is functions/evaluation_flow.py."""
+the real store. The product's evaluation workflow is functions/evaluation/handlers.py."""
 
 from __future__ import annotations
 
 import msgspec
 
-from functions.registry import Completion, TaskContext, TaskRegistry
-from storage.records import Effects, TaskSpec, TransitionRequest
+from dropwire.functions.platform.tasks import Completion, TaskContext, TaskRegistry
+from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
 
 registry = TaskRegistry()
 

@@ -1,3 +1,3 @@
-from local_emulator.cli import main
+from dropwire.local_emulator.cli import main
 
 main()

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable
 
-from functions.platform import ObjectEvent
+from dropwire.functions.platform.registry import ObjectEvent
 
 
 class Chaos:

@@ -11,8 +11,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from local_emulator.settings import Settings, describe_settings, load_settings
-from storage.errors import DropwireError
+from dropwire.local_emulator.settings import Settings, describe_settings, load_settings
+from dropwire.storage.errors import DropwireError
 
 app = typer.Typer(
     help="dropwire: files dropped into a bucket fire stateless ML handlers.",
@@ -48,7 +48,7 @@ def show_settings() -> None:
     console.print_json(json.dumps(describe_settings(state.settings())))
 
 
-from local_emulator.runtime_cli import runtime_app  # noqa: E402
+from dropwire.local_emulator.runtime_cli import runtime_app  # noqa: E402
 
 app.add_typer(runtime_app, name="runtime")
 
@@ -56,12 +56,12 @@ app.add_typer(runtime_app, name="runtime")
 @app.command("demo")
 def demo() -> None:
     """Run the walkthrough on the embedded default and print what happened."""
-    from local_emulator.demo import run_demo
+    from dropwire.local_emulator.demo import run_demo
 
     run_demo(state.settings(), console)
 
 
-from local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker  # noqa: E402
+from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker  # noqa: E402
 
 app.add_typer(db_app, name="db")
 app.add_typer(queue_app, name="queue")
@@ -70,7 +70,7 @@ app.add_typer(notifications_app, name="notifications")
 app.command("control")(control)
 app.command("worker")(worker)
 
-from local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app  # noqa: E402
+from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app  # noqa: E402
 
 app.command("emulate")(emulate)
 app.command("invoke")(invoke)

@@ -13,15 +13,15 @@ import msgspec
 import typer
 from rich.console import Console
 
-from functions.objects import ObjectStore
-from functions.platform import Invocation, ObjectEvent, ScheduledEvent, HttpEvent, load_functions
-from local_emulator.control_plane import stop_on_signals, store_access
-from local_emulator.emulator import ChaosSettings, Emulator
-from local_emulator.router import EventRouter
-from local_emulator.sandbox import Request, execute
-from local_emulator.settings import Settings
-from local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
-from storage.errors import DropwireError
+from dropwire.functions.platform.objects import ObjectStore
+from dropwire.functions.platform.registry import Invocation, ObjectEvent, ScheduledEvent, HttpEvent, load_functions
+from dropwire.local_emulator.control_plane import stop_on_signals, store_access
+from dropwire.local_emulator.emulator import ChaosSettings, Emulator
+from dropwire.local_emulator.router import EventRouter
+from dropwire.local_emulator.sandbox import Request, execute
+from dropwire.local_emulator.settings import Settings
+from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
+from dropwire.storage.errors import DropwireError
 
 console = Console()
 schedule_app = typer.Typer(help="Schedules: list them, fire one now.", no_args_is_help=True)
@@ -29,7 +29,7 @@ events_app = typer.Typer(help="Print realistic events, for tests and for trying 
 
 
 def _settings() -> Settings:
-    from local_emulator.cli import state
+    from dropwire.local_emulator.cli import state
 
     return state.settings()
 
@@ -123,7 +123,7 @@ def schedule_list() -> None:
 @schedule_app.command("run")
 def schedule_run(name: str) -> None:
     """Fire schedule NAME now."""
-    from local_emulator.scheduler import Scheduler
+    from dropwire.local_emulator.scheduler import Scheduler
 
     settings = _settings()
     with store_access(settings) as store:

@@ -13,13 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from functions.states import MACHINES
-from local_emulator.control import ControlClient
-from local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
-from local_emulator.settings import Settings
-from storage import consistency, migrate
-from storage.database import connect
-from storage.errors import DropwireError
+from dropwire.functions.evaluation.states import MACHINES
+from dropwire.local_emulator.control import ControlClient
+from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
+from dropwire.local_emulator.settings import Settings
+from dropwire.storage import consistency, migrate
+from dropwire.storage.database import connect
+from dropwire.storage.errors import DropwireError
 
 console = Console()
 
@@ -30,7 +30,7 @@ notifications_app = typer.Typer(help="Notifications: the outbox of e-mails and w
 
 
 def _settings() -> Settings:
-    from local_emulator.cli import state
+    from dropwire.local_emulator.cli import state
 
     return state.settings()
 
@@ -187,24 +187,24 @@ def _when(epoch: float | None) -> str:
 
 
 def control(
-    tasks: str = typer.Option("functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+    tasks: str = typer.Option("dropwire.functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
 ) -> None:
     """Run the control plane: own the database, serve workers and tools on the control socket,
     run local worker threads. Ctrl-C stops it in order."""
-    from functions.registry import load_registry
+    from dropwire.functions.platform.tasks import load_registry
 
     logging.getLogger().setLevel(logging.INFO)
     run_control_plane(_settings(), load_registry(tasks), stop_on_signals())
 
 
 def worker(
-    tasks: str = typer.Option("functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+    tasks: str = typer.Option("dropwire.functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
     name: str = typer.Option("", "--name", help="Worker name in task attempts (default: remote-<pid>)."),
 ) -> None:
     """Run worker threads in this process against a running control plane."""
     import os
 
-    from functions.registry import load_registry
+    from dropwire.functions.platform.tasks import load_registry
 
     logging.getLogger().setLevel(logging.INFO)
     settings = _settings()

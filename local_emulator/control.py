@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable
 
 import msgspec
 
-from storage.errors import DropwireError
-from storage.records import (
+from dropwire.storage.errors import DropwireError
+from dropwire.storage.records import (
     Applied,
     ClaimedTask,
     DeadLetter,
@@ -27,7 +27,7 @@ from storage.records import (
     TaskSpec,
     TaskStatus,
 )
-from storage.store import Store
+from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control")
 

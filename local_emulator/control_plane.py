@@ -9,12 +9,12 @@ import signal
 import threading
 from typing import Callable, Iterator
 
-from functions.registry import TaskRegistry
-from functions.states import MACHINES
-from local_emulator.control import ControlClient, ControlServer
-from local_emulator.settings import Settings
-from local_emulator.workers import WorkerPool
-from storage.store import Store
+from dropwire.functions.platform.tasks import TaskRegistry
+from dropwire.functions.evaluation.states import MACHINES
+from dropwire.local_emulator.control import ControlClient, ControlServer
+from dropwire.local_emulator.settings import Settings
+from dropwire.local_emulator.workers import WorkerPool
+from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control_plane")
 

@@ -18,12 +18,12 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from functions.evaluation import QualityReport
-from functions.evaluation.samples import sample_config, sample_dataset
-from functions.evaluation_flow import SOURCE_PREFIX, results_prefix
-from local_emulator.emulator import Emulator
-from local_emulator.settings import Settings
-from storage.errors import DropwireError, NotFound
+from dropwire.functions.evaluation.core import QualityReport
+from dropwire.functions.evaluation.core.samples import sample_config, sample_dataset
+from dropwire.functions.evaluation.handlers import SOURCE_PREFIX, results_prefix
+from dropwire.local_emulator.emulator import Emulator
+from dropwire.local_emulator.settings import Settings
+from dropwire.storage.errors import DropwireError, NotFound
 
 # name -> (version, records, error rate); the last one's dataset is big enough to still be at
 # work when the others are done.
@@ -188,8 +188,8 @@ def _summary(run: DemoRun) -> dict[str, str]:
 
 
 def _after_stop(settings: Settings, use_case: str, states: dict[str, str], console: Console) -> None:
-    from storage.store import Store
-    from functions.states import MACHINES
+    from dropwire.storage.store import Store
+    from dropwire.functions.evaluation.states import MACHINES
 
     with Store.open(settings.database_path, MACHINES) as store:
         later = {m: store.current("model", f"{use_case}/{m}")[0] for m in MODELS}

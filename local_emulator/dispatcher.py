@@ -9,10 +9,10 @@ import time
 from functools import partial
 from typing import Callable
 
-from functions.platform import FunctionRegistry, FunctionSpec, Invocation
-from functions.registry import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
-from local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerTimeout, Outcome, Request, Sandbox
-from storage.records import InvocationRecord
+from dropwire.functions.platform.registry import FunctionRegistry, FunctionSpec, Invocation
+from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
+from dropwire.local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerTimeout, Outcome, Request, Sandbox
+from dropwire.storage.records import InvocationRecord
 
 Runner = Callable[[FunctionSpec, Request], Outcome]
 

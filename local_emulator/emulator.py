@@ -15,22 +15,22 @@ from dataclasses import dataclass
 import boto3
 import uvicorn
 
-from functions.evaluation.tracking import prepare_tracking_store
-from functions.objects import ObjectStore
-from functions.platform import FunctionRegistry, load_functions
-from local_emulator.chaos import Chaos
-from local_emulator.control import ControlServer
-from local_emulator.control_plane import open_store, start_pool
-from local_emulator.dispatcher import SandboxPool, invocation_tasks
-from local_emulator.gateway import build_gateway
-from local_emulator.notifier import Notifier
-from local_emulator.router import EventRouter
-from local_emulator.sandbox import ChildConfig
-from local_emulator.scheduler import Scheduler
-from local_emulator.settings import Settings
-from local_emulator.sources.folder import FolderSource
-from local_emulator.sources.s3 import SqsSource
-from storage.errors import DropwireError
+from dropwire.functions.evaluation.core.tracking import prepare_tracking_store
+from dropwire.functions.platform.objects import ObjectStore
+from dropwire.functions.platform.registry import FunctionRegistry, load_functions
+from dropwire.local_emulator.chaos import Chaos
+from dropwire.local_emulator.control import ControlServer
+from dropwire.local_emulator.control_plane import open_store, start_pool
+from dropwire.local_emulator.dispatcher import SandboxPool, invocation_tasks
+from dropwire.local_emulator.gateway import build_gateway
+from dropwire.local_emulator.notifier import Notifier
+from dropwire.local_emulator.router import EventRouter
+from dropwire.local_emulator.sandbox import ChildConfig
+from dropwire.local_emulator.scheduler import Scheduler
+from dropwire.local_emulator.settings import Settings
+from dropwire.local_emulator.sources.folder import FolderSource
+from dropwire.local_emulator.sources.s3 import SqsSource
+from dropwire.storage.errors import DropwireError
 
 log = logging.getLogger("dropwire.emulator")
 

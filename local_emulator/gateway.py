@@ -17,15 +17,15 @@ from litestar import Litestar, Request, get, post, put
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
-from functions.api import ApiPorts
-from functions.objects import ObjectStore, check_key
-from functions.platform import FunctionRegistry, HttpEvent, Invocation, OnHttp
-from local_emulator.router import EventRouter
-from local_emulator.scheduler import Scheduler
-from runtime.http_errors import exception_handlers
-from storage.errors import DropwireError, NotFound
-from storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
-from storage.store import Store
+from dropwire.functions.platform.api_ports import ApiPorts
+from dropwire.functions.platform.objects import ObjectStore, check_key
+from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
+from dropwire.local_emulator.router import EventRouter
+from dropwire.local_emulator.scheduler import Scheduler
+from dropwire.runtime.http_errors import exception_handlers
+from dropwire.storage.errors import DropwireError, NotFound
+from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
+from dropwire.storage.store import Store
 
 ALWAYS_OPEN = frozenset({"/health"})
 FINISHED = frozenset({"succeeded", "dead"})

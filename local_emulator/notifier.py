@@ -35,9 +35,9 @@ import httpx
 import msgspec
 from fsspec.utils import get_protocol
 
-from local_emulator.settings import NotificationSettings
-from storage.records import NotificationRecord
-from storage.store import Store
+from dropwire.local_emulator.settings import NotificationSettings
+from dropwire.storage.records import NotificationRecord
+from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.notifier")
 

@@ -9,10 +9,10 @@ import posixpath
 from datetime import datetime, timezone
 from typing import Protocol
 
-from functions.objects import InvalidKey, ObjectStore, check_key
-from functions.platform import FunctionRegistry, Invocation, ObjectEvent
-from storage.errors import NotFound
-from storage.records import Admission, ObjectReceipt, TaskSpec
+from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
+from dropwire.functions.platform.registry import FunctionRegistry, Invocation, ObjectEvent
+from dropwire.storage.errors import NotFound
+from dropwire.storage.records import Admission, ObjectReceipt, TaskSpec
 
 log = logging.getLogger("dropwire.router")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from local_emulator.settings import Settings
-from storage.errors import DropwireError
+from dropwire.local_emulator.settings import Settings
+from dropwire.storage.errors import DropwireError
 
 runtime_app = typer.Typer(
     help="The forecast runtime: serve it, train and register a model, make the default model.",
@@ -25,13 +25,13 @@ class DataFileError(DropwireError):
 
 def _settings() -> Settings:
     # Read at call time: cli.py imports this module while it is itself being imported.
-    from local_emulator import cli
+    from dropwire.local_emulator import cli
 
     return cli.state.settings()
 
 
 def _model_source(settings: Settings):  # noqa: ANN202 (runtime types are imported lazily)
-    from runtime.model_source import ModelSource
+    from dropwire.runtime.model_source import ModelSource
 
     return ModelSource.from_settings(
         settings.runtime, default_path=settings.default_model_path, tracking_uri=settings.mlflow_uri
@@ -41,7 +41,7 @@ def _model_source(settings: Settings):  # noqa: ANN202 (runtime types are import
 @runtime_app.command("serve")
 def serve() -> None:
     """Serve the runtime over HTTP until SIGTERM/SIGINT (exits 1 if the model cannot load)."""
-    from runtime.server import serve as run_server
+    from dropwire.runtime.server import serve as run_server
 
     settings = _settings()
     run_server(settings.runtime, _model_source(settings))
@@ -57,9 +57,9 @@ def train(
     name: str = typer.Option("", help="Registered model name (default: runtime.registered_model_name)."),
 ) -> None:
     """Train the forecaster on a CSV, log the run to MLflow and register a model version."""
-    from runtime.dataset import parse_csv
-    from runtime.model_registry import log_and_register
-    from runtime.training import train as train_model
+    from dropwire.runtime.dataset import parse_csv
+    from dropwire.runtime.model_registry import log_and_register
+    from dropwire.runtime.training import train as train_model
 
     settings = _settings()
     rt = settings.runtime
@@ -112,7 +112,7 @@ def make_default_model(
     force: bool = typer.Option(False, "--force", help="Retrain even if it exists."),
 ) -> None:
     """Train the default model on generated data (a few seconds on CPU) under the data dir."""
-    from runtime.training import train_default_model
+    from dropwire.runtime.training import train_default_model
 
     settings = _settings()
     path = settings.default_model_path

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import msgspec
 
-from functions.context import HandlerContext, StateChanges, StateReader
-from functions.objects import ObjectStore, ObjectWriter
-from functions.platform import FunctionSpec, Invocation, load_functions
-from functions.registry import PermanentTaskError
-from storage.errors import DropwireError
-from storage.records import Effects
+from dropwire.functions.platform.context import HandlerContext, StateChanges, StateReader
+from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
+from dropwire.functions.platform.registry import FunctionSpec, Invocation, load_functions
+from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.storage.errors import DropwireError
+from dropwire.storage.records import Effects
 
 log = logging.getLogger("dropwire.sandbox")
 
@@ -89,7 +89,7 @@ class ChildConfig(msgspec.Struct, frozen=True):
 def _child_main(connection: Connection, config_bytes: bytes) -> None:
     from pathlib import Path
 
-    from local_emulator.control import ControlClient
+    from dropwire.local_emulator.control import ControlClient
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
     config = msgspec.msgpack.decode(config_bytes, type=ChildConfig)

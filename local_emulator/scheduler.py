@@ -14,9 +14,9 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from functions.platform import FunctionRegistry, FunctionSpec, Invocation, OnSchedule, ScheduledEvent
-from storage.errors import DropwireError, NotFound
-from storage.records import TaskSpec
+from dropwire.functions.platform.registry import FunctionRegistry, FunctionSpec, Invocation, OnSchedule, ScheduledEvent
+from dropwire.storage.errors import DropwireError, NotFound
+from dropwire.storage.records import TaskSpec
 
 log = logging.getLogger("dropwire.scheduler")
 

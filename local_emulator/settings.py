@@ -18,9 +18,9 @@ from typing import Any, Mapping
 
 import msgspec
 
-from runtime.settings import RuntimeSettings
-from storage.settings import QueueSettings
-from storage.errors import DropwireError
+from dropwire.runtime.settings import RuntimeSettings
+from dropwire.storage.settings import QueueSettings
+from dropwire.storage.errors import DropwireError
 
 ENV_PREFIX = "DROPWIRE_"
 SETTINGS_FILE_ENV = "DROPWIRE_SETTINGS_FILE"
@@ -112,7 +112,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     # Empty: a SQLite store under data_dir (MLflow 3 keeps its registry in a database).
     mlflow_tracking_uri: str = ""
     # MODULE:ATTRIBUTE of the FunctionRegistry the platform serves.
-    functions: str = "functions.catalog:functions"
+    functions: str = "dropwire.functions.catalog:functions"
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)

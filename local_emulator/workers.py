@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterable, Protocol
 
 import msgspec
 
-from functions.registry import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
-from storage.errors import DropwireError, StaleLease
-from storage.records import ClaimedTask, Done, InvocationRecord
+from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
+from dropwire.storage.errors import DropwireError, StaleLease
+from dropwire.storage.records import ClaimedTask, Done, InvocationRecord
 
 log = logging.getLogger("dropwire.workers")
 

@@ -19,10 +19,10 @@ from typing import Literal
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.params import Parameter
 
-from runtime.http_errors import exception_handlers
-from runtime.plotting import fan_chart_png
-from runtime.schemas import DatasetInfo, Deleted, Forecast, ForecastRange, Health, Stats
-from runtime.service import ForecastService, upload_limit_error
+from dropwire.runtime.http_errors import exception_handlers
+from dropwire.runtime.plotting import fan_chart_png
+from dropwire.runtime.schemas import DatasetInfo, Deleted, Forecast, ForecastRange, Health, Stats
+from dropwire.runtime.service import ForecastService, upload_limit_error
 
 Format = Literal["json", "png"]
 # Answers even while shutting down: monitoring must see it happen.

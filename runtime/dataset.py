@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from runtime.errors import IndexOutOfRange, InvalidUpload
+from dropwire.runtime.errors import IndexOutOfRange, InvalidUpload
 
 TIMESTAMP_NAMES = ("timestamp", "time", "date", "datetime", "ds")
 # The first data row is line 2 of the file (line 1 is the header).

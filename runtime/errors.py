@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.errors import DropwireError, NotFound
+from dropwire.storage.errors import DropwireError, NotFound
 
 
 class InvalidUpload(DropwireError):

@@ -11,7 +11,7 @@ from typing import Callable
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from storage.errors import DropwireError, ErrorBody, error_body, error_body_for
+from dropwire.storage.errors import DropwireError, ErrorBody, error_body, error_body_for
 
 log = logging.getLogger("dropwire.http")
 

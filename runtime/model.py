@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runtime.errors import ModelLoadError
+from dropwire.runtime.errors import ModelLoadError
 
 ARCHITECTURE = "ar-mlp-gaussian"
 # Keeps the predicted spread away from zero, where the likelihood would blow up.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from runtime.errors import ModelLoadError, TrainingError
-from runtime.model import meta_path_for, save_model
-from runtime.training import TrainedModel
+from dropwire.runtime.errors import ModelLoadError, TrainingError
+from dropwire.runtime.model import meta_path_for, save_model
+from dropwire.runtime.training import TrainedModel
 
 ARTIFACT_DIR = "forecaster"
 WEIGHTS_FILE = "forecaster.pt"

@@ -12,8 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.model import LoadedModel, load_model, resolve_device
-from runtime.settings import RuntimeSettings
+from dropwire.runtime.model import LoadedModel, load_model, resolve_device
+from dropwire.runtime.settings import RuntimeSettings
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ModelSource:
 def open_model(source: ModelSource, device_name: str, log: logging.Logger) -> LoadedModel:
     device = resolve_device(device_name)
     if source.registered_name:
-        from runtime.model_registry import fetch_registered
+        from dropwire.runtime.model_registry import fetch_registered
 
         weights, version = fetch_registered(
             tracking_uri=source.tracking_uri, name=source.registered_name, version=source.registered_version
@@ -60,7 +60,7 @@ def open_model(source: ModelSource, device_name: str, log: logging.Logger) -> Lo
     if source.path is not None:
         return load_model(source.path, device)
     if not source.default_path.exists():
-        from runtime.training import train_default_model
+        from dropwire.runtime.training import train_default_model
 
         log.info("no default model at %s yet: training one on generated data", source.default_path)
         trained = train_default_model(source.default_path, steps=source.default_train_steps, seed=source.seed)

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Generator, Sequence
 import numpy as np
 import torch
 
-from runtime import kde
-from runtime.model import LoadedModel
+from dropwire.runtime import kde
+from dropwire.runtime.model import LoadedModel
 
 if TYPE_CHECKING:
-    from runtime.scheduler import Job
+    from dropwire.runtime.scheduler import Job
 
 # Rows (series x horizon steps) of density and quantile work per device step of a batch.
 KDE_ROWS_PER_STEP = 32

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from runtime.schemas import Forecast
+from dropwire.runtime.schemas import Forecast
 
 _render_lock = threading.Lock()
 # Width of the widest density ridge, in horizon steps.

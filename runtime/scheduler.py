@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from runtime.errors import DatasetGone, DatasetNotFound
+from dropwire.runtime.errors import DatasetGone, DatasetNotFound
 
 if TYPE_CHECKING:
-    from runtime.caches import BoundedCache
-    from runtime.dataset import Dataset
+    from dropwire.runtime.caches import BoundedCache
+    from dropwire.runtime.dataset import Dataset
 
 # How far one background take may scan past already computed indices before it lets go
 # of the lock (the worker asks again at once).

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
-from runtime.caches import CacheStats
-from runtime.dataset import Dataset
-from runtime.pipeline import ForecastResult
-from runtime.scheduler import SchedulerStats
-from runtime.worker import WorkerStats
+from dropwire.runtime.caches import CacheStats
+from dropwire.runtime.dataset import Dataset
+from dropwire.runtime.pipeline import ForecastResult
+from dropwire.runtime.scheduler import SchedulerStats
+from dropwire.runtime.worker import WorkerStats
 
 
 class DatasetInfo(msgspec.Struct, frozen=True):

@@ -14,10 +14,10 @@ from types import FrameType
 
 import uvicorn
 
-from runtime.app import create_app
-from runtime.model_source import ModelSource
-from runtime.service import ForecastService
-from runtime.settings import RuntimeSettings
+from dropwire.runtime.app import create_app
+from dropwire.runtime.model_source import ModelSource
+from dropwire.runtime.service import ForecastService
+from dropwire.runtime.settings import RuntimeSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -21,14 +21,14 @@ from typing import Any
 import msgspec
 import torch
 
-from runtime.caches import BoundedCache
-from runtime.dataset import Dataset, parse_csv
-from runtime.errors import DatasetGone, DatasetNotFound, InvalidRange, RequestTimedOut, ShuttingDown, UploadTooLarge
-from runtime.model import LoadedModel
-from runtime.model_source import ModelSource, open_model
-from runtime.pipeline import ForecastPipeline, ForecastResult
-from runtime.scheduler import Scheduler
-from runtime.schemas import (
+from dropwire.runtime.caches import BoundedCache
+from dropwire.runtime.dataset import Dataset, parse_csv
+from dropwire.runtime.errors import DatasetGone, DatasetNotFound, InvalidRange, RequestTimedOut, ShuttingDown, UploadTooLarge
+from dropwire.runtime.model import LoadedModel
+from dropwire.runtime.model_source import ModelSource, open_model
+from dropwire.runtime.pipeline import ForecastPipeline, ForecastResult
+from dropwire.runtime.scheduler import Scheduler
+from dropwire.runtime.schemas import (
     DatasetInfo,
     Deleted,
     Forecast,
@@ -40,8 +40,8 @@ from runtime.schemas import (
     forecast_body,
     range_body,
 )
-from runtime.settings import RuntimeSettings
-from runtime.worker import DeviceWorker
+from dropwire.runtime.settings import RuntimeSettings
+from dropwire.runtime.worker import DeviceWorker
 
 
 class ForecastService:

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from runtime.errors import TrainingError
-from runtime.model import Forecaster, ModelMeta, save_model
-from runtime.synthetic import generated_series
+from dropwire.runtime.errors import TrainingError
+from dropwire.runtime.model import Forecaster, ModelMeta, save_model
+from dropwire.runtime.synthetic import generated_series
 
 DEFAULT_CONTEXT_LENGTH = 32
 DEFAULT_HIDDEN_SIZE = 64

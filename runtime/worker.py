@@ -13,9 +13,9 @@ import threading
 import msgspec
 import torch
 
-from runtime.errors import ComputeFailed
-from runtime.pipeline import ForecastPipeline
-from runtime.scheduler import Batch, Job, Lane, Scheduler
+from dropwire.runtime.errors import ComputeFailed
+from dropwire.runtime.pipeline import ForecastPipeline
+from dropwire.runtime.scheduler import Batch, Job, Lane, Scheduler
 
 # How long an idle worker sleeps before it looks at its stop flag again.
 IDLE_WAIT_S = 0.5

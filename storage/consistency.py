@@ -6,7 +6,7 @@ from typing import Iterable
 
 import duckdb
 
-from storage.state_machine import StateMachine, machine_registry
+from dropwire.storage.state_machine import StateMachine, machine_registry
 
 _TASK_STATUSES = ("queued", "running", "retrying", "succeeded", "dead")
 

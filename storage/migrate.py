@@ -10,7 +10,7 @@ from importlib import resources
 
 import duckdb
 
-from storage.errors import DatabaseUnusable, DropwireError
+from dropwire.storage.errors import DatabaseUnusable, DropwireError
 
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _UP, _DOWN = "-- migrate:up", "-- migrate:down"
@@ -30,7 +30,7 @@ class Migration:
 
 def load_migrations() -> list[Migration]:
     found = []
-    for entry in resources.files("storage.migrations").iterdir():
+    for entry in resources.files("dropwire.storage.migrations").iterdir():
         match = _FILE.match(entry.name)
         if not match:
             continue

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Callable, Iterable
 
-from storage.errors import DropwireError, IllegalTransition
+from dropwire.storage.errors import DropwireError, IllegalTransition
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterable
 import duckdb
 import msgspec
 
-from storage import migrate
-from storage.batch import Batch
-from storage.database import connect
-from storage.errors import (
+from dropwire.storage import migrate
+from dropwire.storage.batch import Batch
+from dropwire.storage.database import connect
+from dropwire.storage.errors import (
     Conflict,
     DropwireError,
     NotFound,
@@ -37,7 +37,7 @@ from storage.errors import (
     UnknownTask,
     VersionConflict,
 )
-from storage.records import (
+from dropwire.storage.records import (
     Admission,
     Applied,
     ClaimedTask,
@@ -57,9 +57,9 @@ from storage.records import (
     TransitionRecord,
     TransitionRequest,
 )
-from storage.settings import QueueSettings
-from storage.state_machine import GuardContext, StateMachine, machine_registry
-from storage.task_index import DEAD, QUEUED, RETRYING, RUNNING, SUCCEEDED, LiveTask, TaskIndex
+from dropwire.storage.settings import QueueSettings
+from dropwire.storage.state_machine import GuardContext, StateMachine, machine_registry
+from dropwire.storage.task_index import DEAD, QUEUED, RETRYING, RUNNING, SUCCEEDED, LiveTask, TaskIndex
 
 log = logging.getLogger("dropwire.store")
 

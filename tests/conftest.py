@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DROPWIRE = [sys.executable, "-m", "local_emulator"]
+DROPWIRE = [sys.executable, "-m", "dropwire.local_emulator"]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from local_emulator.settings import SettingsError, describe_settings, load_settings
+from dropwire.local_emulator.settings import SettingsError, describe_settings, load_settings
 
 
 def test_defaults_derive_paths_from_the_data_dir():

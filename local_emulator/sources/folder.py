@@ -15,7 +15,7 @@ from typing import Callable
 
 import watchfiles
 
-from functions.platform import ObjectEvent
+from dropwire.functions.platform.registry import ObjectEvent
 
 log = logging.getLogger("dropwire.sources.folder")
 

@@ -13,8 +13,8 @@ from urllib.parse import quote_plus, unquote_plus
 
 import msgspec
 
-from functions.platform import ObjectEvent
-from storage.errors import DropwireError
+from dropwire.functions.platform.registry import ObjectEvent
+from dropwire.storage.errors import DropwireError
 
 log = logging.getLogger("dropwire.sources.s3")
 

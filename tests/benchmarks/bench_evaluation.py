@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from functions.evaluation import DatasetFiles, check_dataset, evaluate_dataset, load_config, load_dataset
-from functions.evaluation.matching import BOOLEAN_WORDS
+from dropwire.functions.evaluation.core import DatasetFiles, check_dataset, evaluate_dataset, load_config, load_dataset
+from dropwire.functions.evaluation.core.matching import BOOLEAN_WORDS
 
 SIZES = (10_000, 100_000, 1_000_000)
 TOKENS = ["na", "n/a", "null", "none", "nan"]

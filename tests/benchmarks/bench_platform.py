@@ -11,11 +11,11 @@ from pathlib import Path
 
 import msgspec
 
-from local_emulator.emulator import Emulator
-from local_emulator.settings import load_settings
+from dropwire.local_emulator.emulator import Emulator
+from dropwire.local_emulator.settings import load_settings
 from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket
 
-FUNCTIONS = "tests.benchmarks.bench_functions:functions"
+FUNCTIONS = "tests.benchmarks.sample_platform_functions:functions"
 
 
 def settings_for(data_dir: Path, **env: str):

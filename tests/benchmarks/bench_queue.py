@@ -12,11 +12,11 @@ import threading
 import time
 from pathlib import Path
 
-from functions.registry import TaskRegistry
-from local_emulator.workers import WorkerPool
-from storage.records import Effects, TaskSpec, TransitionRequest
-from storage.settings import QueueSettings
-from storage.store import Store
+from dropwire.functions.platform.tasks import TaskRegistry
+from dropwire.local_emulator.workers import WorkerPool
+from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
+from dropwire.storage.settings import QueueSettings
+from dropwire.storage.store import Store
 from tests.storage.helpers import CYCLE
 
 TASKS = 5000

@@ -25,16 +25,16 @@ import numpy as np
 import torch
 from scipy.stats import gaussian_kde
 
-from runtime.caches import BoundedCache
-from runtime.dataset import Dataset, parse_csv
-from runtime.kde import density_grid
-from runtime.model import LoadedModel, load_model, resolve_device
-from runtime.pipeline import ForecastPipeline
-from runtime.scheduler import Job, Lane, Scheduler
-from runtime.settings import RuntimeSettings
-from runtime.synthetic import generated_csv
-from runtime.training import train_default_model
-from runtime.worker import DeviceWorker
+from dropwire.runtime.caches import BoundedCache
+from dropwire.runtime.dataset import Dataset, parse_csv
+from dropwire.runtime.kde import density_grid
+from dropwire.runtime.model import LoadedModel, load_model, resolve_device
+from dropwire.runtime.pipeline import ForecastPipeline
+from dropwire.runtime.scheduler import Job, Lane, Scheduler
+from dropwire.runtime.settings import RuntimeSettings
+from dropwire.runtime.synthetic import generated_csv
+from dropwire.runtime.training import train_default_model
+from dropwire.runtime.worker import DeviceWorker
 
 SETTINGS = RuntimeSettings(torch_threads=1)  # production forecast shape and scheduling
 BACKLOG = 100_000

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from functions.evaluation import (
+from dropwire.functions.evaluation.core import (
     DatasetFiles,
     ReportContext,
     TrackingStore,
@@ -24,9 +24,9 @@ from functions.evaluation import (
     write_excel_report,
     write_results,
 )
-from functions.evaluation.samples import sample_config, sample_dataset
-from local_emulator.emulator import Emulator
-from local_emulator.settings import load_settings
+from dropwire.functions.evaluation.core.samples import sample_config, sample_dataset
+from dropwire.local_emulator.emulator import Emulator
+from dropwire.local_emulator.settings import load_settings
 
 SIZES = (1_000, 10_000, 100_000)
 REPEATS = 3

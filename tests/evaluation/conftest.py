@@ -11,7 +11,7 @@ from typing import Callable
 import polars as pl
 import pytest
 
-from functions.evaluation import EvaluationConfig, load_config
+from dropwire.functions.evaluation.core import EvaluationConfig, load_config
 
 FIELDS = [
     {"name": "name", "type": "string", "required": True, "match": {"kind": "normalized_text"}},

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from functions.evaluation import (
+from dropwire.functions.evaluation.core import (
     ConfigInvalid,
     DateMatch,
     NormalizedText,

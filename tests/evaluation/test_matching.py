@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.evaluation import CategoryMatch, DateMatch, Exact, FieldSpec, NormalizedText, Numeric
-from functions.evaluation.matching import compared, values_match
+from dropwire.functions.evaluation.core import CategoryMatch, DateMatch, Exact, FieldSpec, NormalizedText, Numeric
+from dropwire.functions.evaluation.core.matching import compared, values_match
 
 
 def judge(field: FieldSpec, pairs: list[tuple[str | None, str | None]]) -> list[bool]:

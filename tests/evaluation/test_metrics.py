@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from functions.evaluation import DatasetFiles, check_quality, evaluate, load_config
+from dropwire.functions.evaluation.core import DatasetFiles, check_quality, evaluate, load_config
 from tests.evaluation.conftest import GOOD_ROWS, HEADER, frame_of
 
 

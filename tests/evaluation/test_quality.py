@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import xlsxwriter
 
-from functions.evaluation import DatasetFiles, DatasetInvalid, DatasetUnreadable, check_quality, evaluate, load_dataset
+from dropwire.functions.evaluation.core import DatasetFiles, DatasetInvalid, DatasetUnreadable, check_quality, evaluate, load_dataset
 from tests.evaluation.conftest import GOOD_ROWS, HEADER
 
 
@@ -72,7 +72,7 @@ def test_latin1_file_is_named_with_the_line_of_the_first_bad_byte(config, write_
 
 
 def test_bad_byte_past_the_first_chunk_is_found(config, write_csv, monkeypatch):
-    import functions.evaluation.readers as readers
+    import dropwire.functions.evaluation.core.readers as readers
 
     monkeypatch.setattr(readers, "CHUNK_BYTES", 64)  # the file streams through in many chunks
     rows = with_cell(GOOD_ROWS, 3, "name_pred", "Ø")

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from openpyxl import load_workbook
 
-from functions.evaluation import (
+from dropwire.functions.evaluation.core import (
     DatasetFiles,
     ReportContext,
     config_hash,
@@ -18,7 +18,7 @@ from functions.evaluation import (
     write_excel_report,
     write_results,
 )
-from functions.evaluation import report as report_module
+from dropwire.functions.evaluation.core import report as report_module
 
 # openpyxl, used only to read the report back, cannot parse the data bars (Excel can).
 pytestmark = pytest.mark.filterwarnings("ignore:.*extension is not supported:UserWarning")

@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from local_emulator.emulator import ChaosSettings, Emulator
-from local_emulator.settings import load_settings
+from dropwire.local_emulator.emulator import ChaosSettings, Emulator
+from dropwire.local_emulator.settings import load_settings
 
 
 def free_port() -> int:

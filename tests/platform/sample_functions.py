@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from functions.context import HandlerContext
-from functions.platform import FunctionRegistry, HttpEvent, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, ScheduledEvent
+from dropwire.functions.platform.context import HandlerContext
+from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, ScheduledEvent
 
 functions = FunctionRegistry()
 

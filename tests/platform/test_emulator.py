@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from local_emulator.emulator import ChaosSettings
+from dropwire.local_emulator.emulator import ChaosSettings
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow

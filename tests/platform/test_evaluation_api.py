@@ -9,7 +9,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from local_emulator.emulator import Emulator
+from dropwire.local_emulator.emulator import Emulator
 from tests.conftest import wait_for
 from tests.evaluation.conftest import FIELDS, GOOD_ROWS, HEADER
 from tests.platform.conftest import emulator_settings
@@ -23,7 +23,7 @@ WAIT = {"wait": 30}
 @pytest.fixture(scope="module")
 def http(tmp_path_factory) -> Iterator[httpx.Client]:
     """One emulator for the module: each test works in its own use case."""
-    settings = emulator_settings(tmp_path_factory.mktemp("api"), DROPWIRE_FUNCTIONS="functions.catalog:functions")
+    settings = emulator_settings(tmp_path_factory.mktemp("api"), DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     with Emulator(settings), httpx.Client(base_url=f"http://127.0.0.1:{settings.http.port}", timeout=60) as client:
         yield client
 

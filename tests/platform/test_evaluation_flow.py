@@ -11,7 +11,7 @@ import msgspec
 import polars as pl
 import pytest
 
-from functions.evaluation import QualityReport
+from dropwire.functions.evaluation.core import QualityReport
 from tests.conftest import wait_for
 from tests.evaluation.conftest import FIELDS, GOOD_ROWS, HEADER
 
@@ -48,7 +48,7 @@ def reach(emulator, kind: str, entity_id: str, wanted: str) -> None:
 
 
 def test_use_case_config_and_three_models_progress_independently(start_emulator):
-    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions")
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     bucket = emulator.settings.bucket_path
 
     drop(bucket, "use-cases/invoices/use-case.json", json.dumps({"name": "Invoices", "team_email": "team@example.com"}))
@@ -166,7 +166,7 @@ def _settled(emulator, function: str, count: int) -> bool:
 
 
 def test_separate_layout_waits_for_both_files_and_joins_them_on_the_record_id(start_emulator):
-    emulator, _ = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions")
+    emulator, _ = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     bucket = emulator.settings.bucket_path
     drop(bucket, "use-cases/receipts/use-case.json", json.dumps({"name": "Receipts", "team_email": "team@example.com"}))
     reach(emulator, "use_case", "receipts", "AWAITING_CONFIG")
@@ -209,7 +209,7 @@ def test_separate_layout_waits_for_both_files_and_joins_them_on_the_record_id(st
 def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry_recovers(start_emulator, tmp_path):
     # MLflow 3 refuses a plain-folder tracking store: every evaluation attempt crashes.
     broken_tracking = {"DROPWIRE_MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}
-    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions", **broken_tracking)
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions", **broken_tracking)
     bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
     drop(bucket, "use-cases/invoices/models/alpha/dataset.csv", csv([HEADER, *GOOD_ROWS]))
     reach(emulator, "model", "invoices/alpha", "EVALUATION_FAILED")
@@ -227,7 +227,7 @@ def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry
     assert "crashed on all 3 attempts" in body and history[-1].metadata["error"] in body
 
     # A retry of a model that has not failed is refused, naming its state.
-    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions")
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
     refused = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
     assert refused.json()["status"] == "dead"
@@ -235,11 +235,11 @@ def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry
 
 
 def test_retry_after_the_cause_is_fixed_completes_the_evaluation(tmp_path):
-    from local_emulator.emulator import Emulator
+    from dropwire.local_emulator.emulator import Emulator
     from tests.platform.conftest import emulator_settings
 
     data_dir = tmp_path / "data"
-    env = {"DROPWIRE_FUNCTIONS": "functions.catalog:functions"}
+    env = {"DROPWIRE_FUNCTIONS": "dropwire.functions.catalog:functions"}
     with Emulator(emulator_settings(data_dir, **env, DROPWIRE_MLFLOW_TRACKING_URI=(tmp_path / "mlruns").as_uri())) as emulator:
         bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
         drop(bucket, "use-cases/invoices/models/alpha/dataset.csv", csv([HEADER, *GOOD_ROWS]))
@@ -259,7 +259,7 @@ def test_retry_after_the_cause_is_fixed_completes_the_evaluation(tmp_path):
 
 
 def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_history(start_emulator, tmp_path):
-    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions", DROPWIRE_QUEUE__WORKERS="3")
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions", DROPWIRE_QUEUE__WORKERS="3")
     bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
     # predictions.<ext> belongs to layout separate: refused with what to upload instead.
     drop(bucket, "use-cases/invoices/models/alpha/predictions.csv", csv([HEADER, *GOOD_ROWS]))
@@ -295,9 +295,9 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
     path = emulator.settings.database_path
     emulator.stop()
 
-    from functions.states import MACHINES
-    from storage import consistency
-    from storage.store import Store
+    from dropwire.functions.evaluation.states import MACHINES
+    from dropwire.storage import consistency
+    from dropwire.storage.store import Store
 
     with Store.open(path, MACHINES) as store:
         assert consistency.check(store._con, MACHINES) == []

@@ -8,11 +8,11 @@ from urllib.parse import quote_plus
 import pytest
 from hypothesis import given, strategies as st
 
-from functions.objects import InvalidKey, check_key
-from functions.platform import FunctionRegistry, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, RecursiveTrigger
-from local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
-from storage.errors import DropwireError
-from storage.store import sequencer_before
+from dropwire.functions.platform.objects import InvalidKey, check_key
+from dropwire.functions.platform.registry import FunctionRegistry, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, RecursiveTrigger
+from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
+from dropwire.storage.errors import DropwireError
+from dropwire.storage.store import sequencer_before
 
 
 def test_every_record_is_read_and_keys_are_decoded():

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from functions.platform import ObjectEvent
-from local_emulator.sources.folder import FolderSource
+from dropwire.functions.platform.registry import ObjectEvent
+from dropwire.local_emulator.sources.folder import FolderSource
 from tests.conftest import wait_for
 
 

@@ -12,9 +12,9 @@ import msgspec
 import polars as pl
 import pytest
 
-from functions.forecasts import ForecastManifest
-from runtime.synthetic import generated_csv
-from runtime.training import train_default_model
+from dropwire.functions.forecasts.handlers import ForecastManifest
+from dropwire.runtime.synthetic import generated_csv
+from dropwire.runtime.training import train_default_model
 from tests.conftest import wait_for
 from tests.platform.conftest import free_port
 from tests.runtime.conftest import TINY_CONTEXT, RuntimeProcess, start_runtime, stop_runtime
@@ -34,7 +34,7 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess
 
 
 def catalog_emulator(start_emulator, runtime_port: int):
-    return start_emulator(DROPWIRE_FUNCTIONS="functions.catalog:functions", DROPWIRE_RUNTIME__HOST="127.0.0.1",
+    return start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions", DROPWIRE_RUNTIME__HOST="127.0.0.1",
                           DROPWIRE_RUNTIME__PORT=str(runtime_port))
 
 

@@ -17,13 +17,13 @@ import msgspec
 import pytest
 from aiosmtpd.controller import Controller
 
-from functions.context import StateChanges
-from functions.states import MACHINES
-from local_emulator.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notifier
-from local_emulator.settings import NotificationSettings, describe_settings, load_settings
-from storage.errors import DropwireError
-from storage.records import Done, Effects, NotificationRequest, TaskSpec, TransitionRequest
-from storage.store import Store
+from dropwire.functions.platform.context import StateChanges
+from dropwire.functions.evaluation.states import MACHINES
+from dropwire.local_emulator.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notifier
+from dropwire.local_emulator.settings import NotificationSettings, describe_settings, load_settings
+from dropwire.storage.errors import DropwireError
+from dropwire.storage.records import Done, Effects, NotificationRequest, TaskSpec, TransitionRequest
+from dropwire.storage.store import Store
 from tests.conftest import wait_for
 from tests.platform.conftest import free_port
 

@@ -7,9 +7,9 @@ import itertools
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from functions.platform import ObjectEvent
-from local_emulator.router import EventRouter
-from storage.store import Store
+from dropwire.functions.platform.registry import ObjectEvent
+from dropwire.local_emulator.router import EventRouter
+from dropwire.storage.store import Store
 from tests.platform.sample_functions import functions
 
 KEYS = itertools.count()

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from local_emulator.emulator import Emulator
-from local_emulator.sources.s3 import example_notification
+from dropwire.local_emulator.emulator import Emulator
+from dropwire.local_emulator.sources.s3 import example_notification
 from tests.conftest import wait_for
 from tests.platform.conftest import emulator_settings
 from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket
@@ -56,7 +56,7 @@ def test_the_evaluation_workflow_on_an_s3_bucket(moto, tmp_path):
     from tests.evaluation.conftest import FIELDS, GOOD_ROWS, HEADER
 
     s3, _, queue_url = notifying_bucket(moto, "team-data")
-    settings = emulator_settings(tmp_path / "data", DROPWIRE_FUNCTIONS="functions.catalog:functions",
+    settings = emulator_settings(tmp_path / "data", DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions",
                                  DROPWIRE_EVENTS__S3_ENDPOINT_URL=moto, DROPWIRE_EVENTS__BUCKET_S3="team-data",
                                  DROPWIRE_EVENTS__SQS_QUEUE_URL=queue_url)
     assert settings.object_roots()["local"] == "s3://team-data"

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import msgspec
 
-from local_emulator.scheduler import Scheduler
-from storage.records import TaskSpec
-from storage.store import Store
+from dropwire.local_emulator.scheduler import Scheduler
+from dropwire.storage.records import TaskSpec
+from dropwire.storage.store import Store
 from tests.conftest import wait_for
 from tests.platform.sample_functions import functions
 

@@ -15,10 +15,10 @@ from typing import Iterator
 import httpx
 import pytest
 
-from runtime.dataset import Dataset, parse_csv
-from runtime.settings import RuntimeSettings
-from runtime.synthetic import generated_csv
-from runtime.training import train_default_model
+from dropwire.runtime.dataset import Dataset, parse_csv
+from dropwire.runtime.settings import RuntimeSettings
+from dropwire.runtime.synthetic import generated_csv
+from dropwire.runtime.training import train_default_model
 from tests.conftest import DROPWIRE, REPO, wait_for
 
 # Small enough that the whole runtime suite stays well under a minute and a half on 2 cores.

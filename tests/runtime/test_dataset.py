@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.dataset import add_months, content_handle, parse_csv
-from runtime.errors import IndexOutOfRange, InvalidUpload
+from dropwire.runtime.dataset import add_months, content_handle, parse_csv
+from dropwire.runtime.errors import IndexOutOfRange, InvalidUpload
 
 
 def parse(text: str | bytes, context: int = 2, max_series: int = 4):

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from runtime.synthetic import generated_csv
+from dropwire.runtime.synthetic import generated_csv
 from tests.conftest import wait_for
 from tests.runtime.conftest import TINY_CONTEXT, RuntimeProcess
 

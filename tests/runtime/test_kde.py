@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import gaussian_kde
 
-from runtime.kde import density_grid, scott_bandwidth
+from dropwire.runtime.kde import density_grid, scott_bandwidth
 
 TOLERANCE = 1e-3
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime.synthetic import generated_csv
+from dropwire.runtime.synthetic import generated_csv
 from tests.conftest import DROPWIRE, REPO
 from tests.runtime.conftest import free_port, runtime_env, start_runtime
 

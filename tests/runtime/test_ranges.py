@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.caches import BoundedCache
-from runtime.errors import DatasetGone, ShuttingDown
-from runtime.scheduler import Lane, Scheduler
+from dropwire.runtime.caches import BoundedCache
+from dropwire.runtime.errors import DatasetGone, ShuttingDown
+from dropwire.runtime.scheduler import Lane, Scheduler
 from tests.runtime.test_scheduler import DATASETS, Value, compute, drain, make_scheduler
 
 operations = st.one_of(

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.caches import BoundedCache
-from runtime.errors import DatasetGone, DatasetNotFound, ShuttingDown
-from runtime.scheduler import Batch, Lane, Scheduler
+from dropwire.runtime.caches import BoundedCache
+from dropwire.runtime.errors import DatasetGone, DatasetNotFound, ShuttingDown
+from dropwire.runtime.scheduler import Batch, Lane, Scheduler
 from tests.conftest import wait_for
 from tests.runtime.conftest import dataset
 

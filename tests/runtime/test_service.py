@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import DatasetNotFound, RequestTimedOut, ShuttingDown
-from runtime.model_source import ModelSource
-from runtime.service import ForecastService, wait_bounded
-from runtime.synthetic import generated_csv
+from dropwire.runtime.errors import DatasetNotFound, RequestTimedOut, ShuttingDown
+from dropwire.runtime.model_source import ModelSource
+from dropwire.runtime.service import ForecastService, wait_bounded
+from dropwire.runtime.synthetic import generated_csv
 from tests.runtime.conftest import LOG_FOR_TESTS, small_settings
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from local_emulator.cli import app
-from runtime.errors import ModelLoadError
-from runtime.model import load_model
-from runtime.model_source import ModelSource, open_model
-from runtime.settings import RuntimeSettings
-from runtime.synthetic import generated_csv
+from dropwire.local_emulator.cli import app
+from dropwire.runtime.errors import ModelLoadError
+from dropwire.runtime.model import load_model
+from dropwire.runtime.model_source import ModelSource, open_model
+from dropwire.runtime.settings import RuntimeSettings
+from dropwire.runtime.synthetic import generated_csv
 from tests.runtime.conftest import LOG_FOR_TESTS
 
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.caches import BoundedCache
-from runtime.errors import ComputeFailed, DatasetGone, ShuttingDown
-from runtime.model import LoadedModel, load_model
-from runtime.pipeline import ForecastPipeline
-from runtime.scheduler import Job, Lane, Scheduler
-from runtime.worker import DeviceWorker
+from dropwire.runtime.caches import BoundedCache
+from dropwire.runtime.errors import ComputeFailed, DatasetGone, ShuttingDown
+from dropwire.runtime.model import LoadedModel, load_model
+from dropwire.runtime.pipeline import ForecastPipeline
+from dropwire.runtime.scheduler import Job, Lane, Scheduler
+from dropwire.runtime.worker import DeviceWorker
 from tests.conftest import wait_for
 from tests.runtime.conftest import LOG_FOR_TESTS, SMALL, dataset
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import msgspec
 
-from functions.registry import Completion, TaskContext, TaskRegistry
-from storage.records import Effects, TransitionRequest
-from storage.state_machine import StateMachine, Transition
+from dropwire.functions.platform.tasks import Completion, TaskContext, TaskRegistry
+from dropwire.storage.records import Effects, TransitionRequest
+from dropwire.storage.state_machine import StateMachine, Transition
 
 
 class Cycle(StrEnum):

@@ -8,10 +8,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from storage import migrate
-from storage.database import connect
-from storage.errors import DatabaseUnusable
-from storage.store import Store
+from dropwire.storage import migrate
+from dropwire.storage.database import connect
+from dropwire.storage.errors import DatabaseUnusable
+from dropwire.storage.store import Store
 
 
 def tables(path: Path) -> set[str]:
@@ -50,7 +50,7 @@ def test_opening_an_old_schema_upgrades_it_and_keeps_its_rows(tmp_path):
         migrate.upgrade(con, 1)
         con.execute("INSERT INTO entity_states VALUES ('model', 'm1', 'REGISTERED', 1, NULL, now(), now())")
         con.execute("INSERT INTO state_history VALUES ('model', 'm1', 1, NULL, 'REGISTERED', 'create', 'old', NULL, '{}', now())")
-    from functions.states import MACHINES
+    from dropwire.functions.evaluation.states import MACHINES
 
     with Store.open(path, MACHINES) as store:
         assert store.snapshot("model", "m1").state == "REGISTERED"

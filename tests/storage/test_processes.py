@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from functions.states import MACHINES
-from local_emulator.control import ControlClient
-from local_emulator.settings import load_settings
-from storage import consistency
-from storage.database import connect
-from storage.records import TaskSpec
-from storage.store import Store
+from dropwire.functions.evaluation.states import MACHINES
+from dropwire.local_emulator.control import ControlClient
+from dropwire.local_emulator.settings import load_settings
+from dropwire.storage import consistency
+from dropwire.storage.database import connect
+from dropwire.storage.records import TaskSpec
+from dropwire.storage.store import Store
 from tests.conftest import DROPWIRE, REPO, wait_for
 from tests.storage.helpers import CYCLE
 

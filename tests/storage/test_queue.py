@@ -9,13 +9,13 @@ import msgspec
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from functions.registry import Completion, PermanentTaskError, TaskRegistry
-from functions.states import MACHINES
-from local_emulator.workers import WorkerPool
-from storage.errors import StaleLease, UnknownTask
-from storage.records import Effects, TaskSpec, TransitionRequest
-from storage.settings import QueueSettings
-from storage.store import Store
+from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskRegistry
+from dropwire.functions.evaluation.states import MACHINES
+from dropwire.local_emulator.workers import WorkerPool
+from dropwire.storage.errors import StaleLease, UnknownTask
+from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
+from dropwire.storage.settings import QueueSettings
+from dropwire.storage.store import Store
 from tests.conftest import wait_for
 
 FAST = QueueSettings(lease_seconds=1.0, heartbeat_seconds=0.2, backoff_base_seconds=0.05, backoff_max_seconds=0.2,

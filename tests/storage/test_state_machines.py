@@ -8,12 +8,12 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from functions.states import MACHINES, MODEL_EVALUATION, USE_CASE, ModelEvaluationState as M, UseCaseState as U
-from storage import consistency
-from storage.errors import Conflict, IllegalTransition, NotFound, VersionConflict
-from storage.records import EntityCreate, Effects, TaskSpec, TransitionRequest
-from storage.state_machine import UnknownState
-from storage.store import Store
+from dropwire.functions.evaluation.states import MACHINES, MODEL_EVALUATION, USE_CASE, ModelEvaluationState as M, UseCaseState as U
+from dropwire.storage import consistency
+from dropwire.storage.errors import Conflict, IllegalTransition, NotFound, VersionConflict
+from dropwire.storage.records import EntityCreate, Effects, TaskSpec, TransitionRequest
+from dropwire.storage.state_machine import UnknownState
+from dropwire.storage.store import Store
 from tests.storage.helpers import CYCLE
 
 

@@ -7,9 +7,9 @@ import sys
 import threading
 from pathlib import Path
 
-from functions.states import MACHINES
-from storage.records import TaskSpec
-from storage.store import Store
+from dropwire.functions.evaluation.states import MACHINES
+from dropwire.storage.records import TaskSpec
+from dropwire.storage.store import Store
 from tests.storage.helpers import CYCLE
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from storage.errors import DropwireError
+from dropwire.storage.errors import DropwireError
 
 if TYPE_CHECKING:
-    from functions.evaluation.config import ConfigProblem
-    from functions.evaluation.issues import QualityIssue, QualityReport
+    from dropwire.functions.evaluation.core.config import ConfigProblem
+    from dropwire.functions.evaluation.core.issues import QualityIssue, QualityReport
 
 
 class ConfigInvalid(DropwireError):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import msgspec
 import polars as pl
 
-from functions.evaluation import matching
-from functions.evaluation.config import EvaluationConfig, FieldSpec
-from functions.evaluation.dataset import (
+from dropwire.functions.evaluation.core import matching
+from dropwire.functions.evaluation.core.config import EvaluationConfig, FieldSpec
+from dropwire.functions.evaluation.core.dataset import (
     PREDICTION_ROW,
     RECORD_ID,
     TRUTH_ROW,
@@ -33,8 +33,8 @@ from functions.evaluation.dataset import (
     truth_form,
     truth_present,
 )
-from functions.evaluation.errors import DatasetInvalid
-from functions.evaluation.quality import check_dataset
+from dropwire.functions.evaluation.core.errors import DatasetInvalid
+from dropwire.functions.evaluation.core.quality import check_dataset
 
 # Per-field outcome codes of one record.
 TRUE_NEGATIVE, TRUE_POSITIVE, WRONG, MISSED, SPURIOUS = range(5)

@@ -11,7 +11,7 @@ import msgspec
 import polars as pl
 import xlsxwriter
 
-from functions.evaluation.metrics import Evaluation, EvaluationMetrics
+from dropwire.functions.evaluation.core.metrics import Evaluation, EvaluationMetrics
 
 # The Mismatches sheet lists at most this many rows (the Parquet file has them all); Excel
 # itself stops at 1,048,576 and a sheet this long is already past reading.

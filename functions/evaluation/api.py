@@ -2,7 +2,7 @@
 upload configs, datasets and predictions, read states with their history, quality issues,
 results and the Excel report, and retry a failed evaluation.
 
-Every write is the file a team would drop (``functions/evaluation_flow.py`` lists them),
+Every write is the file a team would drop (``functions/evaluation/handlers.py`` lists them),
 written into the bucket: an HTTP upload fires exactly the handlers a dropped file fires and
 meets the same rules. ``?wait=S`` waits for those handlers and answers with their outcome; a
 refusal comes back with the handler's own message, the one ``dropwire dlq list`` shows.
@@ -25,9 +25,9 @@ from litestar.datastructures import UploadFile
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from functions.api import ApiPorts
-from functions.evaluation import FieldMetrics, MacroMetrics, MicroMetrics, QualityIssue, QualityReport, SourceFile
-from functions.evaluation_flow import (
+from dropwire.functions.platform.api_ports import ApiPorts
+from dropwire.functions.evaluation.core import FieldMetrics, MacroMetrics, MicroMetrics, QualityIssue, QualityReport, SourceFile
+from dropwire.functions.evaluation.handlers import (
     CONFIG_SUFFIXES,
     DATASET_FORMATS,
     RETRY_FUNCTION,
@@ -36,9 +36,9 @@ from functions.evaluation_flow import (
     ModelRef,
     UseCaseFile,
 )
-from functions.states import ModelEvaluationState as M
-from storage.errors import Conflict, DropwireError, NotFound
-from storage.records import EntitySnapshot, TransitionRecord
+from dropwire.functions.evaluation.states import ModelEvaluationState as M
+from dropwire.storage.errors import Conflict, DropwireError, NotFound
+from dropwire.storage.records import EntitySnapshot, TransitionRecord
 
 # A write waits for its handlers at most this long; past it the answer is 202 with where they are.
 MAX_WAIT_S = 60.0

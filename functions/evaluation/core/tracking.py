@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import msgspec
 from fsspec.implementations.local import LocalFileSystem
 
-from functions.objects import url_to_fs
+from dropwire.functions.platform.objects import url_to_fs
 
-from functions.evaluation.metrics import EvaluationMetrics
+from dropwire.functions.evaluation.core.metrics import EvaluationMetrics
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from functions.platform import FunctionRegistry, ObjectEvent, OnUpload
+from dropwire.functions.platform.registry import FunctionRegistry, ObjectEvent, OnUpload
 
 functions = FunctionRegistry()
 

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
-from functions.registry import load_named
-from storage.errors import DropwireError
+from dropwire.functions.platform.tasks import load_named
+from dropwire.storage.errors import DropwireError
 
 if TYPE_CHECKING:
-    from functions.api import ApiFactory
+    from dropwire.functions.platform.api_ports import ApiFactory
 
 
 class ObjectEvent(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag="object"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from storage.state_machine import GuardContext, StateMachine, Transition
+from dropwire.storage.state_machine import GuardContext, StateMachine, Transition
 
 
 class UseCaseState(StrEnum):

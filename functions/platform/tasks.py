@@ -10,8 +10,8 @@ from typing import Any, Callable, TypeVar
 
 import msgspec
 
-from storage.errors import DropwireError
-from storage.records import Effects, InvocationRecord
+from dropwire.storage.errors import DropwireError
+from dropwire.storage.records import Effects, InvocationRecord
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import fsspec
 import msgspec
 import yaml
 
-from functions.evaluation.errors import ConfigInvalid
+from dropwire.functions.evaluation.core.errors import ConfigInvalid
 
 FieldType = Literal["string", "integer", "number", "date", "category", "boolean"]
 Delimiter = Literal["auto", ",", ";", "\t", "|"]

@@ -20,11 +20,11 @@ import httpx
 import msgspec
 import polars as pl
 
-from functions.context import HandlerContext
-from functions.platform import FunctionRegistry, Invocation, ObjectEvent, OnSchedule, OnUpload, Output, ScheduledEvent
-from functions.registry import PermanentTaskError
-from storage.errors import DropwireError
-from storage.records import TaskSpec
+from dropwire.functions.platform.context import HandlerContext
+from dropwire.functions.platform.registry import FunctionRegistry, Invocation, ObjectEvent, OnSchedule, OnUpload, Output, ScheduledEvent
+from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.storage.errors import DropwireError
+from dropwire.storage.records import TaskSpec
 
 # The local folder played as a bucket (settings.events.bucket's default).
 BUCKET = "local"

@@ -8,7 +8,7 @@ from typing import Callable
 
 import polars as pl
 
-from functions.evaluation.config import (
+from dropwire.functions.evaluation.core.config import (
     CategoryMatch,
     DateMatch,
     Exact,

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from functions.objects import ObjectStore, ObjectWriter
-from storage.records import EntityCreate, Effects, NotificationRequest, TaskSpec, TransitionRequest
+from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
+from dropwire.storage.records import EntityCreate, Effects, NotificationRequest, TaskSpec, TransitionRequest
 
 
 class StateReader(Protocol):

@@ -15,11 +15,11 @@ import msgspec
 import polars as pl
 from fsspec.implementations.local import LocalFileSystem
 
-from functions.objects import url_to_fs
+from dropwire.functions.platform.objects import url_to_fs
 
-from functions.evaluation.config import DatasetRules
-from functions.evaluation.errors import DatasetUnreadable
-from functions.evaluation.issues import SourceFile, file_issue
+from dropwire.functions.evaluation.core.config import DatasetRules
+from dropwire.functions.evaluation.core.errors import DatasetUnreadable
+from dropwire.functions.evaluation.core.issues import SourceFile, file_issue
 
 ROW = "__row"
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")

@@ -13,9 +13,9 @@ from typing import Callable, NamedTuple
 import msgspec
 import polars as pl
 
-from functions.evaluation import matching
-from functions.evaluation.config import EvaluationConfig, FieldSpec
-from functions.evaluation.dataset import (
+from dropwire.functions.evaluation.core import matching
+from dropwire.functions.evaluation.core.config import EvaluationConfig, FieldSpec
+from dropwire.functions.evaluation.core.dataset import (
     PREDICTION_ROW,
     RECORD_ID,
     TRUTH_ROW,
@@ -29,9 +29,9 @@ from functions.evaluation.dataset import (
     truth_present,
     truth_value,
 )
-from functions.evaluation.errors import DatasetUnreadable
-from functions.evaluation.issues import MAX_ROWS_LISTED, QualityIssue, QualityReport, Severity, row_text
-from functions.evaluation.readers import ROW, Table
+from dropwire.functions.evaluation.core.errors import DatasetUnreadable
+from dropwire.functions.evaluation.core.issues import MAX_ROWS_LISTED, QualityIssue, QualityReport, Severity, row_text
+from dropwire.functions.evaluation.core.readers import ROW, Table
 
 EXAMPLES = 3
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import msgspec
 import polars as pl
 
-from functions.evaluation import matching
-from functions.evaluation.config import EvaluationConfig
-from functions.evaluation.errors import DatasetUnreadable
-from functions.evaluation.issues import QualityIssue, file_issue
-from functions.evaluation.readers import ROW, Table, read_table
+from dropwire.functions.evaluation.core import matching
+from dropwire.functions.evaluation.core.config import EvaluationConfig
+from dropwire.functions.evaluation.core.errors import DatasetUnreadable
+from dropwire.functions.evaluation.core.issues import QualityIssue, file_issue
+from dropwire.functions.evaluation.core.readers import ROW, Table, read_table
 
 # Columns of Dataset.frame besides the per-field __t{i} / __p{i} text columns.
 RECORD_ID = "__id"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from functions.objects import ObjectStore
-from storage.records import EntitySnapshot, TaskStatus, TransitionRecord
+from dropwire.functions.platform.objects import ObjectStore
+from dropwire.storage.records import EntitySnapshot, TaskStatus, TransitionRecord
 
 if TYPE_CHECKING:
     from litestar import Router

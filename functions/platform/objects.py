@@ -12,7 +12,7 @@ from typing import IO, Callable
 
 import fsspec
 
-from storage.errors import DropwireError
+from dropwire.storage.errors import DropwireError
 
 
 class InvalidKey(DropwireError):

@@ -36,8 +36,8 @@ from typing import Any, TypeVar
 import fsspec
 import msgspec
 
-from functions.context import HandlerContext
-from functions.evaluation import (
+from dropwire.functions.platform.context import HandlerContext
+from dropwire.functions.evaluation.core import (
     ConfigInvalid,
     ConfigProblem,
     Dataset,
@@ -57,12 +57,12 @@ from functions.evaluation import (
     write_excel_report,
     write_results,
 )
-from functions.platform import FunctionRegistry, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue, OnUpload, Output
-from functions.registry import PermanentTaskError
-from functions.states import ModelEvaluationState as M
-from functions.states import UseCaseState as U
-from storage.errors import NotFound
-from storage.records import Effects, NotificationRequest, TaskSpec, TransitionRequest
+from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue, OnUpload, Output
+from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.evaluation.states import ModelEvaluationState as M
+from dropwire.functions.evaluation.states import UseCaseState as U
+from dropwire.storage.errors import NotFound
+from dropwire.storage.records import Effects, NotificationRequest, TaskSpec, TransitionRequest
 
 # The local folder played as a bucket (settings.events.bucket's default).
 BUCKET = "local"
