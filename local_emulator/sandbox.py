@@ -98,7 +98,7 @@ def _child_main(connection: Connection, config_bytes: bytes) -> None:
     client = ControlClient(Path(config.control_socket), config.control_authkey)
 
     def note(bucket: str, key: str, hop: int, function: str, task_id: int) -> None:
-        client.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
+        client.receipts.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
 
     decode = msgspec.msgpack.Decoder(Request).decode
     connection.send_bytes(b"ready")

@@ -12,8 +12,15 @@ from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
 from dropwire.storage.records import EntityCreate, Effects, NotificationRequest, TaskSpec, TransitionRequest
 
 
-class StateReader(Protocol):
+class CurrentState(Protocol):
     def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
+
+
+class StateReader(Protocol):
+    """Committed state, read-only (storage.store.Store, or the control plane's client)."""
+
+    @property
+    def states(self) -> CurrentState: ...
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]: ...
 
@@ -32,7 +39,7 @@ class StateChanges:
 
     def current(self, kind: str, entity_id: str) -> tuple[str, int]:
         """(state, version) as committed now."""
-        return self.reader.current(kind, entity_id)
+        return self.reader.states.current(kind, entity_id)
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         return self.reader.query(sql, params)
