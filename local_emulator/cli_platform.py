@@ -11,27 +11,19 @@ from typing import Optional
 
 import msgspec
 import typer
-from rich.console import Console
 
 from dropwire.functions.platform.objects import ObjectStore
 from dropwire.functions.platform.registry import Invocation, ObjectEvent, ScheduledEvent, HttpEvent, load_functions
+from dropwire.local_emulator.cli_context import console, current_settings
 from dropwire.local_emulator.control_plane import stop_on_signals, store_access
 from dropwire.local_emulator.emulator import ChaosSettings, Emulator
 from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.sandbox import Request, execute
-from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
 from dropwire.storage.errors import DropwireError
 
-console = Console()
 schedule_app = typer.Typer(help="Schedules: list them, fire one now.", no_args_is_help=True)
 events_app = typer.Typer(help="Print realistic events, for tests and for trying functions.", no_args_is_help=True)
-
-
-def _settings() -> Settings:
-    from dropwire.local_emulator.cli import state
-
-    return state.settings()
 
 
 def emulate(
@@ -45,7 +37,7 @@ def emulate(
 ) -> None:
     """Run the platform: folder (and S3) events, dispatcher, scheduler, HTTP gateway. Ctrl-C stops it cleanly."""
     logging.getLogger().setLevel(logging.INFO)
-    settings = _settings()
+    settings = current_settings()
     events = settings.events
     overrides = {k: v for k, v in {"s3_endpoint_url": s3_endpoint, "s3_buckets": bucket or None,
                                     "sqs_queue_url": sqs_queue_url}.items() if v}
@@ -78,7 +70,7 @@ def _load_event(path: Path) -> ObjectEvent | ScheduledEvent | HttpEvent:
 
 def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., "--event", exists=True, dir_okay=False)) -> None:
     """Run one handler once, in this process, on an event from a file; commit what it asks."""
-    settings = _settings()
+    settings = current_settings()
     spec = load_functions(settings.functions).get(function)
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
     with store_access(settings) as store:
@@ -101,7 +93,7 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
 
 def reprocess(function: str, bucket: str, key: str) -> None:
     """Run FUNCTION again on BUCKET/KEY on purpose (receipts would otherwise drop it)."""
-    settings = _settings()
+    settings = current_settings()
     functions = load_functions(settings.functions)
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
     with store_access(settings) as store:
@@ -112,7 +104,7 @@ def reprocess(function: str, bucket: str, key: str) -> None:
 @schedule_app.command("list")
 def schedule_list() -> None:
     """Every schedule with its trigger and last run."""
-    settings = _settings()
+    settings = current_settings()
     with store_access(settings) as store:
         for schedule, spec in load_functions(settings.functions).schedules():
             last = store.query("SELECT last_fire FROM schedule_runs WHERE schedule = ?", [schedule.name])
@@ -125,7 +117,7 @@ def schedule_run(name: str) -> None:
     """Fire schedule NAME now."""
     from dropwire.local_emulator.scheduler import Scheduler
 
-    settings = _settings()
+    settings = current_settings()
     with store_access(settings) as store:
         task_id = Scheduler(load_functions(settings.functions), store).fire(name, datetime.now(timezone.utc))
     console.print(f"schedule {name} fired: task {task_id}")

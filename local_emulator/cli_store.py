@@ -10,29 +10,21 @@ from typing import Optional
 
 import msgspec
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from dropwire.functions.evaluation.states import MACHINES
+from dropwire.local_emulator.cli_context import console, current_settings
 from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
-from dropwire.local_emulator.settings import Settings
 from dropwire.storage import consistency, migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DropwireError
 
-console = Console()
 
 db_app = typer.Typer(help="The DuckDB state database: schema migrations, checks, snapshots.", no_args_is_help=True)
 queue_app = typer.Typer(help="The durable task queue: statistics, task status, cleanup.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: tasks that spent their attempts.", no_args_is_help=True)
 notifications_app = typer.Typer(help="Notifications: the outbox of e-mails and webhooks.", no_args_is_help=True)
-
-
-def _settings() -> Settings:
-    from dropwire.local_emulator.cli import state
-
-    return state.settings()
 
 
 def _print_json(value: object) -> None:
@@ -45,7 +37,7 @@ def _print_json(value: object) -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Show the schema version and every applied migration."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path, read_only=True) as con:
         applied = migrate.applied_migrations(con)
     version = applied[-1][0] if applied else 0
@@ -57,7 +49,7 @@ def db_current() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path) as con:
         applied = migrate.upgrade(con)
     console.print(f"applied {len(applied)} migration(s): {[f'{m.version:04d}_{m.name}' for m in applied] or 'none, already current'}")
@@ -66,7 +58,7 @@ def db_upgrade() -> None:
 @db_app.command("downgrade")
 def db_downgrade(version: int = typer.Argument(..., help="The schema version to go back to (0 empties the database).")) -> None:
     """Undo migrations down to VERSION, newest first."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path) as con:
         undone = migrate.downgrade(con, version)
     console.print(f"undid {len(undone)} migration(s): {[f'{m.version:04d}_{m.name}' for m in undone] or 'none'}")
@@ -75,7 +67,7 @@ def db_downgrade(version: int = typer.Argument(..., help="The schema version to 
 @db_app.command("check")
 def db_check() -> None:
     """Check the database: history contiguous and in step with current states, legal paths, sane tasks."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path, read_only=True) as con:
         migrate.current_version(con)
         problems = consistency.check(con, MACHINES)
@@ -89,7 +81,7 @@ def db_check() -> None:
 @db_app.command("export")
 def db_export(directory: Path = typer.Argument(..., help="A new directory for the Parquet snapshot.")) -> None:
     """Write a consistent Parquet snapshot of every table (works while the control plane runs)."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         target = store.export(directory)
     console.print(f"exported to {target}; read it with duckdb (\"SELECT * FROM '{target}/state_history.parquet'\") or polars")
 
@@ -97,7 +89,7 @@ def db_export(directory: Path = typer.Argument(..., help="A new directory for th
 @db_app.command("query")
 def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed state (works while the control plane runs).")) -> None:
     """Run SQL over the state database and print the rows."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         rows = store.query(sql)
     table = Table(*[f"{i}" for i in range(len(rows[0]))] if rows else ["(no rows)"], show_header=False)
     for row in rows:
@@ -111,21 +103,21 @@ def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed 
 @queue_app.command("stats")
 def queue_stats() -> None:
     """Counts by status and task name, oldest waiting age, attempts."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         _print_json(store.stats())
 
 
 @queue_app.command("status")
 def queue_status(task_id: int) -> None:
     """One task: status, arguments, every attempt."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         _print_json(store.task(task_id))
 
 
 @queue_app.command("cleanup")
 def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days", help="Age of finished tasks to delete.")) -> None:
     """Delete finished tasks older than N days."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         removed = store.cleanup(older_than_days)
     console.print(f"removed {removed} finished task(s) older than {older_than_days} day(s)")
 
@@ -136,7 +128,7 @@ def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days"
 @dlq_app.command("list")
 def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed dead letters.")) -> None:
     """Dead letters waiting for attention."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         letters = store.dead_letters(include_replayed=all_)
     table = Table("task", "name", "attempts", "died", "last error", "replayed as")
     for letter in letters:
@@ -148,14 +140,14 @@ def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed de
 @dlq_app.command("show")
 def dlq_show(task_id: int) -> None:
     """One dead letter with its arguments and every attempt's error and traceback."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         _print_json(store.dead_letter(task_id))
 
 
 @dlq_app.command("replay")
 def dlq_replay(task_id: int) -> None:
     """Queue a dead task again, with fresh attempts."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         new_id = store.replay_dead_letter(task_id)
     console.print(f"dead letter {task_id} replayed as task {new_id}")
 
@@ -169,7 +161,7 @@ def notifications_list(
     limit: int = typer.Option(100, "--limit", help="How many, newest first."),
 ) -> None:
     """Notifications with where their delivery stands."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         found = store.notifications(status, limit)
     table = Table("id", "kind", "status", "attempts", "entity", "subject", "created", "e-mailed", "webhook", "last error")
     for n in found:
@@ -194,7 +186,7 @@ def control(
     from dropwire.functions.platform.tasks import load_registry
 
     logging.getLogger().setLevel(logging.INFO)
-    run_control_plane(_settings(), load_registry(tasks), stop_on_signals())
+    run_control_plane(current_settings(), load_registry(tasks), stop_on_signals())
 
 
 def worker(
@@ -207,7 +199,7 @@ def worker(
     from dropwire.functions.platform.tasks import load_registry
 
     logging.getLogger().setLevel(logging.INFO)
-    settings = _settings()
+    settings = current_settings()
     client = ControlClient(settings.control_socket_path, settings.control_key())
     pool = start_pool(settings, client, load_registry(tasks), name or f"remote-{os.getpid()}")
     stop_on_signals().wait()
