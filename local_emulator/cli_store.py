@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,8 @@ from dropwire.storage import consistency, migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DropwireError
 
+
+log = logging.getLogger("dropwire.worker")
 
 db_app = typer.Typer(help="The DuckDB state database: schema migrations, checks, snapshots.", no_args_is_help=True)
 queue_app = typer.Typer(help="The durable task queue: statistics, task status, cleanup.", no_args_is_help=True)
@@ -179,10 +182,11 @@ def _when(epoch: float | None) -> str:
 
 
 def control(
-    tasks: str = typer.Option("dropwire.functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+    tasks: str = typer.Option(..., "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to serve (your own queue "
+                              "tasks). The product's functions run under `dropwire emulate`."),
 ) -> None:
-    """Run the control plane: own the database, serve workers and tools on the control socket,
-    run local worker threads. Ctrl-C stops it in order."""
+    """Run a control plane for your own queue tasks: own the database, serve workers and tools
+    on the control socket, run local worker threads. Ctrl-C stops it in order."""
     from dropwire.functions.platform.tasks import load_registry
 
     logging.getLogger().setLevel(logging.INFO)
@@ -190,18 +194,37 @@ def control(
 
 
 def worker(
-    tasks: str = typer.Option("dropwire.functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+    tasks: str = typer.Option("", "--tasks", help="MODULE:ATTRIBUTE of a TaskRegistry to run instead of the "
+                              "functions of settings.functions."),
     name: str = typer.Option("", "--name", help="Worker name in task attempts (default: remote-<pid>)."),
 ) -> None:
-    """Run worker threads in this process against a running control plane."""
-    import os
-
+    """Run queue.workers threads in this process against a running control plane: by default
+    the invocations of the functions in settings.functions, each thread with its own handler
+    process, exactly as `dropwire emulate` runs them. Ctrl-C stops it in order."""
+    from dropwire.functions.platform.registry import load_functions
     from dropwire.functions.platform.tasks import load_registry
+    from dropwire.local_emulator.dispatcher import FunctionWorkers
 
     logging.getLogger().setLevel(logging.INFO)
     settings = current_settings()
+    if settings.queue.workers < 1:
+        raise DropwireError("queue.workers is 0, so this worker would run nothing; set DROPWIRE_QUEUE__WORKERS")
+    stop = stop_on_signals()
+    name = name or f"remote-{os.getpid()}"
     client = ControlClient(settings.control_socket_path, settings.control_key())
-    pool = start_pool(settings, client, load_registry(tasks), name or f"remote-{os.getpid()}")
-    stop_on_signals().wait()
-    pool.stop()
-    client.close()
+    try:
+        if tasks:
+            running = start_pool(settings, client, load_registry(tasks), name)
+        else:
+            running = FunctionWorkers(settings, load_functions(settings.functions))
+            try:
+                running.start(client, name)
+            except BaseException:
+                running.stop()
+                raise
+        log.info("worker %s up: %d thread(s) running %s for the control plane on %s", name, settings.queue.workers,
+                 tasks or settings.functions, settings.control_socket_path)
+        stop.wait()
+        running.stop()
+    finally:
+        client.close()
