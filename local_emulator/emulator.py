@@ -125,6 +125,8 @@ class Emulator:
         self._stops.append(stop)
 
     def stop(self) -> None:
+        if not self._stops:
+            return  # nothing started (e.g. the database is another emulator's): nothing to report
         while self._stops:
             stop = self._stops.pop()
             try:

@@ -107,3 +107,28 @@ def test_invoke_prints_one_line_for_a_refusal_and_the_traceback_only_for_a_crash
                       s3_event_file(run_cli, platform_env, tmp_path / "broken.json", "local", "broken/x.csv"), env=platform_env)
     assert crashed.returncode == 1 and "function 'broken' failed: ValueError: cannot handle broken/x.csv" in crashed.stderr
     assert "Traceback (most recent call last)" in crashed.stdout and 'raise ValueError(f"cannot handle' in crashed.stdout
+
+
+def test_two_emulators_started_at_once_on_a_fresh_data_dir_one_line_for_the_loser(platform_env, data_dir, tmp_path):
+    """The database lock is taken before the MLflow store is prepared, so the second emulator
+    stops with the one-line "in use by process" instead of a migration traceback."""
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    errors = [tmp_path / "first.err", tmp_path / "second.err"]
+    started = [subprocess.Popen([*DROPWIRE, "emulate"], env={**platform_env, "DROPWIRE_HTTP__PORT": str(free_port())},
+                                cwd=REPO, stdout=log.open("w"), stderr=error.open("w"))
+               for log, error in zip(logs, errors)]
+    try:
+        loser = wait_for(lambda: next((p for p in started if p.poll() is not None), None), timeout=120,
+                         what="one of the two emulators to give up")
+        winner = next(p for p in started if p is not loser)
+        wait_for(lambda: "dropwire is up" in logs[started.index(winner)].read_text(), timeout=120,
+                 what="the other emulator to be up")
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        codes = [process.wait(timeout=60) for process in started]
+    said = errors[started.index(loser)].read_text()
+    assert loser.returncode == 1 and codes[started.index(winner)] == 0
+    assert said.startswith(f"error: database {data_dir}/dropwire.duckdb is in use by process {winner.pid} ")
+    assert len(said.strip().splitlines()) == 1 and "Traceback" not in said
