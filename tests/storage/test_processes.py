@@ -141,10 +141,17 @@ def start_control_and_worker(env: dict[str, str], tmp_path: Path, worker_threads
     """A control plane with no threads of its own, and one `dropwire worker` doing its work."""
     tasks = ["--tasks", "tests.storage.helpers:registry"]
     control = spawn([*DROPWIRE, "control", *tasks], {**env, "DROPWIRE_QUEUE__WORKERS": "0"}, tmp_path / "control.log")
-    wait_for(lambda: "control plane up" in (tmp_path / "control.log").read_text(), what="the control plane")
-    worker = spawn([*DROPWIRE, "worker", *tasks, "--name", "remote"], {**env, "DROPWIRE_QUEUE__WORKERS": str(worker_threads)},
-                   tmp_path / "worker.log")
-    wait_for(lambda: "worker remote up" in (tmp_path / "worker.log").read_text(), what="the worker")
+    worker = None
+    try:
+        wait_for(lambda: "control plane up" in (tmp_path / "control.log").read_text(), what="the control plane")
+        worker = spawn([*DROPWIRE, "worker", *tasks, "--name", "remote"],
+                       {**env, "DROPWIRE_QUEUE__WORKERS": str(worker_threads)}, tmp_path / "worker.log")
+        wait_for(lambda: "worker remote up" in (tmp_path / "worker.log").read_text(), what="the worker")
+    except BaseException:
+        for process in (worker, control):
+            if process is not None:
+                stop(process, signal.SIGKILL)
+        raise
     return control, worker
 
 
@@ -180,12 +187,14 @@ def test_a_remote_worker_retries_crashes_and_dead_letters_what_never_works(data_
 
 def test_a_worker_killed_while_being_answered_is_one_log_line_not_a_traceback(data_dir, dropwire_env, tmp_path):
     control, worker = start_control_and_worker(dropwire_env, tmp_path, worker_threads=2)
-    # Idle worker threads sit in long-poll claims the control plane answers when they time out.
-    worker.send_signal(signal.SIGKILL)
-    assert worker.wait(timeout=10) == -signal.SIGKILL
     log = tmp_path / "control.log"
-    wait_for(lambda: "went away before the answer to its claim call" in log.read_text(), what="the dead peer's log line")
-    assert stop(control) == 0
+    try:
+        # Idle worker threads sit in long-poll claims the control plane answers when they time out.
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=10) == -signal.SIGKILL
+        wait_for(lambda: "went away before the answer to its claim call" in log.read_text(), what="the dead peer's log line")
+    finally:
+        assert stop(control) == 0
     text = log.read_text()
     assert f"control peer process {worker.pid} (worker remote-" in text
     assert "Traceback" not in text and "Exception in thread" not in text
