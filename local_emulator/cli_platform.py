@@ -51,6 +51,8 @@ def emulate(
     with Emulator(settings, chaos=chaos):
         console.print(f"dropwire is up: drop files into {settings.object_roots()[settings.events.bucket]}, HTTP on "
                       f"http://{settings.http.host}:{settings.http.port} (docs at /schema/swagger). Ctrl-C stops.")
+        if settings.queue.workers == 0:
+            console.print("queue.workers is 0: functions run only in `dropwire worker` processes (same settings).")
         stop.wait()
 
 

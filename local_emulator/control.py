@@ -178,7 +178,8 @@ class ControlClient:
             try:
                 connection = Client(str(self.socket_path), family="AF_UNIX", authkey=self._authkey)
             except (FileNotFoundError, ConnectionRefusedError):
-                raise ControlUnavailable(f"no control plane is listening on {self.socket_path}; start one with `dropwire control`") from None
+                raise ControlUnavailable(f"no control plane is listening on {self.socket_path}; start one with "
+                                         "`dropwire emulate` (or `dropwire control --tasks MODULE:ATTR`)") from None
             except Exception as exc:
                 raise ControlUnavailable(f"the control plane on {self.socket_path} refused the connection: {exc}") from None
             self._local.connection = connection
