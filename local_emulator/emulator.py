@@ -1,10 +1,9 @@
 """The whole platform on one machine: the store and its control socket, the dispatcher
 (queue.workers threads, each with a handler process; 0 when `dropwire worker` processes do
-the work), event sources (a local folder, and S3 via
-SQS when configured), optional chaos, the scheduler, the notifier and the HTTP gateway. Stops
-in order: no new events, held events delivered, gateway closed, no new schedules, notifier
-stopped, running handlers finished and claimed tasks released, then the store commits and
-closes."""
+the work), event sources (a local folder, and S3 via SQS when configured), optional chaos,
+the scheduler, the notifier and the HTTP gateway. Stops in order: no new events, held events
+delivered, gateway closed, no new schedules, notifier stopped, running handlers finished and
+claimed tasks released, then the store commits and closes."""
 
 from __future__ import annotations
 
