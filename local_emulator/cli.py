@@ -11,7 +11,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from dropwire.local_emulator.settings import Settings, describe_settings, load_settings
+from dropwire.local_emulator import cli_context
+from dropwire.local_emulator.cli_context import console
+from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app
+from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
+from dropwire.local_emulator.runtime_cli import runtime_app
+from dropwire.local_emulator.settings import describe_settings
 from dropwire.storage.errors import DropwireError
 
 app = typer.Typer(
@@ -20,17 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-
-
-class CliState:
-    settings_file: Optional[Path] = None
-
-    def settings(self) -> Settings:
-        return load_settings(self.settings_file)
-
-
-state = CliState()
 
 
 @app.callback()
@@ -39,18 +33,13 @@ def _root(
         None, "--settings", help="TOML settings file (else DROPWIRE_SETTINGS_FILE)."
     ),
 ) -> None:
-    state.settings_file = settings_file
+    cli_context.state.settings_file = settings_file
 
 
 @app.command("settings")
 def show_settings() -> None:
     """Show the effective settings (secrets masked)."""
-    console.print_json(json.dumps(describe_settings(state.settings())))
-
-
-from dropwire.local_emulator.runtime_cli import runtime_app  # noqa: E402
-
-app.add_typer(runtime_app, name="runtime")
+    console.print_json(json.dumps(describe_settings(cli_context.current_settings())))
 
 
 @app.command("demo")
@@ -58,19 +47,16 @@ def demo() -> None:
     """Run the walkthrough on the embedded default and print what happened."""
     from dropwire.local_emulator.demo import run_demo
 
-    run_demo(state.settings(), console)
+    run_demo(cli_context.current_settings(), console)
 
 
-from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker  # noqa: E402
-
+app.add_typer(runtime_app, name="runtime")
 app.add_typer(db_app, name="db")
 app.add_typer(queue_app, name="queue")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(notifications_app, name="notifications")
 app.command("control")(control)
 app.command("worker")(worker)
-
-from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app  # noqa: E402
 
 app.command("emulate")(emulate)
 app.command("invoke")(invoke)

@@ -11,27 +11,21 @@ from typing import Optional
 
 import msgspec
 import typer
-from rich.console import Console
 
 from dropwire.functions.platform.objects import ObjectStore
-from dropwire.functions.platform.registry import Invocation, ObjectEvent, ScheduledEvent, HttpEvent, load_functions
+from dropwire.functions.platform.registry import (FunctionSpec, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue,
+                                                  OnSchedule, ScheduledEvent, load_functions)
+from dropwire.local_emulator.cli_context import console, current_settings
 from dropwire.local_emulator.control_plane import stop_on_signals, store_access
+from dropwire.local_emulator.dispatcher import handler_config
 from dropwire.local_emulator.emulator import ChaosSettings, Emulator
 from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.sandbox import Request, execute
-from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
 from dropwire.storage.errors import DropwireError
 
-console = Console()
 schedule_app = typer.Typer(help="Schedules: list them, fire one now.", no_args_is_help=True)
 events_app = typer.Typer(help="Print realistic events, for tests and for trying functions.", no_args_is_help=True)
-
-
-def _settings() -> Settings:
-    from dropwire.local_emulator.cli import state
-
-    return state.settings()
 
 
 def emulate(
@@ -45,7 +39,7 @@ def emulate(
 ) -> None:
     """Run the platform: folder (and S3) events, dispatcher, scheduler, HTTP gateway. Ctrl-C stops it cleanly."""
     logging.getLogger().setLevel(logging.INFO)
-    settings = _settings()
+    settings = current_settings()
     events = settings.events
     overrides = {k: v for k, v in {"s3_endpoint_url": s3_endpoint, "s3_buckets": bucket or None,
                                     "sqs_queue_url": sqs_queue_url}.items() if v}
@@ -57,6 +51,8 @@ def emulate(
     with Emulator(settings, chaos=chaos):
         console.print(f"dropwire is up: drop files into {settings.object_roots()[settings.events.bucket]}, HTTP on "
                       f"http://{settings.http.host}:{settings.http.port} (docs at /schema/swagger). Ctrl-C stops.")
+        if settings.queue.workers == 0:
+            console.print("queue.workers is 0: functions run only in `dropwire worker` processes (same settings).")
         stop.wait()
 
 
@@ -76,23 +72,54 @@ def _load_event(path: Path) -> ObjectEvent | ScheduledEvent | HttpEvent:
     raise DropwireError(f"{path} is neither an S3 notification nor an ObjectEvent, ScheduledEvent or HttpEvent as JSON")
 
 
+class UnwatchedEvent(DropwireError):
+    code = "unwatched_event"
+
+
+def _refuse_unwatched(spec: FunctionSpec, event: ObjectEvent | ScheduledEvent | HttpEvent) -> None:
+    """invoke commits what the handler asks for real, so it runs a handler only on an event
+    its triggers would deliver; a follow-up step (OnQueue) gets whatever event its caller had."""
+    if any(isinstance(t, OnQueue) for t in spec.triggers):
+        return
+    if isinstance(event, ObjectEvent):
+        uploads = spec.uploads()
+        if any(t.matches(event) for t in uploads):
+            return
+        watched = "; ".join(f"bucket {t.bucket!r}, keys {t.prefix}*{t.suffix} ({', '.join(t.events)})" for t in uploads)
+        raise UnwatchedEvent(f"function {spec.name!r} is not fired by {event.event_name} on bucket {event.bucket!r}, "
+                             f"key {event.key!r}: it watches {watched or 'no bucket'}", function=spec.name,
+                             bucket=event.bucket, key=event.key)
+    if isinstance(event, ScheduledEvent):
+        schedules = [t.name for t in spec.triggers if isinstance(t, OnSchedule)]
+        if event.schedule in schedules:
+            return
+        raise UnwatchedEvent(f"function {spec.name!r} is not fired by schedule {event.schedule!r}: "
+                             f"its schedules are {schedules or 'none'}", function=spec.name)
+    if not any(isinstance(t, OnHttp) for t in spec.triggers):
+        raise UnwatchedEvent(f"function {spec.name!r} has no HTTP trigger, so it never gets an HttpEvent",
+                             function=spec.name)
+
+
 def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., "--event", exists=True, dir_okay=False)) -> None:
-    """Run one handler once, in this process, on an event from a file; commit what it asks."""
-    settings = _settings()
+    """Run one handler once, in this process, on an event from a file its triggers would fire
+    on; commit what it asks."""
+    settings = current_settings()
     spec = load_functions(settings.functions).get(function)
+    the_event = _load_event(event)
+    _refuse_unwatched(spec, the_event)
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
     with store_access(settings) as store:
-        the_event = _load_event(event)
         place = (the_event.bucket, the_event.key) if isinstance(the_event, ObjectEvent) else None
         hop = store.receipts.hops_of([place]).get(place, 0) if place else 0
         request = Request(invocation=Invocation(function=function, source="invoke", event=the_event, hop=hop),
                           task_id=0, attempt=1, max_attempts=1, deadline=time.time() + spec.timeout_seconds)
+        config = handler_config(settings)
         outcome = execute(spec, request, objects, store,
                           lambda b, k, h, f, t: store.receipts.record_output(b, k, hop=h, function=f, task_id=t),
-                          f"http://{settings.runtime.host}:{settings.runtime.port}", settings.mlflow_uri,
-                          settings.mlflow_artifact_location)
+                          config.runtime_url, config.mlflow_tracking_uri, config.mlflow_artifact_location)
         if not outcome.ok:
-            console.print(outcome.traceback or "", highlight=False)
+            if not outcome.on_purpose:  # a crash: where it happened matters
+                console.print(outcome.traceback or "", highlight=False)
             raise DropwireError(f"function {function!r} failed: {outcome.error}")
         applied = store.states.apply(outcome.effects)
     console.print_json(json.dumps({"result": outcome.result, "transitions": len(applied.transitions),
@@ -101,7 +128,7 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
 
 def reprocess(function: str, bucket: str, key: str) -> None:
     """Run FUNCTION again on BUCKET/KEY on purpose (receipts would otherwise drop it)."""
-    settings = _settings()
+    settings = current_settings()
     functions = load_functions(settings.functions)
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
     with store_access(settings) as store:
@@ -112,7 +139,7 @@ def reprocess(function: str, bucket: str, key: str) -> None:
 @schedule_app.command("list")
 def schedule_list() -> None:
     """Every schedule with its trigger and last run."""
-    settings = _settings()
+    settings = current_settings()
     with store_access(settings) as store:
         for schedule, spec in load_functions(settings.functions).schedules():
             last = store.query("SELECT last_fire FROM schedule_runs WHERE schedule = ?", [schedule.name])
@@ -125,7 +152,7 @@ def schedule_run(name: str) -> None:
     """Fire schedule NAME now."""
     from dropwire.local_emulator.scheduler import Scheduler
 
-    settings = _settings()
+    settings = current_settings()
     with store_access(settings) as store:
         task_id = Scheduler(load_functions(settings.functions), store.receipts).fire(name, datetime.now(timezone.utc))
     console.print(f"schedule {name} fired: task {task_id}")

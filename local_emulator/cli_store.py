@@ -4,35 +4,30 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import msgspec
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from dropwire.functions.evaluation.states import MACHINES
+from dropwire.local_emulator.cli_context import console, current_settings
 from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
-from dropwire.local_emulator.settings import Settings
 from dropwire.storage import consistency, migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DropwireError
 
-console = Console()
+
+log = logging.getLogger("dropwire.worker")
 
 db_app = typer.Typer(help="The DuckDB state database: schema migrations, checks, snapshots.", no_args_is_help=True)
 queue_app = typer.Typer(help="The durable task queue: statistics, task status, cleanup.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: tasks that spent their attempts.", no_args_is_help=True)
 notifications_app = typer.Typer(help="Notifications: the outbox of e-mails and webhooks.", no_args_is_help=True)
-
-
-def _settings() -> Settings:
-    from dropwire.local_emulator.cli import state
-
-    return state.settings()
 
 
 def _print_json(value: object) -> None:
@@ -45,7 +40,7 @@ def _print_json(value: object) -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Show the schema version and every applied migration."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path, read_only=True) as con:
         applied = migrate.applied_migrations(con)
     version = applied[-1][0] if applied else 0
@@ -57,7 +52,7 @@ def db_current() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path) as con:
         applied = migrate.upgrade(con)
     console.print(f"applied {len(applied)} migration(s): {[f'{m.version:04d}_{m.name}' for m in applied] or 'none, already current'}")
@@ -66,7 +61,7 @@ def db_upgrade() -> None:
 @db_app.command("downgrade")
 def db_downgrade(version: int = typer.Argument(..., help="The schema version to go back to (0 empties the database).")) -> None:
     """Undo migrations down to VERSION, newest first."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path) as con:
         undone = migrate.downgrade(con, version)
     console.print(f"undid {len(undone)} migration(s): {[f'{m.version:04d}_{m.name}' for m in undone] or 'none'}")
@@ -75,7 +70,7 @@ def db_downgrade(version: int = typer.Argument(..., help="The schema version to 
 @db_app.command("check")
 def db_check() -> None:
     """Check the database: history contiguous and in step with current states, legal paths, sane tasks."""
-    settings = _settings()
+    settings = current_settings()
     with connect(settings.database_path, read_only=True) as con:
         migrate.current_version(con)
         problems = consistency.check(con, MACHINES)
@@ -89,7 +84,7 @@ def db_check() -> None:
 @db_app.command("export")
 def db_export(directory: Path = typer.Argument(..., help="A new directory for the Parquet snapshot.")) -> None:
     """Write a consistent Parquet snapshot of every table (works while the control plane runs)."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         target = store.export(directory)
     console.print(f"exported to {target}; read it with duckdb (\"SELECT * FROM '{target}/state_history.parquet'\") or polars")
 
@@ -97,7 +92,7 @@ def db_export(directory: Path = typer.Argument(..., help="A new directory for th
 @db_app.command("query")
 def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed state (works while the control plane runs).")) -> None:
     """Run SQL over the state database and print the rows."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         rows = store.query(sql)
     table = Table(*[f"{i}" for i in range(len(rows[0]))] if rows else ["(no rows)"], show_header=False)
     for row in rows:
@@ -111,21 +106,21 @@ def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed 
 @queue_app.command("stats")
 def queue_stats() -> None:
     """Counts by status and task name, oldest waiting age, attempts."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         _print_json(store.queue.stats())
 
 
 @queue_app.command("status")
 def queue_status(task_id: int) -> None:
     """One task: status, arguments, every attempt."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         _print_json(store.queue.task(task_id))
 
 
 @queue_app.command("cleanup")
 def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days", help="Age of finished tasks to delete.")) -> None:
     """Delete finished tasks older than N days."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         removed = store.queue.cleanup(older_than_days)
     console.print(f"removed {removed} finished task(s) older than {older_than_days} day(s)")
 
@@ -136,7 +131,7 @@ def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days"
 @dlq_app.command("list")
 def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed dead letters.")) -> None:
     """Dead letters waiting for attention."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         letters = store.queue.dead_letters(include_replayed=all_)
     table = Table("task", "name", "attempts", "died", "last error", "replayed as")
     for letter in letters:
@@ -148,14 +143,14 @@ def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed de
 @dlq_app.command("show")
 def dlq_show(task_id: int) -> None:
     """One dead letter with its arguments and every attempt's error and traceback."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         _print_json(store.queue.dead_letter(task_id))
 
 
 @dlq_app.command("replay")
 def dlq_replay(task_id: int) -> None:
     """Queue a dead task again, with fresh attempts."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         new_id = store.queue.replay_dead_letter(task_id)
     console.print(f"dead letter {task_id} replayed as task {new_id}")
 
@@ -169,7 +164,7 @@ def notifications_list(
     limit: int = typer.Option(100, "--limit", help="How many, newest first."),
 ) -> None:
     """Notifications with where their delivery stands."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         found = store.outbox.notifications(status, limit)
     table = Table("id", "kind", "status", "attempts", "entity", "subject", "created", "e-mailed", "webhook", "last error")
     for n in found:
@@ -187,29 +182,49 @@ def _when(epoch: float | None) -> str:
 
 
 def control(
-    tasks: str = typer.Option("dropwire.functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+    tasks: str = typer.Option(..., "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to serve (your own queue "
+                              "tasks). The product's functions run under `dropwire emulate`."),
 ) -> None:
-    """Run the control plane: own the database, serve workers and tools on the control socket,
-    run local worker threads. Ctrl-C stops it in order."""
+    """Run a control plane for your own queue tasks: own the database, serve workers and tools
+    on the control socket, run local worker threads. Ctrl-C stops it in order."""
     from dropwire.functions.platform.tasks import load_registry
 
     logging.getLogger().setLevel(logging.INFO)
-    run_control_plane(_settings(), load_registry(tasks), stop_on_signals())
+    run_control_plane(current_settings(), load_registry(tasks), stop_on_signals())
 
 
 def worker(
-    tasks: str = typer.Option("dropwire.functions.demo:registry", "--tasks", help="MODULE:ATTRIBUTE of the TaskRegistry to run."),
+    tasks: str = typer.Option("", "--tasks", help="MODULE:ATTRIBUTE of a TaskRegistry to run instead of the "
+                              "functions of settings.functions."),
     name: str = typer.Option("", "--name", help="Worker name in task attempts (default: remote-<pid>)."),
 ) -> None:
-    """Run worker threads in this process against a running control plane."""
-    import os
-
+    """Run queue.workers threads in this process against a running control plane: by default
+    the invocations of the functions in settings.functions, each thread with its own handler
+    process, exactly as `dropwire emulate` runs them. Ctrl-C stops it in order."""
+    from dropwire.functions.platform.registry import load_functions
     from dropwire.functions.platform.tasks import load_registry
+    from dropwire.local_emulator.dispatcher import FunctionWorkers
 
     logging.getLogger().setLevel(logging.INFO)
-    settings = _settings()
+    settings = current_settings()
+    if settings.queue.workers < 1:
+        raise DropwireError("queue.workers is 0, so this worker would run nothing; set DROPWIRE_QUEUE__WORKERS")
+    stop = stop_on_signals()
+    name = name or f"remote-{os.getpid()}"
     client = ControlClient(settings.control_socket_path, settings.control_key())
-    pool = start_pool(settings, client.queue, load_registry(tasks), name or f"remote-{os.getpid()}")
-    stop_on_signals().wait()
-    pool.stop()
-    client.close()
+    try:
+        if tasks:
+            running = start_pool(settings, client.queue, load_registry(tasks), name)
+        else:
+            running = FunctionWorkers(settings, load_functions(settings.functions))
+            try:
+                running.start(client.queue, name)
+            except BaseException:
+                running.stop()
+                raise
+        log.info("worker %s up: %d thread(s) running %s for the control plane on %s", name, settings.queue.workers,
+                 tasks or settings.functions, settings.control_socket_path)
+        stop.wait()
+        running.stop()
+    finally:
+        client.close()

@@ -6,6 +6,9 @@ socket is the only way in."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import struct
 import threading
 from concurrent.futures import Future
 from multiprocessing.connection import Client, Connection, Listener
@@ -110,13 +113,24 @@ class ControlServer:
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
 
     def _serve(self, connection: Connection) -> None:
+        peer, worker = _peer(connection), None
         with connection:
             while not self._closed.is_set():
                 try:
                     method, kwargs = _decode(connection.recv_bytes())
                 except (EOFError, OSError):
+                    return  # the peer hung up between calls
+                if method == "claim":
+                    worker = kwargs.get("worker")
+                reply = self._dispatch(method, kwargs)
+                try:
+                    connection.send_bytes(reply)
+                except OSError as exc:
+                    # A worker killed while its call ran: expected. What it held is retried
+                    # once its lease expires.
+                    log.warning("control peer %s%s went away before the answer to its %s call (%s)", peer,
+                                f" (worker {worker})" if worker else "", method, type(exc).__name__)
                     return
-                connection.send_bytes(self._dispatch(method, kwargs))
 
     def _dispatch(self, method: str, kwargs: dict[str, Any]) -> bytes:
         try:
@@ -132,6 +146,17 @@ class ControlServer:
         except Exception as exc:
             log.exception("control call %s failed", method)
             return _encode(["error", "internal", f"{type(exc).__name__}: {exc}", {}])
+
+
+def _peer(connection: Connection) -> str:
+    """Who is on the other end of the socket, for the log: its process id where the system
+    tells (SO_PEERCRED on Linux)."""
+    try:
+        with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+            pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return f"process {pid}"
+    except (AttributeError, OSError):
+        return f"on descriptor {connection.fileno()}"
 
 
 class ControlClient:
@@ -158,7 +183,8 @@ class ControlClient:
             try:
                 connection = Client(str(self.socket_path), family="AF_UNIX", authkey=self._authkey)
             except (FileNotFoundError, ConnectionRefusedError):
-                raise ControlUnavailable(f"no control plane is listening on {self.socket_path}; start one with `dropwire control`") from None
+                raise ControlUnavailable(f"no control plane is listening on {self.socket_path}; start one with "
+                                         "`dropwire emulate` (or `dropwire control --tasks MODULE:ATTR`)") from None
             except Exception as exc:
                 raise ControlUnavailable(f"the control plane on {self.socket_path} refused the connection: {exc}") from None
             self._local.connection = connection

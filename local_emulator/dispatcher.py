@@ -1,6 +1,7 @@
 """Turning registered functions into queue tasks: each function is a task `fn:<name>` whose
 runner calls the handler (in a sandbox process) and reports the invocation, its effects and
-its outcome back to the queue."""
+its outcome back to the queue. FunctionWorkers is the one way they run: inside the emulator
+beside its store, or in a `dropwire worker` process against the control plane's socket."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ from typing import Callable
 
 from dropwire.functions.platform.registry import FunctionRegistry, FunctionSpec, Invocation
 from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
+from dropwire.local_emulator.control_plane import start_pool
 from dropwire.local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerTimeout, Outcome, Request, Sandbox
+from dropwire.local_emulator.settings import Settings
+from dropwire.local_emulator.workers import QueueBackend, WorkerPool
+from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import InvocationRecord
 
 Runner = Callable[[FunctionSpec, Request], Outcome]
@@ -84,3 +89,49 @@ class SandboxPool:
         with self._lock:
             for sandbox in self._all:
                 sandbox.stop()
+
+
+def handler_config(settings: Settings) -> ChildConfig:
+    """What every handler process is given, wherever it runs: the catalog, the buckets, the
+    control socket for state reads and output notes, the runtime and MLflow."""
+    return ChildConfig(
+        functions=settings.functions, roots=settings.object_roots(), storage_options=settings.storage_options(),
+        control_socket=str(settings.control_socket_path), control_authkey=settings.control_key(),
+        runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}",
+        mlflow_tracking_uri=settings.mlflow_uri, mlflow_artifact_location=settings.mlflow_artifact_location)
+
+
+class FunctionWorkers:
+    """settings.queue.workers threads that claim the functions' invocation tasks, each thread
+    with its own handler process (started before the first task). `tasks` is known before
+    start, so the store can be opened knowing the task names it serves."""
+
+    ready_timeout_seconds = 180.0
+
+    def __init__(self, settings: Settings, functions: FunctionRegistry) -> None:
+        self.settings = settings
+        self.sandboxes = SandboxPool(handler_config(settings))
+        self.tasks = invocation_tasks(functions, self.sandboxes.run)
+        self._pool: WorkerPool | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.settings.queue.workers
+
+    def start(self, backend: QueueBackend, name: str) -> "FunctionWorkers":
+        """Start the threads against `backend` (the Store, or a ControlClient); return once
+        every handler process has loaded the functions. On failure, call stop()."""
+        if self.threads == 0:
+            return self
+        self._pool = start_pool(self.settings, backend, self.tasks, name, thread_start=self.sandboxes.prepare)
+        if not self.sandboxes.wait_ready(self.threads, self.ready_timeout_seconds):
+            raise DropwireError(f"the handler processes did not start within {self.ready_timeout_seconds:.0f}s; "
+                                "see the log above")
+        return self
+
+    def stop(self) -> None:
+        """Running handlers finish, claimed tasks not started are released, then the handler
+        processes stop."""
+        if self._pool is not None:
+            self._pool.stop()
+        self.sandboxes.close()

@@ -1,9 +1,9 @@
 """The whole platform on one machine: the store and its control socket, the dispatcher
-(worker threads, each with a handler process), event sources (a local folder, and S3 via
-SQS when configured), optional chaos, the scheduler, the notifier and the HTTP gateway. Stops
-in order: no new events, held events delivered, gateway closed, no new schedules, notifier
-stopped, running handlers finished and claimed tasks released, then the store commits and
-closes."""
+(queue.workers threads, each with a handler process; 0 when `dropwire worker` processes do
+the work), event sources (a local folder, and S3 via SQS when configured), optional chaos,
+the scheduler, the notifier and the HTTP gateway. Stops in order: no new events, held events
+delivered, gateway closed, no new schedules, notifier stopped, running handlers finished and
+claimed tasks released, then the store commits and closes."""
 
 from __future__ import annotations
 
@@ -20,12 +20,11 @@ from dropwire.functions.platform.objects import ObjectStore
 from dropwire.functions.platform.registry import FunctionRegistry, load_functions
 from dropwire.local_emulator.chaos import Chaos
 from dropwire.local_emulator.control import ControlServer
-from dropwire.local_emulator.control_plane import open_store, start_pool
-from dropwire.local_emulator.dispatcher import SandboxPool, invocation_tasks
+from dropwire.local_emulator.control_plane import open_store
+from dropwire.local_emulator.dispatcher import FunctionWorkers
 from dropwire.local_emulator.gateway import build_gateway
 from dropwire.local_emulator.notifier import Notifier
 from dropwire.local_emulator.router import EventRouter
-from dropwire.local_emulator.sandbox import ChildConfig
 from dropwire.local_emulator.scheduler import Scheduler
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.folder import FolderSource
@@ -66,22 +65,16 @@ class Emulator:
     def _start(self) -> "Emulator":
         settings = self.settings
         self.objects = ObjectStore(settings.object_roots(), settings.storage_options())
-        self.sandboxes = SandboxPool(ChildConfig(
-            functions=settings.functions, roots=self.objects.roots, storage_options=settings.storage_options(),
-            control_socket=str(settings.control_socket_path), control_authkey=settings.control_key(),
-            runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}",
-            mlflow_tracking_uri=settings.mlflow_uri, mlflow_artifact_location=settings.mlflow_artifact_location))
-        prepare_tracking_store(settings.mlflow_uri)
-        tasks = invocation_tasks(self.functions, self.sandboxes.run)
-        self.store = open_store(settings, tasks)
+        self.workers = FunctionWorkers(settings, self.functions)
+        # The database lock first: an emulator started beside a running one stops here with
+        # one line, before it touches the MLflow store the other is using.
+        self.store = open_store(settings, self.workers.tasks)
         self._stops.append(self.store.close)
+        prepare_tracking_store(settings.mlflow_uri)
         server = ControlServer(self.store, settings.control_socket_path, settings.control_key()).start()
         self._stops.append(server.close)
-        self._stops.append(self.sandboxes.close)
-        pool = start_pool(settings, self.store.queue, tasks, "dispatcher", thread_start=self.sandboxes.prepare)
-        self._stops.append(pool.stop)
-        if not self.sandboxes.wait_ready(settings.queue.workers, timeout=180):
-            raise DropwireError("the handler processes did not start within 180s; see the log above")
+        self._stops.append(self.workers.stop)
+        self.workers.start(self.store.queue, "dispatcher")
 
         self.notifier = Notifier(self.store.outbox, settings.notify, settings.outbox_path, settings.storage_options()).start()
         self._stops.append(self.notifier.stop)
@@ -131,6 +124,8 @@ class Emulator:
         self._stops.append(stop)
 
     def stop(self) -> None:
+        if not self._stops:
+            return  # nothing started (e.g. the database is another emulator's): nothing to report
         while self._stops:
             stop = self._stops.pop()
             try:

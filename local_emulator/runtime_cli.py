@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from dropwire.local_emulator.cli_context import console, current_settings
 from dropwire.local_emulator.settings import Settings
 from dropwire.storage.errors import DropwireError
 
@@ -16,18 +16,10 @@ runtime_app = typer.Typer(
     help="The forecast runtime: serve it, train and register a model, make the default model.",
     no_args_is_help=True,
 )
-console = Console()
 
 
 class DataFileError(DropwireError):
     code = "data_file"
-
-
-def _settings() -> Settings:
-    # Read at call time: cli.py imports this module while it is itself being imported.
-    from dropwire.local_emulator import cli
-
-    return cli.state.settings()
 
 
 def _model_source(settings: Settings):  # noqa: ANN202 (runtime types are imported lazily)
@@ -43,7 +35,7 @@ def serve() -> None:
     """Serve the runtime over HTTP until SIGTERM/SIGINT (exits 1 if the model cannot load)."""
     from dropwire.runtime.server import serve as run_server
 
-    settings = _settings()
+    settings = current_settings()
     run_server(settings.runtime, _model_source(settings))
 
 
@@ -61,7 +53,7 @@ def train(
     from dropwire.runtime.model_registry import log_and_register
     from dropwire.runtime.training import train as train_model
 
-    settings = _settings()
+    settings = current_settings()
     rt = settings.runtime
     if not data.is_file():
         raise DataFileError(f"--data {data} is not a file")
@@ -114,7 +106,7 @@ def make_default_model(
     """Train the default model on generated data (a few seconds on CPU) under the data dir."""
     from dropwire.runtime.training import train_default_model
 
-    settings = _settings()
+    settings = current_settings()
     path = settings.default_model_path
     if path.exists() and not force:
         console.print(f"default model already at {path} (use --force to retrain)", highlight=False)

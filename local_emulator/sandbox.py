@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -49,6 +51,9 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
     traceback: str | None = None
     # False when the handler raised PermanentTaskError: no retry, straight to the dead letters.
     retryable: bool = True
+    # True when the handler refused on purpose (it raised a DropwireError): its message says
+    # why, so a person needs no traceback; a crash (any other exception) keeps it.
+    on_purpose: bool = False
 
 
 def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
@@ -72,7 +77,7 @@ def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: 
     except Exception as exc:
         message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
         return Outcome(ok=False, error=message, traceback=traceback.format_exc(),
-                       retryable=not isinstance(exc, PermanentTaskError))
+                       retryable=not isinstance(exc, PermanentTaskError), on_purpose=isinstance(exc, DropwireError))
 
 
 class ChildConfig(msgspec.Struct, frozen=True):
@@ -86,12 +91,26 @@ class ChildConfig(msgspec.Struct, frozen=True):
     mlflow_artifact_location: str | None
 
 
+def _exit_with_parent(poll_seconds: float = 0.5) -> None:
+    """A parent killed with -9 cannot stop its handler process, whose task will be retried
+    elsewhere once the lease expires: the process stops itself rather than run on unseen."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dropwire-parent-watch", daemon=True).start()
+
+
 def _child_main(connection: Connection, config_bytes: bytes) -> None:
     from pathlib import Path
 
     from dropwire.local_emulator.control import ControlClient
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
+    _exit_with_parent()
     config = msgspec.msgpack.decode(config_bytes, type=ChildConfig)
     registry = load_functions(config.functions)
     objects = ObjectStore(config.roots, config.storage_options)

@@ -6,6 +6,7 @@ import msgspec
 
 
 class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # Worker threads in this process; 0 lets an emulator leave the work to `dropwire worker`s.
     workers: int = 4
     # A worker claims about claim_batch_seconds of work at once, judged by the recent mean task
     # duration: one long task, or up to max_prefetch short ones (so short tasks share group
@@ -23,7 +24,9 @@ class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     reap_interval_seconds: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.max_prefetch < 1 or self.max_attempts < 1 or self.max_batch < 1:
-            raise ValueError("queue.workers, max_prefetch, max_attempts and max_batch must be at least 1")
+        if self.workers < 0:
+            raise ValueError("queue.workers must be 0 or more")
+        if self.max_prefetch < 1 or self.max_attempts < 1 or self.max_batch < 1:
+            raise ValueError("queue.max_prefetch, max_attempts and max_batch must be at least 1")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("queue.heartbeat_seconds must be shorter than queue.lease_seconds")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
 
 import duckdb
+
+from tests.conftest import REPO
 
 
 def test_settings_shows_effective_values_with_secrets_masked(run_cli, dropwire_env, data_dir):
@@ -62,3 +65,21 @@ def test_db_query_is_read_only(run_cli):
         refused = run_cli("db", "query", sql)
         assert refused.returncode == 1 and f"must be exactly one SELECT (read-only); got {kind}" in refused.stderr
     assert run_cli("db", "check").returncode == 0
+
+
+def test_cli_modules_read_top_down_and_never_import_the_assembling_module():
+    """cli.py assembles the sub-apps; they share cli_context and never reach back into cli.py."""
+    imported_by: dict[str, set[str]] = {}
+    for path in (REPO / "local_emulator").glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        imported_by[path.stem] = names
+    reaching_back = sorted(module for module, names in imported_by.items() if "dropwire.local_emulator.cli" in names)
+    assert reaching_back == ["__main__"]  # the entry point, nothing else
+    assert {"dropwire.local_emulator.cli_platform", "dropwire.local_emulator.cli_store",
+            "dropwire.local_emulator.runtime_cli"} <= imported_by["cli"]

@@ -62,5 +62,73 @@ def test_invoke_runs_one_handler_on_an_event_file(platform_env, data_dir, run_cl
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["result"]["bytes"] == 5
     assert (data_dir / "bucket" / "measured" / "incoming" / "b c.csv.txt").read_text() == "5\n"
-    broken = run_cli("invoke", "broken", "--event", str(event_file), env=platform_env)
-    assert broken.returncode == 1 and "function 'broken' failed: ValueError" in broken.stderr
+
+
+def s3_event_file(run_cli, env, path, bucket: str, key: str):
+    printed = run_cli("events", "s3", "--bucket", bucket, "--key", key, env=env)
+    assert printed.returncode == 0, printed.stderr
+    path.write_text(printed.stdout)
+    return str(path)
+
+
+def test_invoke_refuses_an_event_the_functions_triggers_would_never_deliver(platform_env, data_dir, run_cli, tmp_path):
+    """invoke commits for real, so an event the platform would never give the function is refused
+    before the handler runs, naming the function, the event's bucket and what it watches."""
+    (data_dir / "bucket" / "incoming").mkdir(parents=True)
+    (data_dir / "bucket" / "incoming" / "a.csv").write_text("123")
+    other_bucket = s3_event_file(run_cli, platform_env, tmp_path / "other.json", "archive", "incoming/a.csv")
+    refused = run_cli("invoke", "measure", "--event", other_bucket, env=platform_env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr + refused.stdout
+    assert refused.stderr.strip() == ("error: function 'measure' is not fired by ObjectCreated:Put on bucket 'archive', "
+                                      "key 'incoming/a.csv': it watches bucket 'local', keys incoming/* (ObjectCreated:*)")
+    other_prefix = s3_event_file(run_cli, platform_env, tmp_path / "prefix.json", "local", "incoming/a.csv")
+    refused = run_cli("invoke", "broken", "--event", other_prefix, env=platform_env)
+    assert refused.returncode == 1 and "it watches bucket 'local', keys broken/*" in refused.stderr
+    assert not (data_dir / "bucket" / "measured").exists()  # nothing ran
+
+
+def test_invoke_prints_one_line_for_a_refusal_and_the_traceback_only_for_a_crash(platform_env, data_dir, run_cli, tmp_path):
+    catalog = {**platform_env, "DROPWIRE_FUNCTIONS": "dropwire.functions.catalog:functions"}
+    key = "use-cases/invoices/use-case.json"
+    (data_dir / "bucket" / "use-cases" / "invoices").mkdir(parents=True)
+    (data_dir / "bucket" / key).write_text(json.dumps({"name": "Invoices", "team_email": "team@example.com"}))
+    event = s3_event_file(run_cli, catalog, tmp_path / "use-case.json", "local", key)
+    assert run_cli("invoke", "evaluation-use-case", "--event", event, env=catalog).returncode == 0
+    # The second registration is refused on purpose (PermanentTaskError): its message is the whole story.
+    again = run_cli("invoke", "evaluation-use-case", "--event", event, env=catalog)
+    assert again.returncode == 1 and "Traceback" not in again.stdout + again.stderr
+    assert again.stderr.startswith("error: function 'evaluation-use-case' failed: use-cases/invoices/use-case.json: "
+                                   "use case 'invoices' already exists")
+    assert again.stdout == ""
+    # A crash (any other exception) keeps its traceback, then the one error line.
+    (data_dir / "bucket" / "broken").mkdir()
+    (data_dir / "bucket" / "broken" / "x.csv").write_text("1")
+    crashed = run_cli("invoke", "broken", "--event",
+                      s3_event_file(run_cli, platform_env, tmp_path / "broken.json", "local", "broken/x.csv"), env=platform_env)
+    assert crashed.returncode == 1 and "function 'broken' failed: ValueError: cannot handle broken/x.csv" in crashed.stderr
+    assert "Traceback (most recent call last)" in crashed.stdout and 'raise ValueError(f"cannot handle' in crashed.stdout
+
+
+def test_two_emulators_started_at_once_on_a_fresh_data_dir_one_line_for_the_loser(platform_env, data_dir, tmp_path):
+    """The database lock is taken before the MLflow store is prepared, so the second emulator
+    stops with the one-line "in use by process" instead of a migration traceback."""
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    errors = [tmp_path / "first.err", tmp_path / "second.err"]
+    started = [subprocess.Popen([*DROPWIRE, "emulate"], env={**platform_env, "DROPWIRE_HTTP__PORT": str(free_port())},
+                                cwd=REPO, stdout=log.open("w"), stderr=error.open("w"))
+               for log, error in zip(logs, errors)]
+    try:
+        loser = wait_for(lambda: next((p for p in started if p.poll() is not None), None), timeout=120,
+                         what="one of the two emulators to give up")
+        winner = next(p for p in started if p is not loser)
+        wait_for(lambda: "dropwire is up" in logs[started.index(winner)].read_text(), timeout=120,
+                 what="the other emulator to be up")
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        codes = [process.wait(timeout=60) for process in started]
+    said = errors[started.index(loser)].read_text()
+    assert loser.returncode == 1 and codes[started.index(winner)] == 0
+    assert said.startswith(f"error: database {data_dir}/dropwire.duckdb is in use by process {winner.pid} ")
+    assert len(said.strip().splitlines()) == 1 and "Traceback" not in said

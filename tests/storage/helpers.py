@@ -1,5 +1,6 @@
 """Machines and task registries the storage tests drive, including the ones real
-subprocesses (`dropwire control`, `dropwire worker`) load with --tasks."""
+subprocesses (`dropwire control`, `dropwire worker`) load with --tasks: a task whose effect
+must commit exactly once, and one that crashes on chosen attempts (retries, dead letters)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,18 @@ def effect_once(job: EffectJob, context: TaskContext) -> Completion:
     return Completion(result={"attempt": context.attempt}, effects=Effects(transitions=[
         TransitionRequest(kind="model", entity_id=job.model_id, trigger="dataset_uploaded",
                           triggered_by=f"task:{context.task_id}", reason=f"attempt {context.attempt}")]))
+
+
+class FlakyJob(msgspec.Struct, frozen=True):
+    model_id: str
+    #: How many attempts crash before one succeeds.
+    crash_attempts: int
+
+
+@registry.task("flaky", args_type=FlakyJob)
+def flaky(job: FlakyJob, context: TaskContext) -> Completion:
+    if context.attempt <= job.crash_attempts:
+        raise ConnectionError(f"metrics store unreachable (attempt {context.attempt} of {job.model_id})")
+    return Completion(result={"attempt": context.attempt}, effects=Effects(transitions=[
+        TransitionRequest(kind="model", entity_id=job.model_id, trigger="dataset_uploaded",
+                          triggered_by=f"task:{context.task_id}", reason=f"attempt {context.attempt} worked")]))

@@ -3,6 +3,7 @@ lease, a writer killed mid-commit, a second owner refused."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,10 +18,10 @@ from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.settings import load_settings
 from dropwire.storage import consistency
 from dropwire.storage.database import connect
-from dropwire.storage.records import TaskSpec
+from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
 from dropwire.storage.store import Store
 from tests.conftest import DROPWIRE, REPO, wait_for
-from tests.storage.helpers import CYCLE
+from tests.storage.helpers import CYCLE, FlakyJob
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +135,66 @@ def test_a_second_owner_is_told_who_holds_the_database(data_dir, run_cli):
     assert result.returncode == 1
     assert f"is in use by process {os.getpid()}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def start_control_and_worker(env: dict[str, str], tmp_path: Path, worker_threads: int) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """A control plane with no threads of its own, and one `dropwire worker` doing its work."""
+    tasks = ["--tasks", "tests.storage.helpers:registry"]
+    control = spawn([*DROPWIRE, "control", *tasks], {**env, "DROPWIRE_QUEUE__WORKERS": "0"}, tmp_path / "control.log")
+    worker = None
+    try:
+        wait_for(lambda: "control plane up" in (tmp_path / "control.log").read_text(), what="the control plane")
+        worker = spawn([*DROPWIRE, "worker", *tasks, "--name", "remote"],
+                       {**env, "DROPWIRE_QUEUE__WORKERS": str(worker_threads)}, tmp_path / "worker.log")
+        wait_for(lambda: "worker remote up" in (tmp_path / "worker.log").read_text(), what="the worker")
+    except BaseException:
+        for process in (worker, control):
+            if process is not None:
+                stop(process, signal.SIGKILL)
+        raise
+    return control, worker
+
+
+def test_a_remote_worker_retries_crashes_and_dead_letters_what_never_works(data_dir, dropwire_env, tmp_path, run_cli):
+    with Store.open(data_dir / "dropwire.duckdb", MACHINES) as store:
+        for model in ("once", "never"):
+            store.states.create("model", model, triggered_by="test")
+    control, worker = start_control_and_worker(dropwire_env, tmp_path, worker_threads=1)
+    try:
+        settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(data_dir)})
+        client = ControlClient(settings.control_socket_path, settings.control_key())
+        gave_up = Effects(transitions=[TransitionRequest(kind="model", entity_id="never", trigger="dataset_uploaded",
+                                                         triggered_by="test", reason="gave up")])
+        retried = client.queue.enqueue(TaskSpec(name="flaky", args=FlakyJob("once", crash_attempts=1), max_attempts=3))
+        dead = client.queue.enqueue(TaskSpec(name="flaky", args=FlakyJob("never", crash_attempts=99), max_attempts=2,
+                                       on_dead=gave_up))
+        wait_for(lambda: client.queue.task(retried).status == "succeeded" and client.queue.task(dead).status == "dead",
+                 what="one success after a crash and one dead letter")
+        once = client.queue.task(retried)
+        assert [(a.attempt, a.outcome) for a in once.history] == [(1, "failed")] and once.attempts == 2
+        assert client.states.current("model", "once")[0] == "QUALITY_CHECK_PENDING"
+        # The dead letter's on_dead effect committed with it; the tools see it through the socket.
+        assert client.states.current("model", "never")[0] == "QUALITY_CHECK_PENDING"
+        listed = run_cli("dlq", "list")
+        assert listed.returncode == 0 and f"{dead} " in listed.stdout and "metrics store unreachable" in listed.stdout
+        shown = json.loads(run_cli("dlq", "show", str(dead)).stdout)
+        assert shown["attempts"] == 2 and "ConnectionError" in shown["history"][0]["traceback"]
+        client.close()
+    finally:
+        assert stop(worker) == 0, (tmp_path / "worker.log").read_text()
+        assert stop(control) == 0, (tmp_path / "control.log").read_text()
+
+
+def test_a_worker_killed_while_being_answered_is_one_log_line_not_a_traceback(data_dir, dropwire_env, tmp_path):
+    control, worker = start_control_and_worker(dropwire_env, tmp_path, worker_threads=2)
+    log = tmp_path / "control.log"
+    try:
+        # Idle worker threads sit in long-poll claims the control plane answers when they time out.
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=10) == -signal.SIGKILL
+        wait_for(lambda: "went away before the answer to its claim call" in log.read_text(), what="the dead peer's log line")
+    finally:
+        assert stop(control) == 0
+    text = log.read_text()
+    assert f"control peer process {worker.pid} (worker remote-" in text
+    assert "Traceback" not in text and "Exception in thread" not in text
