@@ -120,7 +120,7 @@ class ControlServer:
                     method, kwargs = _decode(connection.recv_bytes())
                 except (EOFError, OSError):
                     return  # the peer hung up between calls
-                if method == "claim":
+                if method == "queue.claim":
                     worker = kwargs.get("worker")
                 reply = self._dispatch(method, kwargs)
                 try:

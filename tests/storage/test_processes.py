@@ -192,7 +192,7 @@ def test_a_worker_killed_while_being_answered_is_one_log_line_not_a_traceback(da
         # Idle worker threads sit in long-poll claims the control plane answers when they time out.
         worker.send_signal(signal.SIGKILL)
         assert worker.wait(timeout=10) == -signal.SIGKILL
-        wait_for(lambda: "went away before the answer to its claim call" in log.read_text(), what="the dead peer's log line")
+        wait_for(lambda: "went away before the answer to its queue.claim call" in log.read_text(), what="the dead peer's log line")
     finally:
         assert stop(control) == 0
     text = log.read_text()
