@@ -46,11 +46,11 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
         info, created = await service.upload(await request.body(), precompute=precompute)
         return Response(info, status_code=201 if created else 200)
 
-    @get("/datasets/{handle:str}", responses=error_responses(404, 500, 503))
+    @get("/datasets/{handle:str}", responses=error_responses(400, 404, 500, 503))
     async def show_dataset(handle: str) -> DatasetInfo:
         return service.info(handle)
 
-    @delete("/datasets/{handle:str}", status_code=200, responses=error_responses(404, 500, 503))
+    @delete("/datasets/{handle:str}", status_code=200, responses=error_responses(400, 404, 500, 503))
     async def delete_dataset(handle: str) -> Deleted:
         return service.delete(handle)
 

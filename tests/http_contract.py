@@ -69,9 +69,10 @@ def fuzz(schema_url: str, max_examples: int, prepare: Callable[[schemathesis.Cas
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        # No shrinking: the first failing example is reported as generated, which bounds the run.
+        # No shrinking: the first failing example is reported as generated, which bounds the run;
+        # derandomized, so a run is reproducible and a failure shows again.
         @given(case=operation.as_strategy())
-        @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+        @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate], derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def conforms(case: schemathesis.Case) -> None:
             prepare(case)
