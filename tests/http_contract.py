@@ -4,9 +4,15 @@ and OPTIONS names every method each path serves."""
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import positive_data_acceptance
@@ -83,3 +89,25 @@ def fuzz(schema_url: str, max_examples: int, prepare: Callable[[schemathesis.Cas
         except (Exception, BaseExceptionGroup) as exc:  # every kind of failure is reported, per operation
             failures.append(f"{operation.label}: {exc}")
     return failures
+
+
+# Debian's headless Chromium (`apt-get install chromium-headless-shell`), or the full browser.
+BROWSERS = ("chromium-headless-shell", "chromium", "chrome-headless-shell", "google-chrome")
+
+
+def rendered_offline(url: str, workdir: Path) -> tuple[set[str], set[str]]:
+    """Load ``url`` in a real headless Chromium that cannot resolve any host but loopback, let
+    its scripts run, and return (the API paths on the rendered page, the hosts it requested)."""
+    browser = next((found for name in BROWSERS if (found := shutil.which(name))), None)
+    if browser is None:
+        pytest.skip(f"no headless browser on PATH (looked for {', '.join(BROWSERS)}); "
+                    "install one with: apt-get install chromium-headless-shell")
+    net_log = workdir / "net-log.json"
+    page = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "--virtual-time-budget=20000",
+         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--log-net-log={net_log}",
+         f"--user-data-dir={workdir / 'profile'}", url],
+        capture_output=True, text=True, timeout=120, check=True)
+    paths = set(re.findall(r'data-path="([^"]+)"', page.stdout))
+    hosts = {urlsplit(requested).hostname for requested in re.findall(r'"url":"([^"]+)"', net_log.read_text())}
+    return paths, hosts

@@ -11,7 +11,15 @@ import pytest
 import schemathesis
 
 from dropwire.local_emulator.emulator import Emulator
-from tests.http_contract import ERROR_KEYS, error_component, fuzz, misdocumented_errors, operations, wrong_allow_headers
+from tests.http_contract import (
+    ERROR_KEYS,
+    error_component,
+    fuzz,
+    misdocumented_errors,
+    operations,
+    rendered_offline,
+    wrong_allow_headers,
+)
 from tests.platform.conftest import emulator_settings
 
 pytestmark = pytest.mark.slow
@@ -67,3 +75,10 @@ def answer_at_once(case: schemathesis.Case) -> None:
 def test_the_gateway_answers_as_its_schema_says(gateway: str) -> None:
     failures = fuzz(f"{gateway}/schema/openapi.json", max_examples=8, prepare=answer_at_once)
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_docs_page_renders_every_operation_with_nothing_off_the_machine(gateway: str, document: dict,
+                                                                            tmp_path) -> None:
+    paths, hosts = rendered_offline(f"{gateway}/schema/swagger", tmp_path)
+    assert paths == set(document["paths"])
+    assert hosts == {"127.0.0.1"}

@@ -8,7 +8,14 @@ import pytest
 import schemathesis
 
 from dropwire.runtime.synthetic import generated_csv
-from tests.http_contract import ERROR_KEYS, error_component, fuzz, misdocumented_errors, wrong_allow_headers
+from tests.http_contract import (
+    ERROR_KEYS,
+    error_component,
+    fuzz,
+    misdocumented_errors,
+    rendered_offline,
+    wrong_allow_headers,
+)
 from tests.runtime.conftest import RuntimeProcess
 
 
@@ -30,6 +37,13 @@ def test_options_names_every_method_of_every_path(runtime: RuntimeProcess, docum
     with httpx.Client(base_url=runtime.url, timeout=30) as client:
         assert client.options("/datasets/x").headers["allow"] == "DELETE, GET, OPTIONS"
         assert wrong_allow_headers(client, document) == []
+
+
+def test_the_docs_page_renders_every_operation_with_nothing_off_the_machine(runtime: RuntimeProcess, document: dict,
+                                                                            tmp_path) -> None:
+    paths, hosts = rendered_offline(f"{runtime.url}/schema/swagger", tmp_path)
+    assert paths == set(document["paths"])
+    assert hosts == {"127.0.0.1"}
 
 
 def test_the_runtime_answers_as_its_schema_says(runtime: RuntimeProcess) -> None:
