@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 from litestar import Litestar, Request, Response, delete, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Parameter
 
 from dropwire.runtime.http_errors import exception_handlers
@@ -33,10 +35,24 @@ CSV_BODY = upload_operation("the time series as CSV: a timestamp column, then on
                             media_types=("text/csv",), multipart=False)
 
 
+def or_png(base: type[Operation] = Operation) -> type[Operation]:
+    """``base`` whose 200 answer is the forecast as JSON, or with ?format=png its fan chart."""
+
+    @dataclass
+    class ForecastOperation(base):  # type: ignore[valid-type, misc]
+        def __post_init__(self) -> None:
+            if hasattr(super(), "__post_init__"):
+                super().__post_init__()
+            png = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, content_media_type="image/png"))
+            self.responses["200"].content["image/png"] = png  # type: ignore[index, union-attr]
+
+    return ForecastOperation
+
+
 def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
     limit = service.settings.max_upload_bytes
 
-    async def forecast_response(forecast: Forecast, output: Format) -> Response:
+    async def forecast_response(forecast: Forecast, output: Format) -> Response[Forecast]:
         if output == "png":
             return Response(await asyncio.to_thread(fan_chart_png, forecast), media_type="image/png")
         return Response(forecast)
@@ -54,8 +70,9 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
     async def delete_dataset(handle: str) -> Deleted:
         return service.delete(handle)
 
-    @get("/datasets/{handle:str}/forecasts/{index:int}", responses=error_responses(400, 404, 422, 500, 503, 504))
-    async def draw(handle: str, index: int, format: Format = "json") -> Response:
+    @get("/datasets/{handle:str}/forecasts/{index:int}", responses=error_responses(400, 404, 422, 500, 503, 504),
+         operation_class=or_png())
+    async def draw(handle: str, index: int, format: Format = "json") -> Response[Forecast]:
         return await forecast_response(await service.forecast(handle, index), format)
 
     @get("/datasets/{handle:str}/forecasts", responses=error_responses(400, 404, 422, 500, 503, 504))
@@ -66,9 +83,9 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
         # the background lane instead.
         return await service.forecast_range(handle, start, stop, wait)
 
-    @post("/quick-draw", status_code=200, operation_class=CSV_BODY,
+    @post("/quick-draw", status_code=200, operation_class=or_png(CSV_BODY),
           responses=error_responses(400, 413, 422, 500, 503, 504))
-    async def quick_draw(request: Request, format: Format = "json") -> Response:
+    async def quick_draw(request: Request, format: Format = "json") -> Response[Forecast]:
         return await forecast_response(await service.quick_draw(await request.body()), format)
 
     @get("/health", responses=error_responses(500, 503))

@@ -48,10 +48,11 @@ def upload_operation(description: str, media_types: tuple[str, ...] = ("applicat
     """An Operation class documenting an upload read from the request itself: the raw bytes
     as the body (as one of ``media_types``), or with ``multipart`` a form with the file in
     field ``file``."""
-    raw = Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream")
-    content = {media: OpenAPIMediaType(schema=raw) for media in media_types}
+    content = {media: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, content_media_type=media))
+               for media in media_types}
     if multipart:
-        form = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={"file": raw})
+        file = Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream")
+        form = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={"file": file})
         content["multipart/form-data"] = OpenAPIMediaType(schema=form)
 
     @dataclass

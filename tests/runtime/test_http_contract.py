@@ -31,6 +31,10 @@ def test_every_error_response_is_the_one_error_body_and_csv_bodies_are_documente
         body = document["paths"][path]["post"]["requestBody"]
         assert body["required"] and set(body["content"]) == {"text/csv"}, path
         assert {"413", "422"} <= set(document["paths"][path]["post"]["responses"])
+    for answer in (document["paths"]["/datasets/{handle}/forecasts/{index}"]["get"]["responses"]["200"],
+                   document["paths"]["/quick-draw"]["post"]["responses"]["200"]):
+        assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Forecast"}
+        assert set(answer["content"]) == {"application/json", "image/png"}
 
 
 def test_options_names_every_method_of_every_path(runtime: RuntimeProcess, document: dict) -> None:
