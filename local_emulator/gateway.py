@@ -108,7 +108,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return store.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
                                       max_attempts=spec.max_attempts))
 
-    @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True, responses=error_responses(400, 404, 413, *GATEWAY_ERRORS))
+    @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True,
+          responses=error_responses(400, 404, 413, *GATEWAY_ERRORS))
     def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
                wait: FromQuery[float] = 0.0) -> Accepted | TaskStatus:
         task_id = enqueue_http(name, data)

@@ -66,7 +66,8 @@ def _time_axis(forecast: Forecast) -> tuple[np.ndarray, np.ndarray, float]:
     return np.arange(-history + 1, 1, dtype=float), np.arange(1, forecast.horizon + 1, dtype=float), 1.0
 
 
-def _draw_series(ax, series, forecast: Forecast, past: np.ndarray, ahead: np.ndarray, step: float) -> None:  # noqa: ANN001 (matplotlib Axes)
+def _draw_series(ax, series, forecast: Forecast, past: np.ndarray, ahead: np.ndarray,  # noqa: ANN001 (matplotlib Axes)
+                 step: float) -> None:
     # Drawn first and as outlines, the densities stay behind the bands instead of hiding them.
     for index, (x, grid, values) in enumerate(zip(ahead, series.density_grid, series.density)):
         values = np.asarray(values)

@@ -78,8 +78,8 @@ def fuzz(schema_url: str, max_examples: int, prepare: Callable[[schemathesis.Cas
         # No shrinking: the first failing example is reported as generated, which bounds the run;
         # derandomized, so a run is reproducible and a failure shows again.
         @given(case=operation.as_strategy())
-        @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate], derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+                  derandomize=True, suppress_health_check=list(HealthCheck))
         def conforms(case: schemathesis.Case) -> None:
             prepare(case)
             case.call_and_validate(excluded_checks=[positive_data_acceptance])

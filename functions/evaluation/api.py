@@ -317,7 +317,7 @@ def build_router(ports: ApiPorts) -> Router:
          media_type="application/json", response_description="the last quality check's report")
     def quality_report(use_case: FromPath[str], model: FromPath[str]) -> Stream:
         use_case, model = _check_id(use_case, "use case"), _check_id(model, "model")
-        url = api.last_check(use_case, model).metadata["quality_report"]
+        url = api.last_check(use_case, model)[1].metadata["quality_report"]
         return _download(api.open_url(url), "application/json", f"{use_case}-{model}-quality-report.json")
 
     @get("/use-cases/{use_case:str}/models/{model:str}/results", sync_to_thread=True, responses=READ)
@@ -526,23 +526,24 @@ class _Evaluation:
                          evaluated=state == M.EVALUATION_COMPLETED,
                          links={name: f"{path}/{name}" for name in ("state", "quality-issues", "results", "report")})
 
-    def last_check(self, use_case: str, model: str) -> TransitionRecord:
-        """The transition that recorded the model's last quality check; NotFound before one."""
+    def last_check(self, use_case: str, model: str) -> tuple[str, TransitionRecord]:
+        """The model's state and the transition that recorded its last quality check;
+        NotFound before one."""
         state = self.require_model(use_case, model)
         checked = _last_check(self.ports.state.history("model", f"{use_case}/{model}"))
         if checked is None:
             raise NotFound(f"model {model!r} of use case {use_case!r} has had no quality check yet (it is {state}); "
                            f"upload its dataset", use_case=use_case, model=model, state=state)
-        return checked
+        return state, checked
 
     def quality_issues(self, use_case: str, model: str, base: str) -> QualityIssues:
-        checked = self.last_check(use_case, model)
+        state, checked = self.last_check(use_case, model)
         with self.open_url(checked.metadata["quality_report"]) as stream:
             report = msgspec.json.decode(stream.read(), type=QualityReport)
-        return QualityIssues(model=model, use_case=use_case, state=self.require_model(use_case, model),
-                             files=checked.metadata["files"], sources=report.files, checked_at=checked.happened_at,
-                             passed=report.passed, rows_checked=report.rows_checked, errors=report.errors,
-                             warnings=report.warnings, report=f"{base}{_model_path(use_case, model)}/quality-report")
+        return QualityIssues(model=model, use_case=use_case, state=state, files=checked.metadata["files"],
+                             sources=report.files, checked_at=checked.happened_at, passed=report.passed,
+                             rows_checked=report.rows_checked, errors=report.errors, warnings=report.warnings,
+                             report=f"{base}{_model_path(use_case, model)}/quality-report")
 
     def evaluation(self, use_case: str, model: str) -> tuple[list[TransitionRecord], TransitionRecord]:
         """The model's history and its last successful evaluation; NotEvaluated unless the
