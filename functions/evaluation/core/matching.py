@@ -125,16 +125,27 @@ def compared(field: FieldSpec, text: pl.Expr) -> pl.Expr:
     if isinstance(rule, Exact) and field.type == "category":
         return text.str.strip_chars()  # parse() would normalise a category; exact means as written
     if isinstance(rule, Numeric):
-        value = parse(field, text).cast(pl.Float64)
-        exact = text.str.strip_chars().cast(DECIMAL, strict=False)
-        fits = exact.abs() < pl.lit(EXACT_LIMIT, dtype=DECIMAL)
-        return pl.struct(value.alias("float"), pl.when(value.is_not_null() & fits).then(exact).alias("exact"))
+        return _numeric_form(parse(field, text), text)
     return parse(field, text)
 
 
-def compares_parsed(field: FieldSpec) -> bool:
-    """Whether compared() is just parse(), so the typed value can be reused as is."""
-    return not isinstance(field.match, (NormalizedText, Numeric)) and not (isinstance(field.match, Exact) and field.type == "category")
+def compared_from_value(field: FieldSpec, value: pl.Expr, text: pl.Expr) -> pl.Expr | None:
+    """compared(field, text) built from ``value`` = parse(field, text), saving a second parse;
+    None where compared() reads the text in another way."""
+    if isinstance(field.match, Numeric):
+        return _numeric_form(value, text)
+    if isinstance(field.match, NormalizedText) or (isinstance(field.match, Exact) and field.type == "category"):
+        return None
+    return value
+
+
+def _numeric_form(value: pl.Expr, text: pl.Expr) -> pl.Expr:
+    """The number as a float and, where it parses and fits, as the decimal written."""
+    value = value.cast(pl.Float64)
+    # A decimal text below EXACT_LIMIT never parses to a float at or above it (10**21 is exact in binary).
+    fits = value.abs() < float(EXACT_LIMIT)
+    exact = pl.when(fits).then(text.str.strip_chars().cast(DECIMAL, strict=False))
+    return pl.struct(value.alias("float"), exact.alias("exact"))
 
 
 def worth_distinct(field: FieldSpec) -> bool:
