@@ -14,20 +14,22 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, get, post, put
-from litestar.openapi import OpenAPIConfig
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
-from dropwire.functions.platform.api_ports import ApiPorts
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.platform.objects import ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
 from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.scheduler import Scheduler
 from dropwire.runtime.http_errors import exception_handlers
+from dropwire.runtime.http_options import complete_allow_header
+from dropwire.runtime.openapi import assets_router, error_responses, openapi_config, upload_operation
 from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
 from dropwire.storage.store import Store
 
 ALWAYS_OPEN = frozenset({"/health"})
+RAW_OBJECT = upload_operation("the object's bytes, stored as they are", multipart=False)
 FINISHED = frozenset({"succeeded", "dead"})
 
 
@@ -97,6 +99,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
                       queue=store.queue.stats().by_status)
 
     def enqueue_http(name: str, body: Any) -> int:
+        if name not in {f.name for f in functions}:
+            raise NotFound(f"no function named {name!r}; registered: {sorted(f.name for f in functions)}")
         spec = functions.get(name)
         if not any(isinstance(t, OnHttp) for t in spec.triggers):
             raise NotFound(f"function {name!r} has no HTTP trigger")
@@ -104,7 +108,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return store.queue.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
                                             max_attempts=spec.max_attempts))
 
-    @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True)
+    @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True,
+          responses=error_responses(400, 404, 413, *GATEWAY_ERRORS))
     def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
                wait: FromQuery[float] = 0.0) -> Accepted | TaskStatus:
         task_id = enqueue_http(name, data)
@@ -116,7 +121,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
             time.sleep(0.02)
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
-    @put("/buckets/{bucket:str}/objects/{key:path}", status_code=201)
+    @put("/buckets/{bucket:str}/objects/{key:path}", status_code=201, operation_class=RAW_OBJECT,
+         responses=error_responses(400, 413, *GATEWAY_ERRORS))
     async def upload(bucket: FromPath[str], key: FromPath[str], request: Request) -> Uploaded:
         key = check_key(key.lstrip("/"))
         body = await request.body()
@@ -125,32 +131,32 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         url = objects.write_bytes(bucket, key, body)
         return Uploaded(bucket=bucket, key=key, size=len(body), url=url)
 
-    @get("/tasks/stats", sync_to_thread=True)
+    @get("/tasks/stats", sync_to_thread=True, responses=error_responses(*GATEWAY_ERRORS))
     def task_stats() -> QueueStats:
         return store.queue.stats()
 
-    @get("/tasks/{task_id:int}", sync_to_thread=True)
+    @get("/tasks/{task_id:int}", sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
     def task(task_id: FromPath[int]) -> TaskStatus:
         return store.queue.task(task_id)
 
-    @post("/tasks/cleanup", sync_to_thread=True)
+    @post("/tasks/cleanup", sync_to_thread=True, responses=error_responses(400, *GATEWAY_ERRORS))
     def cleanup(older_than_days: FromQuery[float] = 7.0) -> dict[str, int]:
         return {"removed": store.queue.cleanup(older_than_days)}
 
-    @get("/dead-letters", sync_to_thread=True)
+    @get("/dead-letters", sync_to_thread=True, responses=error_responses(400, *GATEWAY_ERRORS))
     def dead_letters(include_replayed: FromQuery[bool] = False) -> list[DeadLetter]:
         return store.queue.dead_letters(include_replayed=include_replayed)
 
-    @get("/dead-letters/{task_id:int}", sync_to_thread=True)
+    @get("/dead-letters/{task_id:int}", sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
     def dead_letter(task_id: FromPath[int]) -> DeadLetter:
         return store.queue.dead_letter(task_id)
 
-    @post("/dead-letters/{task_id:int}/replay", sync_to_thread=True)
+    @post("/dead-letters/{task_id:int}/replay", sync_to_thread=True, responses=error_responses(400, 404, 409, *GATEWAY_ERRORS))
     def replay(task_id: FromPath[int]) -> Accepted:
         new_id = store.queue.replay_dead_letter(task_id, triggered_by="http")
         return Accepted(task_id=new_id, status_url=f"/tasks/{new_id}")
 
-    @get("/invocations", sync_to_thread=True)
+    @get("/invocations", sync_to_thread=True, responses=error_responses(400, *GATEWAY_ERRORS))
     def invocations(function: FromQuery[str | None] = None, limit: FromQuery[int] = 50) -> list[InvocationRow]:
         rows = store.query(
             "SELECT task_id, attempt, function, source, started_at, duration_ms, outcome, error, event FROM invocations "
@@ -158,12 +164,12 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return [InvocationRow(task_id=t, attempt=a, function=f, source=s, started_at=str(at), duration_ms=d, outcome=o,
                               error=e, event=msgspec.json.decode(ev)) for t, a, f, s, at, d, o, e, ev in rows]
 
-    @post("/reprocess", status_code=202, sync_to_thread=True)
+    @post("/reprocess", status_code=202, sync_to_thread=True, responses=error_responses(400, 404, 413, *GATEWAY_ERRORS))
     def reprocess(data: JSONBody[Reprocess]) -> Accepted:
         task_id = router.reprocess(data.function, objects, data.bucket, data.key)
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
-    @post("/schedules/{name:str}/run", status_code=202, sync_to_thread=True)
+    @post("/schedules/{name:str}/run", status_code=202, sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
     def run_schedule(name: FromPath[str]) -> Accepted:
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
@@ -171,11 +177,13 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
     ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http)
     return Litestar(
         route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
-                        invocations, reprocess, run_schedule, *(factory(ports) for factory in functions.http_apis())],
+                        invocations, reprocess, run_schedule, assets_router(),
+                        *(factory(ports) for factory in functions.http_apis())],
         before_request=require_token,
         exception_handlers=exception_handlers(
             lambda: TooLarge(f"upload exceeds the limit of {max_upload_bytes} bytes")),
         request_max_body_size=max_upload_bytes,
-        openapi_config=OpenAPIConfig(title="dropwire gateway", version="0.1.0"),
+        before_send=[complete_allow_header],
+        openapi_config=openapi_config("dropwire gateway", "0.1.0"),
         logging_config=None,
     )

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 from litestar import Litestar, Request, Response, delete, get, post
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Parameter
 
 from dropwire.runtime.http_errors import exception_handlers
+from dropwire.runtime.http_options import complete_allow_header
+from dropwire.runtime.openapi import assets_router, error_responses, openapi_config, upload_operation
 from dropwire.runtime.plotting import fan_chart_png
 from dropwire.runtime.schemas import DatasetInfo, Deleted, Forecast, ForecastRange, Health, Stats
 from dropwire.runtime.service import ForecastService, upload_limit_error
@@ -27,34 +31,51 @@ from dropwire.runtime.service import ForecastService, upload_limit_error
 Format = Literal["json", "png"]
 # Answers even while shutting down: monitoring must see it happen.
 ALWAYS_OPEN = frozenset({"/stats"})
+CSV_BODY = upload_operation("the time series as CSV: a timestamp column, then one column per series",
+                            media_types=("text/csv",), multipart=False)
+
+
+def or_png(base: type[Operation] = Operation) -> type[Operation]:
+    """``base`` whose 200 answer is the forecast as JSON, or with ?format=png its fan chart."""
+
+    @dataclass
+    class ForecastOperation(base):  # type: ignore[valid-type, misc]
+        def __post_init__(self) -> None:
+            if hasattr(super(), "__post_init__"):
+                super().__post_init__()
+            png = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, content_media_type="image/png"))
+            self.responses["200"].content["image/png"] = png  # type: ignore[index, union-attr]
+
+    return ForecastOperation
 
 
 def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
     limit = service.settings.max_upload_bytes
 
-    async def forecast_response(forecast: Forecast, output: Format) -> Response:
+    async def forecast_response(forecast: Forecast, output: Format) -> Response[Forecast]:
         if output == "png":
             return Response(await asyncio.to_thread(fan_chart_png, forecast), media_type="image/png")
         return Response(forecast)
 
-    @post("/datasets")
+    @post("/datasets", operation_class=CSV_BODY, responses=error_responses(400, 413, 422, 500, 503))
     async def process_and_cache(request: Request, precompute: bool = True) -> Response[DatasetInfo]:
         info, created = await service.upload(await request.body(), precompute=precompute)
         return Response(info, status_code=201 if created else 200)
 
-    @get("/datasets/{handle:str}")
+    @get("/datasets/{handle:str}", responses=error_responses(400, 404, 500, 503))
     async def show_dataset(handle: str) -> DatasetInfo:
         return service.info(handle)
 
-    @delete("/datasets/{handle:str}", status_code=200)
+    @delete("/datasets/{handle:str}", status_code=200, responses=error_responses(400, 404, 500, 503))
     async def delete_dataset(handle: str) -> Deleted:
         return service.delete(handle)
 
-    @get("/datasets/{handle:str}/forecasts/{index:int}")
-    async def draw(handle: str, index: int, format: Format = "json") -> Response:
+    @get("/datasets/{handle:str}/forecasts/{index:int}", responses=error_responses(400, 404, 422, 500, 503, 504),
+         operation_class=or_png())
+    async def draw(handle: str, index: int, format: Format = "json") -> Response[Forecast]:
         return await forecast_response(await service.forecast(handle, index), format)
 
-    @get("/datasets/{handle:str}/forecasts")
+    @get("/datasets/{handle:str}/forecasts", responses=error_responses(400, 404, 422, 500, 503, 504))
     async def draw_range(
         handle: str, start: int, stop: int, wait: float | None = Parameter(default=None, gt=0)
     ) -> ForecastRange:
@@ -62,15 +83,16 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
         # the background lane instead.
         return await service.forecast_range(handle, start, stop, wait)
 
-    @post("/quick-draw", status_code=200)
-    async def quick_draw(request: Request, format: Format = "json") -> Response:
+    @post("/quick-draw", status_code=200, operation_class=or_png(CSV_BODY),
+          responses=error_responses(400, 413, 422, 500, 503, 504))
+    async def quick_draw(request: Request, format: Format = "json") -> Response[Forecast]:
         return await forecast_response(await service.quick_draw(await request.body()), format)
 
-    @get("/health")
+    @get("/health", responses=error_responses(500, 503))
     async def health() -> Health:
         return service.health()  # 503 (the error shape) once shutting down
 
-    @get("/stats")
+    @get("/stats", responses=error_responses(500))
     async def stats() -> Stats:
         return service.stats()
 
@@ -79,10 +101,13 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
             service.ensure_accepting()
 
     return Litestar(
-        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats],
+        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats,
+                        assets_router()],
         before_request=refuse_when_shutting_down,
         exception_handlers=exception_handlers(lambda: upload_limit_error(limit)),
         request_max_body_size=limit,
+        before_send=[complete_allow_header],
+        openapi_config=openapi_config("dropwire runtime", "0.1.0"),
         on_shutdown=[service.shutdown],
         logging_config=None,
     )

@@ -37,6 +37,14 @@ class InvalidRange(DropwireError):
     code = "invalid_range"
 
 
+class NonFiniteForecast(DropwireError):
+    """The model's samples for a series went NaN or infinite (values too large to scale, or a
+    broken model); no density can be estimated from them."""
+
+    http_status = 422
+    code = "non_finite_forecast"
+
+
 class RequestTimedOut(DropwireError):
     http_status = 504
     code = "timeout"

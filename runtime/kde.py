@@ -60,6 +60,10 @@ def density_grid(
         raise ValueError(f"samples must be [rows, n >= 2], got {tuple(samples.shape)}")
     if grid_points < 2:
         raise ValueError(f"grid_points must be at least 2, got {grid_points}")
+    finite = torch.isfinite(samples).all(dim=1)
+    if not finite.all():
+        row = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"samples row {row} holds NaN or infinite values; a density needs finite samples")
     h = scott_bandwidth(samples)
     lo = samples.amin(dim=1) - CUT * h
     hi = samples.amax(dim=1) + CUT * h

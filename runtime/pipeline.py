@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dropwire.runtime import kde
+from dropwire.runtime.errors import NonFiniteForecast
 from dropwire.runtime.model import LoadedModel
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ class ForecastPipeline:
         self.levels = quantile_levels(band_coverages)
         self._levels_tensor = torch.tensor(self.levels, device=model.device)
 
-    def forecast(self, jobs: list[Job]) -> Generator[None, None, list[ForecastResult]]:
+    def forecast(self, jobs: list[Job]) -> Generator[None, None, list[ForecastResult | NonFiniteForecast]]:
+        """One result per job, or the error of a job whose samples went NaN or infinite."""
         device = self.model.device
         module = self.model.module
         context = self.model.context_length
@@ -101,6 +103,10 @@ class ForecastPipeline:
         # KDE in standardized space: the estimate is affine-equivariant (Scott's bandwidth
         # scales with the spread), so unscaling the grid and density afterwards is exact.
         samples = paths.reshape(rows, n, horizon).transpose(1, 2).reshape(rows * horizon, n)
+        finite = torch.isfinite(samples).all(dim=1)
+        if not bool(finite.all()):
+            # The other jobs of the batch go on: the bad rows' samples are blanked for the KDE.
+            samples = torch.where(finite[:, None], samples, torch.zeros((), device=device, dtype=samples.dtype))
         parts: dict[str, list[torch.Tensor]] = {"grid": [], "density": [], "quantiles": [], "mean": [], "std": []}
         for start in range(0, rows * horizon, KDE_ROWS_PER_STEP):
             chunk = samples[start : start + KDE_ROWS_PER_STEP]
@@ -113,7 +119,26 @@ class ForecastPipeline:
             yield
         host = {name: torch.cat(tensors).double().cpu().numpy() for name, tensors in parts.items()}
         host["paths"] = paths.reshape(rows, n, horizon)[:, : self.plot_paths].double().cpu().numpy()
-        return self._unscale(jobs, per_job, host)
+        scaled_finite = finite.cpu().numpy().reshape(rows, horizon)
+        return [self._refusal(job, result, scaled_finite[row : row + len(result.series)]) or result
+                for job, result, row in zip(jobs, self._unscale(jobs, per_job, host), np.cumsum([0, *per_job]))]
+
+    @staticmethod
+    def _refusal(job: Job, result: ForecastResult, scaled_finite: np.ndarray) -> NonFiniteForecast | None:
+        """The error of a job whose samples (``scaled_finite`` [series, horizon]) or unscaled
+        results are NaN or infinite somewhere, naming its first such series and step."""
+        finite = scaled_finite & np.stack([
+            np.isfinite(s.grid).all(axis=1) & np.isfinite(s.density).all(axis=1) & np.isfinite(s.quantiles).all(axis=0)
+            for s in result.series])
+        if finite.all():
+            return None
+        series, step = (int(v) for v in np.argwhere(~finite)[0])
+        name = job.dataset.series_names[series]
+        return NonFiniteForecast(
+            f"dataset {job.dataset.handle}, index {job.index}: the forecast samples of series {name!r} at step "
+            f"{step + 1} of the horizon are NaN or infinite, so no density can be estimated; the series' values are "
+            "likely too large to scale (near the float64 limit of 1.8e308)",
+            handle=job.dataset.handle, index=job.index, series=name, step=step + 1)
 
     def _noise(self, job: Job, series: int) -> torch.Tensor:
         digest = hashlib.sha256(f"{job.dataset.handle}:{job.index}:{self.model.version}".encode()).digest()

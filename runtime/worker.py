@@ -13,7 +13,7 @@ import threading
 import msgspec
 import torch
 
-from dropwire.runtime.errors import ComputeFailed
+from dropwire.runtime.errors import ComputeFailed, NonFiniteForecast
 from dropwire.runtime.pipeline import ForecastPipeline
 from dropwire.runtime.scheduler import Batch, Job, Lane, Scheduler
 
@@ -88,7 +88,11 @@ class DeviceWorker:
                 if batch.lane is Lane.BACKGROUND and not self._yield_to_interactive(jobs):
                     self._abandoned += 1
                     return
-            self._scheduler.finish(jobs, results)
+            done = [(job, result) for job, result in zip(jobs, results) if not isinstance(result, NonFiniteForecast)]
+            self._scheduler.finish([job for job, _ in done], [result for _, result in done])
+            for job, result in zip(jobs, results):
+                if isinstance(result, NonFiniteForecast):
+                    self._scheduler.fail([job], result)
         except Exception as exc:
             # The batch's waiters get an error now (not a timeout later); the worker goes on.
             self._log.exception("forecast batch of %d failed", len(jobs))

@@ -25,7 +25,7 @@ from litestar.datastructures import UploadFile
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from dropwire.functions.platform.api_ports import ApiPorts
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.evaluation.core import FieldMetrics, MacroMetrics, MicroMetrics, QualityIssue, QualityReport, SourceFile
 from dropwire.functions.evaluation.handlers import (
     CONFIG_SUFFIXES,
@@ -37,6 +37,7 @@ from dropwire.functions.evaluation.handlers import (
     UseCaseFile,
 )
 from dropwire.functions.evaluation.states import ModelEvaluationState as M
+from dropwire.runtime.openapi import error_responses, upload_operation
 from dropwire.storage.errors import Conflict, DropwireError, NotFound
 from dropwire.storage.records import EntitySnapshot, TransitionRecord
 
@@ -51,6 +52,13 @@ ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID - 1}}}")
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 CONFIG_FORMATS = tuple(s.lstrip(".") for s in CONFIG_SUFFIXES)
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+PARQUET = "application/vnd.apache.parquet"
+# Each file an evaluation writes, by the name the API serves it under.
+RESULT_FILES = ("per_record", "per_field", "mismatches")
+# What the routes answer besides their result: a read by id, a write, an upload.
+READ = error_responses(400, 404, *GATEWAY_ERRORS)
+WRITE = error_responses(400, 404, 409, 413, *GATEWAY_ERRORS)
+UPLOAD = error_responses(400, 409, 413, 415, *GATEWAY_ERRORS)
 
 Wait = Annotated[float, QueryParameter(ge=0, le=MAX_WAIT_S, description="seconds to wait for the handlers this write fires")]
 Format = Annotated[str | None, QueryParameter(name="format", description="the format of a raw (not multipart) body")]
@@ -147,7 +155,7 @@ class UseCaseView(msgspec.Struct, kw_only=True):
     name: str
     team_email: str
     state: str
-    #: The config template written for the team.
+    #: Where to download the config template written for the team.
     template: str | None
     config: ConfigStatus
     models: list[ModelSummary]
@@ -161,6 +169,7 @@ class QualitySummary(msgspec.Struct, kw_only=True):
     rows_checked: int
     errors: int
     warnings: int
+    #: Where to download the quality report (JSON).
     report: str
 
 
@@ -190,6 +199,7 @@ class QualityIssues(msgspec.Struct, kw_only=True):
     rows_checked: int
     errors: list[QualityIssue]
     warnings: list[QualityIssue]
+    #: Where to download the quality report (JSON).
     report: str
 
 
@@ -209,10 +219,9 @@ class Results(msgspec.Struct, kw_only=True):
     fields: list[FieldMetrics]
     config_hash: str
     mlflow_run_id: str | None
-    #: The Excel report's object URL, and where to download it over HTTP.
+    #: Where to download the Excel report.
     report: str
-    report_download: str
-    #: Parquet results by name (per_record, per_field, mismatches).
+    #: Where to download each Parquet result, by name (per_record, per_field, mismatches).
     results: dict[str, str]
 
 
@@ -221,52 +230,58 @@ def build_router(ports: ApiPorts) -> Router:
     object writes run in worker threads; waits are awaited, so a waiting request holds no thread."""
     api = _Evaluation(ports)
 
-    @post("/use-cases")
+    @post("/use-cases", responses=error_responses(400, 409, 413, *GATEWAY_ERRORS))
     async def create_use_case(data: JSONBody[NewUseCase], wait: Wait = 0.0) -> Response[Accepted]:
         use_case, content = await sync_to_thread(api.new_use_case, data)
         return await api.write("use_case", use_case, use_case, f"{SOURCE_PREFIX}{use_case}/use-case.json", content, wait)
 
-    @get("/use-cases", sync_to_thread=True)
+    @get("/use-cases", sync_to_thread=True, responses=error_responses(*GATEWAY_ERRORS))
     def list_use_cases() -> list[UseCaseSummary]:
         return api.use_cases()
 
-    @get("/use-cases/{use_case:str}", sync_to_thread=True)
-    def get_use_case(use_case: FromPath[str]) -> UseCaseView:
-        return api.use_case(_check_id(use_case, "use case"))
+    @get("/use-cases/{use_case:str}", sync_to_thread=True, responses=READ)
+    def get_use_case(use_case: FromPath[str], request: Request) -> UseCaseView:
+        return api.use_case(_check_id(use_case, "use case"), _base(request))
 
-    @get("/use-cases/{use_case:str}/state", sync_to_thread=True)
+    @get("/use-cases/{use_case:str}/template", sync_to_thread=True, responses=READ, media_type="application/yaml",
+         response_description="the config template written for the team, to fill in and upload")
+    def template(use_case: FromPath[str]) -> Stream:
+        use_case = _check_id(use_case, "use case")
+        return _download(api.open_url(api.template(use_case)), "application/yaml", f"{use_case}-config-template.yaml")
+
+    @get("/use-cases/{use_case:str}/state", sync_to_thread=True, responses=READ)
     def use_case_state(use_case: FromPath[str]) -> EntitySnapshot:
         use_case = _check_id(use_case, "use case")
         api.require_use_case(use_case)
         return ports.store.states.snapshot("use_case", use_case)
 
-    @post("/use-cases/{use_case:str}/upload-config",
-          description="A multipart upload (field 'file', its filename's suffix giving the format) or a raw body "
-                      "with ?format=yaml|yml|json.")
+    @post("/use-cases/{use_case:str}/upload-config", responses=UPLOAD,
+          operation_class=upload_operation("A multipart upload (field 'file', its filename's suffix giving the format) "
+                                           "or a raw body with ?format=yaml|yml|json."))
     async def upload_config(use_case: FromPath[str], request: Request, wait: Wait = 0.0,
                             format_: Format = None) -> Response[Accepted]:
         use_case = _check_id(use_case, "use case")
         data, suffix = await _read_upload(request, format_, CONFIG_FORMATS, "a config")
         return await api.write("use_case", use_case, use_case, f"{SOURCE_PREFIX}{use_case}/config.{suffix}", data, wait)
 
-    @post("/use-cases/{use_case:str}/models")
+    @post("/use-cases/{use_case:str}/models", responses=WRITE)
     async def register_model(use_case: FromPath[str], data: JSONBody[NewModel], wait: Wait = 0.0) -> Response[Accepted]:
         use_case = _check_id(use_case, "use case")
         model, content = await sync_to_thread(api.new_model, use_case, data)
         return await api.write("model", f"{use_case}/{model}", model, f"{_model_folder(use_case, model)}/register.json",
                                content, wait)
 
-    @get("/use-cases/{use_case:str}/models", sync_to_thread=True)
+    @get("/use-cases/{use_case:str}/models", sync_to_thread=True, responses=READ)
     def list_models(use_case: FromPath[str]) -> list[ModelSummary]:
         use_case = _check_id(use_case, "use case")
         api.require_use_case(use_case)
         return api.models(use_case)
 
-    @get("/use-cases/{use_case:str}/models/{model:str}", sync_to_thread=True)
-    def get_model(use_case: FromPath[str], model: FromPath[str]) -> ModelView:
-        return api.model(_check_id(use_case, "use case"), _check_id(model, "model"))
+    @get("/use-cases/{use_case:str}/models/{model:str}", sync_to_thread=True, responses=READ)
+    def get_model(use_case: FromPath[str], model: FromPath[str], request: Request) -> ModelView:
+        return api.model(_check_id(use_case, "use case"), _check_id(model, "model"), _base(request))
 
-    @get("/use-cases/{use_case:str}/models/{model:str}/state", sync_to_thread=True)
+    @get("/use-cases/{use_case:str}/models/{model:str}/state", sync_to_thread=True, responses=READ)
     def model_state(use_case: FromPath[str], model: FromPath[str]) -> EntitySnapshot:
         use_case, model = _check_id(use_case, "use case"), _check_id(model, "model")
         api.require_model(use_case, model)
@@ -280,36 +295,52 @@ def build_router(ports: ApiPorts) -> Router:
         return await api.write("model", f"{use_case}/{model}", model, f"{_model_folder(use_case, model)}/{file}.{suffix}",
                                data, wait)
 
-    upload_description = ("A multipart upload (field 'file', its filename's suffix giving the format) or a raw body "
-                          "with ?format=csv|parquet|xlsx.")
+    data_upload = upload_operation("A multipart upload (field 'file', its filename's suffix giving the format) or a "
+                                   "raw body with ?format=csv|parquet|xlsx.")
 
-    @post("/use-cases/{use_case:str}/models/{model:str}/upload-dataset", description=upload_description)
+    @post("/use-cases/{use_case:str}/models/{model:str}/upload-dataset", operation_class=data_upload, responses=UPLOAD)
     async def upload_dataset(use_case: FromPath[str], model: FromPath[str], request: Request, wait: Wait = 0.0,
                              format_: Format = None) -> Response[Accepted]:
         return await upload_data(use_case, model, request, wait, format_, "dataset")
 
-    @post("/use-cases/{use_case:str}/models/{model:str}/upload-predictions", description=upload_description)
+    @post("/use-cases/{use_case:str}/models/{model:str}/upload-predictions", operation_class=data_upload,
+          responses=UPLOAD)
     async def upload_predictions(use_case: FromPath[str], model: FromPath[str], request: Request, wait: Wait = 0.0,
                                  format_: Format = None) -> Response[Accepted]:
         return await upload_data(use_case, model, request, wait, format_, "predictions")
 
-    @get("/use-cases/{use_case:str}/models/{model:str}/quality-issues", sync_to_thread=True)
-    def quality_issues(use_case: FromPath[str], model: FromPath[str]) -> QualityIssues:
-        return api.quality_issues(_check_id(use_case, "use case"), _check_id(model, "model"))
+    @get("/use-cases/{use_case:str}/models/{model:str}/quality-issues", sync_to_thread=True, responses=READ)
+    def quality_issues(use_case: FromPath[str], model: FromPath[str], request: Request) -> QualityIssues:
+        return api.quality_issues(_check_id(use_case, "use case"), _check_id(model, "model"), _base(request))
 
-    @get("/use-cases/{use_case:str}/models/{model:str}/results", sync_to_thread=True)
-    def results(use_case: FromPath[str], model: FromPath[str]) -> Results:
-        return api.results(_check_id(use_case, "use case"), _check_id(model, "model"))
+    @get("/use-cases/{use_case:str}/models/{model:str}/quality-report", sync_to_thread=True, responses=READ,
+         media_type="application/json", response_description="the last quality check's report")
+    def quality_report(use_case: FromPath[str], model: FromPath[str]) -> Stream:
+        use_case, model = _check_id(use_case, "use case"), _check_id(model, "model")
+        url = api.last_check(use_case, model)[1].metadata["quality_report"]
+        return _download(api.open_url(url), "application/json", f"{use_case}-{model}-quality-report.json")
 
-    @get("/use-cases/{use_case:str}/models/{model:str}/report", sync_to_thread=True,
+    @get("/use-cases/{use_case:str}/models/{model:str}/results", sync_to_thread=True, responses=READ)
+    def results(use_case: FromPath[str], model: FromPath[str], request: Request) -> Results:
+        return api.results(_check_id(use_case, "use case"), _check_id(model, "model"), _base(request))
+
+    @get("/use-cases/{use_case:str}/models/{model:str}/results/{name:str}", sync_to_thread=True, responses=READ,
+         media_type=PARQUET, response_description=f"one Parquet result of the last evaluation: {', '.join(RESULT_FILES)}")
+    def result_file(use_case: FromPath[str], model: FromPath[str], name: FromPath[str]) -> Stream:
+        use_case, model = _check_id(use_case, "use case"), _check_id(model, "model")
+        files = api.evaluation(use_case, model)[1].metadata["results"]
+        if name not in files:
+            raise NotFound(f"no result {name!r}; the results are {', '.join(sorted(files))}", name=name)
+        return _download(api.open_url(files[name]), PARQUET, f"{use_case}-{model}-{name}.parquet")
+
+    @get("/use-cases/{use_case:str}/models/{model:str}/report", sync_to_thread=True, responses=READ, media_type=XLSX,
          response_description="the Excel report (Summary, Per field, Mismatches)")
     def report(use_case: FromPath[str], model: FromPath[str]) -> Stream:
         use_case, model = _check_id(use_case, "use case"), _check_id(model, "model")
         stream = api.open_url(api.evaluation(use_case, model)[1].metadata["report"])
-        return Stream(_chunks(stream), media_type=XLSX,
-                      headers={"Content-Disposition": f'attachment; filename="{use_case}-{model}-report.xlsx"'})
+        return _download(stream, XLSX, f"{use_case}-{model}-report.xlsx")
 
-    @post("/use-cases/{use_case:str}/models/{model:str}/retry")
+    @post("/use-cases/{use_case:str}/models/{model:str}/retry", responses=WRITE)
     async def retry(use_case: FromPath[str], model: FromPath[str], wait: Wait = 0.0) -> Response[Accepted]:
         use_case, model = _check_id(use_case, "use case"), _check_id(model, "model")
         task_id = await sync_to_thread(api.retry, use_case, model)
@@ -317,8 +348,9 @@ def build_router(ports: ApiPorts) -> Router:
         return await sync_to_thread(api.answer, "model", f"{use_case}/{model}", model, runs)
 
     return Router(path="/api", tags=["evaluation"], route_handlers=[
-        create_use_case, list_use_cases, get_use_case, use_case_state, upload_config, register_model, list_models,
-        get_model, model_state, upload_dataset, upload_predictions, quality_issues, results, report, retry])
+        create_use_case, list_use_cases, get_use_case, template, use_case_state, upload_config, register_model,
+        list_models, get_model, model_state, upload_dataset, upload_predictions, quality_issues, quality_report, results,
+        result_file, report, retry])
 
 
 class _Evaluation:
@@ -444,7 +476,16 @@ class _Evaluation:
                                models=counts.get(uc, 0), url=f"/api/use-cases/{uc}")
                 for uc, state, _ in self.ports.store.states.entities("use_case")]
 
-    def use_case(self, use_case: str) -> UseCaseView:
+    def template(self, use_case: str) -> str:
+        """The object URL of the config template written for the use case."""
+        self.require_use_case(use_case)
+        sent = _last(self.ports.state.history("use_case", use_case), ("template_sent",))
+        if sent is None:
+            raise NotFound(f"use case {use_case!r} has no config template yet; it is written when the use case is "
+                           "registered", use_case=use_case)
+        return sent.metadata["template"]
+
+    def use_case(self, use_case: str, base: str) -> UseCaseView:
         state = self.require_use_case(use_case)
         history = self.ports.store.states.history("use_case", use_case)
         config = _last(history, ("config_uploaded", "validation_started", "config_valid", "config_invalid"))
@@ -458,7 +499,7 @@ class _Evaluation:
         template = _last(history, ("template_sent",))
         return UseCaseView(id=use_case, name=history[0].metadata.get("name", ""),
                            team_email=history[0].metadata.get("team_email", ""), state=state,
-                           template=template.metadata.get("template") if template else None, config=status,
+                           template=f"{base}{_use_case_path(use_case)}/template" if template else None, config=status,
                            models=self.models(use_case), state_url=_state_url("use_case", use_case))
 
     def models(self, use_case: str) -> list[ModelSummary]:
@@ -469,7 +510,7 @@ class _Evaluation:
                              url=f"/api/use-cases/{model_id.replace('/', '/models/', 1)}")
                 for model_id, state, _ in self.ports.store.states.entities("model") if model_id.startswith(prefix)]
 
-    def model(self, use_case: str, model: str) -> ModelView:
+    def model(self, use_case: str, model: str, base: str) -> ModelView:
         state = self.require_model(use_case, model)
         history = self.ports.store.states.history("model", f"{use_case}/{model}")
         uploaded = _last(history, ("dataset_uploaded",))
@@ -477,26 +518,32 @@ class _Evaluation:
         quality = None if checked is None else QualitySummary(
             passed=checked.metadata["errors"] == 0, files=checked.metadata["files"],
             rows_checked=checked.metadata["rows_checked"], errors=checked.metadata["errors"],
-            warnings=checked.metadata["warnings"], report=checked.metadata["quality_report"])
-        base = f"/api/use-cases/{use_case}/models/{model}"
+            warnings=checked.metadata["warnings"], report=f"{base}{_model_path(use_case, model)}/quality-report")
+        path = _model_path(use_case, model)
         return ModelView(id=model, use_case=use_case, name=history[0].metadata.get("name", ""),
                          version=history[0].metadata.get("version", ""), state=state,
                          files=uploaded.metadata.get("files", {}) if uploaded else {}, quality=quality,
                          evaluated=state == M.EVALUATION_COMPLETED,
-                         links={name: f"{base}/{name}" for name in ("state", "quality-issues", "results", "report")})
+                         links={name: f"{path}/{name}" for name in ("state", "quality-issues", "results", "report")})
 
-    def quality_issues(self, use_case: str, model: str) -> QualityIssues:
+    def last_check(self, use_case: str, model: str) -> tuple[str, TransitionRecord]:
+        """The model's state and the transition that recorded its last quality check;
+        NotFound before one."""
         state = self.require_model(use_case, model)
         checked = _last_check(self.ports.store.states.history("model", f"{use_case}/{model}"))
         if checked is None:
             raise NotFound(f"model {model!r} of use case {use_case!r} has had no quality check yet (it is {state}); "
                            f"upload its dataset", use_case=use_case, model=model, state=state)
-        url = checked.metadata["quality_report"]
-        with self.open_url(url) as stream:
+        return state, checked
+
+    def quality_issues(self, use_case: str, model: str, base: str) -> QualityIssues:
+        state, checked = self.last_check(use_case, model)
+        with self.open_url(checked.metadata["quality_report"]) as stream:
             report = msgspec.json.decode(stream.read(), type=QualityReport)
         return QualityIssues(model=model, use_case=use_case, state=state, files=checked.metadata["files"],
                              sources=report.files, checked_at=checked.happened_at, passed=report.passed,
-                             rows_checked=report.rows_checked, errors=report.errors, warnings=report.warnings, report=url)
+                             rows_checked=report.rows_checked, errors=report.errors, warnings=report.warnings,
+                             report=f"{base}{_model_path(use_case, model)}/quality-report")
 
     def evaluation(self, use_case: str, model: str) -> tuple[list[TransitionRecord], TransitionRecord]:
         """The model's history and its last successful evaluation; NotEvaluated unless the
@@ -509,9 +556,9 @@ class _Evaluation:
                                f"here once it reaches {M.EVALUATION_COMPLETED}", use_case=use_case, model=model, state=state)
         return history, done
 
-    def results(self, use_case: str, model: str) -> Results:
+    def results(self, use_case: str, model: str, base: str) -> Results:
         history, done = self.evaluation(use_case, model)
-        meta = done.metadata
+        meta, path = done.metadata, _model_path(use_case, model)
         with self.open_url(meta["results"]["per_field"]) as stream:
             fields = msgspec.convert(pl.read_parquet(stream).to_dicts(), list[FieldMetrics])
         return Results(model=model, use_case=use_case, name=history[0].metadata.get("name", ""),
@@ -519,8 +566,8 @@ class _Evaluation:
                        files=meta["files"], evaluated_at=done.happened_at, records=meta["records"],
                        records_all_matched=meta["records_all_matched"], micro=msgspec.convert(meta["micro"], MicroMetrics),
                        macro=msgspec.convert(meta["macro"], MacroMetrics), fields=fields, config_hash=meta["config_hash"],
-                       mlflow_run_id=meta.get("mlflow_run_id"), report=meta["report"],
-                       report_download=f"/api/use-cases/{use_case}/models/{model}/report", results=meta["results"])
+                       mlflow_run_id=meta.get("mlflow_run_id"), report=f"{base}{path}/report",
+                       results={name: f"{base}{path}/results/{name}" for name in meta["results"]})
 
     def open_url(self, url: str) -> IO[bytes]:
         """Open an object by the URL a handler recorded, through the configured buckets."""
@@ -552,6 +599,16 @@ async def _read_upload(request: Request, format_: str | None, formats: tuple[str
     return data, suffix
 
 
+def _base(request: Request) -> str:
+    """The URL this server is reached at, as the client reached it (download links are built on it)."""
+    return str(request.base_url).rstrip("/")
+
+
+def _download(stream: IO[bytes], media_type: str, filename: str) -> Stream:
+    return Stream(_chunks(stream), media_type=media_type,
+                  headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 def _chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     with stream:
         while chunk := stream.read(size):
@@ -566,6 +623,14 @@ def _last_check(history: list[TransitionRecord]) -> TransitionRecord | None:
     """The transition that recorded the model's last quality check, with its counts and
     report (a check's outcome, or an evaluation that found its files failing again)."""
     return next((h for h in reversed(history) if "rows_checked" in h.metadata), None)
+
+
+def _use_case_path(use_case: str) -> str:
+    return f"/api/use-cases/{use_case}"
+
+
+def _model_path(use_case: str, model: str) -> str:
+    return f"{_use_case_path(use_case)}/models/{model}"
 
 
 def _model_folder(use_case: str, model: str) -> str:

@@ -52,3 +52,8 @@ class ApiPorts:
 
 
 ApiFactory = Callable[[ApiPorts], "Router"]
+
+#: What the gateway may answer on any endpoint it serves but /health, whatever the API: 401
+#: without a valid token (when tokens are configured), 500 on an unexpected error, 503 while
+#: the store is closed or locked. Each API documents them beside its own.
+GATEWAY_ERRORS = (401, 500, 503)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import polars as pl
 import pytest
@@ -15,7 +16,7 @@ from dropwire.functions.evaluation.core.matching import compared, values_match
 
 def judge(field: FieldSpec, pairs: list[tuple[str | None, str | None]]) -> list[bool]:
     frame = pl.DataFrame({"t": [t for t, _ in pairs], "p": [p for _, p in pairs]}, schema={"t": pl.String, "p": pl.String})
-    return frame.select(values_match(field, compared(field, pl.col("t")), compared(field, pl.col("p"))))["t"].to_list()
+    return frame.select(values_match(field, compared(field, pl.col("t")), compared(field, pl.col("p")))).to_series().to_list()
 
 
 def test_exact_compares_values_of_the_field_type():
@@ -75,14 +76,52 @@ def test_normalised_text_still_tells_different_words_apart(words):
     assert judge(FieldSpec(name="s", match=NormalizedText()), [(truth, truth + " extra")]) == [False]
 
 
-finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+def test_numeric_tolerance_holds_at_its_boundary_as_written():
+    # Binary floating point makes 99.51 - 99.50 = 0.010000000000005116 > 0.01.
+    field = FieldSpec(name="n", type="number", match=Numeric(abs_tolerance=0.01))
+    assert judge(field, [("99.50", "99.51"), ("1.10", "1.11"), ("10.00", "10.01"), ("99.50", "99.5101")]) == [True, True, True, False]
+    relative = FieldSpec(name="n", type="number", match=Numeric(rel_tolerance=0.1))
+    assert judge(relative, [("1.1", "1.21"), ("1.1", "1.2101"), ("-3.3", "-3.63")]) == [True, False, True]
+    # Beyond the decimal range the rule still holds, in floating point.
+    assert judge(field, [("1e30", "1e30"), ("1e30", "2e30")]) == [True, False]
 
 
-@settings(max_examples=200)
-@given(t=finite, p=finite, abs_tol=st.floats(0, 10), rel_tol=st.floats(0, 0.5))
+def within(t: Decimal, p: Decimal, abs_tol: Decimal, rel_tol: Decimal) -> bool:
+    return abs(t - p) <= max(abs_tol, rel_tol * abs(t))
+
+
+def as_written(value: Decimal) -> str:
+    return f"{value:f}"
+
+
+values = st.decimals(min_value=-10**6, max_value=10**6, places=4, allow_nan=False, allow_infinity=False)
+tolerances = st.decimals(min_value=0, max_value=100, places=3, allow_nan=False, allow_infinity=False)
+rel_tolerances = st.decimals(min_value=0, max_value=Decimal("0.5"), places=3, allow_nan=False, allow_infinity=False)
+unit = Decimal("0.0001")  # the smallest step of the generated values
+
+
+@settings(max_examples=300)
+@given(t=values, p=values, abs_tol=tolerances, rel_tol=rel_tolerances)
 def test_numeric_rule_matches_exactly_when_within_tolerance(t, p, abs_tol, rel_tol):
-    field = FieldSpec(name="n", type="number", match=Numeric(abs_tolerance=abs_tol, rel_tolerance=rel_tol))
-    assert judge(field, [(repr(t), repr(p))]) == [abs(t - p) <= max(abs_tol, rel_tol * abs(t))]
+    field = FieldSpec(name="n", type="number", match=Numeric(abs_tolerance=float(abs_tol), rel_tolerance=float(rel_tol)))
+    assert judge(field, [(as_written(t), as_written(p))]) == [within(t, p, abs_tol, rel_tol)]
+
+
+@settings(max_examples=300)
+@given(t=values, tol=tolerances, sign=st.sampled_from([1, -1]), style=st.sampled_from([as_written, str, lambda d: f"{d:e}"]))
+def test_abs_tolerance_boundary_is_inclusive_and_one_step_past_it_is_not(t, tol, sign, style):
+    field = FieldSpec(name="n", type="number", match=Numeric(abs_tolerance=float(tol)))
+    at, past = t + sign * tol, t + sign * (tol + unit)
+    assert judge(field, [(style(t), style(at)), (style(t), style(past))]) == [True, False]
+
+
+@settings(max_examples=300)
+@given(t=values, rel=rel_tolerances, sign=st.sampled_from([1, -1]))
+def test_rel_tolerance_boundary_is_inclusive_and_one_step_past_it_is_not(t, rel, sign):
+    field = FieldSpec(name="n", type="number", match=Numeric(rel_tolerance=float(rel)))
+    at = t + sign * rel * abs(t)  # exact: at most 7 decimals
+    past = at + sign * Decimal("1e-7")
+    assert judge(field, [(as_written(t), as_written(at)), (as_written(t), as_written(past))]) == [True, False]
 
 
 @given(day=st.dates(dt.date(1900, 1, 1), dt.date(2100, 12, 31)), shift=st.integers(-3, 3), tolerance=st.integers(0, 3),

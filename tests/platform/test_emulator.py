@@ -59,7 +59,7 @@ def test_uploads_http_timeouts_failures_and_the_error_shape(start_emulator):
 
     # Bad input gets the one error shape.
     assert_error_shape(http.put("/buckets/local/objects/a/%2E%2E/%2E%2E/etc/passwd", content=b"x"), 400, "invalid_key")
-    assert_error_shape(http.post("/functions/nope/invoke", json={}), 400, "bad_request")
+    assert "no function named" in assert_error_shape(http.post("/functions/nope/invoke", json={}), 404, "not_found")["message"]
     assert_error_shape(http.post("/functions/measure/invoke", json={}), 404, "not_found")
     assert_error_shape(http.get("/tasks/999999"), 404, "not_found")
     assert_error_shape(http.get("/no/such/route"), 404, "not_found")

@@ -3,10 +3,12 @@ catalog: every write lands in the bucket and fires the same handlers a dropped f
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Iterator
 
 import httpx
+import polars as pl
 import pytest
 
 from dropwire.local_emulator.emulator import Emulator
@@ -104,8 +106,13 @@ def test_two_models_from_registration_to_results_over_http(http):
     assert bad.status_code == 202, bad.text
 
     reach(http, claude, "AWAITING_DATA_FIX")
+    base = str(http.base_url).rstrip("/")  # artifact URLs are absolute, on the address the client used
     issues = http.get(f"{claude}/quality-issues").json()
     assert not issues["passed"]
+    assert issues["report"] == http.get(claude).json()["quality"]["report"] == f"{base}{claude}/quality-report"
+    report_file = httpx.get(issues["report"], timeout=30)
+    assert report_file.status_code == 200 and report_file.headers["content-type"].startswith("application/json")
+    assert [i for i in report_file.json()["issues"] if i["severity"] == "error"] == issues["errors"]
     assert issues["files"] == {"dataset": "use-cases/invoice-extraction/models/claude-3-2024-01/dataset.csv"}
     first = issues["errors"][0]
     assert first["file"].endswith("claude-3-2024-01/dataset.csv") and first["column"] == "name_true"
@@ -124,7 +131,16 @@ def test_two_models_from_registration_to_results_over_http(http):
     assert [f["field"] for f in results["fields"]] == [f["name"] for f in FIELDS]
     assert all(0 <= f["f1"] <= 1 and f["records"] == 4 for f in results["fields"])
     assert set(results["results"]) == {"per_record", "per_field", "mismatches"}
-    report = http.get(results["report_download"])
+    # Every artifact URL the API hands out is one a client on another machine can follow.
+    for name, url in results["results"].items():
+        assert url == f"{base}{gpt}/results/{name}"
+        parquet = httpx.get(url, timeout=30)
+        assert parquet.status_code == 200 and parquet.headers["content-type"] == "application/vnd.apache.parquet"
+        assert pl.read_parquet(io.BytesIO(parquet.content)).height > 0
+    assert set(pl.read_parquet(io.BytesIO(httpx.get(results["results"]["per_field"]).content))["field"]) == {
+        f["name"] for f in FIELDS}
+    error(http.get(f"{gpt}/results/elsewhere"), 404, "not_found")
+    report = httpx.get(results["report"], timeout=30)
     assert report.status_code == 200 and report.content[:2] == b"PK"
     assert report.headers["content-type"] == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     assert 'filename="invoice-extraction-gpt-4-2024-01-report.xlsx"' in report.headers["content-disposition"]
@@ -145,7 +161,10 @@ def test_two_models_from_registration_to_results_over_http(http):
     view = http.get(uc).json()
     assert view["name"] == "Invoice Extraction" and view["team_email"] == "ml@example.com"
     assert view["state"] == "CONFIG_VALIDATED" and view["config"]["status"] == "valid" and view["config"]["config_hash"]
-    assert view["template"].endswith("evaluation-templates/invoice-extraction/config-template.yaml")
+    assert view["template"] == f"{base}/api/use-cases/invoice-extraction/template"
+    template = httpx.get(view["template"], timeout=30)
+    assert template.status_code == 200 and template.headers["content-type"].startswith("application/yaml")
+    assert template.text.startswith("# Evaluation config for use case \"invoice-extraction\"")
     assert {m["state"] for m in view["models"]} == {"EVALUATION_COMPLETED"}
     listed = {u["id"]: u for u in http.get("/api/use-cases").json()}
     assert listed["invoice-extraction"]["models"] == 2 and listed["invoice-extraction"]["state"] == "CONFIG_VALIDATED"

@@ -93,6 +93,23 @@ def test_every_error_has_the_one_shape_and_the_runtime_keeps_serving(client: htt
     client.delete(f"/datasets/{handle}")
 
 
+def test_samples_gone_nan_are_refused_naming_the_series_and_step(client: httpx.Client) -> None:
+    # Finite values whose sum overflows float64 scale to NaN, and so do the model's samples;
+    # values whose spread overflows it scale fine but unscale to infinities.
+    for huge in ("1.6e308", "-1.7e308", "1.7e308"), ("-1.7e308", "1.7e308"):
+        rows = [f"2024-01-01T{h:02d}:00:00,{h * 0.5},{huge[h % len(huge)]}" for h in range(20)]
+        content = ("timestamp,calm,huge\n" + "\n".join(rows) + "\n").encode()
+        handle = upload(client, content)["handle"]
+        body = assert_error(client.get(f"/datasets/{handle}/forecasts/19"), 422, "non_finite_forecast",
+                            "series 'huge'", "step 1 ", "index 19")
+        assert body["details"] == {"handle": handle, "index": 19, "series": "huge", "step": 1}
+        assert_error(client.post("/quick-draw", content=content, headers=CSV), 422, "non_finite_forecast", "'huge'")
+        client.delete(f"/datasets/{handle}")
+    healthy = upload(client, generated_csv(40, seed=13))["handle"]
+    assert client.get(f"/datasets/{healthy}/forecasts/39").status_code == 200
+    client.delete(f"/datasets/{healthy}")
+
+
 def test_quick_draw_computes_only_the_last_index_and_leaves_nothing(client: httpx.Client, runtime: RuntimeProcess) -> None:
     before = runtime.stats()
     forecast = client.post("/quick-draw", content=generated_csv(50, seed=13), headers=CSV).json()

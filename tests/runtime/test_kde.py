@@ -101,3 +101,10 @@ def test_rejects_unusable_shapes() -> None:
         density_grid(torch.zeros(3), 10)
     with pytest.raises(ValueError, match="grid_points"):
         density_grid(torch.zeros(1, 5), 1)
+
+
+def test_a_sample_holding_nan_is_refused_naming_its_row() -> None:
+    samples = torch.randn(3, 50, dtype=torch.float64)
+    samples[2, 7] = float("nan")
+    with pytest.raises(ValueError, match="samples row 2 holds NaN"):
+        density_grid(samples, 64)

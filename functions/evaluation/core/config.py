@@ -40,7 +40,8 @@ class NormalizedText(_Rule, tag="normalized_text"):
 
 
 class Numeric(_Rule, tag="numeric"):
-    """|truth - prediction| <= max(abs_tolerance, rel_tolerance * |truth|)."""
+    """|truth - prediction| <= max(abs_tolerance, rel_tolerance * |truth|), in decimal on the numbers
+    as written (99.50 vs 99.51 is within 0.01)."""
 
     abs_tolerance: float = 0.0
     rel_tolerance: float = 0.0

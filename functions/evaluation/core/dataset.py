@@ -127,8 +127,8 @@ def _with_values(config: EvaluationConfig, frame: pl.DataFrame) -> pl.DataFrame:
                                            (prediction_column(i), prediction_value(i), prediction_form(i), prediction_present(i))):  # fmt: skip
             direct.append((~matching.is_missing(pl.col(text), config.dataset.missing_values)).alias(present))
             outputs = [(value, lambda t, field=field: matching.parse(field, t))]
-            if matching.compares_parsed(field):
-                reused.append(pl.col(value).alias(form))
+            if (from_value := matching.compared_from_value(field, pl.col(value), pl.col(text))) is not None:
+                reused.append(from_value.alias(form))
             else:
                 outputs.append((form, lambda t, field=field: matching.compared(field, t)))
             for name, expression in outputs:

@@ -4,6 +4,7 @@ the truth, one vectorised expression per rule (no per-row Python)."""
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Callable
 
 import polars as pl
@@ -105,21 +106,46 @@ def _four_digit_year(date: pl.Expr, fmt: str) -> pl.Expr:
     return pl.when(date.dt.year() >= 1000).then(date) if "%Y" in fmt else date
 
 
+# Numeric tolerances compare the numbers as written, in decimal: 99.50 vs 99.51 is 0.01 apart,
+# which binary floating point makes 0.010000000000005116. Decimal(38, 15) holds 15 decimals
+# and, below EXACT_LIMIT, every difference and every rel_tolerance (<= MAX_EXACT_REL) times a
+# value without overflow; values beyond it (or past 15 decimals) compare as Float64.
+DECIMAL = pl.Decimal(38, 15)
+EXACT_LIMIT = Decimal(10) ** 21
+MAX_EXACT_REL = 10.0
+
+
 def compared(field: FieldSpec, text: pl.Expr) -> pl.Expr:
     """The form of a cell that the field's rule compares: normalised text for normalized_text,
-    the written text for an exact category, otherwise the typed value (null if it does not
-    parse)."""
+    the written text for an exact category, for a numeric tolerance the value both as written
+    (a decimal) and as a float, otherwise the typed value (null if it does not parse)."""
     rule = field.match
     if isinstance(rule, NormalizedText):
         return normalise_text(text, case=rule.case, whitespace=rule.whitespace, punctuation=rule.punctuation)
     if isinstance(rule, Exact) and field.type == "category":
         return text.str.strip_chars()  # parse() would normalise a category; exact means as written
+    if isinstance(rule, Numeric):
+        return _numeric_form(parse(field, text), text)
     return parse(field, text)
 
 
-def compares_parsed(field: FieldSpec) -> bool:
-    """Whether compared() is just parse(), so the typed value can be reused as is."""
-    return not isinstance(field.match, NormalizedText) and not (isinstance(field.match, Exact) and field.type == "category")
+def compared_from_value(field: FieldSpec, value: pl.Expr, text: pl.Expr) -> pl.Expr | None:
+    """compared(field, text) built from ``value`` = parse(field, text), saving a second parse;
+    None where compared() reads the text in another way."""
+    if isinstance(field.match, Numeric):
+        return _numeric_form(value, text)
+    if isinstance(field.match, NormalizedText) or (isinstance(field.match, Exact) and field.type == "category"):
+        return None
+    return value
+
+
+def _numeric_form(value: pl.Expr, text: pl.Expr) -> pl.Expr:
+    """The number as a float and, where it parses and fits, as the decimal written."""
+    value = value.cast(pl.Float64)
+    # A decimal text below EXACT_LIMIT never parses to a float at or above it (10**21 is exact in binary).
+    fits = value.abs() < float(EXACT_LIMIT)
+    exact = pl.when(fits).then(text.str.strip_chars().cast(DECIMAL, strict=False))
+    return pl.struct(value.alias("float"), exact.alias("exact"))
 
 
 def worth_distinct(field: FieldSpec) -> bool:
@@ -153,8 +179,7 @@ def values_match(field: FieldSpec, truth: pl.Expr, prediction: pl.Expr) -> pl.Ex
     prediction that does not parse (or is absent) never matches."""
     rule = field.match
     if isinstance(rule, Numeric):
-        t, p = truth.cast(pl.Float64), prediction.cast(pl.Float64)
-        same = (t - p).abs() <= pl.max_horizontal(pl.lit(rule.abs_tolerance), rule.rel_tolerance * t.abs())
+        same = _within_tolerance(rule, truth, prediction)
     elif isinstance(rule, DateMatch):
         same = (truth - prediction).dt.total_days().abs() <= rule.tolerance_days
     elif isinstance(rule, CategoryMatch):
@@ -162,6 +187,21 @@ def values_match(field: FieldSpec, truth: pl.Expr, prediction: pl.Expr) -> pl.Ex
     else:
         same = truth == prediction
     return same.fill_null(False)
+
+
+def _within_tolerance(rule: Numeric, truth: pl.Expr, prediction: pl.Expr) -> pl.Expr:
+    """|truth - prediction| <= max(abs_tolerance, rel_tolerance * |truth|) on compared()'s
+    structs: in decimal where both values and the tolerances are exact, else in Float64."""
+    t, p = truth.struct.field("float"), prediction.struct.field("float")
+    approximate = (t - p).abs() <= pl.max_horizontal(pl.lit(rule.abs_tolerance), rule.rel_tolerance * t.abs())
+    # A tolerance read from a config is a float; repr gives back the decimal its author wrote.
+    abs_tolerance, rel_tolerance = Decimal(repr(rule.abs_tolerance)), Decimal(repr(rule.rel_tolerance))
+    if abs_tolerance >= EXACT_LIMIT or rule.rel_tolerance > MAX_EXACT_REL:
+        return approximate
+    t, p = truth.struct.field("exact"), prediction.struct.field("exact")
+    allowed = pl.max_horizontal(pl.lit(abs_tolerance, dtype=DECIMAL), pl.lit(rel_tolerance, dtype=DECIMAL) * t.abs())
+    exact = (t - p).abs() <= allowed
+    return pl.when(t.is_not_null() & p.is_not_null()).then(exact).otherwise(approximate)
 
 
 def rule_label(field: FieldSpec) -> str:

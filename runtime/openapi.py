@@ -1,0 +1,77 @@
+"""What the OpenAPI documents and docs pages of dropwire's apps say beyond Litestar's defaults,
+so that a client generated from the schema is right: the one error body as one component that
+every documented error response refers to (Litestar's own 400 describes {status_code, detail,
+extra}, which no dropwire app answers), the request bodies of raw uploads (read from the
+request, so Litestar cannot see them), and the Swagger UI page with its assets served from the
+installed swagger-ui-py package instead of a public CDN (a blank page offline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import swagger_ui
+from litestar import Router
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.static_files import create_static_files_router
+
+from dropwire.storage.errors import ErrorBody
+
+# What each error status means, the same in every app.
+ERROR_MEANINGS = {
+    400: "The request is malformed: a parameter, the body or an id is invalid; the message names it.",
+    401: "No valid bearer token (only when API tokens are configured).",
+    404: "The named entity, object or function does not exist.",
+    409: "The write conflicts with the current state, or the handler it fired refused it.",
+    413: "The body is larger than the upload limit.",
+    415: "The upload's format is not one this endpoint reads.",
+    422: "The content cannot be used; the message names the line, column, series or index at fault.",
+    500: "An unexpected error (logged).",
+    503: "The service is shutting down, or its database is in use or closed.",
+    504: "Timed out waiting for the computation.",
+}
+
+ASSETS_PATH = "/schema/assets"
+SWAGGER_ASSETS = Path(swagger_ui.__file__).parent / "static"
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The documented error answers of an operation, each the one ErrorBody component."""
+    return {status: ResponseSpec(data_container=ErrorBody, description=ERROR_MEANINGS[status], generate_examples=False)
+            for status in statuses}
+
+
+def upload_operation(description: str, media_types: tuple[str, ...] = ("application/octet-stream",),
+                     multipart: bool = True) -> type[Operation]:
+    """An Operation class documenting an upload read from the request itself: the raw bytes
+    as the body (as one of ``media_types``), or with ``multipart`` a form with the file in
+    field ``file``."""
+    content = {media: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, content_media_type=media))
+               for media in media_types}
+    if multipart:
+        file = Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream")
+        form = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={"file": file})
+        content["multipart/form-data"] = OpenAPIMediaType(schema=form)
+
+    @dataclass
+    class UploadOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(content=content, description=description, required=True)
+
+    return UploadOperation
+
+
+def openapi_config(title: str, version: str) -> OpenAPIConfig:
+    """/schema (the document) and /schema/swagger, whose script, styles and icon are served by
+    assets_router(): the page needs nothing off the machine."""
+    swagger = SwaggerRenderPlugin(
+        js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js", css_url=f"{ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{ASSETS_PATH}/favicon-32x32.png'>")
+    return OpenAPIConfig(title=title, version=version, render_plugins=[swagger])
+
+
+def assets_router() -> Router:
+    return create_static_files_router(path=ASSETS_PATH, directories=[SWAGGER_ASSETS], name="swagger-assets")
