@@ -37,6 +37,7 @@ from dropwire.storage.errors import (
     UnknownTask,
     VersionConflict,
 )
+from dropwire.storage.read_only_query import run_read_only_query
 from dropwire.storage.records import (
     Admission,
     Applied,
@@ -844,21 +845,10 @@ class Store:
         return cursor
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
-        """One read-only SELECT over the committed state, for inspection. Writes must go through
-        the writer thread (its views would silently go out of step), so anything else is refused."""
-        cursor = self._cursor()
-        try:
-            statements = cursor.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise DropwireError(f"the query does not parse: {exc}") from None
-        kinds = [statement.type for statement in statements]
-        if kinds not in ([duckdb.StatementType.SELECT], [duckdb.StatementType.EXPLAIN]):
-            raise DropwireError("a query must be exactly one SELECT (read-only); got "
-                                + (", ".join(k.name for k in kinds) or "nothing"))
-        try:
-            return cursor.execute(sql, params).fetchall()
-        except duckdb.Error as exc:
-            raise DropwireError(f"the query failed: {exc}") from None
+        """One SELECT over the committed state, for inspection, that cannot write (see
+        read_only_query): writes must go through the writer thread, whose views would
+        otherwise silently go out of step."""
+        return run_read_only_query(self._cursor(), sql, params)
 
     def history(self, kind: str, entity_id: str) -> list[TransitionRecord]:
         rows = self._cursor().execute(
