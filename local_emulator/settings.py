@@ -35,7 +35,9 @@ class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     bucket: str = "local"
     bucket_dir: str = ""
     bucket_s3: str = ""
-    # A written file counts as complete once its size and mtime hold still this long.
+    # On Linux a dropped file is emitted when closed after writing or renamed into place.
+    # Elsewhere, and for files a scan finds (catch-up at start, a new directory's first
+    # files), it counts as complete once its size and mtime hold still this long.
     settle_seconds: float = 0.02
     # S3 (or an S3-compatible endpoint): the buckets to serve, and the SQS queue their
     # notifications go to. Credentials come from the usual AWS variables.
