@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from dropwire.local_emulator.redact import mask_logs
 from dropwire.local_emulator.settings import Settings, describe_settings, load_settings
 from dropwire.storage.errors import DropwireError
 
@@ -81,6 +82,7 @@ app.add_typer(events_app, name="events")
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    mask_logs()  # no credentials of a URL in any log line
     try:
         app()
     except DropwireError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import msgspec
 
+from dropwire.local_emulator.redact import mask_url
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.errors import DropwireError
@@ -273,7 +274,9 @@ def describe_settings(settings: Settings) -> dict[str, Any]:
                 key: ("****" if value and any(m in key for m in SECRET_MARKERS) and not isinstance(value, (dict, bool, int, float)) else mask(value))
                 for key, value in obj.items()
             }
-        return obj
+        if isinstance(obj, list):
+            return [mask(value) for value in obj]
+        return mask_url(obj) if isinstance(obj, str) else obj  # credentials inside any URL
 
     described = msgspec.to_builtins(settings)
     described["db_path"] = str(settings.database_path)
