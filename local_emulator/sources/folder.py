@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from stat import S_ISREG
 import threading
 import time
 from datetime import datetime, timezone
@@ -38,6 +39,7 @@ class FolderSource:
     def __init__(self, root: Path, bucket: str, emit: Callable[[list[ObjectEvent]], object],
                  settle_seconds: float = 0.03, close_events: bool = CLOSE_EVENTS) -> None:
         self.root = root.resolve()
+        self._prefix = str(self.root) + os.sep
         self.bucket = bucket
         self.emit = emit
         self.settle_seconds = settle_seconds
@@ -63,10 +65,9 @@ class FolderSource:
     def _relative(self, path: str) -> str | None:
         """The key of an eligible file below the root, else None (a symlink leading out of the
         folder is named in the log: the bucket never serves what lies outside it)."""
-        try:
-            relative = Path(path).relative_to(self.root).as_posix()
-        except ValueError:
+        if not path.startswith(self._prefix):
             return None
+        relative = path[len(self._prefix):].replace(os.sep, "/")  # string work: this runs for every event
         if ignored(relative):
             return None
         if os.path.islink(path):
@@ -89,13 +90,13 @@ class FolderSource:
         """The event for a file known to be complete (closed after writing, renamed in)."""
         self._pending.pop(path, None)
         relative = self._relative(path)
+        if relative is None:
+            return None
         try:
             stat = os.stat(path)
         except FileNotFoundError:
             return None
-        if relative is None or not os.path.isfile(path):
-            return None
-        return self._event(relative, stat, "ObjectCreated:Put")
+        return self._event(relative, stat, "ObjectCreated:Put") if S_ISREG(stat.st_mode) else None
 
     def _removed(self, path: str) -> ObjectEvent | None:
         relative = self._relative(path)
