@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from stat import S_ISREG
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from stat import S_ISREG
 from typing import Callable
 
 import watchfiles
@@ -43,7 +43,6 @@ class FolderSource:
         self.bucket = bucket
         self.emit = emit
         self.settle_seconds = settle_seconds
-        self.close_events = close_events
         self._pending: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, since)
         self._stop = threading.Event()
         self._ready = threading.Event()
