@@ -17,6 +17,7 @@ from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, re
 from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
 from dropwire.local_emulator.runtime_cli import runtime_app
 from dropwire.local_emulator.settings import describe_settings
+from dropwire.local_emulator.redact import mask_logs
 from dropwire.storage.errors import DropwireError
 
 app = typer.Typer(
@@ -67,6 +68,7 @@ app.add_typer(events_app, name="events")
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    mask_logs()  # no credentials of a URL in any log line
     try:
         app()
     except DropwireError as exc:

@@ -20,6 +20,7 @@ from dropwire.local_emulator.control_plane import run_control_plane, start_pool,
 from dropwire.storage import consistency, migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DropwireError
+from dropwire.storage.read_only_query import run_read_only_query
 
 
 log = logging.getLogger("dropwire.worker")
@@ -91,9 +92,17 @@ def db_export(directory: Path = typer.Argument(..., help="A new directory for th
 
 @db_app.command("query")
 def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed state (works while the control plane runs).")) -> None:
-    """Run SQL over the state database and print the rows."""
-    with store_access(current_settings()) as store:
-        rows = store.query(sql)
+    """Run one SELECT over the state database and print the rows; nothing can be changed."""
+    settings = current_settings()
+    client = ControlClient.try_connect(settings.control_socket_path, settings.control_key())
+    if client is not None:
+        try:
+            rows = client.query(sql)
+        finally:
+            client.close()
+    else:  # a stopped database: opened read-only, so even DuckDB itself cannot write it
+        with connect(settings.database_path, read_only=True) as con:
+            rows = run_read_only_query(con, sql)
     table = Table(*[f"{i}" for i in range(len(rows[0]))] if rows else ["(no rows)"], show_header=False)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))

@@ -8,16 +8,19 @@ endpoint but /health needs a bearer token."""
 from __future__ import annotations
 
 import hmac
+import logging
 import time
+import unicodedata
 from datetime import datetime, timezone
 from typing import Annotated, Any
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 from litestar import Litestar, Request, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
-from dropwire.functions.platform.objects import ObjectStore, check_key
+from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
 from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.scheduler import Scheduler
@@ -28,6 +31,8 @@ from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
 from dropwire.storage.store import Store
 
+log = logging.getLogger("dropwire.gateway")
+
 ALWAYS_OPEN = frozenset({"/health"})
 RAW_OBJECT = upload_operation("the object's bytes, stored as they are", multipart=False)
 FINISHED = frozenset({"succeeded", "dead"})
@@ -36,6 +41,11 @@ FINISHED = frozenset({"succeeded", "dead"})
 class NotAuthorized(DropwireError):
     http_status = 401
     code = "not_authorized"
+
+
+class NotReady(DropwireError):
+    http_status = 503
+    code = "not_ready"
 
 
 class TooLarge(DropwireError):
@@ -63,9 +73,6 @@ class Reprocess(msgspec.Struct):
 
 class Health(msgspec.Struct):
     status: str
-    database: str
-    functions: list[str]
-    queue: dict[str, int]
 
 
 class InvocationRow(msgspec.Struct):
@@ -78,6 +85,18 @@ class InvocationRow(msgspec.Struct):
     outcome: str
     error: str | None
     event: Any
+
+
+def _key_as_sent(request: Request, key: str) -> str:
+    """The object key exactly as the client sent it. Routing collapses '//', which would turn
+    '/objects/%2Fabs/x' (an absolute key, refused) into the key 'abs/x'."""
+    raw = request.scope.get("raw_path")
+    if not raw:
+        return key.removeprefix("/")
+    try:  # /buckets/{bucket}/objects/{key}
+        return unquote_to_bytes(raw.split(b"/", 4)[4]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidKey("the object key in the URL is not UTF-8") from None
 
 
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
@@ -95,8 +114,13 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
 
     @get("/health", sync_to_thread=True)
     def health() -> Health:
-        return Health(status="ok", database=str(store.path), functions=sorted(f.name for f in functions),
-                      queue=store.queue.stats().by_status)
+        """Liveness and readiness for a load balancer, open to anyone: so it says nothing else."""
+        try:
+            store.queue.stats()  # the store answers reads: ready
+        except Exception as exc:  # whatever the cause, not ready; the cause goes to the log, not to anyone asking
+            log.warning("/health: not ready: %s: %s", type(exc).__name__, exc)
+            raise NotReady("not ready: the state store is not answering") from None
+        return Health(status="ok")
 
     def enqueue_http(name: str, body: Any) -> int:
         if name not in {f.name for f in functions}:
@@ -124,7 +148,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
     @put("/buckets/{bucket:str}/objects/{key:path}", status_code=201, operation_class=RAW_OBJECT,
          responses=error_responses(400, 413, *GATEWAY_ERRORS))
     async def upload(bucket: FromPath[str], key: FromPath[str], request: Request) -> Uploaded:
-        key = check_key(key.lstrip("/"))
+        # This entry names the stored object itself, so it stores one Unicode form (NFC).
+        key = check_key(unicodedata.normalize("NFC", _key_as_sent(request, key)))
         body = await request.body()
         if len(body) > max_upload_bytes:
             raise TooLarge(f"upload of {len(body)} bytes exceeds the limit of {max_upload_bytes} bytes")

@@ -35,6 +35,7 @@ import httpx
 import msgspec
 from fsspec.utils import get_protocol
 
+from dropwire.local_emulator.redact import mask_urls
 from dropwire.local_emulator.settings import NotificationSettings
 from dropwire.storage.records import NotificationRecord
 from dropwire.storage.outbox import Outbox
@@ -137,7 +138,7 @@ class Notifier:
                                                  email_sent=email_sent, webhook_sent=webhook_sent)
             return
         attempts = n.attempts + 1
-        error = "; ".join(errors)
+        error = mask_urls("; ".join(errors))  # kept in the table and logged: no credentials of the webhook's URL
         spent = attempts >= settings.max_attempts
         self.notifications.mark_notification(n.id, status="failed" if spent else "pending", attempts=attempts, last_error=error,
                                              next_attempt_at=time.time() + self._backoff(attempts), eml_path=eml_path,

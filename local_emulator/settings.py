@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import msgspec
 
+from dropwire.local_emulator.redact import mask_url
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.errors import DropwireError
@@ -35,7 +36,9 @@ class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     bucket: str = "local"
     bucket_dir: str = ""
     bucket_s3: str = ""
-    # A written file counts as complete once its size and mtime hold still this long.
+    # On Linux a dropped file is emitted when closed after writing or renamed into place.
+    # Elsewhere, and for files a scan finds (catch-up at start, a new directory's first
+    # files), it counts as complete once its size and mtime hold still this long.
     settle_seconds: float = 0.02
     # S3 (or an S3-compatible endpoint): the buckets to serve, and the SQS queue their
     # notifications go to. Credentials come from the usual AWS variables.
@@ -271,7 +274,9 @@ def describe_settings(settings: Settings) -> dict[str, Any]:
                 key: ("****" if value and any(m in key for m in SECRET_MARKERS) and not isinstance(value, (dict, bool, int, float)) else mask(value))
                 for key, value in obj.items()
             }
-        return obj
+        if isinstance(obj, list):
+            return [mask(value) for value in obj]
+        return mask_url(obj) if isinstance(obj, str) else obj  # credentials inside any URL
 
     described = msgspec.to_builtins(settings)
     described["db_path"] = str(settings.database_path)

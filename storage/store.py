@@ -29,10 +29,11 @@ import duckdb
 
 from dropwire.storage import migrate
 from dropwire.storage.database import connect
-from dropwire.storage.errors import Conflict, DropwireError
+from dropwire.storage.errors import Conflict
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.queue import Queue
 from dropwire.storage.receipts import Receipts
+from dropwire.storage.read_only_query import run_read_only_query
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.state_machine import StateMachine
 from dropwire.storage.states import States
@@ -81,21 +82,10 @@ class Store:
     # ------------------------------------------------------------------ inspection (committed data only)
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
-        """One read-only SELECT over the committed state, for inspection. Writes must go through
-        the writer thread (its views would silently go out of step), so anything else is refused."""
-        cursor = self.writer.cursor()
-        try:
-            statements = cursor.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise DropwireError(f"the query does not parse: {exc}") from None
-        kinds = [statement.type for statement in statements]
-        if kinds not in ([duckdb.StatementType.SELECT], [duckdb.StatementType.EXPLAIN]):
-            raise DropwireError("a query must be exactly one SELECT (read-only); got "
-                                + (", ".join(k.name for k in kinds) or "nothing"))
-        try:
-            return cursor.execute(sql, params).fetchall()
-        except duckdb.Error as exc:
-            raise DropwireError(f"the query failed: {exc}") from None
+        """One SELECT over the committed state, for inspection, that cannot write (see
+        read_only_query): writes must go through the writer thread, whose views would
+        otherwise silently go out of step."""
+        return run_read_only_query(self.writer.cursor(), sql, params)
 
     def export(self, directory: Path | str) -> Path:
         """Write a consistent snapshot of every table as Parquet (readable by DuckDB and polars)."""

@@ -27,11 +27,18 @@ class OutputNotDeclared(DropwireError):
 def check_key(key: str) -> str:
     """The key if it is safe to map onto a path, else InvalidKey saying what is wrong.
     Spaces, '+', '%' and unicode are fine; '..' segments, absolute paths and control
-    characters are not."""
+    characters are not. Unicode must be in one form, NFC: 'café' spelled with a combining
+    accent (NFD, as some Mac tools write names) would otherwise be a second object that
+    prints the same as the first."""
     if not key:
         raise InvalidKey("the object key is empty")
     if any(unicodedata.category(ch) == "Cc" for ch in key):
         raise InvalidKey(f"object key {key!r} contains control characters")
+    if not unicodedata.is_normalized("NFC", key):
+        nfc = unicodedata.normalize("NFC", key)
+        raise InvalidKey(f"object key {ascii(key)} is not in Unicode NFC form, the one form dropwire keeps keys in "
+                         f"(so that one name is one object); rename it to {ascii(nfc)}, which prints the same",
+                         key=key, nfc=nfc)
     if key.startswith("/"):
         raise InvalidKey(f"object key {key!r} is an absolute path; keys are relative to the bucket")
     if ".." in key.split("/") or "." in key.split("/"):

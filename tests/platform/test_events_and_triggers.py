@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from urllib.parse import quote_plus
 
 import pytest
@@ -57,10 +58,20 @@ def test_safe_keys_pass(key):
 @pytest.mark.parametrize("key, message", [
     ("../etc/passwd", "'.' or '..' segments"), ("a/../../b", "'.' or '..' segments"), ("/etc/passwd", "absolute path"),
     ("bad\nname", "control characters"), ("tab\there", "control characters"), ("", "empty"), ("folder/", "names a folder"),
+    ("cafe\u0301.csv", "not in Unicode NFC form.*rename it to 'caf\\\\xe9.csv'"),
 ])
 def test_unsafe_keys_are_refused(key, message):
     with pytest.raises(InvalidKey, match=message):
         check_key(key)
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="/."), min_size=1, max_size=30))
+def test_a_key_is_accepted_in_exactly_one_unicode_form(key):
+    nfc, nfd = unicodedata.normalize("NFC", key), unicodedata.normalize("NFD", key)
+    assert check_key(nfc) == nfc
+    if nfd != nfc:
+        with pytest.raises(InvalidKey, match="not in Unicode NFC form"):
+            check_key(nfd)
 
 
 @given(st.lists(st.text(alphabet="0123456789ABCDEF", min_size=1, max_size=20), min_size=2, max_size=2))

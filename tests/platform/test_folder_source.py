@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from dropwire.functions.platform.registry import ObjectEvent
-from dropwire.local_emulator.sources.folder import FolderSource
+from dropwire.local_emulator.sources.folder import CLOSE_EVENTS, FolderSource
 from tests.conftest import wait_for
 
+# Both ways a finished file is recognised: closed after writing (inotify, Linux) and the
+# settle-time fallback used elsewhere.
+WATCHERS = [pytest.param(True, id="close-events", marks=pytest.mark.skipif(not CLOSE_EVENTS, reason="Linux only")),
+            pytest.param(False, id="settle-time")]
 
-@pytest.fixture
-def source(tmp_path):
+
+@pytest.fixture(params=WATCHERS)
+def source(tmp_path, request):
     seen: list[ObjectEvent] = []
     lock = threading.Lock()
 
@@ -25,7 +33,7 @@ def source(tmp_path):
     root = tmp_path / "bucket"
     root.mkdir()
     (root / "before.csv").write_text("arrived while nobody watched\n")
-    folder = FolderSource(root, "local", emit, settle_seconds=0.05).start()
+    folder = FolderSource(root, "local", emit, settle_seconds=0.05, close_events=request.param).start()
     yield root, seen
     folder.stop()
 
@@ -78,3 +86,56 @@ def test_deletions_are_reported(source):
     wait_for(lambda: keys(seen) == ["before.csv"], what="the catch-up event")
     (root / "before.csv").unlink()
     wait_for(lambda: any(e.event_name == "ObjectRemoved:Delete" for e in seen), what="the delete event")
+
+
+SLOW_WRITER = """
+import sys, time
+with open(sys.argv[1], "w") as out:
+    for piece in range(5):
+        out.write('{"piece": %d}\\n' % piece)
+        out.flush()
+        time.sleep(0.25)  # far longer than the settle time
+"""
+
+
+@pytest.mark.skipif(not CLOSE_EVENTS, reason="close-after-write events are Linux's")
+@pytest.mark.parametrize("source", [True], indirect=True, ids=["close-events"])
+def test_a_slow_writer_is_emitted_once_on_its_full_content(source):
+    root, seen = source
+    wait_for(lambda: keys(seen) == ["before.csv"], what="the catch-up event")
+    (root / "slow").mkdir()
+    writer = subprocess.run([sys.executable, "-c", SLOW_WRITER, str(root / "slow" / "pieces.jsonl")], timeout=30)
+    assert writer.returncode == 0
+    wait_for(lambda: "slow/pieces.jsonl" in keys(seen), what="the finished file")
+    full = (root / "slow" / "pieces.jsonl").stat().st_size
+    (root / "marker.csv").write_text("after")  # events are handled in order: once it is seen, so is all before
+    wait_for(lambda: "marker.csv" in keys(seen), what="the marker")
+    pieces = [e for e in seen if e.key == "slow/pieces.jsonl"]
+    assert [e.size for e in pieces] == [full]
+
+
+def test_a_file_written_elsewhere_and_renamed_in_is_emitted_once(source, tmp_path):
+    root, seen = source
+    wait_for(lambda: keys(seen) == ["before.csv"], what="the catch-up event")
+    elsewhere = tmp_path / "elsewhere.csv"
+    elsewhere.write_text("a,b\n1,2\n")
+    os.rename(elsewhere, root / "moved-in.csv")
+    wait_for(lambda: "moved-in.csv" in keys(seen), what="the renamed file")
+    (root / "marker.csv").write_text("after")
+    wait_for(lambda: "marker.csv" in keys(seen), what="the marker")
+    assert [(e.key, e.size) for e in seen if e.key == "moved-in.csv"] == [("moved-in.csv", 8)]
+
+
+def test_a_symlink_out_of_the_folder_is_ignored_with_a_line_naming_it(source, tmp_path, caplog):
+    root, seen = source
+    wait_for(lambda: keys(seen) == ["before.csv"], what="the catch-up event")
+    secret = tmp_path / "outside.csv"
+    secret.write_text("not the bucket's")
+    with caplog.at_level(logging.WARNING, logger="dropwire.sources.folder"):
+        (root / "escape.csv").symlink_to(secret)
+        (root / "marker.csv").write_text("after")
+        wait_for(lambda: "marker.csv" in keys(seen), what="the marker")
+        wait_for(lambda: any("escape.csv" in r.getMessage() for r in caplog.records), what="the log line")
+    line = next(r.getMessage() for r in caplog.records if "escape.csv" in r.getMessage())
+    assert f"a symlink to {secret}, outside the bucket folder" in line
+    assert "escape.csv" not in keys(seen)
