@@ -22,6 +22,7 @@ import asyncio
 import re
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import msgspec
@@ -29,7 +30,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.exceptions import ClientException, HTTPException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from dropwire.functions.platform.api_ports import ApiPorts
 from dropwire.functions.training_analysis.core.knowledge import CacheStats, KnowledgeBase, KnowledgeQuery, KnowledgeResponse
@@ -75,7 +76,7 @@ class AnalysisCrashed(DropwireError):
 class AnalyzeRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     run_id: str
     mlflow_tracking_uri: str
-    analysis_options: AnalysisOptions = AnalysisOptions()
+    analysis_options: AnalysisOptions = msgspec.field(default_factory=AnalysisOptions)
     #: sync: answer with the result; async: answer 202 with the request id at once.
     mode: Literal["sync", "async"] = "sync"
 
@@ -116,13 +117,13 @@ def build_router(ports: ApiPorts) -> Router:
                       "takes longer than training.sync_wait_seconds); mode async answers 202 at once.",
           responses={202: ResponseSpec(data_container=Accepted, description="queued (async, or sync past its wait)"),
                      **_errors(400, 404, 422, 429, 500, 503)})
-    async def analyze(data: AnalyzeRequest) -> Response:
+    async def analyze(data: JSONBody[AnalyzeRequest]) -> Response[AnalysisResult]:
         task_id = await sync_to_thread(api.admit, data)
         request_id = analysis_id(task_id)
         if data.mode == "sync":
             finished = await api.wait(task_id, api.settings.sync_wait_seconds)
             if finished:
-                return await sync_to_thread(api.answer, request_id)
+                return Response(await sync_to_thread(api.answer, request_id))
         return Response(api.accepted(request_id), status_code=202)
 
     @get("/analyses", sync_to_thread=True, summary="The history of analyses, newest first")
@@ -151,7 +152,7 @@ def build_router(ports: ApiPorts) -> Router:
 
     @post("/knowledge/query", status_code=200, sync_to_thread=True, responses=_errors(400),
           summary="Search the knowledge base (BM25), filtered by domain and query_type")
-    def knowledge_query(data: KnowledgeQuery) -> KnowledgeResponse:
+    def knowledge_query(data: JSONBody[KnowledgeQuery]) -> KnowledgeResponse:
         return api.knowledge.query(data)
 
     @get("/knowledge/stats", sync_to_thread=True)
@@ -230,10 +231,10 @@ class _Analyses:
                                       error=ErrorInfo(error=AnalysisCrashed.code, message=task.last_error or "crashed"))
             return AnalysisStatus(request_id=request_id, status="queued" if task.status == "queued" else "running",
                                   run_id=_run_of(task))
-        error = snapshot.history[-1].metadata.get("error") if snapshot.history else None
+        meta = _metadata(snapshot)
         return AnalysisStatus(
-            request_id=request_id, status=snapshot.state, run_id=snapshot.metadata.get("run_id"),
-            error=self._read_result(request_id).error if error else None,
+            request_id=request_id, status=snapshot.state, run_id=meta.get("run_id"),
+            error=self._read_result(request_id).error if meta.get("error") else None,
             result_url=f"{base}/result", report_url=f"{base}/report",
             history=[msgspec.to_builtins(h) for h in snapshot.history])
 
@@ -259,13 +260,13 @@ class _Analyses:
         out = []
         for entity_id, _, _ in self.ports.state.entities(KIND):
             snapshot = self.ports.state.snapshot(KIND, entity_id)
-            last = snapshot.history[-1] if snapshot.history else None
-            meta = snapshot.metadata | (last.metadata if last else {})
+            meta = _metadata(snapshot)
             if run_id is not None and meta.get("run_id") != run_id:
                 continue
             out.append(AnalysisSummary(request_id=entity_id, status=snapshot.state, run_id=meta.get("run_id"),
                                        tracking_uri=meta.get("tracking_uri"), source=meta.get("source"),
-                                       findings=list(meta.get("findings") or []), updated_at=str(last.at) if last else ""))
+                                       findings=list(meta.get("findings") or []),
+                                       updated_at=_iso(snapshot.history[-1].happened_at) if snapshot.history else ""))
         out.sort(key=lambda s: (s.updated_at, s.request_id), reverse=True)
         return out[:limit]
 
@@ -300,6 +301,18 @@ class _Analyses:
         if data is None:
             raise AnalysisNotFound(f"analysis {request_id} wrote no result", request_id=request_id)
         return msgspec.json.decode(data, type=AnalysisResult)
+
+
+def _metadata(snapshot) -> dict:
+    """What the analysis's transitions recorded, the latest winning (run, source, findings, error)."""
+    merged: dict = {}
+    for record in snapshot.history:
+        merged |= record.metadata
+    return merged
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 def _run_of(task) -> str | None:
@@ -337,7 +350,7 @@ def _client_error(request: Request, exc: ClientException, fallback) -> Response:
         except msgspec.DecodeError as error:
             message = f"body is not valid JSON: {error}"
     provided = _provided(raw, field)
-    text = f"Invalid request: {message}" if field is None else f"Invalid request: field '{field}': {message}"
+    text = f"Invalid request: {message}"
     body = error_body(ValidationFailed.code, text, {"field": field, "constraint": constraint, "provided": provided})
     return Response(body, status_code=400)
 
@@ -352,7 +365,8 @@ def _field_of(message: str) -> tuple[str | None, str, str]:
             (f"missing required field '{field}'" if named[1] == "missing required" else f"unknown field '{field}'")
     if message.startswith("Expected `null`") or at == "":
         return (at or None), "object", message
-    return at, message.split(" - at ")[0], message.split(" - at ")[0]
+    said = message.split(" - at ")[0]
+    return at, said, f"field '{at}': {said}"
 
 
 def _provided(raw: Any, field: str | None) -> Any:

@@ -69,7 +69,7 @@ FOLDER_KEY = re.compile(rf"{SOURCE_PREFIX}(?P<root>.+)/{METRICS_CSV}")
 class AnalysisRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     run_id: str
     mlflow_tracking_uri: str | None = None
-    analysis_options: AnalysisOptions = AnalysisOptions()
+    analysis_options: AnalysisOptions = msgspec.field(default_factory=AnalysisOptions)
     #: How long the tracking server may take to answer (the API passes its setting).
     mlflow_timeout_seconds: float = 10.0
 
@@ -121,7 +121,7 @@ def analyze_dropped(event: ObjectEvent, context: HandlerContext) -> dict:
         if not posixpath.basename(relative).startswith("."):
             with fs.open(path, "rb") as stream:
                 files[relative] = stream.read()
-    request = AnalysisRequest(run_id=match["root"].rsplit("/", 1)[-1], mlflow_tracking_uri=context.objects.url(event.bucket, root))
+    request = AnalysisRequest(run_id=match["root"].rsplit("/", 1)[-1], mlflow_tracking_uri=context.objects.url(event.bucket, root.rstrip("/")))
     return _analyze(context, request, source=f"folder {root}", files=files)
 
 

@@ -27,8 +27,8 @@ class KnowledgeEntry(msgspec.Struct, kw_only=True, frozen=True):
     query_type: str
     title: str
     content: str
-    tags: list[str] = []
-    sources: list[str] = []
+    tags: list[str] = msgspec.field(default_factory=list)
+    sources: list[str] = msgspec.field(default_factory=list)
 
 
 class KnowledgeFile(msgspec.Struct, kw_only=True, frozen=True):

@@ -16,7 +16,7 @@ class Findings(msgspec.Struct, kw_only=True, frozen=True):
     description: str
     severity: Severity
     #: The numbers that fired the rule.
-    evidence: dict[str, float | int | str | None] = {}
+    evidence: dict[str, float | int | str | None] = msgspec.field(default_factory=dict)
     #: The metric the rule looked at, and the step it points to.
     metric: str | None = None
     step: int | None = None
@@ -26,7 +26,7 @@ class Recommendations(msgspec.Struct, kw_only=True, frozen=True):
     action: str
     rationale: str = ""
     #: Knowledge-base entries behind the advice (ids).
-    sources: list[str] = []
+    sources: list[str] = msgspec.field(default_factory=list)
 
 
 class Analysis(msgspec.Struct, kw_only=True, frozen=True):
@@ -37,7 +37,7 @@ class Analysis(msgspec.Struct, kw_only=True, frozen=True):
     #: The step of the checkpoint to keep, where the rule has one.
     best_checkpoint_step: int | None = None
     #: Rule ids this one explains or is explained by (the integration step fills these).
-    related: list[str] = []
+    related: list[str] = msgspec.field(default_factory=list)
 
 
 class NotChecked(msgspec.Struct, kw_only=True, frozen=True):
@@ -49,8 +49,8 @@ class AgentResult(msgspec.Struct, kw_only=True, frozen=True):
     agent_name: str
     #: completed | skipped (its input is missing) | timed_out | failed
     status: str
-    analysis: list[Analysis] = []
-    not_checked: list[NotChecked] = []
+    analysis: list[Analysis] = msgspec.field(default_factory=list)
+    not_checked: list[NotChecked] = msgspec.field(default_factory=list)
     duration_seconds: float = 0.0
     error: str | None = None
 
@@ -61,7 +61,7 @@ class RankedAction(msgspec.Struct, kw_only=True, frozen=True):
     addresses: list[str]
     priority: float
     rationale: str
-    sources: list[str] = []
+    sources: list[str] = msgspec.field(default_factory=list)
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -69,7 +69,7 @@ class ErrorInfo(msgspec.Struct, kw_only=True, frozen=True):
 
     error: str
     message: str
-    details: dict = {}
+    details: dict = msgspec.field(default_factory=dict)
 
 
 class AnalysisResult(msgspec.Struct, kw_only=True):
@@ -78,10 +78,10 @@ class AnalysisResult(msgspec.Struct, kw_only=True):
     tracking_uri: str
     status: Status
     summary: str
-    warnings: list[str] = []
-    agent_results: list[AgentResult] = []
-    actions: list[RankedAction] = []
-    not_checked: list[NotChecked] = []
+    warnings: list[str] = msgspec.field(default_factory=list)
+    agent_results: list[AgentResult] = msgspec.field(default_factory=list)
+    actions: list[RankedAction] = msgspec.field(default_factory=list)
+    not_checked: list[NotChecked] = msgspec.field(default_factory=list)
     execution_time: float = 0.0
     knowledge_base_version: str = ""
     error: ErrorInfo | None = None
@@ -101,7 +101,7 @@ class AnalysisOptions(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     enable_dataset_analysis: bool = True
     enable_deepchecks_analysis: bool = True
     #: Findings about these come first in the advisor's ranking (e.g. ["overfitting"]).
-    optimization_focus: list[str] = []
+    optimization_focus: list[str] = msgspec.field(default_factory=list)
     #: Metric names, when the run's do not follow the usual spellings (train_loss, val_loss, ...).
     train_loss_metric: str | None = None
     val_loss_metric: str | None = None
@@ -125,11 +125,11 @@ class MetricSeries(msgspec.Struct, kw_only=True, frozen=True):
 
 class DatasetSplit(msgspec.Struct, kw_only=True, frozen=True):
     size: int
-    class_counts: dict[str, int] = {}
+    class_counts: dict[str, int] = msgspec.field(default_factory=dict)
     #: Per feature: mean, std, min, max.
-    features: dict[str, dict[str, float]] = {}
+    features: dict[str, dict[str, float]] = msgspec.field(default_factory=dict)
     #: Content hashes of the examples (for overlap between splits).
-    hashes: list[str] = []
+    hashes: list[str] = msgspec.field(default_factory=list)
 
 
 class DatasetArtifact(msgspec.Struct, kw_only=True, frozen=True):
@@ -145,13 +145,13 @@ class RunData(msgspec.Struct, kw_only=True):
     run_id: str
     tracking_uri: str
     metrics: dict[str, MetricSeries]
-    params: dict[str, str] = {}
+    params: dict[str, str] = msgspec.field(default_factory=dict)
     dataset: DatasetArtifact | None = None
     #: Deepchecks result JSON documents by file name.
-    deepchecks: dict[str, dict] = {}
+    deepchecks: dict[str, dict] = msgspec.field(default_factory=dict)
     #: Artifact paths found, and the expected ones that were not.
-    artifacts: list[str] = []
-    missing: list[str] = []
+    artifacts: list[str] = msgspec.field(default_factory=list)
+    missing: list[str] = msgspec.field(default_factory=list)
 
 
 class AnalysisStatus(msgspec.Struct, kw_only=True):
@@ -165,4 +165,4 @@ class AnalysisStatus(msgspec.Struct, kw_only=True):
     result_url: str | None = None
     report_url: str | None = None
     #: The analysis's state history (who moved it, when, why), once it has one.
-    history: list[dict] = []
+    history: list[dict] = msgspec.field(default_factory=list)
