@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -42,3 +44,14 @@ def test_invalid_requests_fail_fast_without_a_request():
     assert client.attempts == []
     with pytest.raises(ValueError, match="fallback"):
         TrainingAnalysisClient("http://127.0.0.1:9", fallback="ignore")
+
+
+def test_the_client_side_imports_neither_litestar_nor_duckdb():
+    code = ("import sys\n"
+            "for name in ('litestar', 'duckdb'):\n"
+            "    sys.modules[name] = None  # importing it now raises\n"
+            "import dropwire.functions.training_analysis.client\n"
+            "import dropwire.functions.training_analysis.torch_helper\n"
+            "import dropwire.functions.training_analysis.lightning\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
