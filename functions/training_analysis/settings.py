@@ -14,8 +14,9 @@ class TrainingAnalysisSettings(msgspec.Struct, kw_only=True, frozen=True, forbid
     mlflow_retry_after_seconds: int = 30
     # How long the tracking server may take to answer before it counts as unreachable.
     mlflow_timeout_seconds: float = 10.0
-    # A sync request waits this long for its analysis; then it answers 202 and the client polls.
-    sync_wait_seconds: float = 120.0
+    # A sync request waits this long for its analysis, then answers 202 and the client polls:
+    # under the client's 60 s request timeout, so a slow analysis is never requested twice.
+    sync_wait_seconds: float = 50.0
     # The knowledge-base answer cache.
     knowledge_cache_ttl_seconds: float = 24 * 3600.0
     knowledge_cache_max_entries: int = 1000
