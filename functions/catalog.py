@@ -7,8 +7,12 @@ from dropwire.functions.evaluation import api as evaluation_api
 from dropwire.functions.evaluation import handlers as evaluation_handlers
 from dropwire.functions.forecasts import handlers as forecast_handlers
 from dropwire.functions.platform.registry import FunctionRegistry
+from dropwire.functions.training_analysis import api as training_api
+from dropwire.functions.training_analysis import handlers as training_handlers
 
 functions = FunctionRegistry()
 forecast_handlers.register(functions)
 evaluation_handlers.register(functions)
 functions.http_api(evaluation_api.build_router)
+training_handlers.register(functions)
+functions.http_api(training_api.build_router)

@@ -13,7 +13,7 @@ import msgspec
 import typer
 from rich.table import Table
 
-from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.machines import MACHINES
 from dropwire.local_emulator.cli_context import console, current_settings
 from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access

@@ -10,7 +10,7 @@ import threading
 from typing import Callable, Iterator
 
 from dropwire.functions.platform.tasks import TaskRegistry
-from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.machines import MACHINES
 from dropwire.local_emulator.control import ControlClient, ControlServer
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.workers import WorkerPool

@@ -189,7 +189,7 @@ def _summary(run: DemoRun) -> dict[str, str]:
 
 def _after_stop(settings: Settings, use_case: str, states: dict[str, str], console: Console) -> None:
     from dropwire.storage.store import Store
-    from dropwire.functions.evaluation.states import MACHINES
+    from dropwire.functions.machines import MACHINES
 
     with Store.open(settings.database_path, MACHINES) as store:
         later = {m: store.states.current("model", f"{use_case}/{m}")[0] for m in MODELS}

@@ -100,8 +100,9 @@ def _key_as_sent(request: Request, key: str) -> str:
 
 
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
-                  scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int) -> Litestar:
-    """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers)."""
+                  scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int, settings: Any = None) -> Litestar:
+    """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers);
+    `settings`: the product's settings, handed to the mounted APIs."""
 
     async def require_token(request: Request) -> None:
         if not api_tokens or request.url.path in ALWAYS_OPEN:
@@ -199,7 +200,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
-    ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http)
+    ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, settings=settings)
     return Litestar(
         route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
                         invocations, reprocess, run_schedule, assets_router(),

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import msgspec
 
+from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
 from dropwire.local_emulator.redact import mask_url
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import QueueSettings
@@ -121,6 +122,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     notify: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
+    training: TrainingAnalysisSettings = msgspec.field(default_factory=TrainingAnalysisSettings)
 
     def __post_init__(self) -> None:
         if not self.data_dir:

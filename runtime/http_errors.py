@@ -22,7 +22,8 @@ def exception_handlers(too_large: Callable[[], DropwireError] | None = None) -> 
     def ours(_: Request, exc: DropwireError) -> Response[ErrorBody]:
         if exc.http_status >= 500 and exc.http_status != 503:  # 503: shutting down or busy, expected
             log.error("%s: %s", exc.code, exc.message)
-        return Response(error_body_for(exc), status_code=exc.http_status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(error_body_for(exc), status_code=exc.http_status, headers=headers)
 
     def litestars(request: Request, exc: HTTPException) -> Response[ErrorBody]:
         if exc.status_code == 413 and too_large is not None:

@@ -15,6 +15,8 @@ class DropwireError(Exception):
     http_status: int = 400
     #: Short machine-readable name, the ``error`` field of the HTTP error body.
     code: str = "bad_request"
+    #: Seconds the client should wait before trying again (sent as Retry-After), if any.
+    retry_after: int | None = None
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)

@@ -479,7 +479,7 @@ class _Evaluation:
     def template(self, use_case: str) -> str:
         """The object URL of the config template written for the use case."""
         self.require_use_case(use_case)
-        sent = _last(self.ports.state.history("use_case", use_case), ("template_sent",))
+        sent = _last(self.ports.store.states.history("use_case", use_case), ("template_sent",))
         if sent is None:
             raise NotFound(f"use case {use_case!r} has no config template yet; it is written when the use case is "
                            "registered", use_case=use_case)

@@ -49,6 +49,8 @@ class ApiPorts:
     store: ReadOnlyStore
     #: invoke(function name, JSON body) -> the id of the queued invocation task.
     invoke: Callable[[str, Any], int]
+    #: The product's settings (local_emulator.settings.Settings); an API reads its own section.
+    settings: Any = None
 
 
 ApiFactory = Callable[[ApiPorts], "Router"]
