@@ -176,9 +176,7 @@ class Writer:
             if broken:
                 raise StoreWriteFailed("an operation in this group commit failed unexpectedly; nothing was written, retry")
             if batch:
-                self._con.execute("BEGIN TRANSACTION")
-                batch.flush(self._con)
-                self._con.execute("COMMIT")
+                batch.commit(self._con)
         except Exception as exc:
             if self._in_transaction():
                 self._con.execute("ROLLBACK")
