@@ -108,6 +108,17 @@ class Batch:
             con.execute("COMMIT")
 
 
+def prepare_scans(con: duckdb.DuckDBPyConnection) -> None:
+    """Scan one tiny frame, writing nothing: DuckDB's first scan of a frame in a process
+    imports pyarrow and sets up its Arrow scan (~0.5 s), a cost for opening the store to pay
+    rather than the first write that waits for a commit."""
+    con.register("_dropwire_warm_up", _frame(TableSpec("warm_up", (("at", EPOCH),), timestamps=frozenset({"at"})), [(0.0,)]))
+    try:
+        con.execute("SELECT count(*) FROM _dropwire_warm_up").fetchall()
+    finally:
+        con.unregister("_dropwire_warm_up")
+
+
 def _frame(spec: TableSpec, rows: list[tuple]) -> pl.DataFrame:
     """The rows as a polars frame, built column by column in native code (pyarrow's own list
     conversion imports pandas, ~0.3-1 s on a process's first write; polars' row-wise
