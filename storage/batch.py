@@ -82,8 +82,9 @@ class Batch:
 
     def commit(self, con: duckdb.DuckDBPyConnection) -> None:
         """Write everything in one transaction. The staged rows go in one script (BEGIN, one
-        statement per table and kind, COMMIT): each call into DuckDB lets the writer thread
-        lose the GIL to busy threads for up to a switch interval, so fewer calls keep it fed."""
+        statement per table and kind, COMMIT), one call into DuckDB per group commit: each call
+        releases the GIL, and the writer, the one serial thread, may then wait a switch interval
+        for it while other threads run."""
         writes = [(spec, rows, spec.insert_statement) for spec, rows in self.rows.items()]
         for spec, images in self.images.items():
             writes.append((spec, [row for row, new in images.values() if new], spec.insert_statement))
