@@ -53,7 +53,9 @@ class WorkerPool:
         self.claim_wait_seconds = claim_wait_seconds
         self._thread_start = thread_start
         # Exponential moving average of task durations, shared by the pool's workers.
+        # Until a first task has run, assume one claim's worth per task (claim one at a time).
         self._mean_task_seconds = claim_batch_seconds
+        self._observed = False
         self._name = name
         self._stopping = threading.Event()
         self._held: dict[int, int] = {}  # task id -> fencing token, for heartbeats
@@ -178,7 +180,12 @@ class WorkerPool:
                     invocation=completion.invocation)
 
     def _observe(self, seconds: float) -> None:
-        self._mean_task_seconds += 0.2 * (seconds - self._mean_task_seconds)
+        # The first duration replaces the guess: averaging it in took ~15 claims of one or two
+        # short tasks, each waiting for a commit, before claims reached max_prefetch.
+        if not self._observed:
+            self._mean_task_seconds, self._observed = seconds, True
+        else:
+            self._mean_task_seconds += 0.2 * (seconds - self._mean_task_seconds)
 
     def _hand_in(self, succeeded: list[tuple[ClaimedTask, Done]]) -> None:
         if not succeeded:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import itemgetter
+from typing import Callable
 
 import duckdb
 import polars as pl
@@ -29,12 +31,10 @@ class TableSpec:
     immutable: frozenset[str] = frozenset()
 
     @cached_property
-    def schema(self) -> dict[str, pl.DataType]:
-        return dict(self.columns)
-
-    @cached_property
-    def key_positions(self) -> tuple[int, ...]:
-        return tuple(i for i, (c, _) in enumerate(self.columns) if c in self.key)
+    def key_of(self) -> Callable[[tuple], tuple]:
+        """The key of a row, as a tuple."""
+        getter = itemgetter(*(i for i, (c, _) in enumerate(self.columns) if c in self.key))
+        return getter if len(self.key) > 1 else lambda row: (getter(row),)
 
     def insert_statement(self, source: str) -> str:
         names = ", ".join(f'"{c}"' for c, _ in self.columns)
@@ -69,7 +69,7 @@ class Batch:
         if not spec.key:
             self.rows.setdefault(spec, []).append(row)
             return
-        key = tuple(row[i] for i in spec.key_positions)
+        key = spec.key_of(row)
         images = self.images.setdefault(spec, {})
         previous = images.get(key)
         images[key] = (row, new or (previous is not None and previous[1]))
@@ -80,27 +80,54 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.rows or self.images or self.statements)
 
-    def flush(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Write everything inside the caller's open transaction."""
-        for spec, rows in self.rows.items():
-            self._write(con, spec, rows, spec.insert_statement)
+    def commit(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write everything in one transaction. The staged rows go in one script (BEGIN, one
+        statement per table and kind, COMMIT), one call into DuckDB per group commit: each call
+        releases the GIL, and the writer, the one serial thread, may then wait a switch interval
+        for it while other threads run."""
+        writes = [(spec, rows, spec.insert_statement) for spec, rows in self.rows.items()]
         for spec, images in self.images.items():
-            self._write(con, spec, [row for row, new in images.values() if new], spec.insert_statement)
-            self._write(con, spec, [row for row, new in images.values() if not new], spec.update_statement)
-        for sql, params in self.statements:
-            con.execute(sql, params)
-
-    @staticmethod
-    def _write(con: duckdb.DuckDBPyConnection, spec: TableSpec, rows: list[tuple], statement) -> None:
-        if not rows:
-            return
-        # polars builds the frame in native code (pyarrow's own list conversion imports pandas,
-        # ~0.3-1 s on the first write of a process); DuckDB scans it through Arrow, no copy.
-        frame = pl.DataFrame(rows, schema=spec.schema, orient="row")
-        if spec.timestamps:
-            frame = frame.with_columns((pl.col(c) * 1_000_000).cast(pl.Int64).cast(_TIMESTAMP) for c in spec.timestamps)
-        con.register("_dropwire_batch", frame)
+            writes.append((spec, [row for row, new in images.values() if new], spec.insert_statement))
+            writes.append((spec, [row for row, new in images.values() if not new], spec.update_statement))
+        script, views = ["BEGIN TRANSACTION"], []
         try:
-            con.execute(statement("_dropwire_batch"))
+            for spec, rows, statement in writes:
+                if rows:
+                    view = f"_dropwire_batch_{len(views)}"
+                    con.register(view, _frame(spec, rows))
+                    views.append(view)
+                    script.append(statement(view))
+            if not self.statements:
+                script.append("COMMIT")
+            con.execute(";\n".join(script))
         finally:
-            con.unregister("_dropwire_batch")
+            for view in views:
+                con.unregister(view)
+        if self.statements:
+            for sql, params in self.statements:
+                con.execute(sql, params)
+            con.execute("COMMIT")
+
+
+def prepare_scans(con: duckdb.DuckDBPyConnection) -> None:
+    """Scan one tiny frame, writing nothing: DuckDB's first scan of a frame in a process
+    imports pyarrow and sets up its Arrow scan (~0.5 s), a cost for opening the store to pay
+    rather than the first write that waits for a commit."""
+    con.register("_dropwire_warm_up", _frame(TableSpec("warm_up", (("at", EPOCH),), timestamps=frozenset({"at"})), [(0.0,)]))
+    try:
+        con.execute("SELECT count(*) FROM _dropwire_warm_up").fetchall()
+    finally:
+        con.unregister("_dropwire_warm_up")
+
+
+def _frame(spec: TableSpec, rows: list[tuple]) -> pl.DataFrame:
+    """The rows as a polars frame, built column by column in native code (pyarrow's own list
+    conversion imports pandas, ~0.3-1 s on a process's first write; polars' row-wise
+    construction and lazy casts cost ~2x this). DuckDB scans it through Arrow, no copy."""
+    columns = {}
+    for (name, kind), values in zip(spec.columns, zip(*rows)):
+        if name in spec.timestamps:
+            columns[name] = (pl.Series(name, values, dtype=EPOCH) * 1_000_000).cast(pl.Int64).cast(_TIMESTAMP)
+        else:
+            columns[name] = pl.Series(name, values, dtype=kind)
+    return pl.DataFrame(columns)

@@ -104,14 +104,24 @@ class Queue(Facet):
 
     def enqueue(self, spec: TaskSpec) -> int:
         """Durably queue one task; with an idempotency key already used, the first task's id."""
-        return self.states.apply(Effects(tasks=[spec])).task_ids[0]
+        return self.enqueue_async(spec).result().task_ids[0]
 
     def enqueue_many(self, specs: Iterable[TaskSpec]) -> list[int]:
-        return self.states.apply(Effects(tasks=list(specs))).task_ids
+        encoded = [self.tasks.encode(spec) for spec in specs]
+        return self.writer.call(partial(self._op_enqueue, encoded)).task_ids
 
     def enqueue_async(self, spec: TaskSpec) -> Future:
         """Like enqueue, pipelined (see States.apply_async); the future's result is an `Applied`."""
-        return self.states.apply_async(Effects(tasks=[spec]))
+        return self.writer.submit(partial(self._op_enqueue, [self.tasks.encode(spec)]))
+
+    def _op_enqueue(self, encoded: list[EncodedTask], batch: Batch, now: float) -> Applied:
+        # Tasks alone, no state change: nothing to refuse once encoded, so no planning pass.
+        task_ids = []
+        for task, is_new in self.tasks.plan(encoded, now):
+            if is_new:
+                self.tasks.stage_new(task, batch, now)
+            task_ids.append(task.id)
+        return Applied(transitions=[], task_ids=task_ids)
 
     # ------------------------------------------------------------------ workers
 

@@ -10,8 +10,10 @@ class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     workers: int = 4
     # A worker claims about claim_batch_seconds of work at once, judged by the recent mean task
     # duration: one long task, or up to max_prefetch short ones (so short tasks share group
-    # commits). Claimed tasks it has not started are released on stop.
-    max_prefetch: int = 64
+    # commits: every claim waits for a durable commit, ~5-25 ms here, so the cap bounds what a
+    # worker can take per commit; 256 gave 1.1-1.7x the no-op throughput of 64 in one run).
+    # Claimed tasks it has not started are released on stop.
+    max_prefetch: int = 256
     claim_batch_seconds: float = 0.1
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 10.0

@@ -30,7 +30,7 @@ from typing import Any, Callable, TypeVar
 
 import duckdb
 
-from dropwire.storage.batch import Batch
+from dropwire.storage.batch import Batch, prepare_scans
 from dropwire.storage.errors import DropwireError, StoreClosed
 
 log = logging.getLogger("dropwire.store")
@@ -93,6 +93,7 @@ class Writer:
     def start(self) -> None:
         """Load every facet's view from the committed rows, then start writing."""
         self._load(restart_grace=True)
+        prepare_scans(self._con)
         self._thread.start()
 
     @property
@@ -176,9 +177,7 @@ class Writer:
             if broken:
                 raise StoreWriteFailed("an operation in this group commit failed unexpectedly; nothing was written, retry")
             if batch:
-                self._con.execute("BEGIN TRANSACTION")
-                batch.flush(self._con)
-                self._con.execute("COMMIT")
+                batch.commit(self._con)
         except Exception as exc:
             if self._in_transaction():
                 self._con.execute("ROLLBACK")

@@ -117,10 +117,12 @@ def test_a_hard_kill_during_writes_leaves_a_consistent_database(tmp_path):
     path = tmp_path / "crash.duckdb"
     writer = subprocess.Popen([sys.executable, "-m", "tests.storage.write_forever", str(path)], cwd=REPO,
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert writer.stdout.readline().strip() == "writing"
-    time.sleep(1.0)
-    writer.send_signal(signal.SIGKILL)
-    writer.wait(timeout=10)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        time.sleep(1.0)
+    finally:  # killed however the wait ended, so a failed check leaves no writer behind
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=10)
     with connect(path) as con:
         written = con.execute("SELECT count(*) FROM state_history").fetchone()[0]
         assert written > 0
