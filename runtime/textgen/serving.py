@@ -284,9 +284,10 @@ class TextGenService:
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            gone.cancel()
             if not work.done():
                 work.cancel()  # the client went away (or this handler was cancelled)
-            gone.cancel()
+                await asyncio.gather(work, return_exceptions=True)  # its sequences are let go of
         if work.cancelled():
             raise ClientGone("the client disconnected before the completion was ready; its sequences were stopped")
         return work.result()
@@ -314,10 +315,7 @@ class TextGenService:
                 subscriptions.append(jobs.submit(plan.model, prompt, params, plan.lane, listener(index), shared=plan.shared))
             ended: set[int] = set()
             while len(ended) < len(plan.sequences):
-                try:
-                    index, snapshot = await asyncio.wait_for(events.get(), deadline - loop.time())
-                except asyncio.TimeoutError:
-                    raise _timed_out(timeout) from None
+                index, snapshot = await _next_event(events, deadline - loop.time(), timeout)
                 if index in ended:
                     continue
                 if snapshot.error is not None:
@@ -498,6 +496,22 @@ def _embedding_inputs(model: TextModel, value: str | list) -> list[list[int]]:
             )
         inputs.append(ids)
     return inputs
+
+
+async def _next_event(events: asyncio.Queue, remaining: float, timeout: float) -> tuple[int, Snapshot]:
+    """The next event, waiting at most ``remaining`` seconds. Not asyncio.wait_for: before
+    Python 3.12 it swallows a cancellation that meets an already-ready result, and a busy
+    sequence always has one ready, so a request that went away would never let go of it."""
+    getter = asyncio.ensure_future(events.get())
+    try:
+        done, _ = await asyncio.wait({getter}, timeout=max(0.0, remaining))
+    except asyncio.CancelledError:
+        getter.cancel()
+        raise
+    if not done:
+        getter.cancel()
+        raise _timed_out(timeout)
+    return getter.result()
 
 
 def _usage(prompt_tokens: int, finals: list[Snapshot]) -> Usage:
