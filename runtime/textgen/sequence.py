@@ -60,6 +60,9 @@ class SequenceJob:
     listeners: list[Listener] = field(default_factory=list)
     generator: torch.Generator = field(init=False)
     _published: str = ""
+    # Incremental detokenizing: tokens before _read are in text; the window starts at _prefix.
+    _prefix: int = 0
+    _read: int = 0
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.params.seed)
@@ -79,33 +82,53 @@ class SequenceJob:
     def accept(self, token: int) -> None:
         """Append one generated token (device thread) and decide whether the sequence ended."""
         if token in self.eos_ids:
+            self._flush()
             self.tokens.append(token)
             self.finish_reason = "stop"
             self._published = self.text
             return
         self.tokens.append(token)
-        self.text = self.decode(self.tokens)
+        searched = len(self.text)
+        self._detokenize()
         for stop in self.params.stop:
-            at = self.text.find(stop)
+            at = self.text.find(stop, max(0, searched - len(stop) + 1))
             if at >= 0:
                 self.text = self.text[:at]
                 self.finish_reason = "stop"
                 self._published = self.text
                 return
         if len(self.tokens) >= self.params.max_tokens:
+            self._flush()
             self.finish_reason = "length"
             self._published = self.text
             return
         self._published = self.text[: len(self.text) - self._held_back()]
 
+    def _detokenize(self) -> None:
+        """Append the new token's text, decoding only a short window (vLLM's incremental
+        detokenizer): the text before ``_read`` is final; a window that ends in an
+        unfinished UTF-8 character waits for the next token."""
+        window = self.decode(self.tokens[self._prefix : self._read])
+        extended = self.decode(self.tokens[self._prefix :])
+        if len(extended) > len(window) and not extended.endswith("\ufffd"):
+            self.text += extended[len(window) :]
+            self._prefix, self._read = self._read, len(self.tokens)
+
+    def _flush(self) -> None:
+        """At the end: whatever the window still holds, finished character or not."""
+        window = self.decode(self.tokens[self._prefix : self._read])
+        rest = self.decode(self.tokens[self._prefix :])
+        if len(rest) > len(window):
+            self.text += rest[len(window) :]
+            self._prefix = self._read = len(self.tokens)
+
     def fail(self, error: Exception) -> None:
         self.error = error
 
     def _held_back(self) -> int:
-        """Characters at the end that may still change: a partial UTF-8 character, or the
-        start of a stop sequence."""
+        """Characters at the end that may still change: the start of a stop sequence."""
         text = self.text
-        hold = len(text) - len(text.rstrip("\ufffd"))
+        hold = 0
         for stop in self.params.stop:
             for size in range(min(len(stop) - 1, len(text)), 0, -1):
                 if text.endswith(stop[:size]):
