@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Union
 
 import msgspec
 import torch
@@ -34,6 +34,12 @@ from dropwire.runtime.errors import ComputeFailed
 from dropwire.runtime.textgen.batch import DecodeBatch
 from dropwire.runtime.textgen.models import TextModel
 from dropwire.runtime.textgen.sequence import Listener, SamplingParams, SequenceJob, Snapshot, decoder_for
+
+
+if TYPE_CHECKING:
+    from dropwire.runtime.textgen.vllm_engine import VllmBatch
+
+Batch = Union[DecodeBatch, "VllmBatch"]
 
 
 class TextGenStats(msgspec.Struct, frozen=True):
@@ -67,11 +73,11 @@ class EmbeddingJob:
 class _ModelLanes:
     model: TextModel
     waiting: dict[Lane, deque[SequenceJob]] = field(default_factory=lambda: {lane: deque() for lane in Lane})
-    batches: dict[Lane, DecodeBatch] = field(init=False)
+    batches: dict[Lane, Batch] = field(init=False)
     embeddings: dict[Lane, deque[EmbeddingJob]] = field(default_factory=lambda: {lane: deque() for lane in Lane})
 
     def __post_init__(self) -> None:
-        self.batches = {lane: DecodeBatch(self.model) for lane in Lane}
+        self.batches = {lane: batch_for(self.model, lane) for lane in Lane}
 
     def has_work(self, lane: Lane) -> bool:
         return bool(self.waiting[lane] or len(self.batches[lane]) or self.embeddings[lane])
@@ -215,7 +221,7 @@ class TextGenJobs:
         for lanes in self._lanes.values():
             for lane in Lane:
                 rows += len(lanes.batches[lane])
-                lanes.batches[lane] = DecodeBatch(lanes.model)
+                lanes.batches[lane] = batch_for(lanes.model, lane)
         return rows
 
     def stats(self) -> TextGenStats:
@@ -271,7 +277,7 @@ class TextGenJobs:
                 joining.append(job)
         return joining
 
-    def _finish_step(self, batch: DecodeBatch, jobs: list[SequenceJob]) -> None:
+    def _finish_step(self, batch: Batch, jobs: list[SequenceJob]) -> None:
         with self._lock:
             for job in jobs:
                 if job.done:
@@ -283,7 +289,7 @@ class TextGenJobs:
                     self._completion_tokens += len(job.tokens)
         self._publish(jobs)
 
-    def _fail(self, batch: DecodeBatch, error: Exception) -> None:
+    def _fail(self, batch: Batch, error: Exception) -> None:
         jobs = list(batch.jobs)
         with self._lock:
             for job in jobs:
@@ -324,6 +330,15 @@ class TextGenJobs:
             calls: list[tuple[Listener, Snapshot]] = [(listener, job.snapshot()) for job in jobs for listener in job.listeners]
         for listener, snapshot in calls:
             listener(snapshot)
+
+
+def batch_for(model: TextModel, lane: Lane) -> Batch:
+    """The lane's batch: a KV-cache batch of ours (transformers), or requests in vLLM's engine."""
+    if model.backend == "vllm":
+        from dropwire.runtime.textgen.vllm_engine import VllmBatch
+
+        return VllmBatch(model, lane)
+    return DecodeBatch(model)
 
 
 def embed(model: TextModel, inputs: list[list[int]]) -> torch.Tensor:
