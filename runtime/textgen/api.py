@@ -41,6 +41,7 @@ log = logging.getLogger("dropwire.http")
 ERRORS = {
     400: ResponseSpec(OpenAIErrorBody, description="Bad parameters, or a prompt longer than the model's context"),
     404: ResponseSpec(OpenAIErrorBody, description="No such model served for this endpoint"),
+    500: ResponseSpec(OpenAIErrorBody, description="The computation failed on the device"),
     503: ResponseSpec(OpenAIErrorBody, description="The runtime is shutting down"),
     504: ResponseSpec(OpenAIErrorBody, description="Not done within runtime.textgen.request_timeout_s"),
 }

@@ -35,9 +35,7 @@ class ClientGone(DropwireError):
 
 
 def openai_type(status: int) -> str:
-    if status == 404 or 400 <= status < 500:
-        return "invalid_request_error"
-    return "server_error"
+    return "invalid_request_error" if 400 <= status < 500 else "server_error"
 
 
 def openai_error_body(exc: DropwireError) -> OpenAIErrorBody:
