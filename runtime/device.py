@@ -104,7 +104,10 @@ class DeviceOwner:
                     continue
                 lane, unit = work
                 self._units[lane] += 1
-                self._drive(unit, lane)
+                try:
+                    self._drive(unit, lane)
+                except Exception:  # a kind answers its own waiters; the device must go on
+                    self._log.exception("a %s unit of device work failed", lane.value)
 
     def _take(self, lane: Lane) -> tuple[Lane, Work] | None:
         count = len(self._kinds)

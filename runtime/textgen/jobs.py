@@ -208,7 +208,8 @@ class TextGenJobs:
                     jobs.extend(lanes.batches[lane].jobs)
                     lanes.waiting[lane].clear()
                     for embedding in lanes.embeddings[lane]:
-                        embedding.future.set_exception(error)
+                        if embedding.future.set_running_or_notify_cancel():
+                            embedding.future.set_exception(error)
                     lanes.embeddings[lane].clear()
             for job in jobs:
                 job.fail(error)
@@ -304,7 +305,11 @@ class TextGenJobs:
             queue = lanes.embeddings[lane]
             taken: list[EmbeddingJob] = []
             while queue and sum(len(job.inputs) for job in taken) < self._max_embedding_batch:
-                taken.append(queue.popleft())
+                job = queue.popleft()
+                if job.future.set_running_or_notify_cancel():  # else its request gave up waiting
+                    taken.append(job)
+        if not taken:
+            return
         try:
             vectors = embed(lanes.model, [inputs for job in taken for inputs in job.inputs])
         except Exception as exc:

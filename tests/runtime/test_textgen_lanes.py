@@ -1,7 +1,7 @@
 """Text generation's lanes on a real runtime process serving a model directory this test saves
 and names in the settings: interactive requests answered ahead of a long background load,
-clients that go away free their rows, identical seeded requests computed once, and a model
-that cannot load stopping the start with one clear line."""
+clients that go away (or wait too long) free their rows, identical seeded requests computed
+once, and a model that cannot load stopping the start with one clear line."""
 
 from __future__ import annotations
 
@@ -17,9 +17,23 @@ import openai
 import pytest
 import torch
 
+from dropwire.runtime.device import Lane
+from dropwire.runtime.errors import RequestTimedOut
+from dropwire.runtime.host import RuntimeHost
+from dropwire.runtime.model_source import ModelSource
+from dropwire.runtime.settings import TextGenSettings, TextModelSettings
 from dropwire.runtime.textgen.client import TextGenClient
+from dropwire.runtime.textgen.protocol import ChatCompletionRequest, ChatMessage
 from tests.conftest import DROPWIRE, REPO, wait_for
-from tests.runtime.conftest import RuntimeProcess, free_port, runtime_env, start_runtime, stop_runtime
+from tests.runtime.conftest import (
+    LOG_FOR_TESTS,
+    RuntimeProcess,
+    free_port,
+    runtime_env,
+    small_settings,
+    start_runtime,
+    stop_runtime,
+)
 
 MODEL = "saved-by-test"
 LONG = 3000  # tokens: far longer than anything the test waits for
@@ -170,3 +184,33 @@ def test_a_text_model_that_cannot_load_ends_the_start_with_one_line(tmp_path: Pa
     assert (f"error: text model 'broken' (generate, transformers) at {empty} cannot be loaded: no config.json there"
             in process.stderr)
     assert "Traceback" not in process.stderr and "Uvicorn running" not in process.stderr
+
+
+def test_a_request_past_its_timeout_stops_and_frees_its_row(tiny_model: Path, tmp_path: Path) -> None:
+    """In-process (the same host the server runs): a generation longer than
+    runtime.textgen.request_timeout_s answers 504 and leaves the device."""
+    model_dir = tmp_path / "endless"
+    save_endless_model(model_dir)
+    settings = small_settings(model_path=str(tiny_model), textgen=TextGenSettings(
+        models=[TextModelSettings(name=MODEL, path=str(model_dir))], request_timeout_s=0.5))
+    source = ModelSource.from_settings(settings, default_path=tmp_path / "unused.pt", tracking_uri="")
+    host = RuntimeHost(settings, source, LOG_FOR_TESTS, text_model_dir=tmp_path / "unused")
+    host.open()
+    assert host.textgen is not None
+    body = ChatCompletionRequest(model=MODEL, messages=[ChatMessage(role="user", content="go")], max_tokens=LONG)
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        try:
+            with pytest.raises(RequestTimedOut, match=r"did not end within 0.5s \(setting runtime.textgen.request_timeout_s\)"):
+                await host.textgen.chat(body, Lane.INTERACTIVE, never)
+            stats = await asyncio.to_thread(
+                wait_for, lambda: (s := host.textgen.stats()).cancelled == 1 and s.active_interactive == 0 and s,
+                timeout=30, what="the timed-out row to leave the device")
+            assert stats.completed_interactive == 0
+        finally:
+            await host.shutdown()
+
+    asyncio.run(scenario())
