@@ -21,7 +21,9 @@ from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.sandbox import Request, execute
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
+from dropwire.storage.batches import StoreRecords
 from dropwire.storage.errors import DropwireError
+from dropwire.storage.store import Store
 
 console = Console()
 schedule_app = typer.Typer(help="Schedules: list them, fire one now.", no_args_is_help=True)
@@ -90,7 +92,8 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
         outcome = execute(spec, request, objects, store,
                           lambda b, k, h, f, t: store.record_output(b, k, hop=h, function=f, task_id=t),
                           f"http://{settings.runtime.host}:{settings.runtime.port}", settings.mlflow_uri,
-                          settings.mlflow_artifact_location)
+                          settings.mlflow_artifact_location, StoreRecords(store) if isinstance(store, Store) else store,
+                          settings.domain_config())
         if not outcome.ok:
             console.print(outcome.traceback or "", highlight=False)
             raise DropwireError(f"function {function!r} failed: {outcome.error}")

@@ -13,9 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dropwire.functions.evaluation.states import MACHINES
 from dropwire.local_emulator.control import ControlClient
-from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
+from dropwire.local_emulator.control_plane import MACHINES, run_control_plane, start_pool, stop_on_signals, store_access
 from dropwire.local_emulator.settings import Settings
 from dropwire.storage import consistency, migrate
 from dropwire.storage.database import connect

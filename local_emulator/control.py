@@ -27,6 +27,7 @@ from dropwire.storage.records import (
     TaskSpec,
     TaskStatus,
 )
+from dropwire.storage import batches as batch_records
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control")
@@ -73,6 +74,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "record_output": (Store.record_output, {}),
     "hops_of": (lambda store, objects: list(store.hops_of([tuple(o) for o in objects]).items()), {}),
     "fire_schedule": (Store.fire_schedule, {"spec": TaskSpec}),
+    "record": (batch_records.record, {}),
 }
 
 
@@ -267,3 +269,7 @@ class ControlClient:
 
     def apply(self, effects: Effects) -> Applied:
         return self._call("apply", Applied, effects=effects)
+
+    def record(self, op: str, payload: Any) -> None:
+        """The DomainRecords port of handler processes: durable when it returns."""
+        self._call("record", op=op, payload=msgspec.to_builtins(payload))

@@ -10,13 +10,16 @@ import threading
 from typing import Callable, Iterator
 
 from dropwire.functions.platform.tasks import TaskRegistry
-from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.batches.states import MACHINES as BATCH_MACHINES
+from dropwire.functions.evaluation.states import MACHINES as EVALUATION_MACHINES
 from dropwire.local_emulator.control import ControlClient, ControlServer
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.workers import WorkerPool
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control_plane")
+#: The state machines of the product's domains, validated by the store.
+MACHINES = (*EVALUATION_MACHINES, *BATCH_MACHINES)
 
 
 def open_store(settings: Settings, registry: TaskRegistry | None = None) -> Store:

@@ -79,7 +79,8 @@ class InvocationRow(msgspec.Struct):
 
 
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
-                  scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int) -> Litestar:
+                  scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int,
+                  config: dict[str, Any] | None = None) -> Litestar:
     """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers)."""
 
     async def require_token(request: Request) -> None:
@@ -168,7 +169,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
-    ports = ApiPorts(objects=objects, bucket=bucket, state=store, invoke=enqueue_http)
+    ports = ApiPorts(objects=objects, bucket=bucket, state=store, invoke=enqueue_http, config=config or {})
     return Litestar(
         route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
                         invocations, reprocess, run_schedule, *(factory(ports) for factory in functions.http_apis())],

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import msgspec
 
+from dropwire.functions.batches.settings import BatchSettings
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.errors import DropwireError
@@ -118,6 +119,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     notify: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
+    batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -178,6 +180,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             except FileExistsError:  # another process made it first
                 return path.read_text().strip()
             return key
+
+    def domain_config(self) -> dict[str, Any]:
+        """The settings sections the product's domains read (HandlerContext.config, ApiPorts.config)."""
+        return {"batches": msgspec.to_builtins(self.batches)}
 
     @property
     def outbox_path(self) -> Path:

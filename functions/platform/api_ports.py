@@ -5,7 +5,7 @@ reads committed state, and invokes HTTP-triggered functions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from dropwire.functions.platform.objects import ObjectStore
@@ -39,6 +39,8 @@ class ApiPorts:
     state: ReadOnlyState
     #: invoke(function name, JSON body) -> the id of the queued invocation task.
     invoke: Callable[[str, Any], int]
+    #: Domain sections of the settings by name (e.g. "batches"), as builtins.
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 ApiFactory = Callable[[ApiPorts], "Router"]
