@@ -60,7 +60,7 @@ from dropwire.storage.batches import (
     Outputs,
     Validated,
 )
-from dropwire.storage.errors import NotFound
+from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import Effects, TaskSpec
 
 BUCKET = "local"
@@ -393,6 +393,10 @@ def run_chunk(event: HttpEvent, context: HandlerContext) -> dict:
     return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": outcome}
 
 
+class LinesUnreachable(DropwireError):
+    code = "lines_unreachable"
+
+
 class _Saver:
     """Finished lines, saved every few lines or fractions of a second (durable when saved),
     each save a heartbeat of this worker."""
@@ -433,8 +437,16 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
                           max_attempts=settings.max_attempts, retry_base_seconds=settings.retry_base_seconds,
                           retry_max_seconds=settings.retry_max_seconds, max_connections=settings.concurrency)
 
+    unreachable: list[str] = []
+
     async def one(request) -> None:
-        saver.add(request.line, request.custom_id, await backend.call(request.url, request.body))
+        outcome = await backend.call(request.url, request.body)
+        if outcome.error_code == "request_failed":
+            # The runtime (or upstream) is down, not the line wrong: the line is not saved and
+            # the chunk's attempt fails, so the queue retries it with backoff from where it stopped.
+            unreachable.append(outcome.error_message or "")
+            return
+        saver.add(request.line, request.custom_id, outcome)
 
     running: set[asyncio.Task] = set()
     stopped = False
@@ -445,6 +457,8 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
                     continue
                 while len(running) >= settings.concurrency:
                     _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                if unreachable:
+                    break
                 if saver.due():
                     saver.save()
                     if _stop_reason(context, info) is not None:
@@ -454,6 +468,9 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         if running:
             await asyncio.wait(running)
         saver.save()
+        if unreachable:
+            raise LinesUnreachable(f"chunk {plan.chunk} of batch {info.id} stopped after {saver.done} saved line(s): "
+                                   f"{unreachable[0]}")
     finally:
         for task in running:
             task.cancel()
