@@ -21,9 +21,7 @@ from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.sandbox import Request, execute
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
-from dropwire.storage.batches import StoreRecords
 from dropwire.storage.errors import DropwireError
-from dropwire.storage.store import Store
 
 console = Console()
 schedule_app = typer.Typer(help="Schedules: list them, fire one now.", no_args_is_help=True)
@@ -86,18 +84,17 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
     with store_access(settings) as store:
         the_event = _load_event(event)
         place = (the_event.bucket, the_event.key) if isinstance(the_event, ObjectEvent) else None
-        hop = store.hops_of([place]).get(place, 0) if place else 0
+        hop = store.receipts.hops_of([place]).get(place, 0) if place else 0
         request = Request(invocation=Invocation(function=function, source="invoke", event=the_event, hop=hop),
                           task_id=0, attempt=1, max_attempts=1, deadline=time.time() + spec.timeout_seconds)
         outcome = execute(spec, request, objects, store,
-                          lambda b, k, h, f, t: store.record_output(b, k, hop=h, function=f, task_id=t),
+                          lambda b, k, h, f, t: store.receipts.record_output(b, k, hop=h, function=f, task_id=t),
                           f"http://{settings.runtime.host}:{settings.runtime.port}", settings.mlflow_uri,
-                          settings.mlflow_artifact_location, StoreRecords(store) if isinstance(store, Store) else store,
-                          settings.domain_config())
+                          settings.mlflow_artifact_location, store.batches, settings.domain_config())
         if not outcome.ok:
             console.print(outcome.traceback or "", highlight=False)
             raise DropwireError(f"function {function!r} failed: {outcome.error}")
-        applied = store.apply(outcome.effects)
+        applied = store.states.apply(outcome.effects)
     console.print_json(json.dumps({"result": outcome.result, "transitions": len(applied.transitions),
                                    "tasks": applied.task_ids}, default=str))
 
@@ -108,7 +105,7 @@ def reprocess(function: str, bucket: str, key: str) -> None:
     functions = load_functions(settings.functions)
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
     with store_access(settings) as store:
-        task_id = EventRouter(functions, store, settings.events.hop_limit).reprocess(function, objects, bucket, key)
+        task_id = EventRouter(functions, store.receipts, store.queue, settings.events.hop_limit).reprocess(function, objects, bucket, key)
     console.print(f"queued task {task_id}: {function} on {bucket}/{key}")
 
 
@@ -130,7 +127,7 @@ def schedule_run(name: str) -> None:
 
     settings = _settings()
     with store_access(settings) as store:
-        task_id = Scheduler(load_functions(settings.functions), store).fire(name, datetime.now(timezone.utc))
+        task_id = Scheduler(load_functions(settings.functions), store.receipts).fire(name, datetime.now(timezone.utc))
     console.print(f"schedule {name} fired: task {task_id}")
 
 

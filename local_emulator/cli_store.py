@@ -111,21 +111,21 @@ def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed 
 def queue_stats() -> None:
     """Counts by status and task name, oldest waiting age, attempts."""
     with store_access(_settings()) as store:
-        _print_json(store.stats())
+        _print_json(store.queue.stats())
 
 
 @queue_app.command("status")
 def queue_status(task_id: int) -> None:
     """One task: status, arguments, every attempt."""
     with store_access(_settings()) as store:
-        _print_json(store.task(task_id))
+        _print_json(store.queue.task(task_id))
 
 
 @queue_app.command("cleanup")
 def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days", help="Age of finished tasks to delete.")) -> None:
     """Delete finished tasks older than N days."""
     with store_access(_settings()) as store:
-        removed = store.cleanup(older_than_days)
+        removed = store.queue.cleanup(older_than_days)
     console.print(f"removed {removed} finished task(s) older than {older_than_days} day(s)")
 
 
@@ -136,7 +136,7 @@ def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days"
 def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed dead letters.")) -> None:
     """Dead letters waiting for attention."""
     with store_access(_settings()) as store:
-        letters = store.dead_letters(include_replayed=all_)
+        letters = store.queue.dead_letters(include_replayed=all_)
     table = Table("task", "name", "attempts", "died", "last error", "replayed as")
     for letter in letters:
         table.add_row(str(letter.task_id), letter.name, str(letter.attempts), letter.died_at[:19],
@@ -148,14 +148,14 @@ def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed de
 def dlq_show(task_id: int) -> None:
     """One dead letter with its arguments and every attempt's error and traceback."""
     with store_access(_settings()) as store:
-        _print_json(store.dead_letter(task_id))
+        _print_json(store.queue.dead_letter(task_id))
 
 
 @dlq_app.command("replay")
 def dlq_replay(task_id: int) -> None:
     """Queue a dead task again, with fresh attempts."""
     with store_access(_settings()) as store:
-        new_id = store.replay_dead_letter(task_id)
+        new_id = store.queue.replay_dead_letter(task_id)
     console.print(f"dead letter {task_id} replayed as task {new_id}")
 
 
@@ -169,7 +169,7 @@ def notifications_list(
 ) -> None:
     """Notifications with where their delivery stands."""
     with store_access(_settings()) as store:
-        found = store.notifications(status, limit)
+        found = store.outbox.notifications(status, limit)
     table = Table("id", "kind", "status", "attempts", "entity", "subject", "created", "e-mailed", "webhook", "last error")
     for n in found:
         table.add_row(str(n.id), n.kind, n.status, str(n.attempts), f"{n.entity_kind}/{n.entity_id}" if n.entity_kind else "",
@@ -208,7 +208,7 @@ def worker(
     logging.getLogger().setLevel(logging.INFO)
     settings = _settings()
     client = ControlClient(settings.control_socket_path, settings.control_key())
-    pool = start_pool(settings, client, load_registry(tasks), name or f"remote-{os.getpid()}")
+    pool = start_pool(settings, client.queue, load_registry(tasks), name or f"remote-{os.getpid()}")
     stop_on_signals().wait()
     pool.stop()
     client.close()

@@ -27,7 +27,6 @@ from dropwire.storage.records import (
     TaskSpec,
     TaskStatus,
 )
-from dropwire.storage import batches as batch_records
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control")
@@ -51,30 +50,30 @@ def _error_classes() -> dict[str, type[DropwireError]]:
     return found
 
 
-# method name -> (how to call the store, the type of each argument that needs converting)
+# method name ("facet.method") -> (how to call the store, the type of each argument that needs converting)
 _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
-    "claim": (Store.claim, {}),
-    "heartbeat": (lambda store, leases, lease_seconds=None: store.heartbeat([tuple(l) for l in leases], lease_seconds), {}),
-    "complete_many": (lambda store, done: [None if e is None else [e.code, e.message, {k: str(v) for k, v in e.details.items()}]
-                                           for e in store.complete_many(done, wait=True)], {"done": list[Done]}),
-    "fail": (lambda store, **kw: store.fail(**kw, wait=True), {"invocation": InvocationRecord | None}),
-    "release": (Store.release, {}),
-    "enqueue": (Store.enqueue, {"spec": TaskSpec}),
-    "task": (Store.task, {}),
-    "stats": (Store.stats, {}),
-    "dead_letters": (Store.dead_letters, {}),
-    "dead_letter": (Store.dead_letter, {}),
-    "replay_dead_letter": (Store.replay_dead_letter, {}),
-    "cleanup": (Store.cleanup, {}),
-    "notifications": (Store.notifications, {}),
+    "queue.claim": (lambda store, **kw: store.queue.claim(**kw), {}),
+    "queue.heartbeat": (lambda store, leases, lease_seconds=None: store.queue.heartbeat([tuple(l) for l in leases], lease_seconds), {}),
+    "queue.complete_many": (lambda store, done: [None if e is None else [e.code, e.message, {k: str(v) for k, v in e.details.items()}]
+                                                 for e in store.queue.complete_many(done, wait=True)], {"done": list[Done]}),
+    "queue.fail": (lambda store, **kw: store.queue.fail(**kw, wait=True), {"invocation": InvocationRecord | None}),
+    "queue.release": (lambda store, **kw: store.queue.release(**kw), {}),
+    "queue.enqueue": (lambda store, **kw: store.queue.enqueue(**kw), {"spec": TaskSpec}),
+    "queue.task": (lambda store, **kw: store.queue.task(**kw), {}),
+    "queue.stats": (lambda store: store.queue.stats(), {}),
+    "queue.dead_letters": (lambda store, **kw: store.queue.dead_letters(**kw), {}),
+    "queue.dead_letter": (lambda store, **kw: store.queue.dead_letter(**kw), {}),
+    "queue.replay_dead_letter": (lambda store, **kw: store.queue.replay_dead_letter(**kw), {}),
+    "queue.cleanup": (lambda store, **kw: store.queue.cleanup(**kw), {}),
+    "states.current": (lambda store, **kw: store.states.current(**kw), {}),
+    "states.apply": (lambda store, **kw: store.states.apply(**kw), {"effects": Effects}),
+    "receipts.record_output": (lambda store, **kw: store.receipts.record_output(**kw), {}),
+    "receipts.hops_of": (lambda store, objects: list(store.receipts.hops_of([tuple(o) for o in objects]).items()), {}),
+    "receipts.fire_schedule": (lambda store, **kw: store.receipts.fire_schedule(**kw), {"spec": TaskSpec}),
+    "outbox.notifications": (lambda store, **kw: store.outbox.notifications(**kw), {}),
     "export": (lambda store, directory: str(store.export(directory)), {}),
-    "query": (Store.query, {}),
-    "current": (Store.current, {}),
-    "apply": (Store.apply, {"effects": Effects}),
-    "record_output": (Store.record_output, {}),
-    "hops_of": (lambda store, objects: list(store.hops_of([tuple(o) for o in objects]).items()), {}),
-    "fire_schedule": (Store.fire_schedule, {"spec": TaskSpec}),
-    "record": (batch_records.record, {}),
+    "query": (lambda store, **kw: store.query(**kw), {}),
+    "batches.record": (lambda store, **kw: store.batches.record(**kw), {}),
 }
 
 
@@ -137,7 +136,8 @@ class ControlServer:
 
 
 class ControlClient:
-    """Speaks to a running control plane."""
+    """Speaks to a running control plane: the store's facets (`queue`, `states`, `receipts`,
+    `outbox`) and `query`/`export`, each with the calls a process outside may make."""
 
     _errors = _error_classes()
 
@@ -147,6 +147,11 @@ class ControlClient:
         self._local = threading.local()
         self._connections: list[Connection] = []
         self._connection()  # fail now, clearly, if nobody listens
+        self.queue = _RemoteQueue(self)
+        self.states = _RemoteStates(self)
+        self.receipts = _RemoteReceipts(self)
+        self.outbox = _RemoteOutbox(self)
+        self.batches = _RemoteBatches(self)
 
     def _connection(self) -> Connection:
         """One connection per thread, so a worker's long-poll claim never delays a heartbeat."""
@@ -188,88 +193,119 @@ class ControlClient:
         _, code, message, details = reply
         raise self._errors.get(code, DropwireError)(message, **details)
 
-    def _maybe_future(self, wait: bool, call: Callable[[], Any]) -> Any:
-        if wait:
-            return call()
-        future: Future = Future()
-        try:
-            future.set_result(call())
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
-
-    # The QueueBackend surface used by WorkerPool.
-    def claim(self, worker: str, *, names: Iterable[str] | None = None, limit: int = 1,
-              lease_seconds: float | None = None, wait_seconds: float = 0.0) -> list[ClaimedTask]:
-        return self._call("claim", list[ClaimedTask], worker=worker, names=sorted(names) if names is not None else None,
-                          limit=limit, lease_seconds=lease_seconds, wait_seconds=wait_seconds)
-
-    def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]:
-        return self._call("heartbeat", list[int], leases=[list(l) for l in leases], lease_seconds=lease_seconds)
-
-    def complete_many(self, done: list[Done], *, wait: bool = True) -> Any:
-        def call() -> list[DropwireError | None]:
-            return [None if outcome is None else self._errors.get(outcome[0], DropwireError)(outcome[1], **outcome[2])
-                    for outcome in self._call("complete_many", list, done=done)]
-
-        return self._maybe_future(wait, call)
-
-    def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None, retryable: bool = True,
-             invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
-        return self._maybe_future(wait, lambda: self._call("fail", task_id=task_id, token=token, error=error,
-                                                           traceback=traceback, retryable=retryable, invocation=invocation))
-
-    def release(self, task_id: int, token: int) -> None:
-        self._call("release", task_id=task_id, token=token)
-
-    # Inspection and operations used by the CLI.
-    def enqueue(self, spec: TaskSpec) -> int:
-        return self._call("enqueue", int, spec=spec)
-
-    def task(self, task_id: int) -> TaskStatus:
-        return self._call("task", TaskStatus, task_id=task_id)
-
-    def stats(self) -> QueueStats:
-        return self._call("stats", QueueStats)
-
-    def dead_letters(self, *, include_replayed: bool = False) -> list[DeadLetter]:
-        return self._call("dead_letters", list[DeadLetter], include_replayed=include_replayed)
-
-    def dead_letter(self, task_id: int) -> DeadLetter:
-        return self._call("dead_letter", DeadLetter, task_id=task_id)
-
-    def replay_dead_letter(self, task_id: int, *, triggered_by: str = "operator") -> int:
-        return self._call("replay_dead_letter", int, task_id=task_id, triggered_by=triggered_by)
-
-    def cleanup(self, older_than_days: float) -> int:
-        return self._call("cleanup", int, older_than_days=older_than_days)
-
-    def notifications(self, status: str | None = None, limit: int = 100) -> list[NotificationRecord]:
-        return self._call("notifications", list[NotificationRecord], status=status, limit=limit)
-
     def export(self, directory: Path | str) -> Path:
         return Path(self._call("export", str, directory=str(Path(directory).resolve())))
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         return [tuple(row) for row in self._call("query", list, sql=sql, params=list(params))]
 
-    # The platform's calls, used by handler processes and event sources.
+
+class _RemoteQueue:
+    """The store's queue facet, remotely: what WorkerPool needs, and the CLI's inspection."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._call = client._call
+        self._errors = client._errors
+
+    def claim(self, worker: str, *, names: Iterable[str] | None = None, limit: int = 1,
+              lease_seconds: float | None = None, wait_seconds: float = 0.0) -> list[ClaimedTask]:
+        return self._call("queue.claim", list[ClaimedTask], worker=worker, names=sorted(names) if names is not None else None,
+                          limit=limit, lease_seconds=lease_seconds, wait_seconds=wait_seconds)
+
+    def heartbeat(self, leases: Iterable[tuple[int, int]], lease_seconds: float | None = None) -> list[int]:
+        return self._call("queue.heartbeat", list[int], leases=[list(l) for l in leases], lease_seconds=lease_seconds)
+
+    def complete_many(self, done: list[Done], *, wait: bool = True) -> Any:
+        def call() -> list[DropwireError | None]:
+            return [None if outcome is None else self._errors.get(outcome[0], DropwireError)(outcome[1], **outcome[2])
+                    for outcome in self._call("queue.complete_many", list, done=done)]
+
+        return _maybe_future(wait, call)
+
+    def fail(self, task_id: int, token: int, *, error: str, traceback: str | None = None, retryable: bool = True,
+             invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
+        return _maybe_future(wait, lambda: self._call("queue.fail", task_id=task_id, token=token, error=error,
+                                                      traceback=traceback, retryable=retryable, invocation=invocation))
+
+    def release(self, task_id: int, token: int) -> None:
+        self._call("queue.release", task_id=task_id, token=token)
+
+    def enqueue(self, spec: TaskSpec) -> int:
+        return self._call("queue.enqueue", int, spec=spec)
+
+    def task(self, task_id: int) -> TaskStatus:
+        return self._call("queue.task", TaskStatus, task_id=task_id)
+
+    def stats(self) -> QueueStats:
+        return self._call("queue.stats", QueueStats)
+
+    def dead_letters(self, *, include_replayed: bool = False) -> list[DeadLetter]:
+        return self._call("queue.dead_letters", list[DeadLetter], include_replayed=include_replayed)
+
+    def dead_letter(self, task_id: int) -> DeadLetter:
+        return self._call("queue.dead_letter", DeadLetter, task_id=task_id)
+
+    def replay_dead_letter(self, task_id: int, *, triggered_by: str = "operator") -> int:
+        return self._call("queue.replay_dead_letter", int, task_id=task_id, triggered_by=triggered_by)
+
+    def cleanup(self, older_than_days: float) -> int:
+        return self._call("queue.cleanup", int, older_than_days=older_than_days)
+
+
+class _RemoteStates:
+    """The store's states facet, remotely: what handler processes read and commit."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._call = client._call
+
     def current(self, kind: str, entity_id: str) -> tuple[str, int]:
-        return tuple(self._call("current", list, kind=kind, entity_id=entity_id))
+        return tuple(self._call("states.current", list, kind=kind, entity_id=entity_id))
+
+    def apply(self, effects: Effects) -> Applied:
+        return self._call("states.apply", Applied, effects=effects)
+
+
+class _RemoteReceipts:
+    """The store's receipts facet, remotely: output lineage and schedule runs."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._call = client._call
 
     def record_output(self, bucket: str, key: str, *, hop: int, function: str, task_id: int) -> None:
-        self._call("record_output", bucket=bucket, key=key, hop=hop, function=function, task_id=task_id)
+        self._call("receipts.record_output", bucket=bucket, key=key, hop=hop, function=function, task_id=task_id)
 
     def hops_of(self, objects: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        pairs = self._call("hops_of", list, objects=[list(o) for o in objects])
+        pairs = self._call("receipts.hops_of", list, objects=[list(o) for o in objects])
         return {(bucket, key): hop for (bucket, key), hop in pairs}
 
     def fire_schedule(self, schedule: str, fire_time: float, spec: TaskSpec) -> int | None:
-        return self._call("fire_schedule", int | None, schedule=schedule, fire_time=fire_time, spec=spec)
+        return self._call("receipts.fire_schedule", int | None, schedule=schedule, fire_time=fire_time, spec=spec)
 
-    def apply(self, effects: Effects) -> Applied:
-        return self._call("apply", Applied, effects=effects)
+
+class _RemoteBatches:
+    """The batches facet's records port, for handler processes: durable when it returns."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._call = client._call
 
     def record(self, op: str, payload: Any) -> None:
-        """The DomainRecords port of handler processes: durable when it returns."""
-        self._call("record", op=op, payload=msgspec.to_builtins(payload))
+        self._call("batches.record", op=op, payload=msgspec.to_builtins(payload))
+
+
+class _RemoteOutbox:
+    def __init__(self, client: ControlClient) -> None:
+        self._call = client._call
+
+    def notifications(self, status: str | None = None, limit: int = 100) -> list[NotificationRecord]:
+        return self._call("outbox.notifications", list[NotificationRecord], status=status, limit=limit)
+
+
+def _maybe_future(wait: bool, call: Callable[[], Any]) -> Any:
+    if wait:
+        return call()
+    future: Future = Future()
+    try:
+        future.set_result(call())
+    except Exception as exc:
+        future.set_exception(exc)
+    return future

@@ -63,7 +63,7 @@ def run_control_plane(settings: Settings, registry: TaskRegistry, stop: threadin
     what it has and closes."""
     store = open_store(settings, registry)
     server = ControlServer(store, settings.control_socket_path, settings.control_key()).start()
-    pool = start_pool(settings, store, registry, "local") if registry.names() else None
+    pool = start_pool(settings, store.queue, registry, "local") if registry.names() else None
     log.info("control plane up: database %s, socket %s, %d local worker(s)", settings.database_path,
              settings.control_socket_path, settings.queue.workers if pool else 0)
     try:

@@ -52,12 +52,12 @@ class DemoRun:
 
     def state(self, kind: str, entity_id: str) -> str | None:
         try:
-            return self.store.current(kind, entity_id)[0]
+            return self.store.states.current(kind, entity_id)[0]
         except NotFound:
             return None
 
     def version(self, kind: str, entity_id: str) -> int:
-        return self.store.current(kind, entity_id)[1]
+        return self.store.states.current(kind, entity_id)[1]
 
     def wait(self, kind: str, entity_id: str, states: tuple[str, ...], past_version: int = 0) -> str:
         """Wait for one of `states`, reached after `past_version` (a re-upload's check must
@@ -65,13 +65,13 @@ class DemoRun:
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
             try:
-                state, version = self.store.current(kind, entity_id)
+                state, version = self.store.states.current(kind, entity_id)
             except NotFound:
                 state, version = None, 0
             if state in states and version > past_version:
                 return state
             time.sleep(0.05)
-        letters = [f"{d.name}: {d.last_error}" for d in self.store.dead_letters()]
+        letters = [f"{d.name}: {d.last_error}" for d in self.store.queue.dead_letters()]
         raise DropwireError(f"{kind} {entity_id} did not reach {' or '.join(states)} within {WAIT_S:.0f}s "
                             f"(it is {self.state(kind, entity_id)}); dead letters: {letters or 'none'}")
 
@@ -157,7 +157,7 @@ def _summary(run: DemoRun) -> dict[str, str]:
     states: dict[str, str] = {}
     where: list[str] = []
     for model, (version, _, _) in MODELS.items():
-        snapshot = run.store.snapshot("model", f"{run.use_case}/{model}")
+        snapshot = run.store.states.snapshot("model", f"{run.use_case}/{model}")
         states[model] = snapshot.state
         if snapshot.state != "EVALUATION_COMPLETED":
             table.add_row(model, snapshot.state, "still at work", "", "", "")
@@ -177,7 +177,7 @@ def _summary(run: DemoRun) -> dict[str, str]:
                     "evaluated", title_justify="left")
     for column in history.columns[1:3]:
         column.no_wrap = True
-    for record in run.store.history("model", f"{run.use_case}/{second}"):
+    for record in run.store.states.history("model", f"{run.use_case}/{second}"):
         history.add_row(str(record.seq), record.to_state, record.trigger, record.triggered_by, record.reason or "")
     run.console.print(history)
     kinds = run.store.query("SELECT kind, count(*) FROM notifications WHERE entity_id LIKE ? OR entity_id = ? "
@@ -192,8 +192,8 @@ def _after_stop(settings: Settings, use_case: str, states: dict[str, str], conso
     from dropwire.functions.evaluation.states import MACHINES
 
     with Store.open(settings.database_path, MACHINES) as store:
-        later = {m: store.current("model", f"{use_case}/{m}")[0] for m in MODELS}
-        waiting = store.stats().by_status
+        later = {m: store.states.current("model", f"{use_case}/{m}")[0] for m in MODELS}
+        waiting = store.queue.stats().by_status
     for model, state in states.items():
         if state in DONE:
             continue

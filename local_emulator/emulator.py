@@ -79,15 +79,15 @@ class Emulator:
         server = ControlServer(self.store, settings.control_socket_path, settings.control_key()).start()
         self._stops.append(server.close)
         self._stops.append(self.sandboxes.close)
-        pool = start_pool(settings, self.store, tasks, "dispatcher", thread_start=self.sandboxes.prepare)
+        pool = start_pool(settings, self.store.queue, tasks, "dispatcher", thread_start=self.sandboxes.prepare)
         self._stops.append(pool.stop)
         if not self.sandboxes.wait_ready(settings.queue.workers, timeout=180):
             raise DropwireError("the handler processes did not start within 180s; see the log above")
 
-        self.notifier = Notifier(self.store, settings.notify, settings.outbox_path, settings.storage_options()).start()
+        self.notifier = Notifier(self.store.outbox, settings.notify, settings.outbox_path, settings.storage_options()).start()
         self._stops.append(self.notifier.stop)
-        self.router = EventRouter(self.functions, self.store, settings.events.hop_limit)
-        self.scheduler = Scheduler(self.functions, self.store).start()
+        self.router = EventRouter(self.functions, self.store.receipts, self.store.queue, settings.events.hop_limit)
+        self.scheduler = Scheduler(self.functions, self.store.receipts).start()
         self._stops.append(self.scheduler.stop)
         if self.serve_http:
             self._start_gateway()

@@ -95,15 +95,15 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
     @get("/health", sync_to_thread=True)
     def health() -> Health:
         return Health(status="ok", database=str(store.path), functions=sorted(f.name for f in functions),
-                      queue=store.stats().by_status)
+                      queue=store.queue.stats().by_status)
 
     def enqueue_http(name: str, body: Any) -> int:
         spec = functions.get(name)
         if not any(isinstance(t, OnHttp) for t in spec.triggers):
             raise NotFound(f"function {name!r} has no HTTP trigger")
         event = HttpEvent(body=body, received_at=datetime.now(timezone.utc).isoformat())
-        return store.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
-                                      max_attempts=spec.max_attempts))
+        return store.queue.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
+                                            max_attempts=spec.max_attempts))
 
     @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True)
     def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
@@ -111,7 +111,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         task_id = enqueue_http(name, data)
         deadline = time.monotonic() + min(wait, 300.0)
         while wait and time.monotonic() < deadline:
-            status = store.task(task_id)
+            status = store.queue.task(task_id)
             if status.status in FINISHED:
                 return status
             time.sleep(0.02)
@@ -128,27 +128,27 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
 
     @get("/tasks/stats", sync_to_thread=True)
     def task_stats() -> QueueStats:
-        return store.stats()
+        return store.queue.stats()
 
     @get("/tasks/{task_id:int}", sync_to_thread=True)
     def task(task_id: FromPath[int]) -> TaskStatus:
-        return store.task(task_id)
+        return store.queue.task(task_id)
 
     @post("/tasks/cleanup", sync_to_thread=True)
     def cleanup(older_than_days: FromQuery[float] = 7.0) -> dict[str, int]:
-        return {"removed": store.cleanup(older_than_days)}
+        return {"removed": store.queue.cleanup(older_than_days)}
 
     @get("/dead-letters", sync_to_thread=True)
     def dead_letters(include_replayed: FromQuery[bool] = False) -> list[DeadLetter]:
-        return store.dead_letters(include_replayed=include_replayed)
+        return store.queue.dead_letters(include_replayed=include_replayed)
 
     @get("/dead-letters/{task_id:int}", sync_to_thread=True)
     def dead_letter(task_id: FromPath[int]) -> DeadLetter:
-        return store.dead_letter(task_id)
+        return store.queue.dead_letter(task_id)
 
     @post("/dead-letters/{task_id:int}/replay", sync_to_thread=True)
     def replay(task_id: FromPath[int]) -> Accepted:
-        new_id = store.replay_dead_letter(task_id, triggered_by="http")
+        new_id = store.queue.replay_dead_letter(task_id, triggered_by="http")
         return Accepted(task_id=new_id, status_url=f"/tasks/{new_id}")
 
     @get("/invocations", sync_to_thread=True)
@@ -169,7 +169,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
-    ports = ApiPorts(objects=objects, bucket=bucket, state=store, invoke=enqueue_http, config=config or {})
+    ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, config=config or {})
     return Litestar(
         route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
                         invocations, reprocess, run_schedule, *(factory(ports) for factory in functions.http_apis())],

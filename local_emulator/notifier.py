@@ -37,7 +37,7 @@ from fsspec.utils import get_protocol
 
 from dropwire.local_emulator.settings import NotificationSettings
 from dropwire.storage.records import NotificationRecord
-from dropwire.storage.store import Store
+from dropwire.storage.outbox import Outbox
 
 log = logging.getLogger("dropwire.notifier")
 
@@ -68,9 +68,9 @@ def sign(secret: str, body: bytes) -> str:
 
 
 class Notifier:
-    def __init__(self, store: Store, settings: NotificationSettings, outbox: Path,
+    def __init__(self, notifications: Outbox, settings: NotificationSettings, outbox: Path,
                  storage_options: dict[str, dict] | None = None) -> None:
-        self.store = store
+        self.notifications = notifications
         self.settings = settings
         self.outbox = outbox
         self.storage_options = storage_options or {}
@@ -99,7 +99,7 @@ class Notifier:
 
     def deliver_due(self) -> int:
         """One pass: attempt every notification that is due. Returns how many were attempted."""
-        due = self.store.pending_notifications(limit=100)
+        due = self.notifications.pending_notifications(limit=100)
         for notification in due:
             if self._stop.is_set():
                 break
@@ -133,15 +133,15 @@ class Notifier:
                 errors.append(f"webhook {settings.webhook_url}: {type(exc).__name__}: {exc}")
         if not errors:
             status = "sent" if wants_email or settings.webhook_url else "recorded"
-            self.store.mark_notification(n.id, status=status, attempts=n.attempts + 1, eml_path=eml_path,
-                                         email_sent=email_sent, webhook_sent=webhook_sent)
+            self.notifications.mark_notification(n.id, status=status, attempts=n.attempts + 1, eml_path=eml_path,
+                                                 email_sent=email_sent, webhook_sent=webhook_sent)
             return
         attempts = n.attempts + 1
         error = "; ".join(errors)
         spent = attempts >= settings.max_attempts
-        self.store.mark_notification(n.id, status="failed" if spent else "pending", attempts=attempts, last_error=error,
-                                     next_attempt_at=time.time() + self._backoff(attempts), eml_path=eml_path,
-                                     email_sent=email_sent, webhook_sent=webhook_sent)
+        self.notifications.mark_notification(n.id, status="failed" if spent else "pending", attempts=attempts, last_error=error,
+                                             next_attempt_at=time.time() + self._backoff(attempts), eml_path=eml_path,
+                                             email_sent=email_sent, webhook_sent=webhook_sent)
         if spent:
             log.error("notification %s (%s) failed after %d attempt(s): %s", n.id, n.kind, attempts, error)
         else:

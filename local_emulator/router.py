@@ -18,17 +18,24 @@ log = logging.getLogger("dropwire.router")
 
 
 class Admitter(Protocol):
+    """The store's receipts (storage.receipts.Receipts)."""
+
     def admit(self, offers: list[tuple[ObjectReceipt, TaskSpec]]) -> list[Admission]: ...
 
     def hops_of(self, objects: list[tuple[str, str]]) -> dict[tuple[str, str], int]: ...
+
+
+class Enqueuer(Protocol):
+    """The store's queue (storage.queue.Queue)."""
 
     def enqueue(self, spec: TaskSpec) -> int: ...
 
 
 class EventRouter:
-    def __init__(self, functions: FunctionRegistry, admitter: Admitter, hop_limit: int) -> None:
+    def __init__(self, functions: FunctionRegistry, admitter: Admitter, queue: Enqueuer, hop_limit: int) -> None:
         self.functions = functions
         self.admitter = admitter
+        self.queue = queue
         self.hop_limit = hop_limit
 
     def route(self, events: list[ObjectEvent]) -> list[Admission]:
@@ -84,7 +91,7 @@ class EventRouter:
         event = ObjectEvent(bucket=bucket, key=key, raw_key=key, size=size, etag=version, version_id=version,
                             sequencer=None, event_name="ObjectCreated:Reprocess",
                             event_time=datetime.now(timezone.utc).isoformat(), source="reprocess")
-        task_id = self.admitter.enqueue(TaskSpec(
+        task_id = self.queue.enqueue(TaskSpec(
             name=spec.task_name, max_attempts=spec.max_attempts,
             args=Invocation(function=function, source="reprocess", event=event,
                             hop=self.admitter.hops_of([(bucket, key)]).get((bucket, key), 0))))

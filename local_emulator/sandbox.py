@@ -101,7 +101,7 @@ def _child_main(connection: Connection, config_bytes: bytes) -> None:
     client = ControlClient(Path(config.control_socket), config.control_authkey)
 
     def note(bucket: str, key: str, hop: int, function: str, task_id: int) -> None:
-        client.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
+        client.receipts.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
 
     decode = msgspec.msgpack.Decoder(Request).decode
     connection.send_bytes(b"ready")
@@ -111,7 +111,7 @@ def _child_main(connection: Connection, config_bytes: bytes) -> None:
         except EOFError:
             return
         outcome = execute(registry.get(request.invocation.function), request, objects, client, note, config.runtime_url,
-                          config.mlflow_tracking_uri, config.mlflow_artifact_location, client, config.config)
+                          config.mlflow_tracking_uri, config.mlflow_artifact_location, client.batches, config.config)
         try:
             connection.send_bytes(msgspec.msgpack.encode(outcome))
         except (TypeError, msgspec.EncodeError) as exc:

@@ -1,7 +1,7 @@
 """Worker threads that run registered task functions from the durable queue.
 
-The same pool runs inside the control plane (its backend is the Store) or in a separate
-worker process (its backend is a ControlClient talking to the control plane). Each worker
+The same pool runs inside the control plane (its backend is the store's queue facet) or in a separate
+worker process (its backend is a ControlClient's queue, talking to the control plane). Each worker
 claims a few tasks at once, heartbeats their leases from one shared thread, and hands in
 completions without waiting for their commit, so completions and the next claim share a
 group commit. A completion with a stale fencing token is refused by the store: the work

@@ -1,10 +1,15 @@
-"""The batch-inference tables (migration 0006) as a store facet: its TableSpecs, and the
-operations the batches domain may ask for, each staged into the group-commit writer as
-`op(batch, now)` and answered once committed. Handlers reach these through their context's
-`records` port (`record(op, payload)`), in the control plane or over its socket; nothing
-else here is reachable from a handler. Lines, failures, chunk marks and figures are
-first-wins (a retried line never replaces the outcome kept), so a crash and a resume never
-put a line into the output twice."""
+"""The batch-inference tables (migration 0006) as a store facet (`store.batches`).
+
+Promises:
+- `record(op, payload)` stages the named operation's rows (OPS: files registered or deleted,
+  batches created, validated or given their outputs, line results with the worker's
+  heartbeat, chunk marks, benchmark figures) into the writer's group commit, and returns
+  once they are durable. It is the only write: handlers reach it through their context's
+  `records` port, in the control plane or over its socket; there is no arbitrary SQL.
+- Lines, failed requests, chunk marks, files, batches and figures are first-wins (ON CONFLICT
+  DO NOTHING on their keys): a line computed again after a crash or kill -9 never replaces
+  the outcome kept, so no line is in the output twice and none is lost once saved.
+- Reads are plain SELECTs over committed data (store.query; functions/batches/reads.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +19,14 @@ from typing import Any, Callable
 import msgspec
 import pyarrow as pa
 
-from dropwire.storage.batch import TABLES, Batch, TableSpec
+from dropwire.storage.batch import Batch, TableSpec
 from dropwire.storage.errors import DropwireError
+from dropwire.storage.writer import Facet
 
 _S, _I, _B, _F = pa.string(), pa.int32(), pa.int64(), pa.float64()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FirstWins(TableSpec):
     """An append-only table with a primary key: a row whose key is already stored is skipped."""
 
@@ -28,31 +34,28 @@ class FirstWins(TableSpec):
         return super().insert_statement(source) + " ON CONFLICT DO NOTHING"
 
 
-SPECS = (
-    FirstWins("batch_files", (("id", _S), ("filename", _S), ("purpose", _S), ("bytes", _B), ("bucket", _S), ("key", _S),
+FILES = FirstWins("batch_files", (("id", _S), ("filename", _S), ("purpose", _S), ("bytes", _B), ("bucket", _S), ("key", _S),
                               ("created_at", _F), ("expires_at", _F)),
-              timestamps=frozenset({"created_at", "expires_at"})),
-    FirstWins("batches", (("id", _S), ("input_file_id", _S), ("endpoint", _S), ("completion_window", _S), ("metadata", _S),
+                  timestamps=frozenset({"created_at", "expires_at"}))
+BATCHES = FirstWins("batches", (("id", _S), ("input_file_id", _S), ("endpoint", _S), ("completion_window", _S), ("metadata", _S),
                           ("source", _S), ("name", _S), ("retried_from", _S), ("created_at", _F), ("expires_at", _F)),
-              timestamps=frozenset({"created_at", "expires_at"})),
-    FirstWins("batch_lines", (("batch_id", _S), ("line", _I), ("custom_id", _S), ("status_code", _I), ("request_id", _S),
+                    timestamps=frozenset({"created_at", "expires_at"}))
+LINES = FirstWins("batch_lines", (("batch_id", _S), ("line", _I), ("custom_id", _S), ("status_code", _I), ("request_id", _S),
                               ("response", _S), ("error_code", _S), ("error_message", _S), ("prompt_tokens", _I),
                               ("completion_tokens", _I), ("attempts", _I), ("worker", _S), ("finished_at", _F)),
-              timestamps=frozenset({"finished_at"})),
-    FirstWins("batch_chunks_done", (("batch_id", _S), ("chunk", _I), ("outcome", _S), ("finished_at", _F)),
-              timestamps=frozenset({"finished_at"})),
-    FirstWins("batch_failed_requests", (("batch_id", _S), ("line", _I), ("custom_id", _S), ("status_code", _I),
+                  timestamps=frozenset({"finished_at"}))
+CHUNKS_DONE = FirstWins("batch_chunks_done", (("batch_id", _S), ("chunk", _I), ("outcome", _S), ("finished_at", _F)),
+                        timestamps=frozenset({"finished_at"}))
+FAILED = FirstWins("batch_failed_requests", (("batch_id", _S), ("line", _I), ("custom_id", _S), ("status_code", _I),
                                         ("error_code", _S), ("error_message", _S), ("attempts", _I), ("failed_at", _F)),
-              timestamps=frozenset({"failed_at"})),
-    TableSpec("batch_worker_heartbeats", (("worker", _S), ("pid", _I), ("host", _S), ("batch_id", _S), ("chunk", _I),
+                   timestamps=frozenset({"failed_at"}))
+HEARTBEATS = TableSpec("batch_worker_heartbeats", (("worker", _S), ("pid", _I), ("host", _S), ("batch_id", _S), ("chunk", _I),
                                           ("lines_done", _I), ("beat_at", _F)),
-              timestamps=frozenset({"beat_at"})),
-    FirstWins("batch_benchmarks", (("batch_id", _S), ("model", _S), ("lines", _I), ("completed", _I), ("failed", _I),
+                       timestamps=frozenset({"beat_at"}))
+BENCHMARKS = FirstWins("batch_benchmarks", (("batch_id", _S), ("model", _S), ("lines", _I), ("completed", _I), ("failed", _I),
                                    ("prompt_tokens", _B), ("completion_tokens", _B), ("duration_s", _F), ("lines_per_s", _F),
                                    ("tokens_per_s", _F), ("started_at", _F), ("finished_at", _F)),
-              timestamps=frozenset({"started_at", "finished_at"})),
-)
-TABLES.update({spec.name: spec for spec in SPECS})
+                       timestamps=frozenset({"started_at", "finished_at"}))
 
 
 # ---------------------------------------------------------------- what the domain may record
@@ -151,7 +154,7 @@ def _json(value: Any) -> str | None:
 
 
 def _add_file(row: FileRow, batch: Batch, now: float) -> None:
-    batch.add("batch_files", (row.id, row.filename, row.purpose, row.bytes, row.bucket, row.key, row.created_at,
+    batch.add(FILES, (row.id, row.filename, row.purpose, row.bytes, row.bucket, row.key, row.created_at,
                               row.expires_at))
 
 
@@ -160,7 +163,7 @@ def _delete_file(row: FileDeleted, batch: Batch, now: float) -> None:
 
 
 def _add_batch(row: BatchRow, batch: Batch, now: float) -> None:
-    batch.add("batches", (row.id, row.input_file_id, row.endpoint, row.completion_window, _json(row.metadata), row.source,
+    batch.add(BATCHES, (row.id, row.input_file_id, row.endpoint, row.completion_window, _json(row.metadata), row.source,
                           row.name, row.retried_from, row.created_at, row.expires_at))
 
 
@@ -176,23 +179,23 @@ def _outputs(row: Outputs, batch: Batch, now: float) -> None:
 
 def _line_results(row: LineResults, batch: Batch, now: float) -> None:
     for line in row.lines:
-        batch.add("batch_lines", (row.batch_id, line.line, line.custom_id, line.status_code, line.request_id, line.response,
+        batch.add(LINES, (row.batch_id, line.line, line.custom_id, line.status_code, line.request_id, line.response,
                                   line.error_code, line.error_message, line.prompt_tokens, line.completion_tokens,
                                   line.attempts, row.worker, now))
         if line.status_code is None or not 200 <= line.status_code < 300:
-            batch.add("batch_failed_requests", (row.batch_id, line.line, line.custom_id, line.status_code,
+            batch.add(FAILED, (row.batch_id, line.line, line.custom_id, line.status_code,
                                                 line.error_code or f"http_{line.status_code}",
                                                 line.error_message or "", line.attempts, now))
-    batch.add("batch_worker_heartbeats", (row.worker, row.pid, row.host, row.batch_id, row.chunk, row.lines_done, now))
+    batch.add(HEARTBEATS, (row.worker, row.pid, row.host, row.batch_id, row.chunk, row.lines_done, now))
 
 
 def _chunk_done(row: ChunkDone, batch: Batch, now: float) -> None:
-    batch.add("batch_chunks_done", (row.batch_id, row.chunk, row.outcome, now))
+    batch.add(CHUNKS_DONE, (row.batch_id, row.chunk, row.outcome, now))
 
 
 def _benchmark(row: Benchmark, batch: Batch, now: float) -> None:
     duration = max(row.finished_at - row.started_at, 1e-9)
-    batch.add("batch_benchmarks", (row.batch_id, row.model, row.lines, row.completed, row.failed, row.prompt_tokens,
+    batch.add(BENCHMARKS, (row.batch_id, row.model, row.lines, row.completed, row.failed, row.prompt_tokens,
                                    row.completion_tokens, duration, row.lines / duration,
                                    (row.prompt_tokens + row.completion_tokens) / duration, row.started_at,
                                    row.finished_at))
@@ -215,23 +218,15 @@ class UnknownRecord(DropwireError):
     code = "unknown_record"
 
 
-def record(store: Any, op: str, payload: Any) -> None:
-    """Stage `payload` (a Struct of the op's type, or its builtins) as op `op` into the
-    store's group commit; returns once it is durable."""
-    try:
-        kind, stage = OPS[op]
-    except KeyError:
-        raise UnknownRecord(f"no record operation {op!r}; known: {sorted(OPS)}") from None
-    value = payload if isinstance(payload, kind) else msgspec.convert(payload, kind)
-    # The store's writer thread runs `op(batch, now)` with the other operations of its commit.
-    store._call(lambda batch, now: stage(value, batch, now))
-
-
-class StoreRecords:
-    """The records port in the process that owns the store (e.g. `dropwire invoke`)."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
+class Batches(Facet):
+    """The batches domain's records port, in the process that owns the store."""
 
     def record(self, op: str, payload: Any) -> None:
-        record(self._store, op, payload)
+        """Stage `payload` (a Struct of the op's type, or its builtins) as op `op`; returns
+        once it is durable."""
+        try:
+            kind, stage = OPS[op]
+        except KeyError:
+            raise UnknownRecord(f"no record operation {op!r}; known: {sorted(OPS)}") from None
+        value = payload if isinstance(payload, kind) else msgspec.convert(payload, kind)
+        self.writer.call(lambda batch, now: stage(value, batch, now))

@@ -189,7 +189,7 @@ class Admission(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Done(msgspec.Struct, kw_only=True, frozen=True):
-    """One successful task, handed in with others in `Store.complete_many`."""
+    """One successful task, handed in with others in `Queue.complete_many`."""
 
     task_id: int
     token: int

@@ -31,7 +31,7 @@ class LiveTask:
     on_retry: str | None = None
 
     def row(self, now: float, *, result: str | None = None, finished_at: float | None = None) -> tuple:
-        """The task's image in the `tasks` table (column order of batch.TABLES['tasks'])."""
+        """The task's image in the `tasks` table (column order of tasks.TASKS)."""
         return (
             self.id, self.name, self.args, self.priority, self.status, self.attempts, self.max_attempts,
             self.not_before, self.claimed_at, self.lease_expires, self.token, self.worker,

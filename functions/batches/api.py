@@ -84,14 +84,14 @@ def _chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
 
 def build_router(ports: ApiPorts) -> Router:
     settings = batch_settings(ports.config)
-    query = ports.state.query
+    query = ports.store.query
 
     def run(function: str, body: Any) -> Any:
         """Invoke an HTTP-triggered function and wait for it; its refusal is a 409 with its message."""
         task_id = ports.invoke(function, msgspec.to_builtins(body))
         deadline = time.monotonic() + MAX_WAIT_S
         while time.monotonic() < deadline:
-            status = ports.state.task(task_id)
+            status = ports.store.queue.task(task_id)
             if status.status == "succeeded":
                 return status.result
             if status.status == "dead":

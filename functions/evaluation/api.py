@@ -238,7 +238,7 @@ def build_router(ports: ApiPorts) -> Router:
     def use_case_state(use_case: FromPath[str]) -> EntitySnapshot:
         use_case = _check_id(use_case, "use case")
         api.require_use_case(use_case)
-        return ports.state.snapshot("use_case", use_case)
+        return ports.store.states.snapshot("use_case", use_case)
 
     @post("/use-cases/{use_case:str}/upload-config",
           description="A multipart upload (field 'file', its filename's suffix giving the format) or a raw body "
@@ -270,7 +270,7 @@ def build_router(ports: ApiPorts) -> Router:
     def model_state(use_case: FromPath[str], model: FromPath[str]) -> EntitySnapshot:
         use_case, model = _check_id(use_case, "use case"), _check_id(model, "model")
         api.require_model(use_case, model)
-        return ports.state.snapshot("model", f"{use_case}/{model}")
+        return ports.store.states.snapshot("model", f"{use_case}/{model}")
 
     async def upload_data(use_case: str, model: str, request: Request, wait: float, format_: str | None,
                           file: str) -> Response[Accepted]:
@@ -373,7 +373,7 @@ class _Evaluation:
 
     def _fired_by(self, key: str, since: float) -> list[tuple[str, int]]:
         """(function, task id) of the handlers fired by the key's events admitted since `since`."""
-        return self.ports.state.query(
+        return self.ports.store.query(
             'SELECT function, task_id FROM object_receipts WHERE bucket = ? AND "key" = ? AND epoch(received_at) >= ? '
             "ORDER BY received_at, function", [self.ports.bucket, key, since])
 
@@ -389,7 +389,7 @@ class _Evaluation:
     def _runs(self, fired: Callable[[], list[tuple[str, int]]]) -> list[HandlerRun]:
         runs = []
         for function, task_id in fired():
-            task = self.ports.state.task(task_id)
+            task = self.ports.store.queue.task(task_id)
             runs.append(HandlerRun(function=function, task_id=task_id, status=task.status, status_url=f"/tasks/{task_id}",
                                    result=task.result, error=task.last_error if task.status != "succeeded" else None))
         return runs
@@ -409,7 +409,7 @@ class _Evaluation:
 
     def state_of(self, kind: str, entity_id: str) -> str | None:
         try:
-            return self.ports.state.current(kind, entity_id)[0]
+            return self.ports.store.states.current(kind, entity_id)[0]
         except NotFound:
             return None
 
@@ -429,24 +429,24 @@ class _Evaluation:
 
     def _registered(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
         """What each entity (whose id starts with `prefix`) was created with, by id."""
-        rows = self.ports.state.query("SELECT entity_id, metadata FROM state_history WHERE kind = ? AND seq = 1 "
+        rows = self.ports.store.query("SELECT entity_id, metadata FROM state_history WHERE kind = ? AND seq = 1 "
                                       "AND starts_with(entity_id, ?)", [kind, prefix])
         return {entity_id: msgspec.json.decode(metadata) if metadata else {} for entity_id, metadata in rows}
 
     def use_cases(self) -> list[UseCaseSummary]:
         about = self._registered("use_case")
         counts: dict[str, int] = {}
-        for model_id, _, _ in self.ports.state.entities("model"):
+        for model_id, _, _ in self.ports.store.states.entities("model"):
             use_case = model_id.split("/", 1)[0]
             counts[use_case] = counts.get(use_case, 0) + 1
         return [UseCaseSummary(id=uc, name=about.get(uc, {}).get("name", ""),
                                team_email=about.get(uc, {}).get("team_email", ""), state=state,
                                models=counts.get(uc, 0), url=f"/api/use-cases/{uc}")
-                for uc, state, _ in self.ports.state.entities("use_case")]
+                for uc, state, _ in self.ports.store.states.entities("use_case")]
 
     def use_case(self, use_case: str) -> UseCaseView:
         state = self.require_use_case(use_case)
-        history = self.ports.state.history("use_case", use_case)
+        history = self.ports.store.states.history("use_case", use_case)
         config = _last(history, ("config_uploaded", "validation_started", "config_valid", "config_invalid"))
         if config is None:
             status = ConfigStatus(status="none")
@@ -467,11 +467,11 @@ class _Evaluation:
         return [ModelSummary(id=model_id.removeprefix(prefix), name=about.get(model_id, {}).get("name", ""),
                              version=about.get(model_id, {}).get("version", ""), state=state,
                              url=f"/api/use-cases/{model_id.replace('/', '/models/', 1)}")
-                for model_id, state, _ in self.ports.state.entities("model") if model_id.startswith(prefix)]
+                for model_id, state, _ in self.ports.store.states.entities("model") if model_id.startswith(prefix)]
 
     def model(self, use_case: str, model: str) -> ModelView:
         state = self.require_model(use_case, model)
-        history = self.ports.state.history("model", f"{use_case}/{model}")
+        history = self.ports.store.states.history("model", f"{use_case}/{model}")
         uploaded = _last(history, ("dataset_uploaded",))
         checked = _last_check(history)
         quality = None if checked is None else QualitySummary(
@@ -487,7 +487,7 @@ class _Evaluation:
 
     def quality_issues(self, use_case: str, model: str) -> QualityIssues:
         state = self.require_model(use_case, model)
-        checked = _last_check(self.ports.state.history("model", f"{use_case}/{model}"))
+        checked = _last_check(self.ports.store.states.history("model", f"{use_case}/{model}"))
         if checked is None:
             raise NotFound(f"model {model!r} of use case {use_case!r} has had no quality check yet (it is {state}); "
                            f"upload its dataset", use_case=use_case, model=model, state=state)
@@ -502,7 +502,7 @@ class _Evaluation:
         """The model's history and its last successful evaluation; NotEvaluated unless the
         model is EVALUATION_COMPLETED (a newer dataset in progress would make older results lie)."""
         state = self.require_model(use_case, model)
-        history = self.ports.state.history("model", f"{use_case}/{model}")
+        history = self.ports.store.states.history("model", f"{use_case}/{model}")
         done = _last(history, ("evaluation_succeeded",))
         if state != M.EVALUATION_COMPLETED or done is None:
             raise NotEvaluated(f"model {model!r} of use case {use_case!r} has no results: it is {state}; they are "

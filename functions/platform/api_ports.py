@@ -15,9 +15,7 @@ if TYPE_CHECKING:
     from litestar import Router
 
 
-class ReadOnlyState(Protocol):
-    """The committed state, read-only (storage.store.Store provides it)."""
-
+class StateReads(Protocol):
     def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
 
     def snapshot(self, kind: str, entity_id: str) -> EntitySnapshot: ...
@@ -26,9 +24,21 @@ class ReadOnlyState(Protocol):
 
     def entities(self, kind: str) -> list[tuple[str, str, int]]: ...
 
-    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]: ...
 
+class TaskReads(Protocol):
     def task(self, task_id: int) -> TaskStatus: ...
+
+
+class ReadOnlyStore(Protocol):
+    """The committed state, read-only (storage.store.Store provides it)."""
+
+    @property
+    def states(self) -> StateReads: ...
+
+    @property
+    def queue(self) -> TaskReads: ...
+
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class ApiPorts:
     #: Where uploads are written: the bucket whose events fire the handlers.
     objects: ObjectStore
     bucket: str
-    state: ReadOnlyState
+    store: ReadOnlyStore
     #: invoke(function name, JSON body) -> the id of the queued invocation task.
     invoke: Callable[[str, Any], int]
     #: Domain sections of the settings by name (e.g. "batches"), as builtins.

@@ -14,14 +14,21 @@ from dropwire.storage.records import EntityCreate, Effects, NotificationRequest,
 
 class DomainRecords(Protocol):
     """Rows a domain saves while its handler runs (a batch's line results as they complete),
-    durable when the call returns: the named operations of a store facet (e.g.
+    durable when the call returns: the named operations of the domain's store facet (e.g.
     storage/batches.py OPS), never arbitrary SQL."""
 
     def record(self, op: str, payload: Any) -> None: ...
 
 
-class StateReader(Protocol):
+class CurrentState(Protocol):
     def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
+
+
+class StateReader(Protocol):
+    """Committed state, read-only (storage.store.Store, or the control plane's client)."""
+
+    @property
+    def states(self) -> CurrentState: ...
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]: ...
 
@@ -40,7 +47,7 @@ class StateChanges:
 
     def current(self, kind: str, entity_id: str) -> tuple[str, int]:
         """(state, version) as committed now."""
-        return self.reader.current(kind, entity_id)
+        return self.reader.states.current(kind, entity_id)
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         return self.reader.query(sql, params)

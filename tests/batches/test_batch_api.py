@@ -42,7 +42,7 @@ def test_a_batch_through_the_official_client(start_batches, upstream):
 
     failed_rows = emulator.store.query("SELECT custom_id, error_code, attempts FROM batch_failed_requests")
     assert failed_rows == [("req-3", "http_400", 1)]
-    history = [h.to_state for h in emulator.store.history("batch", batch.id)]
+    history = [h.to_state for h in emulator.store.states.history("batch", batch.id)]
     assert history == ["validating", "in_progress", "finalizing", "completed"]
 
     # Pagination over real pages, newest first.

@@ -40,13 +40,14 @@ def test_a_dropped_file_runs_as_a_batch_and_its_output_lands_beside(start_batche
     assert [line["custom_id"] for line in lines] == [f"e{i}" for i in range(5)]
     assert lines[2]["response"]["body"]["data"][0]["embedding"] == [2.0]
     assert not (emulator.settings.bucket_path / "batch-outputs" / "nightly.errors.jsonl").exists()
-    batch = client.batches.list().data[0]
+    # The files are written before the batch is marked completed, in the same step.
+    batch = finished(client, client.batches.list().data[0].id)
     assert batch.status == "completed" and batch.endpoint == "/v1/embeddings" and batch.metadata == {"run": "7"}
     # The same batch is visible over the API, and its output through files.content.
     assert [line["custom_id"] for line in read_lines(client, batch.output_file_id)] == [f"e{i}" for i in range(5)]
-    kinds = [n.kind for n in emulator.store.notifications()]
+    kinds = [n.kind for n in emulator.store.outbox.notifications()]
     assert "batch.completed" in kinds
-    event = next(n for n in emulator.store.notifications() if n.kind == "batch.completed").metadata["event"]
+    event = next(n for n in emulator.store.outbox.notifications() if n.kind == "batch.completed").metadata["event"]
     assert event["type"] == "batch.completed" and event["object"] == "event" and event["data"] == {"id": batch.id}
 
 
@@ -54,7 +55,7 @@ def test_a_dropped_file_with_bad_options_is_refused_naming_the_file(start_batche
     emulator, _ = start_batches()
     drop(emulator, "batches/bad.json", b'{"endpoint": "/v1/chat/completions", "window": "24h"}')
     drop(emulator, "batches/bad.jsonl", jsonl([chat_line("a", "one")]))
-    dead = wait_for(lambda: emulator.store.dead_letters(), timeout=60, what="the refusal in the dead letters")
+    dead = wait_for(lambda: emulator.store.queue.dead_letters(), timeout=60, what="the refusal in the dead letters")
     assert "batches/bad.json" in dead[0].last_error and "window" in dead[0].last_error
 
 
@@ -88,7 +89,7 @@ def test_cancel_mid_run_keeps_finished_lines_and_a_retry_runs_the_rest(start_bat
         e["custom_id"] for e in errors)
     # Every line of the first batch ran once into an output: what was kept, then the rest.
     assert sum(upstream.answered.values()) >= 30
-    assert "batch.cancelled" in [n.kind for n in emulator.store.notifications()]
+    assert "batch.cancelled" in [n.kind for n in emulator.store.outbox.notifications()]
 
 
 def test_a_batch_past_its_window_expires_keeping_what_finished(start_batches):
@@ -102,6 +103,6 @@ def test_a_batch_past_its_window_expires_keeping_what_finished(start_batches):
     errors = read_lines(client, done.error_file_id)
     assert len(kept) + len(errors) == 40 and len(errors) > 0
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
-    assert [h.to_state for h in emulator.store.history("batch", batch.id)] == ["validating", "in_progress", "expired"]
+    assert [h.to_state for h in emulator.store.states.history("batch", batch.id)] == ["validating", "in_progress", "expired"]
     bench = emulator.store.query("SELECT lines, completed, failed FROM batch_benchmarks WHERE batch_id = ?", [batch.id])
     assert bench == [(40, len(kept), len(errors))]

@@ -56,25 +56,25 @@ def dropwire_throughput(directory: Path, producer: str) -> float:
     path = directory / f"dropwire-{producer}.duckdb"
     settings = QueueSettings(workers=WORKERS)
     with Store.open(path, settings=settings) as store:
-        pool = WorkerPool(store, registry, workers=WORKERS, max_prefetch=settings.max_prefetch, claim_batch_seconds=settings.claim_batch_seconds,
+        pool = WorkerPool(store.queue, registry, workers=WORKERS, max_prefetch=settings.max_prefetch, claim_batch_seconds=settings.claim_batch_seconds,
                           lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds)
         pool.start()
         started = time.perf_counter()
         if producer == "batched":
             for first in range(0, TASKS, 500):
-                store.enqueue_many([TaskSpec(name="noop", args=i) for i in range(first, min(TASKS, first + 500))])
+                store.queue.enqueue_many([TaskSpec(name="noop", args=i) for i in range(first, min(TASKS, first + 500))])
         elif producer == "pipelined":
             # One producer thread that does not wait for each commit before sending the next;
             # each future still resolves only once its task is durable.
-            futures = [store.enqueue_async(TaskSpec(name="noop", args=i)) for i in range(TASKS)]
+            futures = [store.queue.enqueue_async(TaskSpec(name="noop", args=i)) for i in range(TASKS)]
             for future in futures:
                 future.result()
         else:
             for i in range(TASKS):
-                store.enqueue(TaskSpec(name="noop", args=i))
+                store.queue.enqueue(TaskSpec(name="noop", args=i))
         for _ in range(TASKS):
             ran.acquire()
-        while store.stats().by_status.get("succeeded", 0) < TASKS:  # the last completions are durable
+        while store.queue.stats().by_status.get("succeeded", 0) < TASKS:  # the last completions are durable
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
         pool.stop()
@@ -85,13 +85,13 @@ def transitions_per_second(directory: Path, entities: int = 200, steps: int = 50
     """Durable transitions with history, from 8 threads, each waiting for its commit."""
     with Store.open(directory / "transitions.duckdb", [CYCLE]) as store:
         for e in range(entities):
-            store.create("cycle", f"e{e}", triggered_by="bench")
+            store.states.create("cycle", f"e{e}", triggered_by="bench")
 
         def drive(offset: int) -> None:
             pending = []
             for step in range(steps):
                 for e in range(offset, entities, 8):
-                    pending.append(store.apply_async(Effects(transitions=[
+                    pending.append(store.states.apply_async(Effects(transitions=[
                         TransitionRequest(kind="cycle", entity_id=f"e{e}", trigger="next", triggered_by="bench")])))
                 for future in pending:
                     future.result()

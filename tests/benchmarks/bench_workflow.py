@@ -81,7 +81,7 @@ def main() -> None:
             print(f"{'records':>9} {'drop→completed s':>17} {'direct s':>9} {'overhead s':>11} {'ratio':>6}")
             # Warm-up, not counted: each handler process imports MLflow (~2 s) on its first evaluation.
             for seed in range(WARM_UPS):
-                version = emulator.store.current("model", "bench/m")[1]
+                version = emulator.store.states.current("model", "bench/m")[1]
                 objects.write_bytes(name, "use-cases/bench/models/m/dataset.csv",
                                     sample_dataset(100, error_rate=0.05, seed=seed).write_csv().encode())
                 _wait(emulator, "bench/m", version)
@@ -91,7 +91,7 @@ def main() -> None:
                     # Other data each time: the same bytes would be the same object version (a duplicate).
                     csv_path = root / f"d{n}-{repeat}.csv"
                     sample_dataset(n, error_rate=0.05, seed=n + repeat).write_csv(csv_path)
-                    version = emulator.store.current("model", "bench/m")[1]
+                    version = emulator.store.states.current("model", "bench/m")[1]
                     started = time.perf_counter()
                     objects.write_bytes(name, "use-cases/bench/models/m/dataset.csv", csv_path.read_bytes())
                     platform.append(_wait(emulator, "bench/m", version) - started)

@@ -55,7 +55,7 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     reach(emulator, "use_case", "invoices", "AWAITING_CONFIG")
     template = bucket / "evaluation-templates" / "invoices" / "config-template.yaml"
     assert "use_case: \"invoices\"" in template.read_text()
-    history = emulator.store.snapshot("use_case", "invoices").history
+    history = emulator.store.states.snapshot("use_case", "invoices").history
     assert [h.trigger for h in history] == ["create", "template_sent", "await_config"]
     assert all(h.metadata["file_uploaded"] == "local/use-cases/invoices/use-case.json" for h in history)
     assert {h.triggered_by for h in history} == {"function:evaluation-use-case"}
@@ -63,13 +63,13 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     # An invalid config lists every problem; the corrected re-upload of the same key is validated.
     drop(bucket, "use-cases/invoices/config.yaml", INVALID_CONFIG)
     reach(emulator, "use_case", "invoices", "CONFIG_INVALID")
-    invalid = emulator.store.snapshot("use_case", "invoices").history[-1]
+    invalid = emulator.store.states.snapshot("use_case", "invoices").history[-1]
     paths = [p["path"] for p in invalid.metadata["problems"]]
     assert paths == ["record_id", "fields[1].type"]
     assert invalid.metadata["file_uploaded"] == "local/use-cases/invoices/config.yaml"
     drop(bucket, "use-cases/invoices/config.yaml", VALID_CONFIG)
     reach(emulator, "use_case", "invoices", "CONFIG_VALIDATED")
-    triggers = [h.trigger for h in emulator.store.snapshot("use_case", "invoices").history]
+    triggers = [h.trigger for h in emulator.store.states.snapshot("use_case", "invoices").history]
     assert triggers[3:] == ["config_uploaded", "validation_started", "config_invalid",
                             "config_uploaded", "validation_started", "config_valid"]
 
@@ -92,7 +92,7 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     reach(emulator, "model", "invoices/beta", "AWAITING_DATA_FIX")
     reach(emulator, "model", "invoices/alpha", "EVALUATION_COMPLETED")
     reach(emulator, "model", "invoices/gamma", "EVALUATION_COMPLETED")
-    failed = emulator.store.snapshot("model", "invoices/beta").history
+    failed = emulator.store.states.snapshot("model", "invoices/beta").history
     assert [h.trigger for h in failed] == ["create", "dataset_uploaded", "quality_check_started",
                                            "quality_check_failed", "await_data_fix"]
     assert failed[1].metadata["files"] == {"dataset": "use-cases/invoices/models/beta/dataset.csv"}
@@ -103,7 +103,7 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
                                  type=QualityReport)
     assert not report.passed and report.errors[0].check == "missing_required"
 
-    evaluated = emulator.store.snapshot("model", "invoices/alpha").history
+    evaluated = emulator.store.states.snapshot("model", "invoices/alpha").history
     assert [h.trigger for h in evaluated][1:] == ["dataset_uploaded", "quality_check_started", "quality_check_passed",
                                                   "evaluation_queued", "evaluation_started", "evaluation_succeeded"]
     done = evaluated[-1].metadata
@@ -113,7 +113,7 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     assert pl.read_parquet(results / "per_record.parquet").height == 4
     assert (results / "per_field.parquet").exists() and (results / "mismatches.parquet").exists()
     assert (results / "report.xlsx").read_bytes()[:2] == b"PK"
-    gamma = emulator.store.snapshot("model", "invoices/gamma").history[-1].metadata
+    gamma = emulator.store.states.snapshot("model", "invoices/gamma").history[-1].metadata
     assert gamma["micro"] == done["micro"]  # the same records, read from Parquet
 
     from mlflow.tracking import MlflowClient
@@ -127,10 +127,10 @@ def test_use_case_config_and_three_models_progress_independently(start_emulator)
     # The fixed dataset for beta starts over and is evaluated; the others are untouched.
     drop(bucket, "use-cases/invoices/models/beta/dataset.csv", csv([HEADER, *GOOD_ROWS]))
     reach(emulator, "model", "invoices/beta", "EVALUATION_COMPLETED")
-    assert [h.trigger for h in emulator.store.snapshot("model", "invoices/beta").history][5:] == [
+    assert [h.trigger for h in emulator.store.states.snapshot("model", "invoices/beta").history][5:] == [
         "dataset_uploaded", "quality_check_started", "quality_check_passed", "evaluation_queued", "evaluation_started",
         "evaluation_succeeded"]
-    assert len(emulator.store.snapshot("model", "invoices/alpha").history) == len(evaluated)
+    assert len(emulator.store.states.snapshot("model", "invoices/alpha").history) == len(evaluated)
 
     expected = sorted(["template_sent", "config_invalid", "qc_failed"] + ["qc_passed", "evaluation_completed"] * 3)
     rows = wait_for(lambda: (rows := emulator.store.query("SELECT kind, attachments FROM notifications"))
@@ -173,7 +173,7 @@ def test_separate_layout_waits_for_both_files_and_joins_them_on_the_record_id(st
     # A config written for another use case is refused, naming the field.
     drop(bucket, "use-cases/receipts/config.json", json.dumps({"use_case": "invoices", "layout": "separate", "fields": FIELDS}))
     reach(emulator, "use_case", "receipts", "CONFIG_INVALID")
-    problem, = emulator.store.snapshot("use_case", "receipts").history[-1].metadata["problems"]
+    problem, = emulator.store.states.snapshot("use_case", "receipts").history[-1].metadata["problems"]
     assert problem["path"] == "use_case" and "'receipts'" in problem["message"]
     _use_case_with_models(emulator, "receipts", {"use_case": "receipts", "layout": "separate", "fields": FIELDS}, ["m"])
 
@@ -194,7 +194,7 @@ def test_separate_layout_waits_for_both_files_and_joins_them_on_the_record_id(st
 
     drop(bucket, "use-cases/receipts/models/m/dataset.csv", truth.write_csv())
     reach(emulator, "model", "receipts/m", "EVALUATION_COMPLETED")
-    history = emulator.store.snapshot("model", "receipts/m").history
+    history = emulator.store.states.snapshot("model", "receipts/m").history
     assert history[1].metadata["files"] == {"dataset": "use-cases/receipts/models/m/dataset.csv",
                                             "predictions": "use-cases/receipts/models/m/predictions.parquet"}
     done = history[-1].metadata
@@ -203,7 +203,7 @@ def test_separate_layout_waits_for_both_files_and_joins_them_on_the_record_id(st
     single = _use_case_with_models(emulator, "single", {"use_case": "single", "fields": FIELDS}, ["m"])
     drop(single, "use-cases/single/models/m/dataset.csv", csv([HEADER, *GOOD_ROWS]))
     reach(emulator, "model", "single/m", "EVALUATION_COMPLETED")
-    assert emulator.store.snapshot("model", "single/m").history[-1].metadata["micro"] == done["micro"]
+    assert emulator.store.states.snapshot("model", "single/m").history[-1].metadata["micro"] == done["micro"]
 
 
 def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry_recovers(start_emulator, tmp_path):
@@ -214,7 +214,7 @@ def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry
     drop(bucket, "use-cases/invoices/models/alpha/dataset.csv", csv([HEADER, *GOOD_ROWS]))
     reach(emulator, "model", "invoices/alpha", "EVALUATION_FAILED")
 
-    history = emulator.store.snapshot("model", "invoices/alpha").history
+    history = emulator.store.states.snapshot("model", "invoices/alpha").history
     assert [h.to_state for h in history[5:]] == ["EVALUATION_RUNNING", "RETRYING", "EVALUATION_RUNNING", "RETRYING",
                                                  "EVALUATION_RUNNING", "EVALUATION_FAILED"]
     assert [h.metadata["attempt"] for h in history[5:]] == [1, 1, 2, 2, 3, 3]
@@ -252,7 +252,7 @@ def test_retry_after_the_cause_is_fixed_completes_the_evaluation(tmp_path):
             answer = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
         assert answer.json()["status"] == "succeeded", answer.text
         reach(emulator, "model", "invoices/alpha", "EVALUATION_COMPLETED")
-        history = emulator.store.snapshot("model", "invoices/alpha").history
+        history = emulator.store.states.snapshot("model", "invoices/alpha").history
         assert [h.trigger for h in history[-4:]] == ["evaluation_failed", "retry", "evaluation_started",
                                                      "evaluation_succeeded"]
         assert history[-1].metadata["records"] == 4
@@ -279,12 +279,12 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
         answers = list(pool.map(lambda item: http.put(f"/buckets/local/objects/use-cases/invoices/models/alpha/dataset.{item[0]}",
                                                       content=item[1]), bodies.items()))
     assert [a.status_code for a in answers] == [201, 201, 201]
-    wait_for(lambda: _settled(emulator, "evaluation-dataset", 4) and emulator.store.stats().by_status.keys() <= {"succeeded", "dead"},
+    wait_for(lambda: _settled(emulator, "evaluation-dataset", 4) and emulator.store.queue.stats().by_status.keys() <= {"succeeded", "dead"},
              timeout=60, what="every upload and check to finish")
 
     uploads = {key: (status, result, error) for key, status, result, error in _tasks_of(emulator, "evaluation-dataset")
                if "/dataset." in key}
-    history = emulator.store.snapshot("model", "invoices/alpha").history
+    history = emulator.store.states.snapshot("model", "invoices/alpha").history
     checked = [h.metadata["files"]["dataset"] for h in history if h.trigger == "dataset_uploaded"]
     assert checked, "at least one upload won"
     for key, (status, result, error) in uploads.items():
@@ -300,4 +300,4 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
     from dropwire.storage.store import Store
 
     with Store.open(path, MACHINES) as store:
-        assert consistency.check(store._con, MACHINES) == []
+        assert consistency.check(store.writer.cursor(), MACHINES) == []

@@ -12,7 +12,7 @@ from dropwire.functions.platform.objects import InvalidKey, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, RecursiveTrigger
 from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
 from dropwire.storage.errors import DropwireError
-from dropwire.storage.store import sequencer_before
+from dropwire.storage.receipts import sequencer_before
 
 
 def test_every_record_is_read_and_keys_are_decoded():

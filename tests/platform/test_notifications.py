@@ -31,7 +31,7 @@ from tests.platform.conftest import free_port
 @pytest.fixture
 def store(tmp_path):
     with Store.open(tmp_path / "db.duckdb", MACHINES) as store:
-        store.create("model", "m1", triggered_by="test")
+        store.states.create("model", "m1", triggered_by="test")
         yield store
 
 
@@ -62,15 +62,15 @@ def test_the_outbox_row_commits_with_its_change_or_not_at_all(store, tmp_path):
     illegal = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="evaluation_done", triggered_by="t")],
                       notifications=[notification()])
     with pytest.raises(DropwireError):
-        store.apply(illegal)
-    assert store.notifications() == []
+        store.states.apply(illegal)
+    assert store.outbox.notifications() == []
     with pytest.raises(DropwireError, match="'not an address' is not an e-mail address"):
-        store.apply(Effects(notifications=[notification(recipients=["not an address"])]))
+        store.states.apply(Effects(notifications=[notification(recipients=["not an address"])]))
 
     legal = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="t")],
                     notifications=[notification()])
-    store.apply(legal)
-    (row,) = store.notifications()
+    store.states.apply(legal)
+    (row,) = store.outbox.notifications()
     assert (row.kind, row.status, row.attempts, row.entity_id, row.recipients) == ("qc_passed", "pending", 0, "m1", ["ops@example.com"])
 
     # A handler's notify() travels in its effects and commits with the task's completion.
@@ -79,15 +79,15 @@ def test_the_outbox_row_commits_with_its_change_or_not_at_all(store, tmp_path):
     changes = StateChanges(reader=store, triggered_by="function:qc")
     changes.notify("qc_failed", "QC failed for m1", "2 checks failed", entity_kind="model", entity_id="m1",
                    attachments=[report.as_uri()], metadata={"failed": 2})
-    task_id = store.enqueue(TaskSpec(name="qc"))
-    (claimed,) = store.claim("w1", names=["qc"])
-    assert store.complete_many([Done(task_id=task_id, token=claimed.token, effects=changes.effects())]) == [None]
-    newest = store.notifications(limit=1)[0]
+    task_id = store.queue.enqueue(TaskSpec(name="qc"))
+    (claimed,) = store.queue.claim("w1", names=["qc"])
+    assert store.queue.complete_many([Done(task_id=task_id, token=claimed.token, effects=changes.effects())]) == [None]
+    newest = store.outbox.notifications(limit=1)[0]
     assert (newest.kind, newest.attachments, newest.metadata) == ("qc_failed", [report.as_uri()], {"failed": 2})
 
     # With no channel configured the notification is only written to the outbox.
-    Notifier(store, fast(), tmp_path / "outbox").deliver_due()
-    assert {n.status for n in store.notifications()} == {"recorded"}
+    Notifier(store.outbox, fast(), tmp_path / "outbox").deliver_due()
+    assert {n.status for n in store.outbox.notifications()} == {"recorded"}
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 2
 
 
@@ -96,14 +96,14 @@ def test_email_waits_for_smtp_then_is_delivered_once_with_its_attachment(store, 
     report.write_text("metric,value\nmae,0.42\n")
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 5000)
-    store.apply(Effects(notifications=[notification(kind="evaluation_completed", subject="Evaluation of m1 done",
-                                                    attachments=[str(report), big.as_uri()])]))
+    store.states.apply(Effects(notifications=[notification(kind="evaluation_completed", subject="Evaluation of m1 done",
+                                                           attachments=[str(report), big.as_uri()])]))
     port = free_port()
-    notifier = Notifier(store, fast(smtp_host="127.0.0.1", smtp_port=port, max_attachment_bytes=1000), tmp_path / "outbox")
+    notifier = Notifier(store.outbox, fast(smtp_host="127.0.0.1", smtp_port=port, max_attachment_bytes=1000), tmp_path / "outbox")
 
     # SMTP is down: the row stays pending with the error, and the .eml is already written.
     assert notifier.deliver_due() == 1
-    (row,) = store.notifications()
+    (row,) = store.outbox.notifications()
     assert row.status == "pending" and row.attempts == 1 and f"SMTP 127.0.0.1:{port}" in row.last_error
     assert row.email_sent_at is None and row.next_attempt_at > time.time() - 1
     eml = Path(row.eml_path)
@@ -114,13 +114,13 @@ def test_email_waits_for_smtp_then_is_delivered_once_with_its_attachment(store, 
     server.start()
     notifier.start()
     try:
-        wait_for(lambda: store.notifications()[0].status == "sent", timeout=15, what="the retry to deliver the e-mail")
+        wait_for(lambda: store.outbox.notifications()[0].status == "sent", timeout=15, what="the retry to deliver the e-mail")
         time.sleep(0.6)  # past another backoff and several polls: nothing is sent twice
     finally:
         notifier.stop()
         server.stop()
     assert len(inbox.messages) == 1
-    (row,) = store.notifications()
+    (row,) = store.outbox.notifications()
     assert row.attempts == 2 and row.email_sent_at is not None
     message = inbox.messages[0]
     assert message["Subject"] == "Evaluation of m1 done" and message["X-Dropwire-Kind"] == "evaluation_completed"
@@ -133,15 +133,15 @@ def test_email_waits_for_smtp_then_is_delivered_once_with_its_attachment(store, 
 
 
 def test_a_notification_that_never_gets_through_ends_failed(store, tmp_path):
-    store.apply(Effects(notifications=[notification()]))
-    notifier = Notifier(store, fast(smtp_host="127.0.0.1", smtp_port=free_port(), max_attempts=2, retry_base_seconds=0.01,
-                                    retry_max_seconds=0.01), tmp_path / "outbox")
+    store.states.apply(Effects(notifications=[notification()]))
+    notifier = Notifier(store.outbox, fast(smtp_host="127.0.0.1", smtp_port=free_port(), max_attempts=2, retry_base_seconds=0.01,
+                                           retry_max_seconds=0.01), tmp_path / "outbox")
     notifier.deliver_due()
     time.sleep(0.05)
     notifier.deliver_due()
-    (row,) = store.notifications(status="failed")
+    (row,) = store.outbox.notifications(status="failed")
     assert row.attempts == 2 and "SMTP" in row.last_error
-    assert store.pending_notifications() == [] and notifier.deliver_due() == 0
+    assert store.outbox.pending_notifications() == [] and notifier.deliver_due() == 0
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -163,19 +163,19 @@ def test_webhooks_are_signed_and_retried_until_accepted(store, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     secret = "whsec-test"
-    store.apply(Effects(notifications=[notification(kind="config_invalid", subject="Config of m1 is invalid",
-                                                    metadata={"errors": ["horizon must be positive"]})]))
-    notifier = Notifier(store, fast(webhook_url=f"http://127.0.0.1:{server.server_port}/hook", webhook_secret=secret,
-                                    retry_base_seconds=0.01, retry_max_seconds=0.01), tmp_path / "outbox")
+    store.states.apply(Effects(notifications=[notification(kind="config_invalid", subject="Config of m1 is invalid",
+                                                           metadata={"errors": ["horizon must be positive"]})]))
+    notifier = Notifier(store.outbox, fast(webhook_url=f"http://127.0.0.1:{server.server_port}/hook", webhook_secret=secret,
+                                           retry_base_seconds=0.01, retry_max_seconds=0.01), tmp_path / "outbox")
     try:
         notifier.deliver_due()
-        assert "503" in store.notifications()[0].last_error and store.notifications()[0].status == "pending"
+        assert "503" in store.outbox.notifications()[0].last_error and store.outbox.notifications()[0].status == "pending"
         time.sleep(0.05)
         notifier.deliver_due()
     finally:
         server.shutdown()
         server.server_close()
-    (row,) = store.notifications()
+    (row,) = store.outbox.notifications()
     assert row.status == "sent" and row.webhook_sent_at is not None and row.email_sent_at is None
     assert len(_Hook.received) == 2
     headers, body = _Hook.received[-1]
@@ -199,8 +199,8 @@ def test_settings_need_a_webhook_secret_and_mask_secrets():
 @pytest.mark.slow
 def test_cli_lists_notifications_by_status(run_cli, data_dir):
     with Store.open(data_dir / "dropwire.duckdb", MACHINES) as store:
-        store.apply(Effects(notifications=[notification(), notification(kind="qc_failed", subject="QC failed")]))
-        store.mark_notification(1, status="failed", attempts=10, last_error="SMTP down")
+        store.states.apply(Effects(notifications=[notification(), notification(kind="qc_failed", subject="QC failed")]))
+        store.outbox.mark_notification(1, status="failed", attempts=10, last_error="SMTP down")
     listed = run_cli("notifications", "list", "--status", "pending")
     assert listed.returncode == 0, listed.stderr
     assert "qc_failed" in listed.stdout and "qc_passed" not in listed.stdout

@@ -25,7 +25,7 @@ def versions(key: str, count: int) -> list[ObjectEvent]:
 @given(st.data())
 def test_duplicated_and_reordered_deliveries_run_each_version_at_most_once_in_order(tmp_path_factory, data):
     store = _store(tmp_path_factory)
-    router = EventRouter(functions, store, hop_limit=16)
+    router = EventRouter(functions, store.receipts, store.queue, hop_limit=16)
     originals = versions(f"incoming/k{next(KEYS)}.csv", data.draw(st.integers(1, 5)))
     deliveries = data.draw(st.lists(st.sampled_from(originals), min_size=1, max_size=12))
     admitted = [e for e in deliveries if router.route([e])[0].outcome == "accepted"]
@@ -53,11 +53,11 @@ def teardown_module() -> None:
 
 def test_the_hop_guard_refuses_objects_deep_in_a_chain(tmp_path):
     with Store.open(tmp_path / "db.duckdb") as store:
-        router = EventRouter(functions, store, hop_limit=16)
+        router = EventRouter(functions, store.receipts, store.queue, hop_limit=16)
         deep, shallow = versions("incoming/deep.csv", 1)[0], versions("incoming/shallow.csv", 1)[0]
-        store.record_output("local", "incoming/deep.csv", hop=16, function="somebody", task_id=1)
-        store.record_output("local", "incoming/shallow.csv", hop=15, function="somebody", task_id=1)
+        store.receipts.record_output("local", "incoming/deep.csv", hop=16, function="somebody", task_id=1)
+        store.receipts.record_output("local", "incoming/shallow.csv", hop=15, function="somebody", task_id=1)
         assert router.route([deep]) == []
         (admission,) = router.route([shallow])
         assert admission.outcome == "accepted"
-        assert store.task(admission.task_id).args["hop"] == 15
+        assert store.queue.task(admission.task_id).args["hop"] == 15

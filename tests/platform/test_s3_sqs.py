@@ -81,7 +81,7 @@ def test_the_evaluation_workflow_on_an_s3_bucket(moto, tmp_path):
         s3.put_object(Bucket="team-data", Key="use-cases/invoices/models/alpha/dataset.csv",
                       Body=("\n".join(",".join(row) for row in [HEADER, *GOOD_ROWS]) + "\n").encode())
         reach("model", "invoices/alpha", "EVALUATION_COMPLETED")
-        done = emulator.store.snapshot("model", "invoices/alpha").history[-1].metadata
+        done = emulator.store.states.snapshot("model", "invoices/alpha").history[-1].metadata
         assert done["report"] == "s3://team-data/evaluation-results/invoices/alpha/1/report.xlsx"
         assert done["file_uploaded"] == "local/use-cases/invoices/models/alpha/dataset.csv"
         report = s3.get_object(Bucket="team-data", Key="evaluation-results/invoices/alpha/1/report.xlsx")["Body"].read()

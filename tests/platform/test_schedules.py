@@ -21,13 +21,13 @@ def scheduled_runs(store: Store) -> list[dict]:
 def test_a_schedule_missed_across_a_restart_runs_once(tmp_path):
     path = tmp_path / "db.duckdb"
     with Store.open(path) as store:
-        scheduler = Scheduler(functions, store).start()
+        scheduler = Scheduler(functions, store.receipts).start()
         wait_for(lambda: scheduled_runs(store), timeout=10, what="the first scheduled run")
         scheduler.stop()
         before = scheduled_runs(store)
     time.sleep(4.5)  # every-2s schedule: at least two runs are missed
     with Store.open(path) as store:
-        scheduler = Scheduler(functions, store).start()
+        scheduler = Scheduler(functions, store.receipts).start()
         scheduler.stop()
         after = scheduled_runs(store)[len(before):]
     catch_ups = [run for run in after if run["catch_up"]]
@@ -39,13 +39,13 @@ def test_a_schedule_missed_across_a_restart_runs_once(tmp_path):
 def test_a_fire_time_is_queued_once_whoever_fires_it(tmp_path):
     with Store.open(tmp_path / "db.duckdb") as store:
         spec = TaskSpec(name="fn:tick")
-        assert store.fire_schedule("every-2s", 1000.0, spec) is not None
-        assert store.fire_schedule("every-2s", 1000.0, spec) is None
-        assert store.fire_schedule("every-2s", 998.0, spec) is None
-        assert store.last_fire("every-2s") == 1000.0
+        assert store.receipts.fire_schedule("every-2s", 1000.0, spec) is not None
+        assert store.receipts.fire_schedule("every-2s", 1000.0, spec) is None
+        assert store.receipts.fire_schedule("every-2s", 998.0, spec) is None
+        assert store.receipts.last_fire("every-2s") == 1000.0
 
 
 def test_a_never_run_schedule_does_not_catch_up(tmp_path):
     with Store.open(tmp_path / "db.duckdb") as store:
-        Scheduler(functions, store).start().stop()
+        Scheduler(functions, store.receipts).start().stop()
         assert all(not run["catch_up"] for run in scheduled_runs(store))

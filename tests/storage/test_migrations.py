@@ -53,9 +53,9 @@ def test_opening_an_old_schema_upgrades_it_and_keeps_its_rows(tmp_path):
     from dropwire.functions.evaluation.states import MACHINES
 
     with Store.open(path, MACHINES) as store:
-        assert store.snapshot("model", "m1").state == "REGISTERED"
+        assert store.states.snapshot("model", "m1").state == "REGISTERED"
         assert store.query("SELECT max(version) FROM schema_migrations")[0][0] == migrate.LATEST
-        store.transition("model", "m1", trigger="dataset_uploaded", triggered_by="test")
+        store.states.transition("model", "m1", trigger="dataset_uploaded", triggered_by="test")
 
 
 def test_a_database_newer_than_the_code_is_refused_and_left_alone(tmp_path):

@@ -39,8 +39,8 @@ def seed_effect_task(data_dir: Path, first_attempt_seconds: float) -> tuple[int,
     markers = data_dir / "markers"
     markers.mkdir()
     with Store.open(data_dir / "dropwire.duckdb", MACHINES) as store:
-        store.create("model", "m1", triggered_by="test")
-        task_id = store.enqueue(TaskSpec(name="effect_once", args={
+        store.states.create("model", "m1", triggered_by="test")
+        task_id = store.queue.enqueue(TaskSpec(name="effect_once", args={
             "model_id": "m1", "marker_dir": str(markers), "first_attempt_seconds": first_attempt_seconds}))
     return task_id, markers
 
@@ -48,9 +48,9 @@ def seed_effect_task(data_dir: Path, first_attempt_seconds: float) -> tuple[int,
 def effect_count_and_attempts(data_dir: Path, task_id: int) -> tuple[int, list[tuple[int, str]]]:
     with Store.open(data_dir / "dropwire.duckdb", MACHINES) as store:
         effects = store.query("SELECT count(*) FROM state_history WHERE entity_id = 'm1' AND \"trigger\" = 'dataset_uploaded'")[0][0]
-        task = store.task(task_id)
+        task = store.queue.task(task_id)
         attempts = [(a.attempt, a.outcome) for a in task.history] + [(task.attempts, task.status)]
-        assert consistency.check(store._con, MACHINES) == []
+        assert consistency.check(store.writer.cursor(), MACHINES) == []
     return effects, attempts
 
 
@@ -60,7 +60,7 @@ def task_status(data_dir: Path, env: dict[str, str], task_id: int) -> str | None
     if client is None:
         return None
     try:
-        return client.task(task_id).status
+        return client.queue.task(task_id).status
     finally:
         client.close()
 
@@ -124,8 +124,8 @@ def test_a_hard_kill_during_writes_leaves_a_consistent_database(tmp_path):
         written = con.execute("SELECT count(*) FROM state_history").fetchone()[0]
         assert written > 0
     with Store.open(path, [*MACHINES, CYCLE]) as store:
-        assert consistency.check(store._con, [*MACHINES, CYCLE]) == []
-        store.create("cycle", "after-crash", triggered_by="test")
+        assert consistency.check(store.writer.cursor(), [*MACHINES, CYCLE]) == []
+        store.states.create("cycle", "after-crash", triggered_by="test")
 
 
 def test_a_second_owner_is_told_who_holds_the_database(data_dir, run_cli):

@@ -14,6 +14,7 @@ from dropwire.functions.evaluation.states import MACHINES
 from dropwire.local_emulator.workers import WorkerPool
 from dropwire.storage.errors import StaleLease, UnknownTask
 from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
+from dropwire.storage.queue import Queue
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.store import Store
 from tests.conftest import wait_for
@@ -34,114 +35,114 @@ def store(db):
 
 
 def test_claims_follow_priority_then_age(store):
-    ids = store.enqueue_many([TaskSpec(name="t", args=i, priority=p) for i, p in enumerate([0, 5, 0, 9, 5])])
-    order = [store.claim("w")[0].id for _ in ids]
+    ids = store.queue.enqueue_many([TaskSpec(name="t", args=i, priority=p) for i, p in enumerate([0, 5, 0, 9, 5])])
+    order = [store.queue.claim("w")[0].id for _ in ids]
     assert order == [ids[3], ids[1], ids[4], ids[0], ids[2]]
-    assert store.claim("w") == []
+    assert store.queue.claim("w") == []
 
 
 def test_delayed_tasks_wait_for_their_time(store):
-    store.enqueue(TaskSpec(name="later", delay_seconds=0.4))
-    assert store.claim("w") == []
-    assert store.claim("w", wait_seconds=3)[0].name == "later"
+    store.queue.enqueue(TaskSpec(name="later", delay_seconds=0.4))
+    assert store.queue.claim("w") == []
+    assert store.queue.claim("w", wait_seconds=3)[0].name == "later"
 
 
 def test_an_idempotency_key_returns_the_first_task(store):
-    first = store.enqueue(TaskSpec(name="t", args={"n": 1}, idempotency_key="upload:abc"))
-    again = store.enqueue(TaskSpec(name="t", args={"n": 2}, idempotency_key="upload:abc"))
+    first = store.queue.enqueue(TaskSpec(name="t", args={"n": 1}, idempotency_key="upload:abc"))
+    again = store.queue.enqueue(TaskSpec(name="t", args={"n": 2}, idempotency_key="upload:abc"))
     assert first == again
-    claimed = store.claim("w")[0]
-    store.complete(claimed.id, claimed.token)
-    assert store.enqueue(TaskSpec(name="t", idempotency_key="upload:abc")) == first
-    assert store.stats().by_status == {"succeeded": 1}
+    claimed = store.queue.claim("w")[0]
+    store.queue.complete(claimed.id, claimed.token)
+    assert store.queue.enqueue(TaskSpec(name="t", idempotency_key="upload:abc")) == first
+    assert store.queue.stats().by_status == {"succeeded": 1}
 
 
 def test_unknown_task_names_and_unencodable_args_are_refused(db):
     with Store.open(db, MACHINES, known_tasks={"known"}) as store:
         with pytest.raises(UnknownTask, match=r"unknown task 'typo'; registered tasks: \['known'\]"):
-            store.enqueue(TaskSpec(name="typo"))
+            store.queue.enqueue(TaskSpec(name="typo"))
         with pytest.raises(Exception, match="arguments of task 'known' cannot be encoded as JSON"):
-            store.enqueue(TaskSpec(name="known", args=object()))
-        assert store.stats().by_status == {}
+            store.queue.enqueue(TaskSpec(name="known", args=object()))
+        assert store.queue.stats().by_status == {}
 
 
 def test_failures_back_off_then_land_in_dead_letters_without_looping(store):
-    task_id = store.enqueue(TaskSpec(name="poison", args={"x": 1}, max_attempts=3))
+    task_id = store.queue.enqueue(TaskSpec(name="poison", args={"x": 1}, max_attempts=3))
     not_before = []
     for attempt in range(1, 4):
-        claimed = store.claim("w", wait_seconds=5)[0]
+        claimed = store.queue.claim("w", wait_seconds=5)[0]
         assert claimed.attempt == attempt
-        outcome = store.fail(claimed.id, claimed.token, error=f"boom {attempt}", traceback=f"tb {attempt}")
-        not_before.append(store.task(task_id).not_before)
+        outcome = store.queue.fail(claimed.id, claimed.token, error=f"boom {attempt}", traceback=f"tb {attempt}")
+        not_before.append(store.queue.task(task_id).not_before)
     assert outcome == "dead"
-    assert store.claim("w", wait_seconds=0.5) == []
-    letter = store.dead_letter(task_id)
+    assert store.queue.claim("w", wait_seconds=0.5) == []
+    letter = store.queue.dead_letter(task_id)
     assert (letter.name, letter.args, letter.attempts, letter.last_error) == ("poison", {"x": 1}, 3, "boom 3")
     assert [(a.attempt, a.error, a.traceback) for a in letter.history] == [(i, f"boom {i}", f"tb {i}") for i in (1, 2, 3)]
-    replayed = store.replay_dead_letter(task_id)
-    assert store.task(replayed).status == "queued" and store.task(replayed).args == {"x": 1}
+    replayed = store.queue.replay_dead_letter(task_id)
+    assert store.queue.task(replayed).status == "queued" and store.queue.task(replayed).args == {"x": 1}
     with pytest.raises(Exception, match="already replayed"):
-        store.replay_dead_letter(task_id)
+        store.queue.replay_dead_letter(task_id)
 
 
 @hsettings(max_examples=200, deadline=None)
 @given(st.integers(min_value=1, max_value=30))
 def test_backoff_grows_exponentially_within_its_jitter_band(attempts):
-    store = Store.__new__(Store)
-    store.settings = QueueSettings(backoff_base_seconds=1.0, backoff_max_seconds=300.0)
+    queue = Queue.__new__(Queue)
+    queue.settings = QueueSettings(backoff_base_seconds=1.0, backoff_max_seconds=300.0)
     ceiling = min(300.0, 2 ** (attempts - 1))
-    assert ceiling / 2 <= store.backoff_seconds(attempts) <= ceiling
+    assert ceiling / 2 <= queue.backoff_seconds(attempts) <= ceiling
 
 
 def test_a_lost_lease_is_reclaimed_and_the_old_token_is_refused(store):
-    store.enqueue(TaskSpec(name="slow"))
-    first = store.claim("w1", lease_seconds=0.2)[0]
-    second = store.claim("w2", wait_seconds=5)[0]
+    store.queue.enqueue(TaskSpec(name="slow"))
+    first = store.queue.claim("w1", lease_seconds=0.2)[0]
+    second = store.queue.claim("w2", wait_seconds=5)[0]
     assert second.id == first.id and second.token > first.token and second.attempt == 2
     with pytest.raises(StaleLease, match="the lease was lost"):
-        store.complete(first.id, first.token)
-    assert store.heartbeat([(first.id, first.token)]) == [first.id]
-    store.complete(second.id, second.token)
-    attempts = store.task(first.id).history
+        store.queue.complete(first.id, first.token)
+    assert store.queue.heartbeat([(first.id, first.token)]) == [first.id]
+    store.queue.complete(second.id, second.token)
+    attempts = store.queue.task(first.id).history
     assert [(a.attempt, a.outcome) for a in attempts] == [(1, "lease_expired")]
-    assert (store.task(first.id).status, store.task(first.id).attempts) == ("succeeded", 2)
+    assert (store.queue.task(first.id).status, store.queue.task(first.id).attempts) == ("succeeded", 2)
 
 
 def test_a_completion_commits_its_effects_with_it(store):
-    store.create("model", "m1", triggered_by="t")
-    store.enqueue(TaskSpec(name="qc"))
-    claimed = store.claim("w")[0]
-    store.complete(claimed.id, claimed.token, result={"ok": True}, effects=Effects(
+    store.states.create("model", "m1", triggered_by="t")
+    store.queue.enqueue(TaskSpec(name="qc"))
+    claimed = store.queue.claim("w")[0]
+    store.queue.complete(claimed.id, claimed.token, result={"ok": True}, effects=Effects(
         transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="qc")],
         tasks=[TaskSpec(name="next")]))
-    assert store.current("model", "m1")[0] == "QUALITY_CHECK_PENDING"
-    assert store.task(claimed.id).result == {"ok": True}
-    assert store.claim("w")[0].name == "next"
+    assert store.states.current("model", "m1")[0] == "QUALITY_CHECK_PENDING"
+    assert store.queue.task(claimed.id).result == {"ok": True}
+    assert store.queue.claim("w")[0].name == "next"
 
 
 def test_a_completion_with_illegal_effects_commits_nothing(store):
-    store.create("model", "m1", triggered_by="t")
-    store.enqueue(TaskSpec(name="qc"))
-    claimed = store.claim("w")[0]
+    store.states.create("model", "m1", triggered_by="t")
+    store.queue.enqueue(TaskSpec(name="qc"))
+    claimed = store.queue.claim("w")[0]
     with pytest.raises(Exception, match="model m1 is in state REGISTERED"):
-        store.complete(claimed.id, claimed.token, effects=Effects(
+        store.queue.complete(claimed.id, claimed.token, effects=Effects(
             transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="evaluation_started", triggered_by="qc")],
             tasks=[TaskSpec(name="next")]))
-    assert store.task(claimed.id).status == "running"
-    assert store.stats().by_name == {"qc": {"running": 1}}
+    assert store.queue.task(claimed.id).status == "running"
+    assert store.queue.stats().by_name == {"qc": {"running": 1}}
 
 
 def test_on_dead_effects_commit_with_the_dead_letter(store):
-    store.create("model", "m1", triggered_by="t")
+    store.states.create("model", "m1", triggered_by="t")
     for trigger in ("dataset_uploaded", "quality_check_started", "quality_check_passed", "evaluation_queued", "evaluation_started"):
-        store.transition("model", "m1", trigger=trigger, triggered_by="t")
+        store.states.transition("model", "m1", trigger=trigger, triggered_by="t")
     failed = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="evaluation_failed",
                                                     triggered_by="queue", reason="evaluation crashed on every attempt")])
-    task_id = store.enqueue(TaskSpec(name="evaluate", max_attempts=1, on_dead=failed))
-    claimed = store.claim("w")[0]
-    store.fail(claimed.id, claimed.token, error="crash")
-    assert store.current("model", "m1")[0] == "EVALUATION_FAILED"
-    assert store.dead_letter(task_id).last_error == "crash"
+    task_id = store.queue.enqueue(TaskSpec(name="evaluate", max_attempts=1, on_dead=failed))
+    claimed = store.queue.claim("w")[0]
+    store.queue.fail(claimed.id, claimed.token, error="crash")
+    assert store.states.current("model", "m1")[0] == "EVALUATION_FAILED"
+    assert store.queue.dead_letter(task_id).last_error == "crash"
 
 
 def test_on_retry_effects_commit_with_each_retried_failure_and_survive_a_restart(db):
@@ -151,85 +152,85 @@ def test_on_retry_effects_commit_with_each_retried_failure_and_survive_a_restart
     gave_up = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", to_state="EVALUATION_FAILED",
                                                      triggered_by="queue")])
     with Store.open(db, MACHINES, settings=FAST) as store:
-        store.create("model", "m1", triggered_by="t")
+        store.states.create("model", "m1", triggered_by="t")
         for trigger in ("dataset_uploaded", "quality_check_started", "quality_check_passed", "evaluation_queued"):
-            store.transition("model", "m1", trigger=trigger, triggered_by="t")
-        task_id = store.enqueue(TaskSpec(name="evaluate", max_attempts=3,
-                                         on_retry=Effects(transitions=started_then_crashed), on_dead=gave_up))
-        claimed = store.claim("w")[0]
-        store.fail(claimed.id, claimed.token, error="CUDA out of memory")
-        assert store.current("model", "m1")[0] == "RETRYING"
+            store.states.transition("model", "m1", trigger=trigger, triggered_by="t")
+        task_id = store.queue.enqueue(TaskSpec(name="evaluate", max_attempts=3,
+                                               on_retry=Effects(transitions=started_then_crashed), on_dead=gave_up))
+        claimed = store.queue.claim("w")[0]
+        store.queue.fail(claimed.id, claimed.token, error="CUDA out of memory")
+        assert store.states.current("model", "m1")[0] == "RETRYING"
     with Store.open(db, MACHINES, settings=FAST) as store:  # the effects travel with the task
         for error in ("disk full", "killed"):
-            claimed = store.claim("w", wait_seconds=2)[0]
-            store.fail(claimed.id, claimed.token, error=error)
-        history = store.history("model", "m1")
+            claimed = store.queue.claim("w", wait_seconds=2)[0]
+            store.queue.fail(claimed.id, claimed.token, error=error)
+        history = store.states.history("model", "m1")
         assert [(h.from_state, h.to_state) for h in history[-5:]] == [
             ("EVALUATION_QUEUED", "EVALUATION_RUNNING"), ("EVALUATION_RUNNING", "RETRYING"),
             ("RETRYING", "EVALUATION_RUNNING"), ("EVALUATION_RUNNING", "RETRYING"), ("RETRYING", "EVALUATION_FAILED")]
         assert [h.metadata["error"] for h in history[-5:]] == ["CUDA out of memory"] * 2 + ["disk full"] * 2 + ["killed"]
         assert history[-1].metadata["attempt"] == 3 and history[-1].metadata["task_id"] == task_id
-        assert store.dead_letter(task_id).last_error == "killed"
+        assert store.queue.dead_letter(task_id).last_error == "killed"
 
 
 def test_refused_on_retry_effects_do_not_stop_the_retry(store):
-    store.create("model", "m1", triggered_by="t")
-    task_id = store.enqueue(TaskSpec(name="evaluate", max_attempts=2, on_retry=Effects(transitions=[
+    store.states.create("model", "m1", triggered_by="t")
+    task_id = store.queue.enqueue(TaskSpec(name="evaluate", max_attempts=2, on_retry=Effects(transitions=[
         TransitionRequest(kind="model", entity_id="m1", trigger="attempt_failed", triggered_by="queue")])))
-    claimed = store.claim("w")[0]
-    assert store.fail(claimed.id, claimed.token, error="crash") == "retrying"
-    assert store.current("model", "m1") == ("REGISTERED", 1)
-    assert store.task(task_id).status == "retrying"
+    claimed = store.queue.claim("w")[0]
+    assert store.queue.fail(claimed.id, claimed.token, error="crash") == "retrying"
+    assert store.states.current("model", "m1") == ("REGISTERED", 1)
+    assert store.queue.task(task_id).status == "retrying"
 
 
 def test_queued_delayed_retrying_and_running_tasks_survive_a_restart(db):
     with Store.open(db, MACHINES, settings=FAST) as store:
-        queued = store.enqueue(TaskSpec(name="queued", args=[1, 2]))
-        delayed = store.enqueue(TaskSpec(name="delayed", delay_seconds=0.5))
-        retrying = store.enqueue(TaskSpec(name="retrying"))
-        running = store.enqueue(TaskSpec(name="running"))
-        claimed = {c.name: c for c in store.claim("w", limit=2, names=["retrying", "running"])}
-        store.fail(claimed["retrying"].id, claimed["retrying"].token, error="first try failed")
+        queued = store.queue.enqueue(TaskSpec(name="queued", args=[1, 2]))
+        delayed = store.queue.enqueue(TaskSpec(name="delayed", delay_seconds=0.5))
+        retrying = store.queue.enqueue(TaskSpec(name="retrying"))
+        running = store.queue.enqueue(TaskSpec(name="running"))
+        claimed = {c.name: c for c in store.queue.claim("w", limit=2, names=["retrying", "running"])}
+        store.queue.fail(claimed["retrying"].id, claimed["retrying"].token, error="first try failed")
     with Store.open(db, MACHINES, settings=FAST) as store:
-        statuses = {t: store.task(t).status for t in (queued, delayed, retrying, running)}
+        statuses = {t: store.queue.task(t).status for t in (queued, delayed, retrying, running)}
         assert statuses == {queued: "queued", delayed: "queued", retrying: "retrying", running: "running"}
         got = set()
         deadline = time.monotonic() + 10
         while len(got) < 4 and time.monotonic() < deadline:
-            for task in store.claim("w2", limit=4, wait_seconds=0.5):
+            for task in store.queue.claim("w2", limit=4, wait_seconds=0.5):
                 got.add(task.id)
-                store.complete(task.id, task.token)
+                store.queue.complete(task.id, task.token)
         assert got == {queued, delayed, retrying, running}
-        assert store.task(running).attempts == 2 and store.task(retrying).attempts == 2
+        assert store.queue.task(running).attempts == 2 and store.queue.task(retrying).attempts == 2
 
 
 def test_release_returns_a_task_without_counting_the_attempt(store):
-    task_id = store.enqueue(TaskSpec(name="t"))
-    claimed = store.claim("w")[0]
-    store.release(claimed.id, claimed.token)
-    again = store.claim("w")[0]
+    task_id = store.queue.enqueue(TaskSpec(name="t"))
+    claimed = store.queue.claim("w")[0]
+    store.queue.release(claimed.id, claimed.token)
+    again = store.queue.claim("w")[0]
     assert again.id == task_id and again.attempt == 1
 
 
 def test_stats_and_cleanup(store):
     for i in range(3):
-        store.enqueue(TaskSpec(name="done", args=i))
-    store.enqueue(TaskSpec(name="waiting"))
-    for claimed in store.claim("w", names=["done"], limit=3):
-        store.complete(claimed.id, claimed.token)
-    stats = store.stats()
+        store.queue.enqueue(TaskSpec(name="done", args=i))
+    store.queue.enqueue(TaskSpec(name="waiting"))
+    for claimed in store.queue.claim("w", names=["done"], limit=3):
+        store.queue.complete(claimed.id, claimed.token)
+    stats = store.queue.stats()
     assert stats.by_status == {"succeeded": 3, "queued": 1}
     assert stats.by_name == {"done": {"succeeded": 3}, "waiting": {"queued": 1}}
     assert stats.oldest_waiting_seconds is not None and stats.attempts_total == 3
-    assert store.cleanup(older_than_days=1) == 0
-    assert store.cleanup(older_than_days=0) == 3
-    assert store.stats().by_status == {"queued": 1}
+    assert store.queue.cleanup(older_than_days=1) == 0
+    assert store.queue.cleanup(older_than_days=0) == 3
+    assert store.queue.stats().by_status == {"queued": 1}
 
 
 def test_export_writes_parquet_readable_by_polars(store, tmp_path):
     import polars as pl
 
-    store.create("model", "m1", triggered_by="t")
+    store.states.create("model", "m1", triggered_by="t")
     target = store.export(tmp_path / "snapshot")
     history = pl.read_parquet(target / "state_history.parquet")
     assert history.select("entity_id", "to_state").rows() == [("m1", "REGISTERED")]
@@ -253,18 +254,18 @@ def test_worker_pool_runs_tasks_retries_crashes_and_dead_letters_bad_args(store)
             raise PermanentTaskError("n=4 can never work")
         return Completion(result=args.n * args.n)
 
-    ids = store.enqueue_many([TaskSpec(name="square", args={"n": n}) for n in range(5)])
-    bad = store.enqueue(TaskSpec(name="square", args={"n": "five"}))
-    pool = WorkerPool(store, registry, workers=3, max_prefetch=2, lease_seconds=1, heartbeat_seconds=0.2).start()
+    ids = store.queue.enqueue_many([TaskSpec(name="square", args={"n": n}) for n in range(5)])
+    bad = store.queue.enqueue(TaskSpec(name="square", args={"n": "five"}))
+    pool = WorkerPool(store.queue, registry, workers=3, max_prefetch=2, lease_seconds=1, heartbeat_seconds=0.2).start()
     try:
-        wait_for(lambda: store.stats().by_status.get("succeeded") == 4 and store.stats().dead_letters == 2,
+        wait_for(lambda: store.queue.stats().by_status.get("succeeded") == 4 and store.queue.stats().dead_letters == 2,
                  what="4 successes and 2 dead letters")
     finally:
         pool.stop()
-    assert [store.task(i).result for i in ids[:4]] == [0, 1, 4, 9]
-    assert store.task(ids[3]).attempts == 2
-    assert store.task(ids[4]).attempts == 1  # permanent: no retry
-    assert "do not decode" in store.dead_letter(bad).last_error and "$.n" in store.dead_letter(bad).last_error
+    assert [store.queue.task(i).result for i in ids[:4]] == [0, 1, 4, 9]
+    assert store.queue.task(ids[3]).attempts == 2
+    assert store.queue.task(ids[4]).attempts == 1  # permanent: no retry
+    assert "do not decode" in store.queue.dead_letter(bad).last_error and "$.n" in store.queue.dead_letter(bad).last_error
 
 
 def test_graceful_stop_releases_claimed_tasks_it_did_not_start(store):
@@ -276,10 +277,10 @@ def test_graceful_stop_releases_claimed_tasks_it_did_not_start(store):
         started.set()
         time.sleep(0.5)
 
-    store.enqueue_many([TaskSpec(name="slow", args=i) for i in range(4)])
-    pool = WorkerPool(store, registry, workers=1, max_prefetch=4, lease_seconds=5, heartbeat_seconds=1).start()
+    store.queue.enqueue_many([TaskSpec(name="slow", args=i) for i in range(4)])
+    pool = WorkerPool(store.queue, registry, workers=1, max_prefetch=4, lease_seconds=5, heartbeat_seconds=1).start()
     started.wait(5)
     pool.stop()
-    stats = store.stats().by_status
+    stats = store.queue.stats().by_status
     assert stats == {"succeeded": 1, "queued": 3}
-    assert store.task(2).attempts == 0
+    assert store.queue.task(2).attempts == 0

@@ -25,17 +25,17 @@ def store(tmp_path):
 
 def walk(store: Store, kind: str, entity_id: str, *triggers: str) -> None:
     for trigger in triggers:
-        store.transition(kind, entity_id, trigger=trigger, triggered_by="test")
+        store.states.transition(kind, entity_id, trigger=trigger, triggered_by="test")
 
 
 def test_the_seed_flow_with_a_re_upload_after_a_failed_quality_check(store):
-    store.create("model", "m2", triggered_by="team")
+    store.states.create("model", "m2", triggered_by="team")
     walk(store, "model", "m2", "dataset_uploaded", "quality_check_started", "quality_check_failed", "await_data_fix")
-    store.transition("model", "m2", trigger="dataset_uploaded", triggered_by="team@example.com", reason="Dataset uploaded",
-                     metadata={"file_uploaded": "dataset_fixed.xlsx"})
+    store.states.transition("model", "m2", trigger="dataset_uploaded", triggered_by="team@example.com", reason="Dataset uploaded",
+                            metadata={"file_uploaded": "dataset_fixed.xlsx"})
     walk(store, "model", "m2", "quality_check_started", "quality_check_passed", "evaluation_queued",
          "evaluation_started", "evaluation_failed", "retry", "evaluation_started", "evaluation_succeeded")
-    snapshot = store.snapshot("model", "m2")
+    snapshot = store.states.snapshot("model", "m2")
     assert snapshot.state == M.EVALUATION_COMPLETED
     assert [h.seq for h in snapshot.history] == list(range(1, 15))
     refix = snapshot.history[5]
@@ -44,88 +44,88 @@ def test_the_seed_flow_with_a_re_upload_after_a_failed_quality_check(store):
 
 
 def test_use_case_config_retry_after_invalid(store):
-    store.create("use_case", "uc", triggered_by="team")
+    store.states.create("use_case", "uc", triggered_by="team")
     walk(store, "use_case", "uc", "template_sent", "await_config", "config_uploaded", "validation_started",
          "config_invalid", "config_uploaded", "validation_started", "config_valid")
-    assert store.snapshot("use_case", "uc").state == U.CONFIG_VALIDATED
+    assert store.states.snapshot("use_case", "uc").state == U.CONFIG_VALIDATED
 
 
 def test_an_illegal_transition_names_entity_state_and_allowed_moves_and_changes_nothing(store):
-    store.create("model", "m1", triggered_by="team")
+    store.states.create("model", "m1", triggered_by="team")
     with pytest.raises(IllegalTransition) as caught:
-        store.transition("model", "m1", trigger="evaluation_succeeded", triggered_by="test")
+        store.states.transition("model", "m1", trigger="evaluation_succeeded", triggered_by="test")
     message = caught.value.message
     assert "model m1 is in state REGISTERED" in message
     assert "dataset_uploaded -> QUALITY_CHECK_PENDING" in message
-    snapshot = store.snapshot("model", "m1")
+    snapshot = store.states.snapshot("model", "m1")
     assert (snapshot.state, snapshot.version, len(snapshot.history)) == (M.REGISTERED, 1, 1)
 
 
 def test_a_state_that_does_not_exist_is_refused(store):
-    store.create("model", "m1", triggered_by="team")
+    store.states.create("model", "m1", triggered_by="team")
     with pytest.raises(UnknownState, match="there is no state 'DONE'"):
-        store.transition("model", "m1", to_state="DONE", triggered_by="test")
+        store.states.transition("model", "m1", to_state="DONE", triggered_by="test")
 
 
 def test_unknown_entities_and_kinds_get_clear_errors(store):
     with pytest.raises(NotFound, match="model nope does not exist"):
-        store.transition("model", "nope", trigger="dataset_uploaded", triggered_by="test")
+        store.states.transition("model", "nope", trigger="dataset_uploaded", triggered_by="test")
     with pytest.raises(NotFound, match="no state machine for entity kind 'invoice'"):
-        store.create("invoice", "i1", triggered_by="test")
-    store.create("model", "dup", triggered_by="test")
+        store.states.create("invoice", "i1", triggered_by="test")
+    store.states.create("model", "dup", triggered_by="test")
     with pytest.raises(Conflict, match="model dup already exists"):
-        store.create("model", "dup", triggered_by="test")
+        store.states.create("model", "dup", triggered_by="test")
 
 
 def test_guards_resume_a_suspended_model_only_to_where_it_was(store):
-    store.create("model", "m1", triggered_by="team")
+    store.states.create("model", "m1", triggered_by="team")
     walk(store, "model", "m1", "dataset_uploaded", "suspend")
     with pytest.raises(IllegalTransition, match="blocked by its guard"):
-        store.transition("model", "m1", trigger="resume", to_state=M.EVALUATION_QUEUED, triggered_by="ops")
-    store.transition("model", "m1", trigger="resume", triggered_by="ops")
-    assert store.snapshot("model", "m1").state == M.QUALITY_CHECK_PENDING
+        store.states.transition("model", "m1", trigger="resume", to_state=M.EVALUATION_QUEUED, triggered_by="ops")
+    store.states.transition("model", "m1", trigger="resume", triggered_by="ops")
+    assert store.states.snapshot("model", "m1").state == M.QUALITY_CHECK_PENDING
 
 
 def test_a_crashed_phase_reruns_as_the_same_phase(store):
-    store.create("model", "m1", triggered_by="team")
+    store.states.create("model", "m1", triggered_by="team")
     walk(store, "model", "m1", "dataset_uploaded", "quality_check_started", "attempt_failed")
     with pytest.raises(IllegalTransition):
-        store.transition("model", "m1", trigger="evaluation_started", triggered_by="worker")
+        store.states.transition("model", "m1", trigger="evaluation_started", triggered_by="worker")
     walk(store, "model", "m1", "quality_check_started")
-    assert store.snapshot("model", "m1").state == M.QUALITY_CHECK_RUNNING
+    assert store.states.snapshot("model", "m1").state == M.QUALITY_CHECK_RUNNING
 
 
 def test_a_stale_expected_version_is_a_conflict_that_changes_nothing(store):
-    store.create("model", "m1", triggered_by="team")
-    store.transition("model", "m1", trigger="dataset_uploaded", expected_version=1, triggered_by="a")
+    store.states.create("model", "m1", triggered_by="team")
+    store.states.transition("model", "m1", trigger="dataset_uploaded", expected_version=1, triggered_by="a")
     with pytest.raises(VersionConflict, match="expected version 1, it is at version 2"):
-        store.transition("model", "m1", trigger="quality_check_started", expected_version=1, triggered_by="b")
-    assert store.snapshot("model", "m1").version == 2
+        store.states.transition("model", "m1", trigger="quality_check_started", expected_version=1, triggered_by="b")
+    assert store.states.snapshot("model", "m1").version == 2
 
 
 def test_an_illegal_part_refuses_the_whole_outbox(store):
-    store.create("model", "m1", triggered_by="team")
-    store.create("model", "m2", triggered_by="team")
+    store.states.create("model", "m1", triggered_by="team")
+    store.states.create("model", "m2", triggered_by="team")
     with pytest.raises(IllegalTransition):
-        store.apply(Effects(
+        store.states.apply(Effects(
             transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="t"),
                          TransitionRequest(kind="model", entity_id="m2", trigger="evaluation_started", triggered_by="t")],
             tasks=[TaskSpec(name="run_quality_check", args={"model": "m1"})],
         ))
-    assert store.snapshot("model", "m1").state == M.REGISTERED
-    assert store.stats().by_status == {}
+    assert store.states.snapshot("model", "m1").state == M.REGISTERED
+    assert store.queue.stats().by_status == {}
 
 
 def test_sixteen_threads_racing_on_one_entity_leave_one_valid_path(store):
-    store.create("cycle", "hot", triggered_by="test")
+    store.states.create("cycle", "hot", triggered_by="test")
     per_thread, conflicts = 10, []
 
     def racer(name: str) -> None:
         done = 0
         while done < per_thread:
-            _, version = store.current("cycle", "hot")
+            _, version = store.states.current("cycle", "hot")
             try:
-                store.transition("cycle", "hot", trigger="next", expected_version=version, triggered_by=name)
+                store.states.transition("cycle", "hot", trigger="next", expected_version=version, triggered_by=name)
                 done += 1
             except VersionConflict:
                 conflicts.append(name)
@@ -135,12 +135,12 @@ def test_sixteen_threads_racing_on_one_entity_leave_one_valid_path(store):
         t.start()
     for t in threads:
         t.join()
-    snapshot = store.snapshot("cycle", "hot")
+    snapshot = store.states.snapshot("cycle", "hot")
     assert snapshot.version == 1 + 16 * per_thread
     assert [h.seq for h in snapshot.history] == list(range(1, snapshot.version + 1))
     assert all(h.from_state == prev.to_state for prev, h in zip(snapshot.history, snapshot.history[1:]))
     assert conflicts, "16 racing threads should have produced at least one version conflict"
-    assert consistency.check(store._con, [*MACHINES, CYCLE]) == []
+    assert consistency.check(store.writer.cursor(), [*MACHINES, CYCLE]) == []
 
 
 ENTITY_NUMBERS = itertools.count()
@@ -155,26 +155,26 @@ def test_random_trigger_sequences_never_leave_a_legal_path(store, data):
     the current state equals its last row."""
     for machine, triggers in ((MODEL_EVALUATION, MODEL_TRIGGERS), (USE_CASE, USE_CASE_TRIGGERS)):
         entity = f"walk-{next(ENTITY_NUMBERS)}"
-        store.create(machine.kind, entity, triggered_by="hypothesis")
+        store.states.create(machine.kind, entity, triggered_by="hypothesis")
         for trigger in data.draw(st.lists(st.sampled_from(triggers), max_size=25)):
-            before = store.snapshot(machine.kind, entity)
+            before = store.states.snapshot(machine.kind, entity)
             try:
-                store.transition(machine.kind, entity, trigger=trigger, triggered_by="hypothesis")
+                store.states.transition(machine.kind, entity, trigger=trigger, triggered_by="hypothesis")
             except IllegalTransition:
-                assert store.snapshot(machine.kind, entity) == before
-        snapshot = store.snapshot(machine.kind, entity)
+                assert store.states.snapshot(machine.kind, entity) == before
+        snapshot = store.states.snapshot(machine.kind, entity)
         assert snapshot.state == snapshot.history[-1].to_state
         assert snapshot.version == len(snapshot.history)
         for prev, step in zip(snapshot.history, snapshot.history[1:]):
             assert step.from_state == prev.to_state
             assert any(t.dest == step.to_state and t.trigger == step.trigger for t in machine.allowed(prev.to_state))
-    assert consistency.check(store._con, [*MACHINES, CYCLE]) == []
+    assert consistency.check(store.writer.cursor(), [*MACHINES, CYCLE]) == []
 
 
 def test_an_entity_created_and_moved_on_in_one_operation_has_its_current_state(store):
-    store.apply(Effects(
+    store.states.apply(Effects(
         creates=[EntityCreate(kind="model", entity_id="m1", triggered_by="t")],
         transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="t")],
     ))
-    assert store.current("model", "m1") == ("QUALITY_CHECK_PENDING", 2)
-    assert consistency.check(store._con, [*MACHINES, CYCLE]) == []
+    assert store.states.current("model", "m1") == ("QUALITY_CHECK_PENDING", 2)
+    assert consistency.check(store.writer.cursor(), [*MACHINES, CYCLE]) == []

@@ -20,12 +20,12 @@ def main(path: str) -> None:
         i = 0
         while True:
             entity = f"w{n}-{i}"
-            store.create("cycle", entity, triggered_by="writer")
+            store.states.create("cycle", entity, triggered_by="writer")
             for _ in range(3):
-                store.transition("cycle", entity, trigger="next", triggered_by="writer", tasks=[TaskSpec(name="t", args=i)])
-            claimed = store.claim(f"writer-{n}", limit=3)
+                store.states.transition("cycle", entity, trigger="next", triggered_by="writer", tasks=[TaskSpec(name="t", args=i)])
+            claimed = store.queue.claim(f"writer-{n}", limit=3)
             for task in claimed:
-                store.complete(task.id, task.token)
+                store.queue.complete(task.id, task.token)
             i += 1
             if i == 5:
                 print("writing", flush=True)
