@@ -69,7 +69,7 @@ class Emulator:
         self.sandboxes = SandboxPool(ChildConfig(
             functions=settings.functions, roots=self.objects.roots, storage_options=settings.storage_options(),
             control_socket=str(settings.control_socket_path), control_authkey=settings.control_key(),
-            runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}",
+            runtime_url=settings.runtime_url,
             mlflow_tracking_uri=settings.mlflow_uri, mlflow_artifact_location=settings.mlflow_artifact_location,
             config=settings.domain_config()))
         prepare_tracking_store(settings.mlflow_uri)
@@ -113,7 +113,8 @@ class Emulator:
     def _start_gateway(self) -> None:
         settings = self.settings
         app = build_gateway(self.store, self.functions, self.objects, settings.events.bucket, self.router, self.scheduler,
-                            settings.http.api_tokens, settings.http.max_upload_bytes, settings.domain_config())
+                            settings.http.api_tokens, settings.http.max_upload_bytes, settings.domain_config(),
+                            settings.inference_base_url, settings.runtime.request_timeout_s)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                                                log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, name="dropwire-gateway", daemon=True)

@@ -181,6 +181,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
                 return path.read_text().strip()
             return key
 
+    @property
+    def runtime_url(self) -> str:
+        return f"http://{self.runtime.host}:{self.runtime.port}"
+
+    @property
+    def inference_base_url(self) -> str:
+        """The OpenAI-compatible root that batch lines and direct /v1 requests go to."""
+        return self.batches.base_url or f"{self.runtime_url}/v1"
+
     def domain_config(self) -> dict[str, Any]:
         """The settings sections the product's domains read (HandlerContext.config, ApiPorts.config)."""
         return {"batches": msgspec.to_builtins(self.batches)}

@@ -106,3 +106,44 @@ def test_a_batch_past_its_window_expires_keeping_what_finished(start_batches):
     assert [h.to_state for h in emulator.store.states.history("batch", batch.id)] == ["validating", "in_progress", "expired"]
     bench = emulator.store.query("SELECT lines, completed, failed FROM batch_benchmarks WHERE batch_id = ?", [batch.id])
     assert bench == [(40, len(kept), len(errors))]
+
+
+def test_an_interactive_request_is_answered_while_a_large_batch_runs(start_batches, upstream):
+    _, client = start_batches(**SLOW)
+    lines = [chat_line(f"b{i}", f"slow background {i}") for i in range(200)]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    wait_for(lambda: upstream.priorities["background"] >= 4, timeout=60, what="the batch to be running")
+    # Through the gateway (the same base_url), forwarded to the runtime's interactive lane.
+    answer = client.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "hello now"}])
+    assert answer.choices[0].message.content == "echo: hello now"
+    assert upstream.priorities["interactive"] == 1
+    running = client.batches.retrieve(batch.id)
+    assert running.status == "in_progress" and running.request_counts.completed < 200  # answered first, not after
+    client.batches.cancel(batch.id)
+    assert finished(client, batch.id, timeout=90).status == "cancelled"
+    assert [m.id for m in client.models.list()] == ["echo-1"]
+
+
+def test_a_runtime_that_goes_away_mid_batch_is_waited_for_and_nothing_is_lost(start_batches, upstream):
+    emulator, client = start_batches(DROPWIRE_QUEUE__BACKOFF_BASE_SECONDS="0.5", DROPWIRE_QUEUE__BACKOFF_MAX_SECONDS="2",
+                                     DROPWIRE_BATCHES__RETRY_BASE_SECONDS="0.1", **SLOW)
+    lines = [chat_line(f"d{i}", f"slow down {i}") for i in range(30)]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 5, timeout=60,
+             what="some lines to finish")
+    upstream.stop()
+    # The chunk's attempt fails once its lines cannot reach the runtime (its saved lines stay).
+    wait_for(lambda: emulator.store.query("SELECT count(*) FROM task_attempts "
+                                          "WHERE error LIKE '%stopped after%'")[0][0] > 0, timeout=60,
+             what="a chunk attempt to fail on the unreachable runtime")
+    replacement = None
+    try:
+        replacement = type(upstream)(slow_seconds=0.05, port=upstream.port).start()
+        done = finished(client, batch.id, timeout=120)
+        assert done.status == "completed" and done.request_counts.completed == 30 and done.request_counts.failed == 0
+        assert [line["custom_id"] for line in read_lines(client, done.output_file_id)] == [f"d{i}" for i in range(30)]
+    finally:
+        if replacement is not None:
+            replacement.stop()

@@ -22,12 +22,12 @@ MODEL = "echo-1"
 
 
 class Upstream:
-    def __init__(self, slow_seconds: float = 0.0) -> None:
+    def __init__(self, slow_seconds: float = 0.0, port: int | None = None) -> None:
         self.slow_seconds = slow_seconds
         self.answered: Counter[str] = Counter()
         self.priorities: Counter[str] = Counter()
         self._flaky_seen: set[str] = set()
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._server = uvicorn.Server(uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
