@@ -201,3 +201,52 @@ def batch_object(query: Query, batch_id: str) -> BatchObject:
                     total_tokens=tally.prompt_tokens + tally.completion_tokens),
         errors=errors, output_file_id=info.output_file_id, error_file_id=info.error_file_id, metadata=info.metadata,
         model=info.model, **stamps)
+
+
+class WorkerBeat(msgspec.Struct, kw_only=True, frozen=True):
+    worker: str
+    host: str
+    pid: int
+    batch_id: str
+    chunk: int
+    lines_done: int
+    last_beat: float
+    alive: bool
+
+
+def workers(query: Query, alive_seconds: float) -> list[WorkerBeat]:
+    """Every worker that ran batch lines, with its latest beat (alive: beat within `alive_seconds`)."""
+    rows = query("SELECT worker, arg_max(host, beat_at), arg_max(pid, beat_at), arg_max(batch_id, beat_at), "
+                 "arg_max(chunk, beat_at), arg_max(lines_done, beat_at), epoch(max(beat_at)), "
+                 "epoch(max(beat_at)) >= epoch(now()) - ? FROM batch_worker_heartbeats GROUP BY worker "
+                 "ORDER BY max(beat_at) DESC", [alive_seconds])
+    return [WorkerBeat(worker=w, host=h, pid=p, batch_id=b, chunk=c, lines_done=n, last_beat=at, alive=alive)
+            for w, h, p, b, c, n, at, alive in rows]
+
+
+class Figures(msgspec.Struct, kw_only=True, frozen=True):
+    """Throughput of one batch, or of every batch of one model (summed lines and tokens over
+    summed durations)."""
+
+    name: str
+    model: str
+    batches: int
+    lines: int
+    failed: int
+    tokens: int
+    duration_s: float
+    lines_per_s: float
+    tokens_per_s: float
+
+
+def benchmarks(query: Query, *, by_model: bool, limit: int = 50) -> list[Figures]:
+    if by_model:
+        rows = query("SELECT model, model, count(*), sum(lines), sum(failed), sum(prompt_tokens + completion_tokens), "
+                     "sum(duration_s) FROM batch_benchmarks GROUP BY model ORDER BY model LIMIT ?", [limit])
+    else:
+        rows = query("SELECT batch_id, model, 1, lines, failed, prompt_tokens + completion_tokens, duration_s "
+                     "FROM batch_benchmarks ORDER BY finished_at DESC LIMIT ?", [limit])
+    return [Figures(name=name, model=model, batches=count, lines=lines, failed=failed, tokens=int(tokens),
+                    duration_s=duration, lines_per_s=lines / duration if duration else 0.0,
+                    tokens_per_s=tokens / duration if duration else 0.0)
+            for name, model, count, lines, failed, tokens, duration in rows]

@@ -73,6 +73,18 @@ def test_kill_9_mid_batch_resumes_with_no_line_twice_and_none_lost(dropwire_env,
         recomputed = sum(upstream.answered.values()) - LINES
         assert 0 <= recomputed <= 2 * 2 * 2, (recomputed, before_restart)
         print(f"kill -9 at {before_restart} answered lines; {recomputed} line(s) computed again after the restart")
+
+        # Heartbeats and benchmark figures, through the running control plane.
+        def cli(*args: str) -> str:
+            ran = subprocess.run([*DROPWIRE, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert ran.returncode == 0, ran.stderr
+            return ran.stdout
+
+        workers = cli("batches", "workers")
+        assert batch.id in workers and "yes" in workers  # the worker that finished it beat moments ago
+        by_model = cli("batches", "benchmarks", "--by", "model")
+        assert "echo-1" in by_model and f" {LINES} " in by_model
+        assert batch.id in cli("batches", "list")
     finally:
         for process in started:
             if process.poll() is None:
