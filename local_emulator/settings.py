@@ -147,6 +147,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         return self.data_path / "models" / "default-forecaster.pt"
 
     @property
+    def default_text_model_path(self) -> Path:
+        """The embedded test language model (a Hugging Face directory), built at first start."""
+        return self.data_path / "models" / "default-textgen"
+
+    @property
     def bucket_path(self) -> Path:
         return Path(self.events.bucket_dir).expanduser() if self.events.bucket_dir else self.data_path / "bucket"
 

@@ -8,6 +8,7 @@ error body ``{error, message, details, timestamp}``.
     GET    /datasets/{handle}/forecasts?start=&stop=&wait=S         a range at background priority
     POST   /quick-draw?format=json|png      CSV body -> forecast of its last index, then forgotten
     GET    /health, GET /stats
+    /v1/...                             OpenAI-compatible text generation (textgen/api.py)
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ from typing import Literal
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.params import Parameter
 
+from dropwire.runtime.host import RuntimeHost
 from dropwire.runtime.http_errors import exception_handlers
 from dropwire.runtime.plotting import fan_chart_png
 from dropwire.runtime.schemas import DatasetInfo, Deleted, Forecast, ForecastRange, Health, Stats
-from dropwire.runtime.service import ForecastService, upload_limit_error
+from dropwire.runtime.service import upload_limit_error
+from dropwire.runtime.textgen.api import textgen_router
 
 Format = Literal["json", "png"]
 # Answers even while shutting down: monitoring must see it happen.
 ALWAYS_OPEN = frozenset({"/stats"})
 
 
-def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
+def create_app(host: RuntimeHost, log: logging.Logger) -> Litestar:
+    service = host.forecasts
     limit = service.settings.max_upload_bytes
 
     async def forecast_response(forecast: Forecast, output: Format) -> Response:
@@ -72,17 +76,19 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
 
     @get("/stats")
     async def stats() -> Stats:
-        return service.stats()
+        return host.stats()
 
     async def refuse_when_shutting_down(request: Request) -> None:
         if request.url.path not in ALWAYS_OPEN:
-            service.ensure_accepting()
+            host.ensure_accepting()
 
+    textgen = [textgen_router(host.textgen)] if host.textgen else []
     return Litestar(
-        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats],
+        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats,
+                        *textgen],
         before_request=refuse_when_shutting_down,
         exception_handlers=exception_handlers(lambda: upload_limit_error(limit)),
         request_max_body_size=limit,
-        on_shutdown=[service.shutdown],
+        on_shutdown=[host.shutdown],
         logging_config=None,
     )
