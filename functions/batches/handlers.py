@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from dropwire.functions.batches import reads
-from dropwire.functions.batches.core.backend import LineBackend, LineOutcome, served_models
+from dropwire.functions.batches.core.backend import LineBackend, LineOutcome, retry_wait, served_models
 from dropwire.functions.batches.core.output import split_lines, webhook_event
 from dropwire.functions.batches.core.validation import ENDPOINTS, ChunkPlan, read_chunk, request_ids, validate
 from dropwire.functions.batches.settings import BatchSettings, batch_settings, window_seconds
@@ -60,7 +60,7 @@ from dropwire.storage.batches import (
     Outputs,
     Validated,
 )
-from dropwire.storage.errors import DropwireError, NotFound
+from dropwire.storage.errors import NotFound
 from dropwire.storage.records import Effects, TaskSpec
 
 BUCKET = "local"
@@ -132,6 +132,8 @@ class ChunkArgs(msgspec.Struct, kw_only=True, frozen=True):
     plan: ChunkPlan
     #: Set by the chunk's on-dead effects: record its unfinished lines as failed and report.
     abandon: bool = False
+    #: How often the chunk found the runtime unreachable and parked (its backoff grows).
+    parked: int = 0
 
 
 class StepArgs(msgspec.Struct, kw_only=True, frozen=True):
@@ -343,12 +345,13 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     return {"batch": batch_id, "total": plan.total, "chunks": len(plan.chunks)}
 
 
-def _chunk_task(batch_id: str, chunk: ChunkPlan, abandon: bool = False) -> TaskSpec:
-    args = ChunkArgs(batch_id=batch_id, plan=chunk, abandon=abandon)
-    key = f"batch-chunk:{batch_id}:{chunk.chunk}" + (":abandon" if abandon else "")
+def _chunk_task(batch_id: str, chunk: ChunkPlan, abandon: bool = False, parked: int = 0,
+                delay_seconds: float = 0.0) -> TaskSpec:
+    args = ChunkArgs(batch_id=batch_id, plan=chunk, abandon=abandon, parked=parked)
+    key = f"batch-chunk:{batch_id}:{chunk.chunk}" + (":abandon" if abandon else f":parked{parked}" if parked else "")
     # A chunk whose attempts are all spent still reports: its unfinished lines become failed lines.
     on_dead = None if abandon else Effects(tasks=[_chunk_task(batch_id, chunk, abandon=True)])
-    return _step(CHUNK_FUNCTION, args, key, max_attempts=CHUNK_MAX_ATTEMPTS, on_dead=on_dead)
+    return _step(CHUNK_FUNCTION, args, key, max_attempts=CHUNK_MAX_ATTEMPTS, on_dead=on_dead, delay_seconds=delay_seconds)
 
 
 def _notify(context: HandlerContext, batch_id: str, status: str, summary: str) -> None:
@@ -387,14 +390,17 @@ def run_chunk(event: HttpEvent, context: HandlerContext) -> dict:
         outcome = "stopped"
     else:
         outcome = asyncio.run(_run_lines(context, settings, info, plan, done))
+    if outcome == "unreachable":
+        # The runtime is down (or restarting), not the lines wrong: park the chunk on the
+        # queue's durable timer, its saved lines kept, until the runtime answers again, the
+        # batch is cancelled or its window passes. No attempt is spent on waiting.
+        delay = retry_wait(None, args.parked + 1, settings.retry_base_seconds, settings.retry_max_seconds)
+        context.state.enqueue(_chunk_task(args.batch_id, plan, parked=args.parked + 1, delay_seconds=delay))
+        return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": "parked", "retry_in_s": round(delay, 2)}
     context.records.record("batches.chunk_done", ChunkDone(batch_id=args.batch_id, chunk=plan.chunk, outcome=outcome))
     if reads.chunks_done(query, args.batch_id) >= (info.chunks or 0):
         context.state.enqueue(_step(FINALIZE_FUNCTION, StepArgs(batch_id=args.batch_id), f"batch-finalize:{args.batch_id}"))
     return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": outcome}
-
-
-class LinesUnreachable(DropwireError):
-    code = "lines_unreachable"
 
 
 class _Saver:
@@ -443,7 +449,7 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         outcome = await backend.call(request.url, request.body)
         if outcome.error_code == "request_failed":
             # The runtime (or upstream) is down, not the line wrong: the line is not saved and
-            # the chunk's attempt fails, so the queue retries it with backoff from where it stopped.
+            # the chunk parks (run_chunk), to go on from where it stopped.
             unreachable.append(outcome.error_message or "")
             return
         saver.add(request.line, request.custom_id, outcome)
@@ -469,8 +475,9 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
             await asyncio.wait(running)
         saver.save()
         if unreachable:
-            raise LinesUnreachable(f"chunk {plan.chunk} of batch {info.id} stopped after {saver.done} saved line(s): "
-                                   f"{unreachable[0]}")
+            context.log.warning("chunk %s of batch %s parked after %s saved line(s): %s", plan.chunk, info.id, saver.done,
+                                unreachable[0])
+            return "unreachable"
     finally:
         for task in running:
             task.cancel()

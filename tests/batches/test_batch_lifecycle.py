@@ -125,19 +125,18 @@ def test_an_interactive_request_is_answered_while_a_large_batch_runs(start_batch
     assert [m.id for m in client.models.list()] == ["echo-1"]
 
 
-def test_a_runtime_that_goes_away_mid_batch_is_waited_for_and_nothing_is_lost(start_batches, upstream):
-    emulator, client = start_batches(DROPWIRE_QUEUE__BACKOFF_BASE_SECONDS="0.5", DROPWIRE_QUEUE__BACKOFF_MAX_SECONDS="2",
-                                     DROPWIRE_BATCHES__RETRY_BASE_SECONDS="0.1", **SLOW)
+def test_a_runtime_that_goes_away_mid_batch_parks_the_chunks_and_nothing_is_lost(start_batches, upstream):
+    emulator, client = start_batches(DROPWIRE_BATCHES__RETRY_BASE_SECONDS="0.1", DROPWIRE_BATCHES__RETRY_MAX_SECONDS="1",
+                                     **SLOW)
     lines = [chat_line(f"d{i}", f"slow down {i}") for i in range(30)]
     batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
     wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 5, timeout=60,
              what="some lines to finish")
     upstream.stop()
-    # The chunk's attempt fails once its lines cannot reach the runtime (its saved lines stay).
-    wait_for(lambda: emulator.store.query("SELECT count(*) FROM task_attempts "
-                                          "WHERE error LIKE '%stopped after%'")[0][0] > 0, timeout=60,
-             what="a chunk attempt to fail on the unreachable runtime")
+    # A chunk whose lines cannot reach the runtime parks on the queue's timer (its saved lines stay).
+    wait_for(lambda: emulator.store.query("SELECT count(*) FROM tasks WHERE result LIKE '%parked%'")[0][0] > 0,
+             timeout=60, what="a chunk to park while the runtime is unreachable")
     replacement = None
     try:
         replacement = type(upstream)(slow_seconds=0.05, port=upstream.port).start()
