@@ -79,6 +79,7 @@ FINALIZE_FUNCTION = "batches-finalize"
 CHUNK_TIMEOUT_S = 6 * 3600.0
 CHUNK_MAX_ATTEMPTS = 5
 STEP_TIMEOUT_S = 1800.0
+CHUNK_PRIORITY = -1
 # Error codes of lines that never ran.
 NOT_RUN = {B.CANCELLING: "batch_cancelled", B.EXPIRED: "batch_expired"}
 FILL_LINES = 1000
@@ -134,6 +135,8 @@ class ChunkArgs(msgspec.Struct, kw_only=True, frozen=True):
     abandon: bool = False
     #: How often the chunk found the runtime unreachable and parked (its backoff grows).
     parked: int = 0
+    #: Continuations of this chunk so far (slices and parks), which keeps each task's key apart.
+    step: int = 0
 
 
 class StepArgs(msgspec.Struct, kw_only=True, frozen=True):
@@ -345,13 +348,15 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     return {"batch": batch_id, "total": plan.total, "chunks": len(plan.chunks)}
 
 
-def _chunk_task(batch_id: str, chunk: ChunkPlan, abandon: bool = False, parked: int = 0,
+def _chunk_task(batch_id: str, chunk: ChunkPlan, abandon: bool = False, parked: int = 0, step: int = 0,
                 delay_seconds: float = 0.0) -> TaskSpec:
-    args = ChunkArgs(batch_id=batch_id, plan=chunk, abandon=abandon, parked=parked)
-    key = f"batch-chunk:{batch_id}:{chunk.chunk}" + (":abandon" if abandon else f":parked{parked}" if parked else "")
+    args = ChunkArgs(batch_id=batch_id, plan=chunk, abandon=abandon, parked=parked, step=step)
+    key = f"batch-chunk:{batch_id}:{chunk.chunk}:{step}" + (":abandon" if abandon else "")
     # A chunk whose attempts are all spent still reports: its unfinished lines become failed lines.
-    on_dead = None if abandon else Effects(tasks=[_chunk_task(batch_id, chunk, abandon=True)])
-    return _step(CHUNK_FUNCTION, args, key, max_attempts=CHUNK_MAX_ATTEMPTS, on_dead=on_dead, delay_seconds=delay_seconds)
+    on_dead = None if abandon else Effects(tasks=[_chunk_task(batch_id, chunk, abandon=True, step=step)])
+    # Below every other function: a queued API call or evaluation step goes before the next slice.
+    return _step(CHUNK_FUNCTION, args, key, max_attempts=CHUNK_MAX_ATTEMPTS, on_dead=on_dead, delay_seconds=delay_seconds,
+                 priority=CHUNK_PRIORITY)
 
 
 def _notify(context: HandlerContext, batch_id: str, status: str, summary: str) -> None:
@@ -395,8 +400,14 @@ def run_chunk(event: HttpEvent, context: HandlerContext) -> dict:
         # queue's durable timer, its saved lines kept, until the runtime answers again, the
         # batch is cancelled or its window passes. No attempt is spent on waiting.
         delay = retry_wait(None, args.parked + 1, settings.retry_base_seconds, settings.retry_max_seconds)
-        context.state.enqueue(_chunk_task(args.batch_id, plan, parked=args.parked + 1, delay_seconds=delay))
+        context.state.enqueue(_chunk_task(args.batch_id, plan, parked=args.parked + 1, step=args.step + 1,
+                                          delay_seconds=delay))
         return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": "parked", "retry_in_s": round(delay, 2)}
+    if outcome == "sliced":
+        # Its time slice is up: the rest of the chunk goes back to the queue, so a chunk never
+        # holds a worker for long (API calls and other functions run in between).
+        context.state.enqueue(_chunk_task(args.batch_id, plan, step=args.step + 1))
+        return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": "sliced"}
     context.records.record("batches.chunk_done", ChunkDone(batch_id=args.batch_id, chunk=plan.chunk, outcome=outcome))
     if reads.chunks_done(query, args.batch_id) >= (info.chunks or 0):
         context.state.enqueue(_step(FINALIZE_FUNCTION, StepArgs(batch_id=args.batch_id), f"batch-finalize:{args.batch_id}"))
@@ -455,7 +466,8 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         saver.add(request.line, request.custom_id, outcome)
 
     running: set[asyncio.Task] = set()
-    stopped = False
+    stopped = sliced = False
+    slice_ends = time.monotonic() + settings.slice_seconds
     try:
         with context.objects.open(source.bucket, source.key) as stream:
             for request in read_chunk(stream, plan):
@@ -470,6 +482,9 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
                     if _stop_reason(context, info) is not None:
                         stopped = True
                         break
+                    if time.monotonic() >= slice_ends:
+                        sliced = True
+                        break
                 running.add(asyncio.create_task(one(request)))
         if running:
             await asyncio.wait(running)
@@ -482,7 +497,7 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         for task in running:
             task.cancel()
         await backend.aclose()
-    return "stopped" if stopped else "completed"
+    return "stopped" if stopped else "sliced" if sliced else "completed"
 
 
 def _fill_not_run(context: HandlerContext, info: reads.BatchInfo, plan: ChunkPlan | None, done: set[int], code: str,

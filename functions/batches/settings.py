@@ -25,6 +25,8 @@ class BatchSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     upstream_api_token: str = ""
     # Models a batch may name; empty: whatever GET {base_url}/models lists, plus the upstreams'.
     models: list[str] = []
+    # A chunk holds a worker at most about this long, then the rest of it is queued again.
+    slice_seconds: float = 15.0
     # Lines of one chunk in flight at once, and how often finished lines are saved.
     concurrency: int = 8
     save_every_lines: int = 32

@@ -17,7 +17,7 @@ from tests.conftest import wait_for
 pytestmark = pytest.mark.slow
 
 SLOW = {"DROPWIRE_BATCHES__CONCURRENCY": "2", "DROPWIRE_BATCHES__CHUNK_LINES": "10",
-        "DROPWIRE_BATCHES__SAVE_EVERY_LINES": "1"}
+        "DROPWIRE_BATCHES__SAVE_EVERY_LINES": "1", "DROPWIRE_BATCHES__SLICE_SECONDS": "1"}
 
 
 def drop(emulator, key: str, content: bytes) -> None:
@@ -90,6 +90,8 @@ def test_cancel_mid_run_keeps_finished_lines_and_a_retry_runs_the_rest(start_bat
     # Every line of the first batch ran once into an output: what was kept, then the rest.
     assert sum(upstream.answered.values()) >= 30
     assert "batch.cancelled" in [n.kind for n in emulator.store.outbox.notifications()]
+    # Its chunks ran in time slices (batches.slice_seconds), each going back to the queue.
+    assert emulator.store.query("SELECT count(*) FROM tasks WHERE result LIKE '%sliced%'")[0][0] > 0
 
 
 def test_a_batch_past_its_window_expires_keeping_what_finished(start_batches):

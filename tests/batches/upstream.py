@@ -95,3 +95,9 @@ def _prompt(body: dict[str, Any]) -> str:
 def chat_line(custom_id: str, prompt: str, *, url: str = "/v1/chat/completions", model: str = MODEL) -> dict:
     return {"custom_id": custom_id, "method": "POST", "url": url,
             "body": {"model": model, "messages": [{"role": "user", "content": prompt}]}}
+
+
+def serve(port: int, slow_seconds: float = 0.0) -> None:
+    """Run the server in this process until it is stopped (benchmarks run it on its own core)."""
+    server = Upstream(slow_seconds=slow_seconds, port=port)
+    server._server.run()
