@@ -198,9 +198,9 @@ def interactive(root: Path) -> None:
         _stop(runtime)
 
 
-def _rss_kib(pid: int) -> int:
-    """Resident memory of a process and its children, from /proc."""
-    total = 0
+def _rss_kib(pid: int) -> tuple[int, int]:
+    """Resident memory of a process, and of its children together, from /proc."""
+    own = children = 0
     pids = [pid]
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -213,10 +213,13 @@ def _rss_kib(pid: int) -> int:
         try:
             for line in (Path("/proc") / str(one) / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    if one == pid:
+                        own = int(line.split()[1])
+                    else:
+                        children += int(line.split()[1])
         except OSError:
             continue
-    return total
+    return own, children
 
 
 def memory(root: Path) -> None:
@@ -228,7 +231,7 @@ def memory(root: Path) -> None:
     try:
         client = _client(http_port)
         _run_batch(client, b"".join(_line(i) for i in range(200)))  # warm-up: every process has run a line
-        baseline = _rss_kib(emulator.pid)
+        base_own, base_children = _rss_kib(emulator.pid)
         source = root / "big.jsonl"
         with source.open("wb") as out:
             for i in range(BIG_LINES):
@@ -238,9 +241,12 @@ def memory(root: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         os.replace(source, target)  # dropped into the bucket whole
-        peak, output = baseline, data / "bucket" / "batch-outputs" / "big.output.jsonl"
+        peak = peak_own = peak_children = base_own + base_children
+        peak_own, peak_children = base_own, base_children
+        output = data / "bucket" / "batch-outputs" / "big.output.jsonl"
         while True:
-            peak = max(peak, _rss_kib(emulator.pid))
+            own, children = _rss_kib(emulator.pid)
+            peak, peak_own, peak_children = max(peak, own + children), max(peak_own, own), max(peak_children, children)
             done = [b for b in client.batches.list(limit=1).data if b.status in ("completed", "failed")]
             if done and output.exists():
                 break
@@ -248,9 +254,12 @@ def memory(root: Path) -> None:
         elapsed = time.perf_counter() - started
         print(f"file {size / 2**20:.0f} MiB, {BIG_LINES:,} lines -> {done[0].status} in {elapsed:.0f} s "
               f"({done[0].request_counts.completed:,} lines, output {output.stat().st_size / 2**20:.0f} MiB)")
+        baseline = base_own + base_children
         print(f"resident memory (emulator + handler processes): {baseline / 1024:.0f} MiB before, peak "
               f"{peak / 1024:.0f} MiB, growth {(peak - baseline) / 1024:.0f} MiB = {(peak - baseline) * 1024 / size:.2f}x "
               "the file's size", flush=True)
+        print(f"  of which the control plane (store, gateway): {base_own / 1024:.0f} -> {peak_own / 1024:.0f} MiB; "
+              f"handler processes: {base_children / 1024:.0f} -> {peak_children / 1024:.0f} MiB", flush=True)
     finally:
         _stop(emulator)
         upstream.terminate()
