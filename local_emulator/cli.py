@@ -65,6 +65,10 @@ app.command("reprocess")(reprocess)
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(events_app, name="events")
 
+from dropwire.local_emulator.cli_batches import batches_app  # noqa: E402
+
+app.add_typer(batches_app, name="batches")
+
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
