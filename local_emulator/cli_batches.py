@@ -6,20 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from dropwire.functions.batches import reads
+from dropwire.local_emulator.cli_context import console, current_settings
 from dropwire.local_emulator.control_plane import store_access
 
-console = Console()
 batches_app = typer.Typer(help="Batch inference: batches, their workers and benchmark figures.", no_args_is_help=True)
-
-
-def _settings():
-    from dropwire.local_emulator.cli import state
-
-    return state.settings()
 
 
 def _when(epoch: float | None) -> str:
@@ -29,7 +22,7 @@ def _when(epoch: float | None) -> str:
 @batches_app.command("list")
 def batches_list(limit: int = typer.Option(20, "--limit", help="How many, newest first.")) -> None:
     """Batches with their status and request counts."""
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         found = [reads.batch_object(store.query, batch_id) for batch_id in reads.batch_ids(store.query, limit=limit, after=None)]
     table = Table("batch", "status", "endpoint", "model", "total", "completed", "failed", "created", "output file")
     for b in found:
@@ -41,7 +34,7 @@ def batches_list(limit: int = typer.Option(20, "--limit", help="How many, newest
 @batches_app.command("workers")
 def batches_workers() -> None:
     """Workers that ran batch lines: alive or not, and when they last beat."""
-    settings = _settings()
+    settings = current_settings()
     with store_access(settings) as store:
         found = reads.workers(store.query, settings.batches.heartbeat_alive_seconds)
     table = Table("worker", "alive", "last beat", "batch", "chunk", "lines saved")
@@ -55,7 +48,7 @@ def batches_benchmarks(by: str = typer.Option("batch", "--by", help="batch (each
     """Lines/s, tokens/s and duration per finished batch or per model (table batch_benchmarks)."""
     if by not in ("batch", "model"):
         raise typer.BadParameter("--by is 'batch' or 'model'")
-    with store_access(_settings()) as store:
+    with store_access(current_settings()) as store:
         found = reads.benchmarks(store.query, by_model=by == "model")
     table = Table(by, "model", "batches", "lines", "failed", "tokens", "duration s", "lines/s", "tokens/s")
     for f in found:

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgspec
-import pyarrow as pa
 
-from dropwire.storage.batch import Batch, TableSpec
+from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
 from dropwire.storage.errors import DropwireError
 from dropwire.storage.writer import Facet
 
-_S, _I, _B, _F = pa.string(), pa.int32(), pa.int64(), pa.float64()
+_S, _I, _B, _F = STRING, INT32, INT64, EPOCH
 
 
 @dataclass(frozen=True, eq=False)
