@@ -3,6 +3,8 @@ emulate` serves by default (settings.functions)."""
 
 from __future__ import annotations
 
+from dropwire.functions.batches import api as batches_api
+from dropwire.functions.batches import handlers as batches_handlers
 from dropwire.functions.evaluation import api as evaluation_api
 from dropwire.functions.evaluation import handlers as evaluation_handlers
 from dropwire.functions.forecasts import handlers as forecast_handlers
@@ -13,6 +15,8 @@ from dropwire.functions.training_analysis import handlers as training_handlers
 functions = FunctionRegistry()
 forecast_handlers.register(functions)
 evaluation_handlers.register(functions)
+batches_handlers.register(functions)
 functions.http_api(evaluation_api.build_router)
 training_handlers.register(functions)
 functions.http_api(training_api.build_router)
+functions.http_api(batches_api.build_router)

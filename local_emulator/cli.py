@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from dropwire.local_emulator import cli_context
+from dropwire.local_emulator.cli_batches import batches_app
 from dropwire.local_emulator.cli_context import console
 from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app
 from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
@@ -64,6 +65,7 @@ app.command("invoke")(invoke)
 app.command("reprocess")(reprocess)
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(events_app, name="events")
+app.add_typer(batches_app, name="batches")
 
 
 def main() -> None:

@@ -76,6 +76,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "outbox.notifications": (lambda store, **kw: store.outbox.notifications(**kw), {}),
     "export": (lambda store, directory: str(store.export(directory)), {}),
     "query": (lambda store, **kw: store.query(**kw), {}),
+    "batches.record": (lambda store, **kw: store.batches.record(**kw), {}),
 }
 
 
@@ -175,6 +176,7 @@ class ControlClient:
         self.states = _RemoteStates(self)
         self.receipts = _RemoteReceipts(self)
         self.outbox = _RemoteOutbox(self)
+        self.batches = _RemoteBatches(self)
 
     def _connection(self) -> Connection:
         """One connection per thread, so a worker's long-poll claim never delays a heartbeat."""
@@ -304,6 +306,16 @@ class _RemoteReceipts:
 
     def fire_schedule(self, schedule: str, fire_time: float, spec: TaskSpec) -> int | None:
         return self._call("receipts.fire_schedule", int | None, schedule=schedule, fire_time=fire_time, spec=spec)
+
+
+class _RemoteBatches:
+    """The batches facet's records port, for handler processes: durable when it returns."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._call = client._call
+
+    def record(self, op: str, payload: Any) -> None:
+        self._call("batches.record", op=op, payload=msgspec.to_builtins(payload))
 
 
 class _RemoteOutbox:

@@ -97,8 +97,9 @@ def handler_config(settings: Settings) -> ChildConfig:
     return ChildConfig(
         functions=settings.functions, roots=settings.object_roots(), storage_options=settings.storage_options(),
         control_socket=str(settings.control_socket_path), control_authkey=settings.control_key(),
-        runtime_url=f"http://{settings.runtime.host}:{settings.runtime.port}",
-        mlflow_tracking_uri=settings.mlflow_uri, mlflow_artifact_location=settings.mlflow_artifact_location)
+        runtime_url=settings.runtime_url,
+        mlflow_tracking_uri=settings.mlflow_uri, mlflow_artifact_location=settings.mlflow_artifact_location,
+        config=settings.domain_config())
 
 
 class FunctionWorkers:

@@ -22,6 +22,7 @@ from litestar.params import Body, FromPath, FromQuery, JSONBody
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
+from dropwire.local_emulator.inference_proxy import build_inference_proxy
 from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.scheduler import Scheduler
 from dropwire.runtime.http_errors import exception_handlers
@@ -100,9 +101,11 @@ def _key_as_sent(request: Request, key: str) -> str:
 
 
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
-                  scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int, settings: Any = None) -> Litestar:
+                  scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int,
+                  config: dict[str, Any] | None = None, inference_url: str | None = None,
+                  inference_timeout_seconds: float = 120.0) -> Litestar:
     """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers);
-    `settings`: the product's settings, handed to the mounted APIs."""
+    `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to."""
 
     async def require_token(request: Request) -> None:
         if not api_tokens or request.url.path in ALWAYS_OPEN:
@@ -200,11 +203,17 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
-    ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, settings=settings)
+    ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, config=config or {})
+    forwarding, on_shutdown = [], []
+    if inference_url:
+        proxy, close_proxy = build_inference_proxy(inference_url, inference_timeout_seconds)
+        forwarding.append(proxy)
+        on_shutdown.append(close_proxy)
     return Litestar(
         route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
                         invocations, reprocess, run_schedule, assets_router(),
-                        *(factory(ports) for factory in functions.http_apis())],
+                        *(factory(ports) for factory in functions.http_apis()), *forwarding],
+        on_shutdown=on_shutdown,
         before_request=require_token,
         exception_handlers=exception_handlers(
             lambda: TooLarge(f"upload exceeds the limit of {max_upload_bytes} bytes")),

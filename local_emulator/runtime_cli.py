@@ -36,7 +36,7 @@ def serve() -> None:
     from dropwire.runtime.server import serve as run_server
 
     settings = current_settings()
-    run_server(settings.runtime, _model_source(settings))
+    run_server(settings.runtime, _model_source(settings), text_model_dir=settings.default_text_model_path)
 
 
 @runtime_app.command("train")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from dropwire.functions.platform.context import HandlerContext, StateChanges, StateReader
+from dropwire.functions.platform.context import DomainRecords, HandlerContext, StateChanges, StateReader
 from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
 from dropwire.functions.platform.registry import FunctionSpec, Invocation, load_functions
 from dropwire.functions.platform.tasks import PermanentTaskError
@@ -58,7 +58,7 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
 
 def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
             note_output: Callable[[str, str, int, str, int], None], runtime_url: str, mlflow_tracking_uri: str,
-            mlflow_artifact_location: str | None) -> Outcome:
+            mlflow_artifact_location: str | None, records: DomainRecords, config: dict[str, Any]) -> Outcome:
     """Call the handler with its context; what it asked to change comes back as effects."""
     invocation = request.invocation
     context = HandlerContext(
@@ -70,6 +70,7 @@ def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: 
         state=StateChanges(reader, triggered_by=f"function:{spec.name}"),
         runtime_url=runtime_url, mlflow_tracking_uri=mlflow_tracking_uri,
         mlflow_artifact_location=mlflow_artifact_location, log=logging.getLogger(f"dropwire.fn.{spec.name}"),
+        records=records, config=config,
     )
     try:
         result = spec.handler(invocation.event, context)
@@ -89,6 +90,8 @@ class ChildConfig(msgspec.Struct, frozen=True):
     runtime_url: str
     mlflow_tracking_uri: str
     mlflow_artifact_location: str | None
+    #: Domain sections of the settings (HandlerContext.config).
+    config: dict[str, Any] = {}
 
 
 def _exit_with_parent(poll_seconds: float = 0.5) -> None:
@@ -127,7 +130,7 @@ def _child_main(connection: Connection, config_bytes: bytes) -> None:
         except EOFError:
             return
         outcome = execute(registry.get(request.invocation.function), request, objects, client, note, config.runtime_url,
-                          config.mlflow_tracking_uri, config.mlflow_artifact_location)
+                          config.mlflow_tracking_uri, config.mlflow_artifact_location, client.batches, config.config)
         try:
             connection.send_bytes(msgspec.msgpack.encode(outcome))
         except (TypeError, msgspec.EncodeError) as exc:

@@ -20,6 +20,7 @@ import msgspec
 
 from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
 from dropwire.local_emulator.redact import mask_url
+from dropwire.functions.batches.settings import BatchSettings
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.errors import DropwireError
@@ -123,6 +124,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     notify: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
     training: TrainingAnalysisSettings = msgspec.field(default_factory=TrainingAnalysisSettings)
+    batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -148,6 +150,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     @property
     def default_model_path(self) -> Path:
         return self.data_path / "models" / "default-forecaster.pt"
+
+    @property
+    def default_text_model_path(self) -> Path:
+        """The embedded test language model (a Hugging Face directory), built at first start."""
+        return self.data_path / "models" / "default-textgen"
 
     @property
     def bucket_path(self) -> Path:
@@ -183,6 +190,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             except FileExistsError:  # another process made it first
                 return path.read_text().strip()
             return key
+
+    @property
+    def runtime_url(self) -> str:
+        return f"http://{self.runtime.host}:{self.runtime.port}"
+
+    @property
+    def inference_base_url(self) -> str:
+        """The OpenAI-compatible root that batch lines and direct /v1 requests go to."""
+        return self.batches.base_url or f"{self.runtime_url}/v1"
+
+    def domain_config(self) -> dict[str, Any]:
+        """The settings sections the product's domains read (HandlerContext.config, ApiPorts.config)."""
+        return {"batches": msgspec.to_builtins(self.batches), "training": msgspec.to_builtins(self.training)}
 
     @property
     def outbox_path(self) -> Path:

@@ -8,6 +8,7 @@ error body ``{error, message, details, timestamp}``.
     GET    /datasets/{handle}/forecasts?start=&stop=&wait=S         a range at background priority
     POST   /quick-draw?format=json|png      CSV body -> forecast of its last index, then forgotten
     GET    /health, GET /stats
+    /v1/...                             OpenAI-compatible text generation (textgen/api.py)
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from litestar import Litestar, Request, Response, delete, get, post
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Parameter
 
+from dropwire.runtime.host import RuntimeHost
 from dropwire.runtime.http_errors import exception_handlers
 from dropwire.runtime.http_options import complete_allow_header
 from dropwire.runtime.openapi import assets_router, error_responses, openapi_config, upload_operation
 from dropwire.runtime.plotting import fan_chart_png
 from dropwire.runtime.schemas import DatasetInfo, Deleted, Forecast, ForecastRange, Health, Stats
-from dropwire.runtime.service import ForecastService, upload_limit_error
+from dropwire.runtime.service import upload_limit_error
+from dropwire.runtime.textgen.api import textgen_router
 
 Format = Literal["json", "png"]
 # Answers even while shutting down: monitoring must see it happen.
@@ -49,7 +52,8 @@ def or_png(base: type[Operation] = Operation) -> type[Operation]:
     return ForecastOperation
 
 
-def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
+def create_app(host: RuntimeHost, log: logging.Logger) -> Litestar:
+    service = host.forecasts
     limit = service.settings.max_upload_bytes
 
     async def forecast_response(forecast: Forecast, output: Format) -> Response[Forecast]:
@@ -94,20 +98,21 @@ def create_app(service: ForecastService, log: logging.Logger) -> Litestar:
 
     @get("/stats", responses=error_responses(500))
     async def stats() -> Stats:
-        return service.stats()
+        return host.stats()
 
     async def refuse_when_shutting_down(request: Request) -> None:
         if request.url.path not in ALWAYS_OPEN:
-            service.ensure_accepting()
+            host.ensure_accepting()
 
+    textgen = [textgen_router(host.textgen)] if host.textgen else []
     return Litestar(
         route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats,
-                        assets_router()],
+                        assets_router(), *textgen],
         before_request=refuse_when_shutting_down,
         exception_handlers=exception_handlers(lambda: upload_limit_error(limit)),
         request_max_body_size=limit,
         before_send=[complete_allow_header],
         openapi_config=openapi_config("dropwire runtime", "0.1.0"),
-        on_shutdown=[service.shutdown],
+        on_shutdown=[host.shutdown],
         logging_config=None,
     )

@@ -1,5 +1,7 @@
 """Which forecast the device computes next: two lanes, shared futures, O(1) staleness.
 
+The forecast job kind's queues (the device owner in device.py runs them with the other kinds).
+
 - Interactive lane: a stack, popped last-in-first-out (the most recent click first), always
   before background work. A repeated click on a queued index moves it to the top.
 - Background lane: a cursor per dataset that walks its indices lazily, a small chunk at a
@@ -24,7 +26,6 @@ Futures are resolved outside the lock.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 import threading
@@ -32,10 +33,11 @@ import time
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
+from dropwire.runtime.device import Lane
 from dropwire.runtime.errors import DatasetGone, DatasetNotFound
 
 if TYPE_CHECKING:
@@ -45,11 +47,6 @@ if TYPE_CHECKING:
 # How far one background take may scan past already computed indices before it lets go
 # of the lock (the worker asks again at once).
 SCAN_LIMIT_PER_CHUNK = 64
-
-
-class Lane(str, enum.Enum):
-    INTERACTIVE = "interactive"
-    BACKGROUND = "background"
 
 
 @dataclass(eq=False)
@@ -129,6 +126,11 @@ class Scheduler:
         self._promoted = 0
         self._stale_dropped = 0
         self._failed = 0
+        self._on_work: Callable[[], None] = lambda: None
+
+    def on_work(self, wake: Callable[[], None]) -> None:
+        """Called (under the lock; it must not block) whenever new work is queued."""
+        self._on_work = wake
 
     def attach_results(self, results: BoundedCache, model_version: str) -> None:
         """The result cache comes after the model (start-up order: queues, model, caches)."""
@@ -206,7 +208,7 @@ class Scheduler:
                 self._coalesced += 1
                 if job.lane is Lane.INTERACTIVE and not job.taken:
                     self._stack.append(job)  # clicked again: the most recent click again
-                    self._wake.notify()
+                    self._notify()
                 return job.future, False
             if state.background and index >= state.cursor:
                 self._promoted += 1
@@ -215,7 +217,7 @@ class Scheduler:
             self._pending[job.key] = job
             state.jobs.add(job)
             self._stack.append(job)
-            self._wake.notify()
+            self._notify()
             return job.future, False
 
     def _requestable(self, handle: str) -> _DatasetState:
@@ -277,6 +279,17 @@ class Scheduler:
                     return None
                 self._wake.wait(remaining)
             return None
+
+    def next_background(self) -> Batch | None:
+        """One background chunk, without waiting (None also after a long computed stretch:
+        the device asks again)."""
+        with self._lock:
+            if self._closed is not None or self._results is None:
+                return None
+            jobs, more = self._take_background()
+            if more and not jobs:
+                self._notify()  # more to scan: come back at once
+            return Batch(Lane.BACKGROUND, jobs) if jobs else None
 
     def next_interactive(self) -> Batch | None:
         """Interactive jobs only, without waiting: what a paused background batch lets in."""
@@ -401,11 +414,15 @@ class Scheduler:
         # Stack entries and the rotation slot are skipped lazily when reached.
         return [job.future for job in state.jobs] + list(state.awaited.values())
 
+    def _notify(self) -> None:
+        self._wake.notify()
+        self._on_work()
+
     def _rotate(self, state: _DatasetState) -> None:
         if not state.rotating:
             state.rotating = True
             self._rotation.append(state.dataset.handle)
-            self._wake.notify()
+            self._notify()
 
     def _release_job(self, job: Job) -> None:
         if self._pending.get(job.key) is job:

@@ -6,9 +6,11 @@ import msgspec
 
 from dropwire.runtime.caches import CacheStats
 from dropwire.runtime.dataset import Dataset
+from dropwire.runtime.device import DeviceStats
+from dropwire.runtime.forecast_jobs import ForecastJobStats
 from dropwire.runtime.pipeline import ForecastResult
 from dropwire.runtime.scheduler import SchedulerStats
-from dropwire.runtime.worker import WorkerStats
+from dropwire.runtime.textgen.jobs import TextGenStats
 
 
 class DatasetInfo(msgspec.Struct, frozen=True):
@@ -109,14 +111,27 @@ class Health(msgspec.Struct, frozen=True):
     device: str
 
 
-class Stats(msgspec.Struct, frozen=True):
-    uptime_s: float
-    accepting: bool
+class ForecastStats(msgspec.Struct, frozen=True):
     model: ModelInfo
     data_cache: CacheStats
     result_cache: CacheStats
     scheduler: SchedulerStats
-    worker: WorkerStats
+    jobs: ForecastJobStats
+
+
+class Stats(msgspec.Struct, frozen=True):
+    uptime_s: float
+    accepting: bool
+    # The one device owner, shared by every job kind.
+    device: DeviceStats
+    # Forecast and KDE jobs (their fields at the top level, as before text generation came).
+    model: ModelInfo
+    data_cache: CacheStats
+    result_cache: CacheStats
+    scheduler: SchedulerStats
+    forecast_jobs: ForecastJobStats
+    # Text generation and embeddings; None when runtime.textgen.enabled is false.
+    textgen: TextGenStats | None
 
 
 def dataset_info(dataset: Dataset, *, precompute: bool, cached_results: int, background_remaining: int) -> DatasetInfo:

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from dropwire.runtime.app import create_app
+from dropwire.runtime.host import RuntimeHost
 from dropwire.runtime.model_source import ModelSource
-from dropwire.runtime.service import ForecastService
 from dropwire.runtime.settings import RuntimeSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _RuntimeServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, service: ForecastService) -> None:
+    def __init__(self, config: uvicorn.Config, service: RuntimeHost) -> None:
         super().__init__(config)
         self._service = service
 
@@ -40,11 +41,11 @@ class _RuntimeServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(settings: RuntimeSettings, model_source: ModelSource) -> None:
+def serve(settings: RuntimeSettings, model_source: ModelSource, *, text_model_dir: Path) -> None:
     logging.basicConfig(format=LOG_FORMAT)  # a no-op where the caller configured logging
     log = logging.getLogger("dropwire.runtime")
     log.setLevel(settings.log_level.upper())
-    service = ForecastService(settings, model_source, log)
+    service = RuntimeHost(settings, model_source, log, text_model_dir=text_model_dir)
     service.open()
     config = uvicorn.Config(
         create_app(service, log),

@@ -1,9 +1,5 @@
-"""The runtime's lifecycle and operations, independent of HTTP.
-
-Start: queues (the scheduler), then the model (a failure stops here), then the caches,
-then the device worker. Shutdown, in order: log a stats snapshot, stop accepting, stop the
-worker (everything pending fails with a clear error at once), unload the model, flush the
-queues and caches.
+"""The forecast runtime's operations, independent of HTTP, and its part of the lifecycle
+that host.py runs (queues, model, caches; on shutdown: close, unload, flush).
 
 Registration and deletion run on the event loop thread only, so the data cache and the
 scheduler's dataset table change together; the device worker only reads them through the
@@ -15,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import time
 from typing import Any
 
-import msgspec
 import torch
 
 from dropwire.runtime.caches import BoundedCache
 from dropwire.runtime.dataset import Dataset, parse_csv
+from dropwire.runtime.device import DeviceOwner
+from dropwire.runtime.forecast_jobs import ForecastJobs
 from dropwire.runtime.errors import DatasetGone, DatasetNotFound, InvalidRange, RequestTimedOut, ShuttingDown, UploadTooLarge
 from dropwire.runtime.model import LoadedModel
 from dropwire.runtime.model_source import ModelSource, open_model
@@ -33,41 +29,43 @@ from dropwire.runtime.schemas import (
     Deleted,
     Forecast,
     ForecastRange,
+    ForecastStats,
     Health,
     ModelInfo,
-    Stats,
     dataset_info,
     forecast_body,
     range_body,
 )
 from dropwire.runtime.settings import RuntimeSettings
-from dropwire.runtime.worker import DeviceWorker
 
 
 class ForecastService:
+    """Forecasts and KDE: their queues, model and caches. The host (host.py) runs the
+    lifecycle steps of every service in order and owns the device."""
+
+    name = "forecast"
+
     def __init__(self, settings: RuntimeSettings, model_source: ModelSource, log: logging.Logger) -> None:
         self.settings = settings
         self._source = model_source
         self._log = log
         self._accepting = False
-        self._started_at = time.monotonic()
-        self._shutdown_started = False
         self.scheduler: Scheduler | None = None
         self.model: LoadedModel | None = None
         self.data_cache: BoundedCache[str, Dataset] | None = None
         self.result_cache: BoundedCache[tuple[str, int, str], ForecastResult] | None = None
-        self.worker: DeviceWorker | None = None
+        self.jobs: ForecastJobs | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------
+    # -- lifecycle (called by the host, in this order) ------------------------------------
 
-    def open(self) -> None:
+    def open_queues(self, device: DeviceOwner) -> None:
         s = self.settings
-        self._log.info("starting: queues")
         self.scheduler = Scheduler(batch_size=s.batch_size, background_chunk=s.background_chunk)
-        if s.torch_threads:
-            torch.set_num_threads(s.torch_threads)
+        self.scheduler.on_work(device.wake)
+
+    def load_models(self) -> None:
         self._log.info("starting: model (%s)", self._source.describe())
-        self.model = open_model(self._source, s.device, self._log)
+        self.model = open_model(self._source, self.settings.device, self._log)
         self._log.info(
             "model %s loaded on %s (%d parameters, context %d)",
             self.model.version,
@@ -75,11 +73,13 @@ class ForecastService:
             self.model.parameters,
             self.model.context_length,
         )
-        self._log.info("starting: caches")
+
+    def open_caches(self, device: DeviceOwner) -> None:
+        s = self.settings
+        assert self.scheduler is not None and self.model is not None
         self.data_cache = BoundedCache(s.data_cache_max_bytes, on_evict=self._data_evicted)
         self.result_cache = BoundedCache(s.result_cache_max_bytes)
         self.scheduler.attach_results(self.result_cache, self.model.version)
-        self._log.info("starting: device worker")
         pipeline = ForecastPipeline(
             self.model,
             horizon=s.horizon,
@@ -88,42 +88,33 @@ class ForecastService:
             plot_paths=s.plot_paths,
             band_coverages=s.band_coverages,
         )
-        self.worker = DeviceWorker(self.scheduler, pipeline, self._log)
-        self.worker.start()
-        self._started_at = time.monotonic()
-        self._accepting = True
-        self._log.info("ready")
+        self.jobs = ForecastJobs(self.scheduler, pipeline, self._log)
+        device.add(self.jobs)
 
-    async def shutdown(self) -> None:
-        """The ordered shutdown; safe to call more than once."""
-        if self._shutdown_started or self.scheduler is None:
-            return
-        self._shutdown_started = True
-        self._log.info("shutdown: stats %s", msgspec.json.encode(self.stats()).decode())
-        self._log.info("shutdown: no longer accepting requests")
+    def start_accepting(self) -> None:
+        self._accepting = True
+
+    def stop_accepting(self) -> None:
         self._accepting = False
-        self._log.info("shutdown: stopping the device worker")
-        self.scheduler.close(ShuttingDown("the runtime is shutting down; this request was not computed"))
-        if self.worker is not None:
-            stopped = await asyncio.to_thread(self.worker.stop, self.settings.shutdown_timeout_s)
-            if not stopped:
-                self._log.warning(
-                    "the device worker did not stop within %ss; leaving it behind", self.settings.shutdown_timeout_s
-                )
-        self._log.info("shutdown: unloading the model")
+
+    def close_queues(self, error: Exception) -> None:
+        """Refuse new work; everything pending fails with ``error`` at once."""
+        if self.scheduler is not None:
+            self.scheduler.close(error)
+
+    def unload(self) -> None:
+        if self.jobs is not None:
+            self.jobs.unload()
         device = self.model.device if self.model else None
         self.model = None
         if device is not None and device.type == "cuda":
             torch.cuda.empty_cache()
-        datasets = self.scheduler.flush()
+
+    def flush(self) -> str:
+        datasets = self.scheduler.flush() if self.scheduler else 0
         data = self.data_cache.clear() if self.data_cache else 0
         results = self.result_cache.clear() if self.result_cache else 0
-        self._log.info(
-            "shutdown: flushed queues (%d datasets) and caches (%d datasets, %d results); stopped",
-            datasets,
-            data,
-            results,
-        )
+        return f"queues ({datasets} datasets) and caches ({data} datasets, {results} results)"
 
     def ensure_accepting(self) -> None:
         if not self._accepting:
@@ -209,11 +200,9 @@ class ForecastService:
         assert self.model is not None
         return Health(status="ok", model_version=self.model.version, device=str(self.model.device))
 
-    def stats(self) -> Stats:
+    def stats(self) -> ForecastStats:
         model = self.model
-        return Stats(
-            uptime_s=round(time.monotonic() - self._started_at, 3),
-            accepting=self._accepting,
+        return ForecastStats(
             model=ModelInfo(
                 version=model.version if model else "",
                 source=model.source if model else "",
@@ -225,7 +214,7 @@ class ForecastService:
             data_cache=self._data().stats(),
             result_cache=self._results().stats(),
             scheduler=self._scheduler().stats(),
-            worker=self._worker().stats(),
+            jobs=self._jobs().stats(),
         )
 
     # -- internals ------------------------------------------------------------------------
@@ -286,10 +275,10 @@ class ForecastService:
             raise ShuttingDown("the runtime is not started")
         return self.scheduler
 
-    def _worker(self) -> DeviceWorker:
-        if self.worker is None:
+    def _jobs(self) -> ForecastJobs:
+        if self.jobs is None:
             raise ShuttingDown("the runtime is not started")
-        return self.worker
+        return self.jobs
 
     def _data(self) -> BoundedCache[str, Dataset]:
         if self.data_cache is None:

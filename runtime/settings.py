@@ -6,7 +6,7 @@ data directory; the caller resolves them (the runtime never imports the emulator
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -15,6 +15,49 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Coverage = Annotated[float, msgspec.Meta(gt=0, lt=1)]
 
 MIB = 1024 * 1024
+
+
+class TextModelSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One served language model: a local Hugging Face model directory."""
+
+    # The id clients send as "model" (and GET /v1/models lists).
+    name: str
+    path: str
+    # generate: /v1/chat/completions and /v1/completions; embed: /v1/embeddings.
+    task: Literal["generate", "embed"] = "generate"
+    # vllm: vLLM's engine (the optional extra `vllm`, CUDA only); transformers otherwise.
+    backend: Literal["transformers", "vllm"] = "transformers"
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.path:
+            raise ValueError("each runtime.textgen.models entry needs a name and a path")
+        if self.backend == "vllm" and self.task != "generate":
+            raise ValueError(f"model {self.name!r}: the vllm backend serves task 'generate' only")
+
+
+class TextGenSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Text generation and embeddings (OpenAI-compatible /v1 endpoints) on the runtime."""
+
+    enabled: bool = True
+    # The models served. Empty: the embedded test models (a tiny causal LM and its embedding
+    # twin), built and trained under the data dir at first start; not a real language model.
+    # From the environment as JSON: '[{"name": "m", "path": "/models/m"}]'.
+    models: list[TextModelSettings] = []
+    # Weights' dtype on the device; "auto" keeps the dtype the model directory declares.
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = "float32"
+    # Optimiser steps of the embedded test model (a few seconds on one CPU core).
+    default_model_train_steps: Positive = 150
+    # Sequences decoded together per lane (the padded KV-cache batch).
+    max_batch_sequences: Positive = 16
+    # Decode steps of one background device step: an interactive request waits at most that.
+    background_decode_steps: Positive = 4
+    # Inputs embedded together in one device step.
+    max_embedding_batch: Positive = 32
+    # max_tokens when a request gives none (capped by what the context leaves).
+    default_max_tokens: Positive = 256
+    max_choices: Positive = 8
+    # Longest wait for a generation; a request past it stops consuming the device.
+    request_timeout_s: PositiveFloat = 300.0
 
 
 class RuntimeSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -65,6 +108,8 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     # Input limits.
     max_upload_bytes: Positive = 50 * MIB
     max_series: Positive = 32
+
+    textgen: TextGenSettings = msgspec.field(default_factory=TextGenSettings)
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):

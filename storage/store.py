@@ -11,6 +11,8 @@ is a facet built on that writer, with its own promises (see each module's docstr
                    task status and stats                      storage/queue.py
 - `store.receipts` object-event receipts, output lineage, schedule runs  storage/receipts.py
 - `store.outbox`   notifications: listing and recording delivery          storage/outbox.py
+- `store.batches`  batch inference: files, batches, line results, heartbeats, figures
+                                                              storage/batches.py
 - `store.query(sql)`, `store.export(dir)`: read-only SQL and Parquet snapshots of it all.
 
 A new domain table arrives as a migration (storage/migrations/NNNN_*.sql) plus a module with
@@ -28,6 +30,7 @@ from typing import Iterable
 import duckdb
 
 from dropwire.storage import migrate
+from dropwire.storage.batches import Batches
 from dropwire.storage.database import connect
 from dropwire.storage.errors import Conflict
 from dropwire.storage.outbox import Outbox
@@ -54,6 +57,7 @@ class Store:
         self.states = States(self.writer, machines, self.tasks, self.outbox)
         self.queue = Queue(self.writer, settings, self.tasks, self.states)
         self.receipts = Receipts(self.writer, self.tasks)
+        self.batches = Batches(self.writer)
         self.writer.start()
 
     @classmethod

@@ -33,7 +33,7 @@ def test_errors_print_one_line_and_no_traceback(run_cli, dropwire_env, data_dir)
 def test_db_commands_upgrade_downgrade_and_report(run_cli, data_dir):
     assert run_cli("db", "upgrade").returncode == 0
     current = run_cli("db", "current")
-    assert "schema version 5" in current.stdout and "0005_task_on_retry" in current.stdout
+    assert "schema version 6" in current.stdout and "0006_batches" in current.stdout
     assert run_cli("db", "downgrade", "1").returncode == 0
     assert "schema version 1" in run_cli("db", "current").stdout
     with duckdb.connect(str(data_dir / "dropwire.duckdb")) as con:

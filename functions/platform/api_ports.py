@@ -5,7 +5,7 @@ reads committed state, and invokes HTTP-triggered functions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from dropwire.functions.platform.objects import ObjectStore
@@ -49,8 +49,8 @@ class ApiPorts:
     store: ReadOnlyStore
     #: invoke(function name, JSON body) -> the id of the queued invocation task.
     invoke: Callable[[str, Any], int]
-    #: The product's settings (local_emulator.settings.Settings); an API reads its own section.
-    settings: Any = None
+    #: Domain sections of the settings by name (e.g. "batches"), as builtins.
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 ApiFactory = Callable[[ApiPorts], "Router"]

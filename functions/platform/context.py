@@ -12,6 +12,14 @@ from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
 from dropwire.storage.records import EntityCreate, Effects, NotificationRequest, TaskSpec, TransitionRequest
 
 
+class DomainRecords(Protocol):
+    """Rows a domain saves while its handler runs (a batch's line results as they complete),
+    durable when the call returns: the named operations of the domain's store facet (e.g.
+    storage/batches.py OPS), never arbitrary SQL."""
+
+    def record(self, op: str, payload: Any) -> None: ...
+
+
 class CurrentState(Protocol):
     def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
 
@@ -88,6 +96,9 @@ class HandlerContext:
     mlflow_tracking_uri: str
     mlflow_artifact_location: str | None
     log: logging.Logger
+    records: DomainRecords
+    #: Domain sections of the settings by name (e.g. "batches"), as builtins.
+    config: dict[str, Any] = field(default_factory=dict)
 
     def remaining_seconds(self) -> float:
         return max(0.0, self.deadline - time.time())

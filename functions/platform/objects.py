@@ -8,7 +8,7 @@ import posixpath
 import unicodedata
 import uuid
 from datetime import datetime, timezone
-from typing import IO, Callable
+from typing import IO, Callable, Iterable
 
 import fsspec
 
@@ -98,19 +98,25 @@ class ObjectStore:
     def write_bytes(self, bucket: str, key: str, data: bytes) -> str:
         """Write atomically (a hidden temporary name, then a rename on local folders) so that
         a watcher never sees a half-written object; returns the object's URL."""
+        return self.write_stream(bucket, key, [data])[0]
+
+    def write_stream(self, bucket: str, key: str, parts: Iterable[bytes]) -> tuple[str, int]:
+        """write_bytes for content made piece by piece (never whole in memory); returns the
+        object's URL and its size."""
         fs, root = self.filesystem(bucket)
         target = posixpath.join(root, check_key(key))
         parent = posixpath.dirname(target)
         fs.makedirs(parent, exist_ok=True)
-        if "file" in fs.protocol:
-            temporary = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp")
-            with fs.open(temporary, "wb") as out:
-                out.write(data)
-            fs.mv(temporary, target)
-        else:
-            with fs.open(target, "wb") as out:
-                out.write(data)
-        return self.url(bucket, key)
+        local = "file" in fs.protocol
+        path = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp") if local else target
+        size = 0
+        with fs.open(path, "wb") as out:
+            for part in parts:
+                out.write(part)
+                size += len(part)
+        if local:
+            fs.mv(path, target)
+        return self.url(bucket, key), size
 
 class ObjectWriter:
     """What a handler writes with: only under its declared outputs, each write noted with
@@ -125,14 +131,17 @@ class ObjectWriter:
         self.written: list[tuple[str, str]] = []
 
     def write_bytes(self, bucket: str, key: str, data: bytes) -> str:
+        return self.write_stream(bucket, key, [data])[0]
+
+    def write_stream(self, bucket: str, key: str, parts: Iterable[bytes]) -> tuple[str, int]:
         check_key(key)
         if not self._may_write(bucket, key):
             raise OutputNotDeclared(f"function {self._function!r} may not write {bucket}/{key}: it is outside the "
                                     "output prefixes the function declared")
         self._note(bucket, key)
-        url = self.store.write_bytes(bucket, key, data)
+        written = self.store.write_stream(bucket, key, parts)
         self.written.append((bucket, key))
-        return url
+        return written
 
     def put_file(self, bucket: str, key: str, local_path: str) -> str:
         with open(local_path, "rb") as source:

@@ -110,7 +110,7 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
 
 
 def build_router(ports: ApiPorts) -> Router:
-    api = _Analyses(ports, getattr(ports.settings, "training", None) or TrainingAnalysisSettings())
+    api = _Analyses(ports, msgspec.convert(ports.config.get("training", {}), TrainingAnalysisSettings))
 
     @post("/analyze", status_code=200, summary="Analyse a training run",
           description="Sync (default) answers 200 with the AnalysisResult once it is done (202 with the request id if it "

@@ -34,7 +34,8 @@ from dropwire.runtime.scheduler import Job, Lane, Scheduler
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.runtime.synthetic import generated_csv
 from dropwire.runtime.training import train_default_model
-from dropwire.runtime.worker import DeviceWorker
+from dropwire.runtime.device import DeviceOwner
+from dropwire.runtime.forecast_jobs import ForecastJobs
 
 SETTINGS = RuntimeSettings(torch_threads=1)  # production forecast shape and scheduling
 BACKLOG = 100_000
@@ -95,10 +96,11 @@ def bench_kde(device: torch.device) -> None:
 # -- priority and throughput -----------------------------------------------------------------
 
 
-def device_runtime(model: LoadedModel) -> tuple[Scheduler, DeviceWorker]:
+def device_runtime(model: LoadedModel) -> tuple[Scheduler, DeviceOwner]:
     scheduler = Scheduler(batch_size=SETTINGS.batch_size, background_chunk=SETTINGS.background_chunk)
     scheduler.attach_results(BoundedCache(SETTINGS.result_cache_max_bytes), model.version)
-    worker = DeviceWorker(scheduler, pipeline_for(model), LOG)
+    worker = DeviceOwner([ForecastJobs(scheduler, pipeline_for(model), LOG)], LOG)
+    scheduler.on_work(worker.wake)
     worker.start()
     return scheduler, worker
 

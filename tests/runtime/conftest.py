@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from dropwire.runtime.dataset import Dataset, parse_csv
-from dropwire.runtime.settings import RuntimeSettings
+from dropwire.runtime.settings import RuntimeSettings, TextGenSettings
 from dropwire.runtime.synthetic import generated_csv
 from dropwire.runtime.training import train_default_model
 from tests.conftest import DROPWIRE, REPO, wait_for
@@ -35,7 +35,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_settings(**overrides: object) -> RuntimeSettings:
-    return RuntimeSettings(**{**SMALL, **overrides})  # type: ignore[arg-type]
+    """Forecast settings; text generation off unless ``textgen`` is given (it builds a model)."""
+    return RuntimeSettings(**{**SMALL, "textgen": TextGenSettings(enabled=False), **overrides})  # type: ignore[arg-type]
 
 
 def dataset(rows: int, series: int = 1, seed: int = 0) -> Dataset:
@@ -61,22 +62,25 @@ class RuntimeProcess:
         return httpx.get(f"{self.url}/stats", timeout=10).json()
 
 
-def runtime_env(data_dir: Path, port: int, **runtime: object) -> dict[str, str]:
+def runtime_env(data_dir: Path, port: int, *, textgen: bool = False, **runtime: object) -> dict[str, str]:
+    """The runtime's environment; text generation off unless asked for (sections of it as
+    ``textgen__<field>=...``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWIRE_")}
-    env.update(DROPWIRE_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO), DROPWIRE_RUNTIME__PORT=str(port))
+    env.update(DROPWIRE_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO), DROPWIRE_RUNTIME__PORT=str(port),
+               DROPWIRE_RUNTIME__TEXTGEN__ENABLED=str(textgen).lower())
     for name, value in {**SMALL, **runtime}.items():
         env[f"DROPWIRE_RUNTIME__{name.upper()}"] = str(value)
     return env
 
 
-def start_runtime(data_dir: Path, **runtime: object) -> RuntimeProcess:
+def start_runtime(data_dir: Path, *, textgen: bool = False, **runtime: object) -> RuntimeProcess:
     """Start `dropwire runtime serve` and wait (bounded) until /health answers."""
     port = free_port()
     log_path = data_dir / f"runtime-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [*DROPWIRE, "runtime", "serve"], env=runtime_env(data_dir, port, **runtime), cwd=REPO,
+            [*DROPWIRE, "runtime", "serve"], env=runtime_env(data_dir, port, textgen=textgen, **runtime), cwd=REPO,
             stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"

@@ -10,7 +10,8 @@ import pytest
 
 from dropwire.runtime.errors import DatasetNotFound, RequestTimedOut, ShuttingDown
 from dropwire.runtime.model_source import ModelSource
-from dropwire.runtime.service import ForecastService, wait_bounded
+from dropwire.runtime.host import RuntimeHost
+from dropwire.runtime.service import wait_bounded
 from dropwire.runtime.synthetic import generated_csv
 from tests.runtime.conftest import LOG_FOR_TESTS, small_settings
 
@@ -28,10 +29,10 @@ def test_a_wait_times_out_clearly_without_cancelling_the_shared_computation() ->
     asyncio.run(scenario())
 
 
-def service_for(tiny_model: Path, tmp_path: Path, **overrides: object) -> ForecastService:
+def service_for(tiny_model: Path, tmp_path: Path, **overrides: object) -> RuntimeHost:
     settings = small_settings(model_path=str(tiny_model), **overrides)
     source = ModelSource.from_settings(settings, default_path=tmp_path / "unused.pt", tracking_uri="")
-    service = ForecastService(settings, source, LOG_FOR_TESTS)
+    service = RuntimeHost(settings, source, LOG_FOR_TESTS, text_model_dir=tmp_path / "unused-textgen")
     service.open()
     return service
 
@@ -48,13 +49,13 @@ def test_eviction_from_the_data_cache_forgets_the_dataset_and_its_work(tiny_mode
             await service.shutdown()
 
     async def checks() -> None:
-        first, _ = await service.upload(first_csv, precompute=True)
-        second, _ = await service.upload(second_csv, precompute=False)
+        first, _ = await service.forecasts.upload(first_csv, precompute=True)
+        second, _ = await service.forecasts.upload(second_csv, precompute=False)
         with pytest.raises(DatasetNotFound, match="deleted or evicted"):
-            service.info(first.handle)
+            service.forecasts.info(first.handle)
         assert service.stats().data_cache.evictions == 1
         assert service.stats().scheduler.background_remaining == 0  # its precompute went with it
-        forecast = await service.forecast(second.handle, second.last_index)
+        forecast = await service.forecasts.forecast(second.handle, second.last_index)
         assert forecast.source == "interactive"
 
     asyncio.run(scenario())
@@ -70,8 +71,8 @@ def test_shutdown_fails_waiting_requests_and_refuses_new_ones(tiny_model: Path, 
             await service.shutdown()  # a no-op after the one under test
 
     async def checks() -> None:
-        info, _ = await service.upload(generated_csv(400, seed=43), precompute=False)
-        waiting = [asyncio.create_task(service.forecast(info.handle, index)) for index in range(100, 140)]
+        info, _ = await service.forecasts.upload(generated_csv(400, seed=43), precompute=False)
+        waiting = [asyncio.create_task(service.forecasts.forecast(info.handle, index)) for index in range(100, 140)]
         while service.stats().scheduler.interactive_queued < 30:
             await asyncio.sleep(0.005)
         await service.shutdown()
@@ -79,10 +80,10 @@ def test_shutdown_fails_waiting_requests_and_refuses_new_ones(tiny_model: Path, 
         refused = [o for o in outcomes if isinstance(o, ShuttingDown)]
         assert refused and all(isinstance(o, ShuttingDown) or o.index >= 100 for o in outcomes)
         with pytest.raises(ShuttingDown):
-            await service.upload(generated_csv(50, seed=44), precompute=False)
+            await service.forecasts.upload(generated_csv(50, seed=44), precompute=False)
         stats = service.stats()
-        assert not stats.accepting and not stats.worker.alive
+        assert not stats.accepting and not stats.device.alive
         assert (stats.data_cache.entries, stats.result_cache.entries, stats.scheduler.datasets) == (0, 0, 0)
-        assert service.model is None
+        assert service.forecasts.model is None
 
     asyncio.run(scenario())

@@ -1,4 +1,4 @@
-"""The device worker with the real model, pipeline and scheduler: LIFO order on the device,
+"""The device owner running the forecast job kind with the real model, pipeline and scheduler: LIFO order on the device,
 background batches pausing for clicks between device steps, stale batches abandoned, and
 forecasts that do not depend on which lane or batch computed them."""
 
@@ -17,7 +17,8 @@ from dropwire.runtime.errors import ComputeFailed, DatasetGone, ShuttingDown
 from dropwire.runtime.model import LoadedModel, load_model
 from dropwire.runtime.pipeline import ForecastPipeline
 from dropwire.runtime.scheduler import Job, Lane, Scheduler
-from dropwire.runtime.worker import DeviceWorker
+from dropwire.runtime.device import DeviceOwner
+from dropwire.runtime.forecast_jobs import ForecastJobs
 from tests.conftest import wait_for
 from tests.runtime.conftest import LOG_FOR_TESTS, SMALL, dataset
 
@@ -62,13 +63,28 @@ class GatedPipeline(ForecastPipeline):
         return (yield from steps)
 
 
+class ForecastDevice:
+    """The device owner with the forecast kind alone, as the runtime wires them."""
+
+    def __init__(self, scheduler: Scheduler, pipeline: ForecastPipeline) -> None:
+        self.jobs = ForecastJobs(scheduler, pipeline, LOG_FOR_TESTS)
+        self.owner = DeviceOwner([self.jobs], LOG_FOR_TESTS)
+        scheduler.on_work(self.owner.wake)
+
+    def start(self) -> None:
+        self.owner.start()
+
+    def stop(self, timeout: float) -> bool:
+        return self.owner.stop(timeout)
+
+
 @pytest.fixture
-def device(model: LoadedModel) -> Iterator[tuple[Scheduler, BoundedCache, GatedPipeline, DeviceWorker]]:
+def device(model: LoadedModel) -> Iterator[tuple[Scheduler, BoundedCache, GatedPipeline, ForecastDevice]]:
     scheduler = Scheduler(batch_size=1, background_chunk=4)
     cache: BoundedCache = BoundedCache(10**9)
     scheduler.attach_results(cache, model.version)
     pipeline = GatedPipeline(model)
-    worker = DeviceWorker(scheduler, pipeline, LOG_FOR_TESTS)
+    worker = ForecastDevice(scheduler, pipeline)
     yield scheduler, cache, pipeline, worker
     pipeline.gate.set()
     scheduler.close(ShuttingDown("test over"))
@@ -94,7 +110,7 @@ def test_the_device_answers_the_most_recent_click_first(device) -> None:  # noqa
     for future in futures.values():
         future.result(timeout=30)
     assert order == list(reversed(clicks))
-    assert worker.stats().batches_interactive == len(clicks)
+    assert worker.jobs.stats().batches_interactive == len(clicks)
 
 
 def test_a_click_runs_between_two_steps_of_a_background_batch(device) -> None:  # noqa: ANN001
@@ -112,7 +128,7 @@ def test_a_click_runs_between_two_steps_of_a_background_batch(device) -> None:  
     result = click.result(timeout=30)
     assert result.lane == "interactive"
     assert events == ["click with 4 background in flight"]  # the chunk was still unfinished
-    assert worker.stats().preemptions == 1
+    assert worker.owner.stats().preemptions == 1
 
 
 def test_a_background_batch_is_abandoned_when_its_dataset_is_deleted(device) -> None:  # noqa: ANN001
@@ -123,7 +139,7 @@ def test_a_background_batch_is_abandoned_when_its_dataset_is_deleted(device) -> 
     assert pipeline.holding.wait(30)
     scheduler.remove_dataset(data.handle, DatasetGone("deleted"))
     pipeline.gate.set()
-    wait_for(lambda: worker.stats().abandoned == 1, timeout=30, what="the stale batch to be abandoned")
+    wait_for(lambda: worker.jobs.stats().abandoned == 1, timeout=30, what="the stale batch to be abandoned")
     stats = scheduler.stats()
     assert stats.stale_dropped == 4 and stats.computed_background == 0
     assert cache.stats().entries == 0
@@ -177,7 +193,7 @@ def test_a_failed_batch_answers_its_waiters_and_the_worker_goes_on(model: Loaded
     base = pipeline_for(model)
     pipeline = FailingOncePipeline(model, horizon=base.horizon, num_samples=base.num_samples,
                                    grid_points=base.grid_points, plot_paths=base.plot_paths, band_coverages=(0.5,))
-    worker = DeviceWorker(scheduler, pipeline, LOG_FOR_TESTS)
+    worker = ForecastDevice(scheduler, pipeline)
     data = dataset(rows=40)
     scheduler.add_dataset(data, background=False)
     failed, _ = scheduler.submit(data.handle, 20)
@@ -188,7 +204,7 @@ def test_a_failed_batch_answers_its_waiters_and_the_worker_goes_on(model: Loaded
         assert scheduler.submit(data.handle, 21)[0].result(timeout=30).index == 21
         retried, cached = scheduler.submit(data.handle, 20)  # a failure is not cached: it is retried
         assert not cached and retried.result(timeout=30).index == 20
-        assert worker.stats().alive and scheduler.stats().failed == 1
+        assert worker.owner.stats().alive and scheduler.stats().failed == 1
     finally:
         scheduler.close(ShuttingDown("test over"))
         worker.stop(10)

@@ -1,0 +1,1 @@
+"""Batch inference: OpenAI's Files and Batch API, and batches dropped as JSONL files."""

@@ -1,0 +1,232 @@
+"""OpenAI's Files and Batch API under /v1, in OpenAI's exact shapes, so the unmodified
+official client works with only base_url and api_key set (the gateway's bearer tokens).
+
+File bytes go into the bucket (under batch-files/, which no trigger watches); every change
+(a file registered or deleted, a batch created, cancelled or retried) is an HTTP-triggered
+function of functions/batches/handlers.py that the request waits for, so the API itself
+writes no state. Reads come from the committed state (functions/batches/reads.py).
+Beyond OpenAI: ``POST /v1/batches/{id}/retry`` makes a new batch of the lines of a finished
+batch that failed, were cancelled or expired."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import IO, Annotated, Any, Iterator
+
+import msgspec
+from litestar import Request, Router, delete, get, post
+from litestar.concurrency import sync_to_thread
+from litestar.datastructures import UploadFile
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.response import Stream
+
+from dropwire.functions.batches import reads
+from dropwire.functions.batches.core.output import BatchList, BatchObject, FileDeletedObject, FileList, FileObject
+from dropwire.functions.batches.core.validation import ENDPOINTS, check_upload
+from dropwire.functions.batches.handlers import (
+    CANCEL_FUNCTION,
+    CREATE_FUNCTION,
+    FILES_FUNCTION,
+    FILES_PREFIX,
+    RETRY_FUNCTION,
+)
+from dropwire.functions.batches.settings import batch_settings
+from dropwire.functions.batches.states import TERMINAL, BatchState as B
+from dropwire.functions.platform.api_ports import ApiPorts
+from dropwire.storage.errors import Conflict, DropwireError
+
+# A write waits this long for the handler it fires; past it the answer is 503 (ask again).
+MAX_WAIT_S = 60.0
+POLL_S = 0.02
+PURPOSES = ("batch",)
+MAX_LIST = 100
+# OpenAI's bounds for expires_after[seconds] (one hour to thirty days).
+EXPIRY_BOUNDS = (3600, 30 * 86400)
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIST, description="items per page")]
+
+
+class InvalidRequest(DropwireError):
+    code = "invalid_request_error"
+
+
+class FileTooLarge(DropwireError):
+    http_status = 413
+    code = "file_too_large"
+
+
+class NotReady(DropwireError):
+    http_status = 503
+    code = "not_ready"
+
+
+class HandlerRefused(Conflict):
+    code = "refused_by_handler"
+
+
+class NotCancellable(Conflict):
+    code = "batch_not_cancellable"
+
+
+class CreateBatch(msgspec.Struct, kw_only=True):
+    input_file_id: str
+    endpoint: str
+    completion_window: str
+    metadata: dict[str, str] | None = None
+
+
+def _chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    with stream:
+        while chunk := stream.read(size):
+            yield chunk
+
+
+def build_router(ports: ApiPorts) -> Router:
+    settings = batch_settings(ports.config)
+    query = ports.store.query
+
+    def run(function: str, body: Any) -> Any:
+        """Invoke an HTTP-triggered function and wait for it; its refusal is a 409 with its message."""
+        task_id = ports.invoke(function, msgspec.to_builtins(body))
+        deadline = time.monotonic() + MAX_WAIT_S
+        while time.monotonic() < deadline:
+            status = ports.store.queue.task(task_id)
+            if status.status == "succeeded":
+                return status.result
+            if status.status == "dead":
+                raise HandlerRefused(status.last_error or f"{function} refused the request", task_id=task_id)
+            time.sleep(POLL_S)
+        raise NotReady(f"{function} did not finish within {MAX_WAIT_S:.0f}s; see GET /tasks/{task_id}", task_id=task_id)
+
+    # ------------------------------------------------------------ files
+
+    @post("/files", status_code=200)
+    async def create_file(request: Request) -> FileObject:
+        form = await request.form()
+        purpose, upload = form.get("purpose"), form.get("file")
+        if purpose not in PURPOSES:
+            raise InvalidRequest(f"purpose must be one of {list(PURPOSES)}, got {purpose!r}", param="purpose")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("the multipart upload has no file in field 'file'", param="file")
+        expires_at = _expiry(form.get("expires_after[anchor]"), form.get("expires_after[seconds]"))
+        return await sync_to_thread(store_file, upload, purpose, expires_at)
+
+    def store_file(upload: UploadFile, purpose: str, expires_at: float | None) -> FileObject:
+        stream = upload.file
+        size = stream.seek(0, 2)
+        if size > settings.max_bytes:
+            raise FileTooLarge(f"the file has {size} bytes; the limit is {settings.max_bytes} bytes (batches.max_bytes)",
+                               limit=settings.max_bytes)
+        stream.seek(0)
+        problems = check_upload(stream, max_lines=settings.max_lines, max_bytes=settings.max_bytes)
+        if problems:
+            raise InvalidRequest(f"{upload.filename}: " + "; ".join(p.message for p in problems),
+                                 errors=msgspec.json.encode(problems).decode())
+        file_id = f"file-{uuid.uuid4().hex[:24]}"
+        key = f"{FILES_PREFIX}{file_id}.jsonl"
+        stream.seek(0)
+        _, written = ports.objects.write_stream(ports.bucket, key, iter(lambda: stream.read(1 << 20), b""))
+        now = time.time()
+        run(FILES_FUNCTION, {"action": "add", "id": file_id, "filename": upload.filename or "input.jsonl",
+                             "purpose": purpose, "bytes": written, "key": key, "created_at": now,
+                             "expires_at": expires_at and now + expires_at})
+        return reads.file(query, file_id).public()
+
+    @get("/files", sync_to_thread=True)
+    def list_files(purpose: FromQuery[str | None] = None, limit: Limit = 20, order: FromQuery[str] = "desc",
+                   after: FromQuery[str | None] = None) -> FileList:
+        if order not in ("asc", "desc"):
+            raise InvalidRequest(f"order must be 'asc' or 'desc', got {order!r}", param="order")
+        if after is not None:
+            reads.file(query, after)
+        found = reads.files(query, purpose=purpose, limit=limit + 1, newest_first=order == "desc", after=after)
+        page = [f.public() for f in found[:limit]]
+        return FileList(data=page, has_more=len(found) > limit, first_id=page[0].id if page else None,
+                        last_id=page[-1].id if page else None)
+
+    @get("/files/{file_id:str}", sync_to_thread=True)
+    def get_file(file_id: FromPath[str]) -> FileObject:
+        return reads.file(query, file_id).public()
+
+    @get("/files/{file_id:str}/content", sync_to_thread=True)
+    def file_content(file_id: FromPath[str]) -> Stream:
+        found = reads.file(query, file_id)
+        return Stream(_chunks(ports.objects.open(found.bucket, found.key)), media_type="application/octet-stream")
+
+    @delete("/files/{file_id:str}", status_code=200, sync_to_thread=True)
+    def delete_file(file_id: FromPath[str]) -> FileDeletedObject:
+        reads.file(query, file_id)
+        run(FILES_FUNCTION, {"action": "delete", "id": file_id})
+        return FileDeletedObject(id=file_id)
+
+    # ------------------------------------------------------------ batches
+
+    @post("/batches", status_code=200, sync_to_thread=True)
+    def create_batch(data: JSONBody[CreateBatch]) -> BatchObject:
+        if data.endpoint not in ENDPOINTS:
+            raise InvalidRequest(f"endpoint must be one of {list(ENDPOINTS)}, got {data.endpoint!r}", param="endpoint")
+        if data.completion_window not in settings.completion_windows:
+            raise InvalidRequest(f"completion_window must be one of {settings.completion_windows}, got "
+                                 f"{data.completion_window!r}", param="completion_window")
+        source = reads.file(query, data.input_file_id)
+        if source.purpose != "batch":
+            raise InvalidRequest(f"file {source.id} has purpose {source.purpose!r}; a batch's input must have purpose "
+                                 "'batch'", param="input_file_id")
+        batch_id = f"batch_{uuid.uuid4().hex[:24]}"
+        run(CREATE_FUNCTION, {"id": batch_id, "input_file_id": data.input_file_id, "endpoint": data.endpoint,
+                              "completion_window": data.completion_window, "metadata": data.metadata})
+        return reads.batch_object(query, batch_id)
+
+    @get("/batches/{batch_id:str}", sync_to_thread=True)
+    def get_batch(batch_id: FromPath[str]) -> BatchObject:
+        return reads.batch_object(query, batch_id)
+
+    @get("/batches", sync_to_thread=True)
+    def list_batches(limit: Limit = 20, after: FromQuery[str | None] = None) -> BatchList:
+        if after is not None:
+            reads.batch(query, after)
+        ids = reads.batch_ids(query, limit=limit + 1, after=after)
+        page = [reads.batch_object(query, batch_id) for batch_id in ids[:limit]]
+        return BatchList(data=page, has_more=len(ids) > limit, first_id=page[0].id if page else None,
+                         last_id=page[-1].id if page else None)
+
+    @post("/batches/{batch_id:str}/cancel", status_code=200, sync_to_thread=True)
+    def cancel_batch(batch_id: FromPath[str]) -> BatchObject:
+        status = reads.status(query, batch_id)
+        if status not in (B.IN_PROGRESS, B.CANCELLING):
+            raise NotCancellable(f"batch {batch_id} is {status}: only a batch in progress can be cancelled",
+                                 status=status)
+        run(CANCEL_FUNCTION, {"id": batch_id})
+        return reads.batch_object(query, batch_id)
+
+    @post("/batches/{batch_id:str}/retry", status_code=200, sync_to_thread=True)
+    def retry_batch(batch_id: FromPath[str]) -> BatchObject:
+        status = reads.status(query, batch_id)
+        if status not in TERMINAL or status == B.FAILED:
+            raise Conflict(f"batch {batch_id} is {status}: its lines can be retried once it is completed, cancelled or "
+                           "expired", status=status)
+        new_id = f"batch_{uuid.uuid4().hex[:24]}"
+        run(RETRY_FUNCTION, {"id": batch_id, "new_id": new_id, "new_file_id": f"file-{uuid.uuid4().hex[:24]}"})
+        return reads.batch_object(query, new_id)
+
+    return Router("/v1", route_handlers=[create_file, list_files, get_file, file_content, delete_file, create_batch,
+                                         get_batch, list_batches, cancel_batch, retry_batch], tags=["batches"])
+
+
+def _expiry(anchor: Any, seconds: Any) -> float | None:
+    """Seconds after creation at which the file expires (OpenAI's expires_after), or None."""
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest(f"expires_after[anchor] must be 'created_at', got {anchor!r}", param="expires_after[anchor]")
+    try:
+        value = int(seconds)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"expires_after[seconds] must be a whole number, got {seconds!r}",
+                             param="expires_after[seconds]") from None
+    low, high = EXPIRY_BOUNDS
+    if not low <= value <= high:
+        raise InvalidRequest(f"expires_after[seconds] must be between {low} and {high}, got {value}",
+                             param="expires_after[seconds]")
+    return float(value)

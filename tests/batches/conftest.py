@@ -1,0 +1,72 @@
+"""A real emulator serving the product's catalog, with its batch lines sent to a real
+OpenAI-compatible server on loopback, and the unmodified official `openai` client pointed
+at the gateway with only base_url and api_key."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Callable, Iterator
+
+import openai
+import pytest
+
+from dropwire.local_emulator.emulator import Emulator
+from tests.batches.upstream import Upstream
+from tests.conftest import wait_for
+from tests.platform.conftest import emulator_settings
+
+TOKEN = "batch-test-token"
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def batch_env(upstream: Upstream, **env: str) -> dict[str, str]:
+    return {"DROPWIRE_FUNCTIONS": "dropwire.functions.catalog:functions", "DROPWIRE_HTTP__API_TOKENS": json.dumps([TOKEN]),
+            "DROPWIRE_BATCHES__BASE_URL": upstream.url, "DROPWIRE_BATCHES__SAVE_EVERY_SECONDS": "0.05", **env}
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream(slow_seconds=0.3).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_batches(tmp_path, upstream) -> Iterator[Callable[..., tuple[Emulator, openai.OpenAI]]]:
+    running: list[Emulator] = []
+
+    def start(**env: str) -> tuple[Emulator, openai.OpenAI]:
+        settings = emulator_settings(tmp_path / f"data{len(running)}", **batch_env(upstream, **env))
+        emulator = Emulator(settings).start()
+        running.append(emulator)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{settings.http.port}/v1", api_key=TOKEN, max_retries=0)
+        return emulator, client
+
+    yield start
+    for emulator in running:
+        emulator.stop()
+
+
+def jsonl(lines: list[dict]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def upload(client: openai.OpenAI, lines: list[dict] | bytes, name: str = "input.jsonl"):
+    content = lines if isinstance(lines, bytes) else jsonl(lines)
+    return client.files.create(file=(name, io.BytesIO(content)), purpose="batch")
+
+
+def finished(client: openai.OpenAI, batch_id: str, timeout: float = 60, states: tuple[str, ...] = TERMINAL):
+    seen = {}
+
+    def done():
+        seen["batch"] = client.batches.retrieve(batch_id)
+        return seen["batch"].status in states
+
+    wait_for(done, timeout=timeout, interval=0.1, what=f"batch {batch_id} to reach {states}")
+    return seen["batch"]
+
+
+def read_lines(client: openai.OpenAI, file_id: str) -> list[dict]:
+    return [json.loads(line) for line in client.files.content(file_id).content.splitlines()]

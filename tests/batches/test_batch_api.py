@@ -1,0 +1,116 @@
+"""The official openai client end to end over real HTTP against a real gateway, its batch
+lines answered by a real OpenAI-compatible server: files, batches, pagination, cancel,
+content, delete, and the bad input the issue names."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.batches.conftest import finished, read_lines, upload
+from tests.batches.upstream import chat_line
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_batch_through_the_official_client(start_batches, upstream):
+    emulator, client = start_batches()
+    lines = [chat_line(f"req-{i}", f"hello number {i}") for i in range(12)]
+    lines[3] = chat_line("req-3", "please fail")
+    lines[5] = chat_line("req-5", "a flaky one")
+    file = upload(client, lines)
+    assert file.purpose == "batch" and file.bytes > 0 and file.filename == "input.jsonl" and file.object == "file"
+    assert client.files.retrieve(file.id).id == file.id
+
+    batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  metadata={"team": "search"})
+    assert batch.status == "validating" and batch.metadata == {"team": "search"} and batch.object == "batch"
+    done = finished(client, batch.id)
+    assert done.status == "completed", done
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (12, 11, 1)
+    assert done.model == "echo-1" and done.completed_at >= done.finalizing_at >= done.in_progress_at >= done.created_at
+    assert done.usage.input_tokens == done.usage.output_tokens > 0
+
+    output = read_lines(client, done.output_file_id)
+    assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(12) if i != 3]  # input order
+    assert output[0]["response"]["status_code"] == 200 and output[0]["error"] is None
+    assert output[0]["response"]["body"]["choices"][0]["message"]["content"] == "echo: hello number 0"
+    assert output[4]["custom_id"] == "req-5"  # answered after a 429 with retry-after-ms
+    errors = read_lines(client, done.error_file_id)
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("req-3", 400)]
+    assert upstream.priorities["background"] >= 12 and upstream.priorities["interactive"] == 0
+
+    failed_rows = emulator.store.query("SELECT custom_id, error_code, attempts FROM batch_failed_requests")
+    assert failed_rows == [("req-3", "http_400", 1)]
+    history = [h.to_state for h in emulator.store.states.history("batch", batch.id)]
+    assert history == ["validating", "in_progress", "finalizing", "completed"]
+
+    # Pagination over real pages, newest first.
+    more = [client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h").id
+            for _ in range(2)]
+    first = client.batches.list(limit=2)
+    assert [b.id for b in first.data] == more[::-1] and first.has_more
+    second = client.batches.list(limit=2, after=first.data[-1].id)
+    assert [b.id for b in second.data] == [batch.id] and not second.has_more
+    assert [b.id for b in client.batches.list(limit=2)] == [*more[::-1], batch.id]
+
+    # Cancelling a finished batch: 409 naming its status.
+    with pytest.raises(openai.ConflictError) as refused:
+        client.batches.cancel(batch.id)
+    assert "completed" in refused.value.response.json()["message"]
+
+    # Deleting a file: gone for retrieve and content alike.
+    assert client.files.delete(file.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(file.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(file.id)
+    # ...while the finished batch's output still reads.
+    assert len(read_lines(client, done.output_file_id)) == 11
+
+
+def test_validation_names_every_problem_with_its_line(start_batches):
+    _, client = start_batches()
+    lines = [chat_line("a", "one"), chat_line("b", "two"), chat_line("a", "three"),
+             chat_line("c", "four", url="/v1/embeddings"), {"custom_id": "d", "method": "GET", "url": "/v1/chat/completions",
+                                                            "body": {"model": "echo-1"}},
+             {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "echo-1"}},
+             {"custom_id": "f", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}},
+             chat_line("g", "five", model="no-such-model")]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    done = finished(client, batch.id)
+    assert done.status == "failed" and done.failed_at and done.output_file_id is None
+    found = [(e.code, e.line, e.param) for e in done.errors.data]
+    assert found == [("duplicate_custom_id", 3, "custom_id"), ("mismatched_url", 4, "url"), ("invalid_method", 5, "method"),
+                     ("missing_custom_id", 6, "custom_id"), ("missing_model", 7, "body.model"),
+                     ("unknown_model", 8, "body.model")]
+    assert "line 3 repeats custom_id 'a' of line 1" in done.errors.data[0].message
+
+
+def test_bad_input_gets_clear_errors(start_batches):
+    _, client = start_batches(DROPWIRE_BATCHES__MAX_BYTES="2000")
+    with pytest.raises(openai.BadRequestError) as not_utf8:
+        upload(client, b'{"custom_id": "x"}\n{"custom_id": "\xff"}\n')
+    assert "line 2 is not UTF-8" in not_utf8.value.response.json()["message"]
+    with pytest.raises(openai.BadRequestError) as not_json:
+        upload(client, b'{"custom_id": "x"}\nnot json\n')
+    assert "line 2 is not valid JSON" in not_json.value.response.json()["message"]
+    with pytest.raises(openai.APIStatusError) as too_large:
+        upload(client, b'{"custom_id": "x"}\n' * 200)
+    assert too_large.value.status_code == 413 and "2000 bytes" in too_large.value.response.json()["message"]
+    with pytest.raises(openai.BadRequestError) as purpose:
+        client.files.create(file=("x.jsonl", b'{"a": 1}\n'), purpose="fine-tune")
+    assert "purpose" in purpose.value.response.json()["message"]
+
+    file = upload(client, [chat_line("a", "one")])
+    with pytest.raises(openai.BadRequestError) as window:
+        client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="48h")
+    assert "completion_window" in window.value.response.json()["message"]
+    for call in (lambda: client.batches.retrieve("batch_nope"), lambda: client.batches.cancel("batch_nope"),
+                 lambda: client.files.retrieve("file-nope"),
+                 lambda: client.batches.create(input_file_id="file-nope", endpoint="/v1/chat/completions",
+                                               completion_window="24h")):
+        with pytest.raises(openai.NotFoundError) as missing:
+            call()
+        assert set(missing.value.response.json()) == {"error", "message", "details", "timestamp"}
