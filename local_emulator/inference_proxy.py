@@ -10,14 +10,27 @@ from typing import Awaitable, Callable
 import httpx
 from litestar import Request, Router, get, post
 from litestar.background_tasks import BackgroundTask
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.response import Stream
 
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS
+from dropwire.runtime.openapi import body_operation, error_responses
 from dropwire.storage.errors import DropwireError
 
 FORWARDED_POSTS = ["/chat/completions", "/completions", "/embeddings"]
 PRIORITY_HEADER = "x-dropwire-priority"
 # Headers that describe one hop's connection, not the answer.
 HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"})
+
+
+# What the runtime answers (its error body carries OpenAI's error object), beside the gateway's own.
+FORWARDED = {400: "The runtime refused the request: a bad parameter, or a prompt longer than the model's context "
+                  "(OpenAI's error object in error, with param naming the field)",
+             404: "The runtime serves no such model for this endpoint",
+             502: "The runtime did not answer",
+             504: "The runtime did not finish within its runtime.textgen.request_timeout_s"}
+REQUEST = body_operation("The OpenAI request, passed to the runtime as sent (see the runtime's /schema for its fields)",
+                         {"application/json": Schema(type=OpenAPIType.OBJECT)})
 
 
 class RuntimeUnavailable(DropwireError):
@@ -53,11 +66,12 @@ def build_inference_proxy(base_url: str, timeout_seconds: float) -> tuple[Router
                       headers={k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS},
                       background=BackgroundTask(answer.aclose))
 
-    @post(FORWARDED_POSTS, status_code=200, include_in_schema=True)
+    @post(FORWARDED_POSTS, status_code=200, operation_class=REQUEST,
+          responses=error_responses(400, 404, 413, 502, 504, *GATEWAY_ERRORS, meanings=FORWARDED))
     async def inference(request: Request) -> Stream:
         return await forward(request, "POST")
 
-    @get("/models")
+    @get("/models", responses=error_responses(502, *GATEWAY_ERRORS, meanings=FORWARDED))
     async def models(request: Request) -> Stream:
         return await forward(request, "GET")
 

@@ -27,8 +27,10 @@ ERROR_MEANINGS = {
     409: "The write conflicts with the current state, or the handler it fired refused it.",
     413: "The body is larger than the upload limit.",
     415: "The upload's format is not one this endpoint reads.",
+    429: "As many requests as allowed are running; Retry-After says when to come back.",
     422: "The content cannot be used; the message names the line, column, series or index at fault.",
     500: "An unexpected error (logged).",
+    502: "The service this request is forwarded to did not answer.",
     503: "The service is shutting down, or its database is in use or closed.",
     504: "Timed out waiting for the computation.",
 }
@@ -37,30 +39,40 @@ ASSETS_PATH = "/schema/assets"
 SWAGGER_ASSETS = Path(swagger_ui.__file__).parent / "static"
 
 
-def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """The documented error answers of an operation, each the one ErrorBody component."""
-    return {status: ResponseSpec(data_container=ErrorBody, description=ERROR_MEANINGS[status], generate_examples=False)
+def error_responses(*statuses: int, meanings: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
+    """The documented error answers of an operation, each the one ErrorBody component;
+    ``meanings`` says more than ERROR_MEANINGS for some statuses of this API."""
+    said = {**ERROR_MEANINGS, **(meanings or {})}
+    return {status: ResponseSpec(data_container=ErrorBody, description=said[status], generate_examples=False)
             for status in statuses}
 
 
-def upload_operation(description: str, media_types: tuple[str, ...] = ("application/octet-stream",),
-                     multipart: bool = True) -> type[Operation]:
-    """An Operation class documenting an upload read from the request itself: the raw bytes
-    as the body (as one of ``media_types``), or with ``multipart`` a form with the file in
-    field ``file``."""
-    content = {media: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, content_media_type=media))
-               for media in media_types}
-    if multipart:
-        file = Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream")
-        form = Schema(type=OpenAPIType.OBJECT, required=["file"], properties={"file": file})
-        content["multipart/form-data"] = OpenAPIMediaType(schema=form)
+def body_operation(description: str, content: dict[str, Schema]) -> type[Operation]:
+    """An Operation class documenting a required request body the handler reads from the
+    request itself (so Litestar cannot see it): ``content`` maps each media type to its schema."""
+    body = RequestBody(content={media: OpenAPIMediaType(schema=schema) for media, schema in content.items()},
+                       description=description, required=True)
 
     @dataclass
-    class UploadOperation(Operation):
+    class BodyOperation(Operation):
         def __post_init__(self) -> None:
-            self.request_body = RequestBody(content=content, description=description, required=True)
+            self.request_body = body
 
-    return UploadOperation
+    return BodyOperation
+
+
+def upload_operation(description: str, media_types: tuple[str, ...] = ("application/octet-stream",),
+                     multipart: bool = True, form_fields: dict[str, tuple[Schema, bool]] | None = None) -> type[Operation]:
+    """An Operation class documenting an upload read from the request itself: the raw bytes
+    as the body (as one of ``media_types``), or with ``multipart`` a form with the file in
+    field ``file`` and ``form_fields`` beside it (name: (schema, required))."""
+    content = {media: Schema(type=OpenAPIType.STRING, content_media_type=media) for media in media_types}
+    if multipart:
+        fields = {"file": (Schema(type=OpenAPIType.STRING, content_media_type="application/octet-stream"), True),
+                  **(form_fields or {})}
+        content["multipart/form-data"] = Schema(type=OpenAPIType.OBJECT, properties={n: f for n, (f, _) in fields.items()},
+                                                required=[n for n, (_, required) in fields.items() if required])
+    return body_operation(description, content)
 
 
 def openapi_config(title: str, version: str) -> OpenAPIConfig:

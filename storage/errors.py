@@ -71,10 +71,21 @@ class StoreClosed(DropwireError):
     code = "store_closed"
 
 
-class ErrorBody(msgspec.Struct, frozen=True):
-    """The one JSON shape of every HTTP error, in every app of the product."""
+class OpenAIError(msgspec.Struct, kw_only=True, frozen=True):
+    """OpenAI's error object: what OpenAI's clients read, so the ``error`` of the error body
+    on the runtime's OpenAI-compatible routes."""
 
-    error: str
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """The one JSON shape of every HTTP error, in every app of the product. ``error`` is the
+    short code, or on the OpenAI-compatible routes OpenAI's error object (with the code in it)."""
+
+    error: str | OpenAIError
     message: str
     details: dict
     timestamp: str

@@ -18,6 +18,7 @@ import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.datastructures import UploadFile
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
 
@@ -33,7 +34,8 @@ from dropwire.functions.batches.handlers import (
 )
 from dropwire.functions.batches.settings import batch_settings
 from dropwire.functions.batches.states import TERMINAL, BatchState as B
-from dropwire.functions.platform.api_ports import ApiPorts
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
+from dropwire.runtime.openapi import error_responses, upload_operation
 from dropwire.storage.errors import Conflict, DropwireError
 
 # A write waits this long for the handler it fires; past it the answer is 503 (ask again).
@@ -45,6 +47,17 @@ MAX_LIST = 100
 EXPIRY_BOUNDS = (3600, 30 * 86400)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIST, description="items per page")]
+
+READ = error_responses(400, 404, *GATEWAY_ERRORS)
+# A change waits for its handler: 409 when the handler refused it, 503 (ask again) past MAX_WAIT_S.
+CHANGE = error_responses(400, 404, 409, *GATEWAY_ERRORS)
+FILE_UPLOAD = upload_operation(
+    "OpenAI's file upload: the JSONL batch input in field 'file', its purpose, and optionally when it expires",
+    media_types=(), form_fields={
+        "purpose": (Schema(type=OpenAPIType.STRING, enum=list(PURPOSES)), True),
+        "expires_after[anchor]": (Schema(type=OpenAPIType.STRING, enum=["created_at"]), False),
+        "expires_after[seconds]": (Schema(type=OpenAPIType.INTEGER, minimum=EXPIRY_BOUNDS[0],
+                                          maximum=EXPIRY_BOUNDS[1]), False)})
 
 
 class InvalidRequest(DropwireError):
@@ -101,7 +114,8 @@ def build_router(ports: ApiPorts) -> Router:
 
     # ------------------------------------------------------------ files
 
-    @post("/files", status_code=200)
+    @post("/files", status_code=200, operation_class=FILE_UPLOAD,
+          responses=error_responses(400, 409, 413, *GATEWAY_ERRORS))
     async def create_file(request: Request) -> FileObject:
         form = await request.form()
         purpose, upload = form.get("purpose"), form.get("file")
@@ -133,7 +147,7 @@ def build_router(ports: ApiPorts) -> Router:
                              "expires_at": expires_at and now + expires_at})
         return reads.file(query, file_id).public()
 
-    @get("/files", sync_to_thread=True)
+    @get("/files", sync_to_thread=True, responses=READ)
     def list_files(purpose: FromQuery[str | None] = None, limit: Limit = 20, order: FromQuery[str] = "desc",
                    after: FromQuery[str | None] = None) -> FileList:
         if order not in ("asc", "desc"):
@@ -145,16 +159,16 @@ def build_router(ports: ApiPorts) -> Router:
         return FileList(data=page, has_more=len(found) > limit, first_id=page[0].id if page else None,
                         last_id=page[-1].id if page else None)
 
-    @get("/files/{file_id:str}", sync_to_thread=True)
+    @get("/files/{file_id:str}", sync_to_thread=True, responses=READ)
     def get_file(file_id: FromPath[str]) -> FileObject:
         return reads.file(query, file_id).public()
 
-    @get("/files/{file_id:str}/content", sync_to_thread=True)
+    @get("/files/{file_id:str}/content", sync_to_thread=True, media_type="application/octet-stream", responses=READ)
     def file_content(file_id: FromPath[str]) -> Stream:
         found = reads.file(query, file_id)
         return Stream(_chunks(ports.objects.open(found.bucket, found.key)), media_type="application/octet-stream")
 
-    @delete("/files/{file_id:str}", status_code=200, sync_to_thread=True)
+    @delete("/files/{file_id:str}", status_code=200, sync_to_thread=True, responses=CHANGE)
     def delete_file(file_id: FromPath[str]) -> FileDeletedObject:
         reads.file(query, file_id)
         run(FILES_FUNCTION, {"action": "delete", "id": file_id})
@@ -162,7 +176,7 @@ def build_router(ports: ApiPorts) -> Router:
 
     # ------------------------------------------------------------ batches
 
-    @post("/batches", status_code=200, sync_to_thread=True)
+    @post("/batches", status_code=200, sync_to_thread=True, responses=error_responses(400, 404, 409, 413, *GATEWAY_ERRORS))
     def create_batch(data: JSONBody[CreateBatch]) -> BatchObject:
         if data.endpoint not in ENDPOINTS:
             raise InvalidRequest(f"endpoint must be one of {list(ENDPOINTS)}, got {data.endpoint!r}", param="endpoint")
@@ -178,11 +192,11 @@ def build_router(ports: ApiPorts) -> Router:
                               "completion_window": data.completion_window, "metadata": data.metadata})
         return reads.batch_object(query, batch_id)
 
-    @get("/batches/{batch_id:str}", sync_to_thread=True)
+    @get("/batches/{batch_id:str}", sync_to_thread=True, responses=READ)
     def get_batch(batch_id: FromPath[str]) -> BatchObject:
         return reads.batch_object(query, batch_id)
 
-    @get("/batches", sync_to_thread=True)
+    @get("/batches", sync_to_thread=True, responses=READ)
     def list_batches(limit: Limit = 20, after: FromQuery[str | None] = None) -> BatchList:
         if after is not None:
             reads.batch(query, after)
@@ -191,7 +205,7 @@ def build_router(ports: ApiPorts) -> Router:
         return BatchList(data=page, has_more=len(ids) > limit, first_id=page[0].id if page else None,
                          last_id=page[-1].id if page else None)
 
-    @post("/batches/{batch_id:str}/cancel", status_code=200, sync_to_thread=True)
+    @post("/batches/{batch_id:str}/cancel", status_code=200, sync_to_thread=True, responses=CHANGE)
     def cancel_batch(batch_id: FromPath[str]) -> BatchObject:
         status = reads.status(query, batch_id)
         if status not in (B.IN_PROGRESS, B.CANCELLING):
@@ -200,7 +214,7 @@ def build_router(ports: ApiPorts) -> Router:
         run(CANCEL_FUNCTION, {"id": batch_id})
         return reads.batch_object(query, batch_id)
 
-    @post("/batches/{batch_id:str}/retry", status_code=200, sync_to_thread=True)
+    @post("/batches/{batch_id:str}/retry", status_code=200, sync_to_thread=True, responses=CHANGE)
     def retry_batch(batch_id: FromPath[str]) -> BatchObject:
         status = reads.status(query, batch_id)
         if status not in TERMINAL or status == B.FAILED:

@@ -32,7 +32,7 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from dropwire.functions.platform.api_ports import ApiPorts
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.training_analysis.core.knowledge import CacheStats, KnowledgeBase, KnowledgeQuery, KnowledgeResponse
 from dropwire.functions.training_analysis.core.mlflow_reader import MlflowUnavailable, RunNotFound
 from dropwire.functions.training_analysis.core.model import AnalysisOptions, AnalysisResult, AnalysisStatus, ErrorInfo
@@ -40,7 +40,8 @@ from dropwire.functions.training_analysis.handlers import ANALYZE_FUNCTION, BUCK
 from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
 from dropwire.functions.training_analysis.states import KIND
 from dropwire.runtime.http_errors import exception_handlers
-from dropwire.storage.errors import DropwireError, ErrorBody, NotFound, error_body
+from dropwire.runtime.openapi import error_responses
+from dropwire.storage.errors import DropwireError, NotFound, error_body
 
 POLL_S = 0.05
 FINISHED = ("succeeded", "dead")
@@ -98,15 +99,19 @@ class AnalysisSummary(msgspec.Struct, kw_only=True):
     updated_at: str
 
 
-def _errors(*statuses: int) -> dict[int, ResponseSpec]:
-    said = {400: "VALIDATION_ERROR: a field is missing or wrong (details.field, constraint, provided)",
+# The seed's error codes, each in the one error body.
+MEANINGS = {400: "VALIDATION_ERROR: a field or parameter is missing or wrong (details.field, constraint, provided)",
             404: "RUN_NOT_FOUND (the run is not in that MLflow store) or ANALYSIS_NOT_FOUND",
             409: "ANALYSIS_NOT_FINISHED: ask again once status is completed, partial or failed",
             422: "ARTIFACT_INVALID: an artifact of the run cannot be read (details.artifact)",
             429: "TOO_MANY_REQUESTS: as many analyses as allowed are running; Retry-After says when to come back",
-            500: "ANALYSIS_CRASHED: the analysis failed on every attempt (details.error)",
-            503: "MLFLOW_CONNECTION_ERROR: the tracking server did not answer; Retry-After, details.tracking_uri, timeout"}
-    return {s: ResponseSpec(data_container=ErrorBody, description=said[s]) for s in statuses}
+            500: "ANALYSIS_CRASHED: the analysis failed on every attempt (details.error), or an unexpected error",
+            503: "MLFLOW_CONNECTION_ERROR: the tracking server did not answer (Retry-After, details.tracking_uri, "
+                 "timeout); or the gateway's store is closed or locked"}
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    return error_responses(*statuses, *GATEWAY_ERRORS, meanings=MEANINGS)
 
 
 def build_router(ports: ApiPorts) -> Router:
@@ -116,7 +121,7 @@ def build_router(ports: ApiPorts) -> Router:
           description="Sync (default) answers 200 with the AnalysisResult once it is done (202 with the request id if it "
                       "takes longer than training.sync_wait_seconds); mode async answers 202 at once.",
           responses={202: ResponseSpec(data_container=Accepted, description="queued (async, or sync past its wait)"),
-                     **_errors(400, 404, 422, 429, 500, 503)})
+                     **_errors(400, 404, 413, 422, 429)})
     async def analyze(data: JSONBody[AnalyzeRequest]) -> Response[AnalysisResult]:
         task_id = await sync_to_thread(api.admit, data)
         request_id = analysis_id(task_id)
@@ -126,36 +131,36 @@ def build_router(ports: ApiPorts) -> Router:
                 return Response(await sync_to_thread(api.answer, request_id))
         return Response(api.accepted(request_id), status_code=202)
 
-    @get("/analyses", sync_to_thread=True, summary="The history of analyses, newest first")
+    @get("/analyses", sync_to_thread=True, summary="The history of analyses, newest first", responses=_errors(400))
     def analyses(run_id: FromQuery[str | None] = None, limit: FromQuery[int] = 100) -> list[AnalysisSummary]:
         return api.history(run_id, max(1, min(limit, 1000)))
 
-    @get("/analyses/{request_id:str}/status", sync_to_thread=True, responses=_errors(404))
+    @get("/analyses/{request_id:str}/status", sync_to_thread=True, responses=_errors(400, 404))
     def status(request_id: FromPath[str]) -> AnalysisStatus:
         return api.status(request_id)
 
-    @get("/analyses/{request_id:str}/result", sync_to_thread=True, responses=_errors(404, 409))
+    @get("/analyses/{request_id:str}/result", sync_to_thread=True, responses=_errors(400, 404, 409))
     def result(request_id: FromPath[str]) -> AnalysisResult:
         return api.result(request_id)
 
     @get("/analyses/{request_id:str}/report", sync_to_thread=True, media_type="text/markdown",
          response_description="the report, Markdown (or HTML when analysis_options.report_format was html)",
-         responses=_errors(404, 409))
+         responses=_errors(400, 404, 409))
     def report(request_id: FromPath[str]) -> Response[bytes]:
         data, suffix = api.report(request_id)
         return Response(data, media_type=MEDIA[suffix])
 
     @get("/analyses/{request_id:str}/plots/{name:str}", sync_to_thread=True, media_type="image/png",
-         response_description="a PNG plot of the report", responses=_errors(404))
+         response_description="a PNG plot of the report", responses=_errors(400, 404))
     def plot(request_id: FromPath[str], name: FromPath[str]) -> Response[bytes]:
         return Response(api.plot(request_id, name), media_type="image/png")
 
-    @post("/knowledge/query", status_code=200, sync_to_thread=True, responses=_errors(400),
+    @post("/knowledge/query", status_code=200, sync_to_thread=True, responses=_errors(400, 413),
           summary="Search the knowledge base (BM25), filtered by domain and query_type")
     def knowledge_query(data: JSONBody[KnowledgeQuery]) -> KnowledgeResponse:
         return api.knowledge.query(data)
 
-    @get("/knowledge/stats", sync_to_thread=True)
+    @get("/knowledge/stats", sync_to_thread=True, responses=_errors())
     def knowledge_stats() -> CacheStats:
         return api.knowledge.stats()
 

@@ -17,7 +17,6 @@ from typing import Any, AsyncIterator
 
 from litestar import Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
@@ -31,20 +30,20 @@ from dropwire.runtime.textgen.protocol import (
     EmbeddingList,
     EmbeddingRequest,
     ModelList,
-    OpenAIErrorBody,
 )
 from dropwire.runtime.textgen.serving import TextGenService, lane_of
-from dropwire.storage.errors import DropwireError
+from dropwire.runtime.openapi import error_responses
+from dropwire.storage.errors import DropwireError, ErrorBody
 
 log = logging.getLogger("dropwire.http")
 
-ERRORS = {
-    400: ResponseSpec(OpenAIErrorBody, description="Bad parameters, or a prompt longer than the model's context"),
-    404: ResponseSpec(OpenAIErrorBody, description="No such model served for this endpoint"),
-    500: ResponseSpec(OpenAIErrorBody, description="The computation failed on the device"),
-    503: ResponseSpec(OpenAIErrorBody, description="The runtime is shutting down"),
-    504: ResponseSpec(OpenAIErrorBody, description="Not done within runtime.textgen.request_timeout_s"),
-}
+# Each answered in the one error body, whose error is OpenAI's error object here (what its clients read).
+MEANINGS = {400: "Bad parameters, or a prompt longer than the model's context; error.param names the field",
+            404: "No such model served for this endpoint",
+            500: "The computation failed on the device",
+            503: "The runtime is shutting down",
+            504: "Not done within runtime.textgen.request_timeout_s"}
+ERRORS = error_responses(400, 404, 413, 500, 503, 504, meanings=MEANINGS)
 STREAM_DOC = "With stream: true, text/event-stream: data: {chunk} events, then data: [DONE]."
 Priority = Parameter(header=PRIORITY_HEADER, required=False, description="'background' for the background lane")
 
@@ -66,7 +65,7 @@ def textgen_router(service: TextGenService) -> Router:
     async def embeddings(data: EmbeddingRequest, priority: str | None = Priority) -> EmbeddingList:
         return await service.embeddings(data, lane_of(priority))
 
-    @get("/models", responses={503: ERRORS[503]})
+    @get("/models", responses=error_responses(500, 503, meanings=MEANINGS))
     async def models() -> ModelList:
         return service.list_models()
 
@@ -107,12 +106,12 @@ def _param_of(message: str, key: str | None) -> str | None:
 
 
 def exception_handlers() -> dict:
-    def ours(_: Request, exc: DropwireError) -> Response[OpenAIErrorBody]:
+    def ours(_: Request, exc: DropwireError) -> Response[ErrorBody]:
         if exc.http_status >= 500 and exc.http_status != 503:
             log.error("%s: %s", exc.code, exc.message)
         return Response(openai_error_body(exc), status_code=exc.http_status)
 
-    def litestars(request: Request, exc: HTTPException) -> Response[OpenAIErrorBody]:
+    def litestars(request: Request, exc: HTTPException) -> Response[ErrorBody]:
         if isinstance(exc, ValidationException):
             problems = exc.extra if isinstance(exc.extra, list) else []
             first: dict[str, Any] = problems[0] if problems and isinstance(problems[0], dict) else {}
@@ -125,7 +124,7 @@ def exception_handlers() -> dict:
         error.code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return ours(request, error)
 
-    def unexpected(request: Request, exc: Exception) -> Response[OpenAIErrorBody]:
+    def unexpected(request: Request, exc: Exception) -> Response[ErrorBody]:
         log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         error = DropwireError(f"unexpected error: {type(exc).__name__}: {exc}")
         error.http_status, error.code = 500, "internal_error"

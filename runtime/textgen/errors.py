@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dropwire.runtime.textgen.protocol import OpenAIError, OpenAIErrorBody
-from dropwire.storage.errors import DropwireError, NotFound, error_body_for
+from dropwire.storage.errors import DropwireError, ErrorBody, NotFound, OpenAIError, error_body_for
 
 
 class InvalidRequest(DropwireError):
@@ -38,9 +37,10 @@ def openai_type(status: int) -> str:
     return "invalid_request_error" if 400 <= status < 500 else "server_error"
 
 
-def openai_error_body(exc: DropwireError) -> OpenAIErrorBody:
+def openai_error_body(exc: DropwireError) -> ErrorBody:
+    """The error body with OpenAI's error object as its ``error`` (what OpenAI's clients read)."""
     base = error_body_for(exc)
-    return OpenAIErrorBody(
+    return ErrorBody(
         error=OpenAIError(message=exc.message, type=openai_type(exc.http_status), param=getattr(exc, "param", None),
                           code=exc.code),
         message=base.message,

@@ -175,20 +175,3 @@ class Model(msgspec.Struct, kw_only=True):
 class ModelList(msgspec.Struct, kw_only=True):
     data: list[Model]
     object: Literal["list"] = "list"
-
-
-class OpenAIError(msgspec.Struct, kw_only=True):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class OpenAIErrorBody(msgspec.Struct, kw_only=True):
-    """OpenAI's error body (what its clients read), with the product's error-body fields
-    beside it: the one shape, with ``error`` holding OpenAI's object instead of a code."""
-
-    error: OpenAIError
-    message: str
-    details: dict
-    timestamp: str

@@ -1,10 +1,12 @@
 """The gateway's OpenAPI document says what the running gateway does (the product's catalog
-mounted, as `dropwire emulate` serves it): checked by reading it, by OPTIONS on every path, and
-by a schemathesis fuzz run against the real server over HTTP."""
+mounted, as `dropwire emulate` serves it, forwarding /v1 inference to a real runtime with text
+generation on): checked by reading it, by OPTIONS on every path, and by a schemathesis fuzz run
+against the real server over HTTP."""
 
 from __future__ import annotations
 
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from tests.http_contract import (
     wrong_allow_headers,
 )
 from tests.platform.conftest import emulator_settings
+from tests.runtime.conftest import start_runtime, stop_runtime
 
 pytestmark = pytest.mark.slow
 
@@ -29,8 +32,17 @@ UPLOADS = ("/api/use-cases/{use_case}/upload-config", "/api/use-cases/{use_case}
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory) -> Iterator[str]:
-    settings_ = emulator_settings(tmp_path_factory.mktemp("contract"), DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
+def runtime_port(tmp_path_factory) -> Iterator[int]:
+    """A real runtime behind the gateway's /v1 inference forwarding."""
+    runtime = start_runtime(tmp_path_factory.mktemp("contract-runtime"), textgen=True)
+    yield urlsplit(runtime.url).port
+    stop_runtime(runtime)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, runtime_port: int) -> Iterator[str]:
+    settings_ = emulator_settings(tmp_path_factory.mktemp("contract"), DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions",
+                                  DROPWIRE_RUNTIME__PORT=str(runtime_port))
     with Emulator(settings_):
         yield f"http://127.0.0.1:{settings_.http.port}"
 

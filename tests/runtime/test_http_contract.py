@@ -1,7 +1,11 @@
-"""The runtime's OpenAPI document says what the running `dropwire runtime serve` does: checked
-by reading it, by OPTIONS on every path, and by a schemathesis fuzz run over HTTP."""
+"""The runtime's OpenAPI document says what the running `dropwire runtime serve` does, its
+OpenAI-compatible text generation included: checked by reading it, by OPTIONS on every path,
+and by a schemathesis fuzz run over HTTP."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -16,7 +20,18 @@ from tests.http_contract import (
     rendered_offline,
     wrong_allow_headers,
 )
-from tests.runtime.conftest import RuntimeProcess
+from tests.runtime.conftest import RuntimeProcess, start_runtime, stop_runtime
+
+TEXTGEN = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+
+
+@pytest.fixture(scope="module")
+def runtime(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    """The shared runtime, with text generation on (its embedded test model)."""
+    process = start_runtime(tmp_path_factory.mktemp("runtime-data"), textgen=True, model_path=tiny_model,
+                            max_upload_bytes=2_000_000)
+    yield process
+    stop_runtime(process)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +42,7 @@ def document(runtime: RuntimeProcess) -> dict:
 def test_every_error_response_is_the_one_error_body_and_csv_bodies_are_documented(document: dict) -> None:
     assert misdocumented_errors(document) == []
     assert set(error_component(document)["required"]) == ERROR_KEYS
+    assert set(TEXTGEN) <= set(document["paths"])
     for path in ("/datasets", "/quick-draw"):
         body = document["paths"][path]["post"]["requestBody"]
         assert body["required"] and set(body["content"]) == {"text/csv"}, path
