@@ -125,6 +125,12 @@ def batch_ids(query: Query, *, limit: int, after: str | None) -> list[str]:
                                     [*params, limit])]
 
 
+def batch_id_named(query: Query, name: str) -> str | None:
+    """The newest batch made from a file dropped as batches/<name>.jsonl, if one is recorded."""
+    rows = query("SELECT id FROM batches WHERE source = 'file' AND name = ? ORDER BY created_at DESC LIMIT 1", [name])
+    return rows[0][0] if rows else None
+
+
 def status(query: Query, batch_id: str) -> str:
     rows = query("SELECT state FROM entity_states WHERE kind = ? AND entity_id = ?", [KIND, batch_id])
     if not rows:
