@@ -55,8 +55,12 @@ class DemoRuntime:
         self.problem = ""
 
     def __enter__(self) -> "DemoRuntime":
+        # One torch thread unless set: the demo shares the CPU with the handler processes, and
+        # torch's default (a thread per core) spinning against them makes the first start's
+        # model build several times slower.
+        threads = self.settings.runtime.torch_threads or 1
         env = {**os.environ, "DROPWIRE_RUNTIME__PORT": str(self.settings.runtime.port),
-               "DROPWIRE_RUNTIME__TEXTGEN__ENABLED": "true"}
+               "DROPWIRE_RUNTIME__TORCH_THREADS": str(threads), "DROPWIRE_RUNTIME__TEXTGEN__ENABLED": "true"}
         if self.settings_file is not None:
             env[SETTINGS_FILE_ENV] = str(self.settings_file)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +124,7 @@ def run_batch(run: DemoRun, runtime: DemoRuntime, local: Callable[[str], str]) -
     run.say("  (it writes plausible characters, not sense)")
     name = f"chat-{datetime.now():%Y%m%d-%H%M%S}"
     key = run.drop(f"{DROP_PREFIX}{name}.jsonl", batch_lines())
-    run.say(f"dropped {key} ({LINES} chat requests, one a line)")
+    run.say(f"dropped {key}: {LINES} chat requests")
     batch = _wait(run, name)
     counts = batch.request_counts
     run.say(f"  {batch.id}: {batch.status}")
