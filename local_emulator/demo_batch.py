@@ -75,6 +75,10 @@ class DemoRuntime:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def starting(self) -> bool:
+        """Still on its way up: running, /health not answering yet."""
+        return self.process is not None and self.process.poll() is None and not self.healthy()
+
     def healthy(self) -> bool:
         try:
             return httpx.get(f"{self.settings.runtime_url}/health", timeout=2).status_code == 200
@@ -86,7 +90,9 @@ class DemoRuntime:
         deadline = time.monotonic() + READY_S
         while not self.problem:
             if self.process is None or self.process.poll() is not None:
-                self.problem = f"exited with {None if self.process is None else self.process.returncode}"
+                last = self.log_path.read_text().strip().splitlines()[-1:] if self.log_path.exists() else []
+                self.problem = f"exited with {None if self.process is None else self.process.returncode}" + (
+                    f" ({last[0][:200]})" if last else "")
             elif time.monotonic() > deadline:
                 self.problem = f"was not healthy within {READY_S:.0f}s"
             elif self.healthy():
@@ -115,10 +121,10 @@ def batch_lines(count: int = LINES) -> bytes:
 
 def run_batch(run: DemoRun, runtime: DemoRuntime, local: Callable[[str], str]) -> None:
     """Drop the batch, wait for its end and narrate it; `local` shows an object URL as a path."""
-    if not runtime.problem and not runtime.healthy():
+    if runtime.starting():
         run.say("waiting for the runtime (its first start builds the test model)")
     if not runtime.ready():
-        run.say(f"[yellow]the runtime {runtime.problem} (log: {runtime.log_path}): batch part skipped[/]")
+        run.say(f"[yellow]batch part skipped: the runtime {escape(runtime.problem)}; log: {runtime.log_path}[/]")
         return
     run.say(f"runtime up with {MODEL}: a tiny TEST model, built at first start")
     run.say("  (it writes plausible characters, not sense)")
