@@ -126,8 +126,9 @@ def batch_ids(query: Query, *, limit: int, after: str | None) -> list[str]:
 
 
 def batch_id_named(query: Query, name: str) -> str | None:
-    """The newest batch made from a file dropped as batches/<name>.jsonl, if one is recorded."""
-    rows = query("SELECT id FROM batches WHERE source = 'file' AND name = ? ORDER BY created_at DESC LIMIT 1", [name])
+    """The newest batch made from a file dropped as batches/<name>.jsonl, once it has a state."""
+    rows = query("SELECT b.id FROM batches b JOIN entity_states s ON s.kind = ? AND s.entity_id = b.id "
+                 "WHERE b.source = 'file' AND b.name = ? ORDER BY b.created_at DESC LIMIT 1", [KIND, name])
     return rows[0][0] if rows else None
 
 
