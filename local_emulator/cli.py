@@ -49,7 +49,7 @@ def demo() -> None:
     """Run the walkthrough on the embedded default and print what happened."""
     from dropwire.local_emulator.demo import run_demo
 
-    run_demo(cli_context.current_settings(), console)
+    run_demo(cli_context.current_settings(), console, cli_context.state.settings_file)
 
 
 app.add_typer(runtime_app, name="runtime")

@@ -2,7 +2,8 @@
 as the bucket, the DuckDB file, a local MLflow store), on generated data. It starts the
 emulator, drops files into the bucket as a team would, and narrates what the handlers did:
 one use case, three models; one passes and is evaluated, one fails the quality check, is
-fixed and passes, one is still at work when the summary is taken."""
+fixed and passes, one is still at work when the summary is taken. Then a small batch on the
+runtime's embedded test model (demo_batch.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from rich.table import Table
 from dropwire.functions.evaluation.core import QualityReport
 from dropwire.functions.evaluation.core.samples import sample_config, sample_dataset
 from dropwire.functions.evaluation.handlers import SOURCE_PREFIX, results_prefix
+from dropwire.local_emulator.demo_batch import DemoRuntime, run_batch
 from dropwire.local_emulator.emulator import Emulator
 from dropwire.local_emulator.settings import Settings
 from dropwire.storage.errors import DropwireError, NotFound
@@ -79,21 +81,26 @@ class DemoRun:
         return f"{SOURCE_PREFIX}{self.use_case}/models/{model}/{name}"
 
 
-def run_demo(settings: Settings, console: Console) -> None:
+def run_demo(settings: Settings, console: Console, settings_file: Path | None = None) -> None:
     use_case = f"invoices-{datetime.now():%Y%m%d-%H%M%S}"
     console.print(Panel.fit(
-        f"dropwire demo: the evaluation workflow on generated invoice-extraction data\n"
+        f"dropwire demo: the evaluation workflow on generated invoice-extraction data,\n"
+        f"then a batch on the runtime's tiny test model\n"
         f"bucket {settings.events.bucket}: {_local(settings.object_roots()[settings.events.bucket])}\n"
         f"database: {settings.database_path}\n"
         f"MLflow: {settings.mlflow_uri}", title="dropwire"))
-    with Emulator(settings, serve_http=False) as emulator:
+    # The runtime starts first: it builds its test model while the evaluation part runs.
+    with DemoRuntime(settings, settings_file) as runtime, Emulator(runtime.settings, serve_http=False) as emulator:
         run = DemoRun(emulator, use_case, console)
         run.say(f"emulator up: {settings.queue.workers} workers, each with a handler process; "
                 + ("S3 notifications arrive through SQS" if settings.events.bucket_s3 else "the bucket folder is watched"))
+        run.say(f"runtime starting in the background (log: {_local(str(runtime.log_path))})")
         _walk_through(run)
         summary_states = _summary(run)
         console.print()
-        run.say("stopping: running handlers finish, queued work stays in the database")
+        run_batch(run, runtime, _local)
+        console.print()
+        run.say("stopping: handlers finish, queued work stays queued, the runtime exits")
     _after_stop(settings, use_case, summary_states, console)
 
 
@@ -198,8 +205,8 @@ def _after_stop(settings: Settings, use_case: str, states: dict[str, str], conso
         if state in DONE:
             continue
         if later[model] in DONE:
-            console.print(f"[bold]{model}[/] was {state} at the summary; its running step was let finish while the "
-                          f"emulator stopped, and it is {later[model]} now.", highlight=False)
+            console.print(f"[bold]{model}[/] was {state} at the summary; its running step was let finish, "
+                          f"and it is {later[model]} now.", highlight=False)
         else:
             console.print(f"[bold]{model}[/] was {state} at the summary and is {later[model]} now: its next step "
                           "waits in the queue (durably), and `dropwire emulate` carries on from there.", highlight=False)
@@ -208,6 +215,7 @@ def _after_stop(settings: Settings, use_case: str, states: dict[str, str], conso
                   f"http://{settings.http.host}:{settings.http.port}/api\n"
                   f"  dropwire db query \"SELECT entity_id, seq, to_state, reason FROM state_history "
                   f"WHERE entity_id LIKE '{use_case}%' ORDER BY entity_id, seq\"\n"
+                  f"  dropwire batches list              # the batch, its counts and output file\n"
                   f"  dropwire notifications list | dropwire dlq list | dropwire db check\n"
                   f"  mlflow ui --backend-store-uri {settings.mlflow_uri}", highlight=False)
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from tests.conftest import REPO
 
@@ -42,8 +43,10 @@ def test_db_commands_upgrade_downgrade_and_report(run_cli, data_dir):
     assert newer.returncode == 1 and "schema version 7, newer than this dropwire knows" in newer.stderr
 
 
-def test_demo_runs_the_evaluation_workflow_end_to_end_and_leaves_a_consistent_database(run_cli):
-    demo = run_cli("demo", timeout=300)
+@pytest.mark.slow
+@pytest.mark.timeout(660)  # the runtime's first start builds its models; the box may be busy
+def test_demo_runs_the_evaluation_workflow_and_a_batch_and_leaves_a_consistent_database(run_cli, data_dir):
+    demo = run_cli("demo", timeout=600)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     rows = {line.split("│")[1].split()[0]: line for line in demo.stdout.splitlines()
             if line.startswith("│ ") and line.split("│")[1].strip().split(" ")[0] in ("gpt-4o", "claude-3.5", "llama-3.1")}
@@ -56,6 +59,16 @@ def test_demo_runs_the_evaluation_workflow_end_to_end_and_leaves_a_consistent_da
     kinds = run_cli("notifications", "list").stdout
     assert all(kind in kinds for kind in ("template_sent", "qc_failed", "qc_passed", "evaluation_completed"))
     assert run_cli("dlq", "list").returncode == 0
+    # The batch part: dropped as a file, run on the runtime's test model, the runtime stopped.
+    assert "a tiny TEST model" in demo.stdout
+    assert re.search(r"batch_\w+: completed\n", demo.stdout), demo.stdout
+    assert "requests: 20 total, 20 completed, 0 failed" in demo.stdout
+    output = Path(re.search(r"(\S+\.output\.jsonl)", demo.stdout).group(1)).read_text().splitlines()
+    assert [json.loads(line)["custom_id"] for line in output] == [f"req-{i}" for i in range(20)]
+    assert len(re.findall(r"req-\d+: \"", demo.stdout)) == 3
+    listed = [line for line in run_cli("batches", "list").stdout.splitlines() if "batch_" in line]
+    assert len(listed) == 1 and re.search(r"completed .* 20 .* 20 .* 0 ", listed[0]), listed
+    assert "shutdown: flushed queues" in (data_dir / "demo-runtime.log").read_text()
 
 
 def test_db_query_is_read_only(run_cli):

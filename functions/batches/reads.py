@@ -125,6 +125,13 @@ def batch_ids(query: Query, *, limit: int, after: str | None) -> list[str]:
                                     [*params, limit])]
 
 
+def batch_id_named(query: Query, name: str) -> str | None:
+    """The newest batch made from a file dropped as batches/<name>.jsonl, once it has a state."""
+    rows = query("SELECT b.id FROM batches b JOIN entity_states s ON s.kind = ? AND s.entity_id = b.id "
+                 "WHERE b.source = 'file' AND b.name = ? ORDER BY b.created_at DESC LIMIT 1", [KIND, name])
+    return rows[0][0] if rows else None
+
+
 def status(query: Query, batch_id: str) -> str:
     rows = query("SELECT state FROM entity_states WHERE kind = ? AND entity_id = ?", [KIND, batch_id])
     if not rows:
