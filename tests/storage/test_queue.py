@@ -268,18 +268,34 @@ def test_worker_pool_runs_tasks_retries_crashes_and_dead_letters_bad_args(store)
 
 
 def test_graceful_stop_releases_claimed_tasks_it_did_not_start(store):
+    """A worker that has claimed several tasks at once and is told to stop while running the
+    first finishes that one and hands the rest back untouched (queued, attempts 0)."""
     registry = TaskRegistry()
     started = threading.Event()
+    ran: list[str] = []
 
-    @registry.task("slow")
-    def slow(args, context):
+    @registry.task("quick")
+    def quick(args, context):
+        pass
+
+    @registry.task("gated")
+    def gated(args, context):
+        ran.append(args)
         started.set()
-        time.sleep(0.5)
+        # Stop the pool while this task runs (stop() joins the workers, so from another thread)
+        # and finish only once the stop is seen: the rest of this claim must then go back.
+        threading.Thread(target=pool.stop, daemon=True).start()
+        assert pool._stopping.wait(10)
 
-    store.enqueue_many([TaskSpec(name="slow", args=i) for i in range(4)])
-    pool = WorkerPool(store, registry, workers=1, max_prefetch=4, lease_seconds=5, heartbeat_seconds=1).start()
-    started.wait(5)
+    pool = WorkerPool(store, registry, workers=1, max_prefetch=4, lease_seconds=30, heartbeat_seconds=1).start()
+    # Quick tasks first: they teach the pool that tasks are short, so its next claim is a batch.
+    store.enqueue_many([TaskSpec(name="quick", args=i) for i in range(20)])
+    wait_for(lambda: store.stats().by_status == {"succeeded": 20}, what="the quick tasks")
+    gated_ids = store.enqueue_many([TaskSpec(name="gated", args=f"g{i}") for i in range(4)])
+    assert started.wait(10), "the gated task never started"
     pool.stop()
-    stats = store.stats().by_status
-    assert stats == {"succeeded": 1, "queued": 3}
-    assert store.task(2).attempts == 0
+    assert ran == ["g0"]
+    assert store.stats().by_status == {"succeeded": 21, "queued": 3}
+    for task_id in gated_ids[1:]:
+        task = store.task(task_id)
+        assert (task.status, task.attempts) == ("queued", 0)
