@@ -212,18 +212,26 @@ def test_release_returns_a_task_without_counting_the_attempt(store):
 
 
 def test_stats_and_cleanup(store):
+    assert store.stats().oldest_waiting_seconds is None  # nothing waits
     for i in range(3):
         store.enqueue(TaskSpec(name="done", args=i))
+    before_enqueue = time.time()
     store.enqueue(TaskSpec(name="waiting"))
+    after_enqueue = time.time()
+    store.enqueue(TaskSpec(name="later", delay_seconds=3600))  # not due: not waiting yet
     for claimed in store.claim("w", names=["done"], limit=3):
         store.complete(claimed.id, claimed.token)
+    before_stats = time.time()
     stats = store.stats()
-    assert stats.by_status == {"succeeded": 3, "queued": 1}
-    assert stats.by_name == {"done": {"succeeded": 3}, "waiting": {"queued": 1}}
-    assert stats.oldest_waiting_seconds is not None and stats.attempts_total == 3
+    after_stats = time.time()
+    assert stats.by_status == {"succeeded": 3, "queued": 2}
+    assert stats.by_name == {"done": {"succeeded": 3}, "waiting": {"queued": 1}, "later": {"queued": 1}}
+    # The age of "waiting", the oldest due task (bracketed by the clock readings around both calls).
+    assert before_stats - after_enqueue - 0.001 <= stats.oldest_waiting_seconds <= after_stats - before_enqueue + 0.001
+    assert stats.attempts_total == 3
     assert store.cleanup(older_than_days=1) == 0
     assert store.cleanup(older_than_days=0) == 3
-    assert store.stats().by_status == {"queued": 1}
+    assert store.stats().by_status == {"queued": 2}
 
 
 def test_export_writes_parquet_readable_by_polars(store, tmp_path):
