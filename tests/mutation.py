@@ -1,0 +1,148 @@
+"""On-demand mutation testing (`make mutate`, never part of `make test`): cosmic-ray mutates
+storage/ and the platform's event path one change at a time and runs the tests that cover each
+module; a mutant the tests do not notice "survives". Prints, per module, the share of mutants
+killed and every survivor's diff.
+
+Cosmic-ray edits the module it mutates on disk, so this runs on a copy of the tree (tracked
+and untracked files, not ignored ones) in a temporary directory, never on yours; the copy's
+modules are put first on the import path under their `dropwire.*` names.
+
+    python -m tests.mutation                          # every module below, a sample of 40 each
+    python -m tests.mutation --sample 0 storage/state_machine.py   # all its mutants
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Each mutated module and the fast, in-process tests that cover it.
+TARGETS: dict[str, list[str]] = {
+    "storage/state_machine.py": ["tests/storage/test_state_machines.py"],
+    "storage/store.py": ["tests/storage/test_queue.py", "tests/storage/test_state_machines.py",
+                         "tests/platform/test_receipts.py", "tests/platform/test_notifications.py",
+                         "tests/platform/test_schedules.py"],
+    "storage/batch.py": ["tests/storage/test_queue.py", "tests/storage/test_state_machines.py"],
+    "storage/task_index.py": ["tests/storage/test_queue.py"],
+    "storage/migrate.py": ["tests/storage/test_migrations.py"],
+    "local_emulator/router.py": ["tests/platform/test_receipts.py", "tests/platform/test_events_and_triggers.py"],
+    "local_emulator/sources/folder.py": ["tests/platform/test_folder_source.py"],
+    "local_emulator/sources/s3.py": ["tests/platform/test_s3_sqs.py", "tests/platform/test_events_and_triggers.py"],
+    "functions/platform/objects.py": ["tests/platform/test_events_and_triggers.py", "tests/platform/test_emulator.py"],
+}
+PACKAGES = ("functions", "runtime", "storage", "local_emulator")
+
+
+def copy_tree(target: Path) -> None:
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    shim = target / ".mutation-path" / "dropwire"
+    shim.mkdir(parents=True)
+    for package in PACKAGES:
+        (shim / package).symlink_to(target / package, target_is_directory=True)
+
+
+def write_config(path: Path, module: str, tests: list[str], timeout: float) -> None:
+    command = f"{sys.executable} -m pytest -x -q -p no:cacheprovider {' '.join(tests)}"
+    path.write_text(f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout}\nexcluded-modules = []\n'
+                    f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n')
+
+
+def keep_a_sample(session: Path, size: int, seed: int) -> tuple[int, int]:
+    """Mark all but `size` randomly chosen mutants skipped; returns (all, kept)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        # Job ids are random: order by where each mutant is, so a seed picks the same sample.
+        items = sorted(db.pending_work_items, key=lambda item: [(str(m.module_path), m.start_pos, m.operator_name, m.occurrence)
+                                                                  for m in item.mutations])
+        if size <= 0 or size >= len(items):
+            return len(items), len(items)
+        kept = set(item.job_id for item in random.Random(seed).sample(items, size))
+        for item in items:
+            if item.job_id not in kept:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="not in the sample"))
+        return len(items), size
+
+
+def outcomes(session: Path) -> tuple[Counter, list[str]]:
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    counts: Counter = Counter()
+    survivors: list[str] = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            if result.worker_outcome == WorkerOutcome.ABNORMAL:
+                counts["timeout"] += 1  # a mutant that hangs the tests is noticed
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                counts["survived"] += 1
+                mutation = item.mutations[0]
+                survivors.append(f"--- {mutation.module_path}:{mutation.start_pos[0]} {mutation.operator_name}\n{result.diff}")
+            else:
+                counts["killed"] += 1
+    return counts, survivors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {list(TARGETS)})")
+    parser.add_argument("--sample", type=int, default=40, help="mutants per module, chosen at random (0: all)")
+    parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds one test run may take")
+    args = parser.parse_args(argv)
+    modules = args.modules or list(TARGETS)
+    unknown = [m for m in modules if m not in TARGETS]
+    if unknown:
+        print(f"error: no tests are mapped to {unknown}; known modules: {list(TARGETS)}", file=sys.stderr)
+        return 1
+    total: Counter = Counter()
+    with tempfile.TemporaryDirectory(prefix="dropwire-mutate-") as temporary:
+        tree = Path(temporary) / "tree"
+        copy_tree(tree)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / ".mutation-path"), str(tree)])}
+        for module in modules:
+            config, session = Path(temporary) / "cr.toml", Path(temporary) / f"{module.replace('/', '_')}.sqlite"
+            write_config(config, module, TARGETS[module], args.timeout)
+            subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)], cwd=tree, env=env,
+                           check=True)
+            found, kept = keep_a_sample(session, args.sample, args.seed)
+            baseline = subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "baseline", str(config)], cwd=tree, env=env)
+            if baseline.returncode != 0:
+                print(f"error: the tests for {module} fail without any mutation; fix them first", file=sys.stderr)
+                return 1
+            subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(session)], cwd=tree, env=env,
+                           check=True)
+            counts, survivors = outcomes(session)
+            total += counts
+            done = sum(counts.values())
+            killed = counts["killed"] + counts["timeout"]
+            print(f"\n{module}: {killed}/{done} mutants killed ({killed / max(done, 1):.0%}); "
+                  f"{counts['timeout']} by a timeout; sampled {kept} of {found}")
+            for survivor in survivors:
+                print(survivor)
+    done = sum(total.values())
+    killed = total["killed"] + total["timeout"]
+    print(f"\nall modules: {killed}/{done} mutants killed ({killed / max(done, 1):.0%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
