@@ -11,6 +11,7 @@ import pytest
 from dropwire.storage import migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DatabaseUnusable
+from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store
 
 
@@ -92,3 +93,24 @@ def test_downgrade_to_a_version_above_the_current_one_is_refused(tmp_path):
         migrate.upgrade(con, 1)
         with pytest.raises(Exception, match="cannot downgrade to 2: the database is at version 1"):
             migrate.downgrade(con, 2)
+
+
+def test_a_migration_that_fails_midway_is_rolled_back_whole(tmp_path, monkeypatch):
+    path = tmp_path / "db.duckdb"
+    with Store.open(path) as store:
+        task_id = store.enqueue(TaskSpec(name="kept"))
+    # A next migration whose third statement fails, after two that would have changed things.
+    broken = migrate.Migration(migrate.LATEST + 1, "broken", "CREATE TABLE half_done (x INTEGER);\n"
+                               "ALTER TABLE tasks ADD COLUMN extra INTEGER;\nINSERT INTO no_such_table VALUES (1);",
+                               "DROP TABLE half_done;")
+    monkeypatch.setattr(migrate, "MIGRATIONS", [*migrate.MIGRATIONS, broken])
+    monkeypatch.setattr(migrate, "LATEST", broken.version)
+    before = tables(path)
+    with connect(path) as con:
+        with pytest.raises(DatabaseUnusable, match=f"upgrade of migration {broken.version:04d}_broken failed and was rolled back"):
+            migrate.upgrade(con)
+        assert migrate.current_version(con) == broken.version - 1
+        columns = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks'").fetchall()}
+        assert "extra" not in columns
+        assert con.execute("SELECT name FROM tasks WHERE id = ?", [task_id]).fetchall() == [("kept",)]
+    assert tables(path) == before and "half_done" not in before
