@@ -64,3 +64,27 @@ def test_invoke_runs_one_handler_on_an_event_file(platform_env, data_dir, run_cl
     assert (data_dir / "bucket" / "measured" / "incoming" / "b c.csv.txt").read_text() == "5\n"
     broken = run_cli("invoke", "broken", "--event", str(event_file), env=platform_env)
     assert broken.returncode == 1 and "function 'broken' failed: ValueError" in broken.stderr
+
+
+def test_emulate_chaos_flags_duplicate_and_delay_events_and_receipts_absorb_them(platform_env, data_dir, run_cli, tmp_path):
+    log = tmp_path / "emulate.log"
+    emulator = subprocess.Popen([*DROPWIRE, "emulate", "--chaos-duplicate", "1", "--chaos-reorder", "0.5",
+                                 "--chaos-delay-ms", "200", "--chaos-seed", "5"],
+                                env=platform_env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "dropwire is up" in log.read_text(), timeout=60, what="the emulator to start")
+        incoming = data_dir / "bucket" / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        for name in ("a.csv", "b.csv", "c.csv"):
+            (incoming / name).write_text(name)
+        # Every event arrives twice (--chaos-duplicate 1): each second copy is refused as a duplicate.
+        wait_for(lambda: sorted(line.split(" not queued for ")[0].split()[-1] for line in log.read_text().splitlines()
+                                if " not queued for measure: duplicate " in line)
+                 == ["local/incoming/a.csv", "local/incoming/b.csv", "local/incoming/c.csv"], what="three refused duplicates")
+        wait_for(lambda: "handled=3" in run_cli("db", "query", "SELECT 'handled=' || count(*) FROM invocations "
+                                                               "WHERE function = 'measure' AND outcome = 'succeeded'",
+                                                       env=platform_env).stdout, what="three handled uploads")
+    finally:
+        emulator.send_signal(signal.SIGINT)
+        code = emulator.wait(timeout=60)
+    assert code == 0, log.read_text()
