@@ -14,6 +14,7 @@ modules are put first on the import path under their `dropwire.*` names.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import random
 import shutil
@@ -62,22 +63,46 @@ def write_config(path: Path, module: str, tests: list[str], timeout: float) -> N
                     f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n')
 
 
-def keep_a_sample(session: Path, size: int, seed: int) -> tuple[int, int]:
-    """Mark all but `size` randomly chosen mutants skipped; returns (all, kept)."""
+def unevaluated_annotations(source: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where a module's function signatures and in-function annotations are: with
+    `from __future__ import annotations` they are never evaluated, so a mutant there cannot be
+    told apart (class-level ones stay: msgspec evaluates a Struct's field types)."""
+    text = source.read_text()
+    if "from __future__ import annotations" not in text:
+        return []
+    spans = []
+    for function in (n for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        args = function.args
+        annotations = [function.returns, *(a.annotation for a in [*args.posonlyargs, *args.args, *args.kwonlyargs,
+                                                                 args.vararg, args.kwarg] if a is not None)]
+        annotations += [n.annotation for n in ast.walk(function) if isinstance(n, ast.AnnAssign)]
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in annotations if a is not None]
+    return spans
+
+
+def keep_a_sample(session: Path, module: Path, size: int, seed: int) -> tuple[int, int, int]:
+    """Skip the mutants inside unevaluated annotations, then all but `size` randomly chosen
+    others; returns (all, in annotations, kept)."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
+    spans = unevaluated_annotations(module)
     with use_db(str(session), WorkDB.Mode.open) as db:
+        found = list(db.pending_work_items)
+        annotated = [item for item in found if any(start <= tuple(m.start_pos) < end for m in item.mutations for start, end in spans)]
+        for item in annotated:
+            db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="in an unevaluated annotation"))
+        skipped = {item.job_id for item in annotated}
         # Job ids are random: order by where each mutant is, so a seed picks the same sample.
-        items = sorted(db.pending_work_items, key=lambda item: [(str(m.module_path), m.start_pos, m.operator_name, m.occurrence)
-                                                                  for m in item.mutations])
+        items = sorted((item for item in found if item.job_id not in skipped),
+                       key=lambda item: [(str(m.module_path), m.start_pos, m.operator_name, m.occurrence) for m in item.mutations])
         if size <= 0 or size >= len(items):
-            return len(items), len(items)
+            return len(found), len(annotated), len(items)
         kept = set(item.job_id for item in random.Random(seed).sample(items, size))
         for item in items:
             if item.job_id not in kept:
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="not in the sample"))
-        return len(items), size
+        return len(found), len(annotated), size
 
 
 def outcomes(session: Path) -> tuple[Counter, list[str]]:
@@ -123,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             write_config(config, module, TARGETS[module], args.timeout)
             subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)], cwd=tree, env=env,
                            check=True)
-            found, kept = keep_a_sample(session, args.sample, args.seed)
+            found, annotated, kept = keep_a_sample(session, tree / module, args.sample, args.seed)
             baseline = subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "baseline", str(config)], cwd=tree, env=env)
             if baseline.returncode != 0:
                 print(f"error: the tests for {module} fail without any mutation; fix them first", file=sys.stderr)
@@ -135,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             done = sum(counts.values())
             killed = counts["killed"] + counts["timeout"]
             print(f"\n{module}: {killed}/{done} mutants killed ({killed / max(done, 1):.0%}); "
-                  f"{counts['timeout']} by a timeout; sampled {kept} of {found}")
+                  f"{counts['timeout']} by a timeout; sampled {kept} of {found - annotated} "
+                  f"({annotated} more in unevaluated annotations, not run)")
             for survivor in survivors:
                 print(survivor)
     done = sum(total.values())

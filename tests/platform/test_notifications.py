@@ -64,8 +64,9 @@ def test_the_outbox_row_commits_with_its_change_or_not_at_all(store, tmp_path):
     with pytest.raises(DropwireError):
         store.apply(illegal)
     assert store.notifications() == []
-    with pytest.raises(DropwireError, match="'not an address' is not an e-mail address"):
-        store.apply(Effects(notifications=[notification(recipients=["not an address"])]))
+    for bad in ("not an address", "ops.example.com", "ops @example.com"):  # no @, or a space
+        with pytest.raises(DropwireError, match=f"'{bad}' is not an e-mail address"):
+            store.apply(Effects(notifications=[notification(recipients=[bad])]))
 
     legal = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="t")],
                     notifications=[notification()])

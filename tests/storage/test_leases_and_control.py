@@ -48,6 +48,17 @@ def test_a_task_whose_worker_never_reports_after_a_restart_runs_again_after_that
         assert [(a.attempt, a.outcome) for a in store.task(task_id).history] == [(1, "lease_expired")]
 
 
+def test_a_heartbeat_extends_the_lease_past_its_first_end(tmp_path):
+    with Store.open(tmp_path / "db.duckdb", MACHINES, settings=QueueSettings(reap_interval_seconds=0.05)) as store:
+        task_id = store.enqueue(TaskSpec(name="long"))
+        (claimed,) = store.claim("w1", lease_seconds=0.3)
+        assert store.heartbeat([(task_id, claimed.token)], lease_seconds=60) == []
+        wait_for(lambda: time.time() > claimed.lease_expires + 0.2, what="the first lease's end to pass")
+        assert store.claim("w2", wait_seconds=0.2) == [] and store.task(task_id).status == "running"
+        store.complete(task_id, claimed.token)
+        assert store.task(task_id).attempts == 1 and store.heartbeat([(task_id, claimed.token)]) == [task_id]
+
+
 def test_the_control_socket_refuses_a_wrong_key_and_keeps_serving(tmp_path):
     socket_path = tmp_path / "control.sock"
     with Store.open(tmp_path / "db.duckdb", MACHINES) as store:
