@@ -234,6 +234,10 @@ def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry
     refused = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
     assert refused.json()["status"] == "dead"
     assert "is REGISTERED; this step runs only in EVALUATION_FAILED" in refused.json()["last_error"]
+    # The API's retry route answers the handler's refusal with 409 and its message.
+    api = http.post("/api/use-cases/invoices/models/alpha/retry", params={"wait": 30})
+    assert api.status_code == 409 and api.json()["error"] == "refused_by_handler", api.text
+    assert "is REGISTERED; this step runs only in EVALUATION_FAILED" in api.json()["message"]
 
 
 def test_retry_after_the_cause_is_fixed_completes_the_evaluation(tmp_path):
@@ -246,14 +250,19 @@ def test_retry_after_the_cause_is_fixed_completes_the_evaluation(tmp_path):
         bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
         drop(bucket, "use-cases/invoices/models/alpha/dataset.csv", csv([HEADER, *GOOD_ROWS]))
         reach(emulator, "model", "invoices/alpha", "EVALUATION_FAILED")
-    # Restarted with a working tracking store, then retried over HTTP: the failure is not lost.
+    # Restarted with a working tracking store, then retried through the API's retry route: the
+    # failure is not lost.
     import httpx
 
     with Emulator(emulator_settings(data_dir, **env)) as emulator:
         with httpx.Client(base_url=f"http://127.0.0.1:{emulator.settings.http.port}", timeout=60) as http:
-            answer = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
-        assert answer.json()["status"] == "succeeded", answer.text
-        reach(emulator, "model", "invoices/alpha", "EVALUATION_COMPLETED")
+            answer = http.post("/api/use-cases/invoices/models/alpha/retry", params={"wait": 30})
+            assert answer.status_code == 200, answer.text
+            (run,) = answer.json()["handlers"]
+            assert (run["function"], run["status"]) == ("evaluation-retry", "succeeded")
+            assert answer.json()["state_url"] == "/api/use-cases/invoices/models/alpha/state"
+            reach(emulator, "model", "invoices/alpha", "EVALUATION_COMPLETED")
+            assert http.get("/api/use-cases/invoices/models/alpha/results").json()["micro"]["f1"] == pytest.approx(38 / 46)
         history = emulator.store.snapshot("model", "invoices/alpha").history
         assert [h.trigger for h in history[-4:]] == ["evaluation_failed", "retry", "evaluation_started",
                                                      "evaluation_succeeded"]
