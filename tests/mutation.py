@@ -31,14 +31,15 @@ TARGETS: dict[str, list[str]] = {
     "storage/state_machine.py": ["tests/storage/test_state_machines.py"],
     "storage/store.py": ["tests/storage/test_queue.py", "tests/storage/test_state_machines.py",
                          "tests/platform/test_receipts.py", "tests/platform/test_notifications.py",
-                         "tests/platform/test_schedules.py"],
+                         "tests/platform/test_schedules.py", "tests/storage/test_receipts_durable.py",
+                         "tests/storage/test_leases_and_control.py"],
     "storage/batch.py": ["tests/storage/test_queue.py", "tests/storage/test_state_machines.py"],
     "storage/task_index.py": ["tests/storage/test_queue.py"],
     "storage/migrate.py": ["tests/storage/test_migrations.py"],
     "local_emulator/router.py": ["tests/platform/test_receipts.py", "tests/platform/test_events_and_triggers.py"],
     "local_emulator/sources/folder.py": ["tests/platform/test_folder_source.py"],
     "local_emulator/sources/s3.py": ["tests/platform/test_s3_sqs.py", "tests/platform/test_events_and_triggers.py"],
-    "functions/platform/objects.py": ["tests/platform/test_events_and_triggers.py", "tests/platform/test_emulator.py"],
+    "functions/platform/objects.py": ["tests/platform/test_events_and_triggers.py", "tests/platform/test_handler_sandbox.py"],
 }
 PACKAGES = ("functions", "runtime", "storage", "local_emulator")
 
@@ -127,7 +128,7 @@ def outcomes(session: Path) -> tuple[Counter, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Mutation testing (cosmic-ray) of storage/ and the event path, on a copy of the tree.")
     parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {list(TARGETS)})")
     parser.add_argument("--sample", type=int, default=40, help="mutants per module, chosen at random (0: all)")
     parser.add_argument("--seed", type=int, default=12)
