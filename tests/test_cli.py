@@ -62,3 +62,23 @@ def test_db_query_is_read_only(run_cli):
         refused = run_cli("db", "query", sql)
         assert refused.returncode == 1 and f"must be exactly one SELECT (read-only); got {kind}" in refused.stderr
     assert run_cli("db", "check").returncode == 0
+
+
+def test_db_export_is_read_back_by_duckdb(run_cli, data_dir, tmp_path):
+    from dropwire.functions.evaluation.states import MACHINES
+    from dropwire.storage.records import TaskSpec
+    from dropwire.storage.store import Store
+
+    with Store.open(data_dir / "dropwire.duckdb", MACHINES) as store:
+        store.create("model", "m1", triggered_by="test")
+        store.enqueue(TaskSpec(name="exported", args={"n": 1}))
+    target = tmp_path / "snapshot"
+    exported = run_cli("db", "export", str(target))
+    assert exported.returncode == 0, exported.stderr
+    with duckdb.connect() as con:
+        con.execute(f"IMPORT DATABASE '{target}'")
+        assert con.execute("SELECT kind, entity_id, state FROM entity_states").fetchall() == [("model", "m1", "REGISTERED")]
+        assert con.execute("SELECT name, args->>'n' FROM tasks").fetchall() == [("exported", "1")]
+        assert con.execute("SELECT count(*) FROM read_parquet(?)", [str(target / "state_history.parquet")]).fetchone() == (1,)
+    again = run_cli("db", "export", str(target))
+    assert again.returncode == 1 and "is not empty; choose a new one" in again.stderr
