@@ -181,6 +181,24 @@ def test_an_entity_created_and_moved_on_in_one_operation_has_its_current_state(s
     assert consistency.check(store._con, [*MACHINES, CYCLE]) == []
 
 
+
+def test_an_existing_entity_moved_by_many_pipelined_operations_keeps_every_move_after_a_restart(tmp_path):
+    """Pipelined operations share group commits, so one batch holds several images of the same
+    existing row: it must be updated (not inserted again) with its latest image."""
+    path = tmp_path / "pipelined.duckdb"
+    with Store.open(path, [CYCLE]) as store:
+        store.create("cycle", "c1", triggered_by="t")
+        futures = [store.apply_async(Effects(transitions=[
+            TransitionRequest(kind="cycle", entity_id="c1", trigger="next", triggered_by="t")])) for _ in range(30)]
+        for future in futures:
+            future.result()
+    with Store.open(path, [CYCLE]) as store:  # what was committed, not the in-memory view
+        assert store.current("cycle", "c1") == ("A", 31)  # 30 moves round A -> B -> C -> A
+        assert store.query("SELECT count(*) FROM entity_states")[0][0] == 1
+        assert [h.seq for h in store.history("cycle", "c1")] == list(range(1, 32))
+        assert consistency.check(store._con, [CYCLE]) == []
+
+
 class Fork(StrEnum):
     S = "S"
     X = "X"
