@@ -40,6 +40,16 @@ def test_claims_follow_priority_then_age(store):
     assert store.claim("w") == []
 
 
+def test_claims_across_task_names_follow_one_priority_then_age_order(store):
+    specs = [("a", 0), ("b", 5), ("a", 9), ("b", 0), ("c", 5)]
+    ids = store.enqueue_many([TaskSpec(name=name, priority=p) for name, p in specs])
+    order = [store.claim("w")[0].id for _ in ids]
+    assert order == [ids[2], ids[1], ids[4], ids[0], ids[3]]
+    # Limited to some names, the same order among theirs.
+    more = store.enqueue_many([TaskSpec(name=name, priority=p) for name, p in specs])
+    assert [t.id for t in store.claim("w", names=["b", "c"], limit=5)] == [more[1], more[4], more[3]]
+
+
 def test_delayed_tasks_wait_for_their_time(store):
     store.enqueue(TaskSpec(name="later", delay_seconds=0.4))
     assert store.claim("w") == []
