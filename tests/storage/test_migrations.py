@@ -95,6 +95,15 @@ def test_downgrade_to_a_version_above_the_current_one_is_refused(tmp_path):
             migrate.downgrade(con, 2)
 
 
+def test_upgrade_targets_outside_the_known_versions_are_refused_and_change_nothing(tmp_path):
+    with connect(tmp_path / "db.duckdb") as con:
+        for target in (-1, migrate.LATEST + 1):
+            with pytest.raises(Exception, match=f"there is no schema version {target}; versions run from 0 to {migrate.LATEST}"):
+                migrate.upgrade(con, target)
+        assert migrate.current_version(con) == 0
+        assert migrate.upgrade(con, 0) == [] and [m.version for m in migrate.upgrade(con, 2)] == [1, 2]
+
+
 def test_a_migration_that_fails_midway_is_rolled_back_whole(tmp_path, monkeypatch):
     path = tmp_path / "db.duckdb"
     with Store.open(path) as store:
