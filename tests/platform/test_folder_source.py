@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,10 @@ def test_catch_up_then_new_files_with_normalised_fields(source):
     event = next(e for e in seen if e.key == "new dir/red flower+1.csv")
     assert (event.bucket, event.size, event.event_name, event.source) == ("local", 5, "ObjectCreated:Put", "folder")
     assert event.sequencer and event.version_id
+    # The event's time is the file's mtime (what S3 calls eventTime), its version mtime-size.
+    stat = (root / "new dir" / "red flower+1.csv").stat()
+    assert event.event_time == datetime.fromtimestamp(stat.st_mtime_ns / 1e9, timezone.utc).isoformat()
+    assert event.version_id == f"{stat.st_mtime_ns}-5" and int(event.sequencer, 16) == stat.st_mtime_ns
 
 
 def test_a_file_is_emitted_once_and_only_when_completely_written(watch):
