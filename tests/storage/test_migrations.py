@@ -104,6 +104,15 @@ def test_upgrade_targets_outside_the_known_versions_are_refused_and_change_nothi
         assert migrate.upgrade(con, 0) == [] and [m.version for m in migrate.upgrade(con, 2)] == [1, 2]
 
 
+def test_a_partial_downgrade_undoes_only_the_versions_above_its_target(tmp_path):
+    with connect(tmp_path / "db.duckdb") as con:
+        migrate.upgrade(con)
+        undone = migrate.downgrade(con, 2)
+        assert [m.version for m in undone] == list(range(migrate.LATEST, 2, -1))
+        assert [v for v, _, _ in migrate.applied_migrations(con)] == [1, 2]
+        assert {"entity_states", "tasks"} <= {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
 def test_a_migration_that_fails_midway_is_rolled_back_whole(tmp_path, monkeypatch):
     path = tmp_path / "db.duckdb"
     with Store.open(path) as store:
