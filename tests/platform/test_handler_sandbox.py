@@ -88,3 +88,19 @@ def test_declared_outputs_hops_and_a_crashing_handler_in_the_emulator(start_emul
     after = http.post("/functions/add/invoke", params={"wait": 30}, json={"numbers": [1, 2]}).json()
     assert after["status"] == "succeeded" and after["result"]["sum"] == 3
     assert http.get("/health").json()["status"] == "ok"
+
+
+def test_object_store_reports_modification_times_and_passes_storage_options(tmp_path):
+    from datetime import datetime, timezone
+
+    from dropwire.functions.platform.objects import url_to_fs
+
+    objects = ObjectStore({"local": str(tmp_path)})
+    assert objects.modified("local", "nothing/here.csv") is None
+    objects.write_bytes("local", "some/where.csv", b"x")
+    stamp = objects.modified("local", "some/where.csv")
+    assert stamp.tzinfo is not None
+    assert stamp == datetime.fromtimestamp((tmp_path / "some" / "where.csv").stat().st_mtime, timezone.utc)
+    # Options configured for a protocol reach its filesystem (e.g. an S3 endpoint for s3://).
+    fs, _ = url_to_fs(f"file://{tmp_path}", {"file": {"auto_mkdir": True}})
+    assert fs.auto_mkdir is True and url_to_fs(str(tmp_path))[0].auto_mkdir is False
