@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIP_ARGS ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench mutate lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(STAMP)
 BENCH ?=
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks $(BENCH)
+
+# On demand, never in make test: mutation testing of storage/ and the event path, on a copy of
+# the tree. make mutate MUTATE="--sample 0 storage/state_machine.py" for every mutant of one module.
+MUTATE ?=
+mutate: $(STAMP)
+	$(BIN)/python -m tests.mutation $(MUTATE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

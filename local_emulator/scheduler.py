@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Callable, Protocol
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -39,16 +39,21 @@ def make_trigger(schedule: OnSchedule) -> BaseTrigger:
     return IntervalTrigger(seconds=schedule.every_seconds, start_date=_GRID_START, timezone=timezone.utc)
 
 
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class Scheduler:
-    def __init__(self, functions: FunctionRegistry, store: ScheduleStore) -> None:
+    def __init__(self, functions: FunctionRegistry, store: ScheduleStore, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
+        self._clock = clock  # injectable, so catch-up windows are tested without sleeping
         self._schedules = {s.name: (s, f, make_trigger(s)) for s, f in functions.schedules()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dropwire-scheduler", daemon=True)
 
     def start(self) -> "Scheduler":
         for name in self._schedules:
-            self._catch_up(name, datetime.now(timezone.utc))
+            self._catch_up(name, self._clock())
         self._thread.start()
         return self
 
@@ -98,14 +103,14 @@ class Scheduler:
         self.fire(name, missed, catch_up=True)
 
     def _run(self) -> None:
-        after = datetime.now(timezone.utc)
+        after = self._clock()
         while not self._stop.is_set():
             upcoming = {name: trigger.get_next_fire_time(None, after) for name, (_, _, trigger) in self._schedules.items()}
             upcoming = {name: at for name, at in upcoming.items() if at is not None}
             if not upcoming:
                 return
             soonest = min(upcoming.values())
-            if self._stop.wait(max(0.0, (soonest - datetime.now(timezone.utc)).total_seconds())):
+            if self._stop.wait(max(0.0, (soonest - self._clock()).total_seconds())):
                 return
             for name, at in upcoming.items():
                 if at == soonest:

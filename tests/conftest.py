@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# No per-example deadline anywhere: on a loaded 2-core box a slow example is not a failure
+# (a deadline is a timed assertion). Examples still have to pass.
+hypothesis_settings.register_profile("dropwire", deadline=None)
+hypothesis_settings.load_profile("dropwire")
 
 REPO = Path(__file__).resolve().parent.parent
 DROPWIRE = [sys.executable, "-m", "dropwire.local_emulator"]

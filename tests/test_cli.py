@@ -96,3 +96,21 @@ def test_cli_modules_read_top_down_and_never_import_the_assembling_module():
     assert reaching_back == ["__main__"]  # the entry point, nothing else
     assert {"dropwire.local_emulator.cli_platform", "dropwire.local_emulator.cli_store",
             "dropwire.local_emulator.runtime_cli"} <= imported_by["cli"]
+def test_db_export_is_read_back_by_duckdb(run_cli, data_dir, tmp_path):
+    from dropwire.functions.evaluation.states import MACHINES
+    from dropwire.storage.records import TaskSpec
+    from dropwire.storage.store import Store
+
+    with Store.open(data_dir / "dropwire.duckdb", MACHINES) as store:
+        store.states.create("model", "m1", triggered_by="test")
+        store.queue.enqueue(TaskSpec(name="exported", args={"n": 1}))
+    target = tmp_path / "snapshot"
+    exported = run_cli("db", "export", str(target))
+    assert exported.returncode == 0, exported.stderr
+    with duckdb.connect() as con:
+        con.execute(f"IMPORT DATABASE '{target}'")
+        assert con.execute("SELECT kind, entity_id, state FROM entity_states").fetchall() == [("model", "m1", "REGISTERED")]
+        assert con.execute("SELECT name, args->>'n' FROM tasks").fetchall() == [("exported", "1")]
+        assert con.execute("SELECT count(*) FROM read_parquet(?)", [str(target / "state_history.parquet")]).fetchone() == (1,)
+    again = run_cli("db", "export", str(target))
+    assert again.returncode == 1 and "is not empty; choose a new one" in again.stderr

@@ -3,6 +3,7 @@ through settings.functions = 'tests.platform.sample_functions:functions')."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from dropwire.functions.platform.context import HandlerContext
@@ -51,3 +52,26 @@ def s3_measure(event: ObjectEvent, context: HandlerContext) -> dict:
         total = len(stream.read())
     context.outputs.write_bytes("uploads", f"out/{event.key}.txt", f"{total}\n".encode())
     return {"bytes": total}
+
+
+@functions.function("escape", on=[OnHttp()], outputs=[Output(bucket="local", prefix="allowed/")], max_attempts=1)
+def escape(event: HttpEvent, context: HandlerContext) -> None:
+    """Writes its declared output, then tries a key outside its outputs."""
+    context.outputs.write_bytes("local", "allowed/ok.txt", b"ok")
+    context.outputs.write_bytes("local", event.body["key"], b"not allowed")
+
+
+@functions.function("crash", on=[OnHttp()], max_attempts=2)
+def crash(event: HttpEvent, context: HandlerContext) -> None:
+    """Ends its process at once, as a segfaulting extension would: no exception, no clean-up."""
+    os._exit(70)
+
+
+@functions.function("relay", on=[OnUpload(bucket="local", prefix="relay-in/")], outputs=[Output(bucket="local", prefix="relay-out/")])
+def relay(event: ObjectEvent, context: HandlerContext) -> None:
+    context.outputs.write_bytes("local", f"relay-out/{event.key}", b"relayed")
+
+
+@functions.function("relayed", on=[OnUpload(bucket="local", prefix="relay-out/")])
+def relayed(event: ObjectEvent, context: HandlerContext) -> dict:
+    return {"key": event.key}

@@ -132,3 +132,27 @@ def test_two_emulators_started_at_once_on_a_fresh_data_dir_one_line_for_the_lose
     assert loser.returncode == 1 and codes[started.index(winner)] == 0
     assert said.startswith(f"error: database {data_dir}/dropwire.duckdb is in use by process {winner.pid} ")
     assert len(said.strip().splitlines()) == 1 and "Traceback" not in said
+
+
+def test_emulate_chaos_flags_duplicate_and_delay_events_and_receipts_absorb_them(platform_env, data_dir, run_cli, tmp_path):
+    log = tmp_path / "emulate.log"
+    emulator = subprocess.Popen([*DROPWIRE, "emulate", "--chaos-duplicate", "1", "--chaos-reorder", "0.5",
+                                 "--chaos-delay-ms", "200", "--chaos-seed", "5"],
+                                env=platform_env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "dropwire is up" in log.read_text(), timeout=60, what="the emulator to start")
+        incoming = data_dir / "bucket" / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        for name in ("a.csv", "b.csv", "c.csv"):
+            (incoming / name).write_text(name)
+        # Every event arrives twice (--chaos-duplicate 1): each second copy is refused as a duplicate.
+        wait_for(lambda: sorted(line.split(" not queued for ")[0].split()[-1] for line in log.read_text().splitlines()
+                                if " not queued for measure: duplicate " in line)
+                 == ["local/incoming/a.csv", "local/incoming/b.csv", "local/incoming/c.csv"], what="three refused duplicates")
+        wait_for(lambda: "handled=3" in run_cli("db", "query", "SELECT 'handled=' || count(*) FROM invocations "
+                                                               "WHERE function = 'measure' AND outcome = 'succeeded'",
+                                                       env=platform_env).stdout, what="three handled uploads")
+    finally:
+        emulator.send_signal(signal.SIGINT)
+        code = emulator.wait(timeout=60)
+    assert code == 0, log.read_text()

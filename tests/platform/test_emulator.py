@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from dropwire.local_emulator.emulator import ChaosSettings
@@ -94,3 +96,31 @@ def test_duplicated_delayed_and_reordered_events_give_one_invocation_each(start_
     rows = emulator.store.query("SELECT count(*), count(DISTINCT \"key\") FROM object_receipts WHERE function = 'measure'")
     assert rows == [(15, 15)]
     assert len(invocations(emulator, "measure")) == 15
+
+
+def test_versions_of_one_key_duplicated_and_reordered_run_at_most_once_each_and_never_out_of_order(start_emulator):
+    # Every event is delivered twice, each copy held back between 1 and 2 s: versions written
+    # 0.15 s apart overtake each other at random.
+    emulator, http = start_emulator(chaos=ChaosSettings(duplicate=1.0, reorder=1.0, max_delay_seconds=1.0, seed=11))
+    incoming = emulator.settings.bucket_path / "incoming"
+    incoming.mkdir(parents=True)
+    for version in range(1, 9):
+        (incoming / "same.csv").write_text("x" * version)
+        # Longer than the folder's settle time, so each write is an event of its own (on a
+        # stalled box two writes may merge into one version: the rules below still hold).
+        time.sleep(0.15)
+    final = incoming / "same.csv"
+    final_version = f"{final.stat().st_mtime_ns}-{final.stat().st_size}"
+    wait_for(lambda: emulator.store.query("SELECT count(*) FROM object_receipts WHERE \"key\" = 'incoming/same.csv' "
+                                          "AND version = ?", [final_version])[0][0] == 1, timeout=30, what="the last version")
+    wait_for(lambda: emulator.store.query("SELECT count(*) FROM tasks WHERE status <> 'succeeded'")[0][0] == 0,
+             what="every task to finish")
+    admitted = emulator.store.query("SELECT version, sequencer FROM object_receipts WHERE \"key\" = 'incoming/same.csv' "
+                                    "ORDER BY task_id")
+    sequencers = [int(sequencer, 16) for _, sequencer in admitted]
+    assert sequencers == sorted(set(sequencers)), "a version ran twice, or an older one after a newer one"
+    assert 1 <= len(admitted) <= 8 and admitted[-1][0] == final_version
+    runs = emulator.store.query("SELECT count(*) FROM invocations WHERE function = 'measure' "
+                                "AND json_extract_string(event, '$.key') = 'incoming/same.csv'")[0][0]
+    assert runs == len(admitted)
+    assert (emulator.settings.bucket_path / "measured" / "incoming" / "same.csv.txt").read_text() == "8\n"

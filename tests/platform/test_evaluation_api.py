@@ -13,7 +13,7 @@ import pytest
 
 from dropwire.local_emulator.emulator import Emulator
 from tests.conftest import wait_for
-from tests.evaluation.conftest import FIELDS, GOOD_ROWS, HEADER
+from tests.evaluation.conftest import EXPECTED_FIELD_F1, FIELDS, GOOD_ROWS, HEADER
 from tests.platform.conftest import emulator_settings
 
 pytestmark = pytest.mark.slow
@@ -127,9 +127,14 @@ def test_two_models_from_registration_to_results_over_http(http):
     uploaded = state["history"][1]["metadata"]["file_uploaded"]
     assert uploaded == "local/use-cases/invoice-extraction/models/gpt-4-2024-01/dataset.csv"
     results = http.get(f"{gpt}/results").json()
-    assert results["records"] == 4 and 0 < results["micro"]["f1"] < 1 and results["mlflow_run_id"]
+    # GOOD_ROWS counted by hand (tests/evaluation/test_metrics.py).
+    assert results["records"] == 4 and results["mlflow_run_id"]
+    micro = results["micro"]
+    assert (micro["tp"], micro["fp"], micro["fn"], micro["tn"]) == (19, 4, 4, 0)
+    assert micro["f1"] == pytest.approx(38 / 46) and micro["accuracy"] == pytest.approx(19 / 24)
+    assert {f["field"]: f["f1"] for f in results["fields"]} == pytest.approx(EXPECTED_FIELD_F1)
     assert [f["field"] for f in results["fields"]] == [f["name"] for f in FIELDS]
-    assert all(0 <= f["f1"] <= 1 and f["records"] == 4 for f in results["fields"])
+    assert all(f["records"] == 4 for f in results["fields"])
     assert set(results["results"]) == {"per_record", "per_field", "mismatches"}
     # Every artifact URL the API hands out is one a client on another machine can follow.
     for name, url in results["results"].items():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 import unicodedata
+from datetime import datetime
 from urllib.parse import quote_plus
 
 import pytest
@@ -25,6 +28,22 @@ def test_every_record_is_read_and_keys_are_decoded():
     assert events[0].raw_key == "red+flower.jpg"
     assert (events[1].size, events[1].etag, events[1].version_id, events[1].version) == (20, "def", "v2", "v2")
     assert events[0].version == "abc"  # no version id: the etag identifies the content
+
+
+def test_an_example_notification_is_shaped_like_the_ones_s3_sends():
+    before = time.time_ns()
+    record = example_notification("photos", "a b.jpg", 3, "e1")["Records"][0]
+    after = time.time_ns()
+    # eventTime with milliseconds and a Z, taken now; a hex sequencer taken now too.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["eventTime"]), record["eventTime"]
+    stamp = datetime.fromisoformat(record["eventTime"].replace("Z", "+00:00")).timestamp() * 1e9
+    assert before // 10**6 * 10**6 - 10**6 <= stamp <= after
+    assert before <= int(record["s3"]["object"]["sequencer"], 16) <= after
+    assert example_notification("photos", "k", 1, "e", sequencer="00A1")["Records"][0]["s3"]["object"]["sequencer"] == "00A1"
+    # A record without size or eTag (e.g. a delete) is read with size 0.
+    del record["s3"]["object"]["size"]
+    (event,) = parse_notification(json.dumps({"Records": [record]}))
+    assert (event.key, event.size) == ("a b.jpg", 0)
 
 
 def test_test_events_and_sns_envelopes():

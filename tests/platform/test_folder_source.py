@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -22,24 +24,49 @@ WATCHERS = [pytest.param(True, id="close-events", marks=pytest.mark.skipif(not C
 
 
 @pytest.fixture(params=WATCHERS)
-def source(tmp_path, request):
-    seen: list[ObjectEvent] = []
-    lock = threading.Lock()
+def close_events(request) -> bool:
+    return request.param
 
-    def emit(events: list[ObjectEvent]) -> None:
-        with lock:
-            seen.extend(events)
 
-    root = tmp_path / "bucket"
-    root.mkdir()
-    (root / "before.csv").write_text("arrived while nobody watched\n")
-    folder = FolderSource(root, "local", emit, settle_seconds=0.05, close_events=request.param).start()
-    yield root, seen
-    folder.stop()
+@pytest.fixture
+def watch(tmp_path, close_events):
+    """Start a FolderSource (with the watcher under test) on a bucket folder that already holds
+    one file; returns the folder and the events emitted so far."""
+    started: list[FolderSource] = []
+
+    def start(settle_seconds: float = 0.05) -> tuple[Path, list[ObjectEvent]]:
+        seen: list[ObjectEvent] = []
+        lock = threading.Lock()
+
+        def emit(events: list[ObjectEvent]) -> None:
+            with lock:
+                seen.extend(events)
+
+        root = tmp_path / "bucket"
+        root.mkdir()
+        (root / "before.csv").write_text("arrived while nobody watched\n")
+        started.append(FolderSource(root, "local", emit, settle_seconds=settle_seconds, close_events=close_events).start())
+        return root, seen
+
+    yield start
+    for folder in started:
+        folder.stop()
+
+
+@pytest.fixture
+def source(watch):
+    return watch()
 
 
 def keys(seen: list[ObjectEvent]) -> list[str]:
     return sorted(e.key for e in seen)
+
+
+def barrier(root: Path, seen: list[ObjectEvent], name: str = "zz-barrier.csv") -> None:
+    """Write a file and wait for its event: everything written before it has been looked at
+    by then, so what was not emitted by now is not going to be (no sleeping on it)."""
+    (root / name).write_text("barrier\n")
+    wait_for(lambda: name in keys(seen), what=f"the barrier file {name}")
 
 
 def test_catch_up_then_new_files_with_normalised_fields(source):
@@ -51,18 +78,24 @@ def test_catch_up_then_new_files_with_normalised_fields(source):
     event = next(e for e in seen if e.key == "new dir/red flower+1.csv")
     assert (event.bucket, event.size, event.event_name, event.source) == ("local", 5, "ObjectCreated:Put", "folder")
     assert event.sequencer and event.version_id
+    # The event's time is the file's mtime (what S3 calls eventTime), its version mtime-size.
+    stat = (root / "new dir" / "red flower+1.csv").stat()
+    assert event.event_time == datetime.fromtimestamp(stat.st_mtime_ns / 1e9, timezone.utc).isoformat()
+    assert event.version_id == f"{stat.st_mtime_ns}-5" and int(event.sequencer, 16) == stat.st_mtime_ns
 
 
-def test_a_file_is_emitted_once_and_only_when_completely_written(source):
-    root, seen = source
+def test_a_file_is_emitted_once_and_only_when_completely_written(watch):
+    # A settle time far above the writer's pauses, so a loaded box cannot make the pauses look
+    # like a finished file; the pauses are long enough for the watcher to see each part.
+    root, seen = watch(settle_seconds=1.0)
     wait_for(lambda: keys(seen) == ["before.csv"], what="the catch-up event")
     with open(root / "big.bin", "wb") as out:
         for _ in range(6):
             out.write(b"x" * 100_000)
             out.flush()
-            time.sleep(0.03)  # slower than nothing, faster than the settle time
+            time.sleep(0.03)
     wait_for(lambda: "big.bin" in keys(seen), what="the finished file")
-    time.sleep(0.3)
+    barrier(root, seen)
     big = [e for e in seen if e.key == "big.bin"]
     assert len(big) == 1 and big[0].size == 600_000
 
@@ -77,8 +110,8 @@ def test_hidden_and_temporary_files_are_ignored_and_renames_count(source):
     (root / ".writing.csv").write_text("complete")
     os.rename(root / ".writing.csv", root / "renamed.csv")
     wait_for(lambda: "renamed.csv" in keys(seen), what="the renamed file")
-    time.sleep(0.3)
-    assert keys(seen) == ["before.csv", "renamed.csv"]
+    barrier(root, seen)
+    assert keys(seen) == ["before.csv", "renamed.csv", "zz-barrier.csv"]
 
 
 def test_deletions_are_reported(source):
@@ -99,7 +132,7 @@ with open(sys.argv[1], "w") as out:
 
 
 @pytest.mark.skipif(not CLOSE_EVENTS, reason="close-after-write events are Linux's")
-@pytest.mark.parametrize("source", [True], indirect=True, ids=["close-events"])
+@pytest.mark.parametrize("close_events", [True], indirect=True, ids=["close-events"])
 def test_a_slow_writer_is_emitted_once_on_its_full_content(source):
     root, seen = source
     wait_for(lambda: keys(seen) == ["before.csv"], what="the catch-up event")

@@ -64,8 +64,9 @@ def test_the_outbox_row_commits_with_its_change_or_not_at_all(store, tmp_path):
     with pytest.raises(DropwireError):
         store.states.apply(illegal)
     assert store.outbox.notifications() == []
-    with pytest.raises(DropwireError, match="'not an address' is not an e-mail address"):
-        store.states.apply(Effects(notifications=[notification(recipients=["not an address"])]))
+    for bad in ("not an address", "ops.example.com", "ops @example.com"):  # no @, or a space
+        with pytest.raises(DropwireError, match=f"'{bad}' is not an e-mail address"):
+            store.states.apply(Effects(notifications=[notification(recipients=[bad])]))
 
     legal = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="t")],
                     notifications=[notification()])
@@ -102,10 +103,13 @@ def test_email_waits_for_smtp_then_is_delivered_once_with_its_attachment(store, 
     notifier = Notifier(store.outbox, fast(smtp_host="127.0.0.1", smtp_port=port, max_attachment_bytes=1000), tmp_path / "outbox")
 
     # SMTP is down: the row stays pending with the error, and the .eml is already written.
+    before = time.time()
     assert notifier.deliver_due() == 1
+    after = time.time()
     (row,) = store.outbox.notifications()
     assert row.status == "pending" and row.attempts == 1 and f"SMTP 127.0.0.1:{port}" in row.last_error
-    assert row.email_sent_at is None and row.next_attempt_at > time.time() - 1
+    # The first retry waits between half and all of retry_base_seconds (0.2 s).
+    assert row.email_sent_at is None and before + 0.1 <= row.next_attempt_at <= after + 0.2
     eml = Path(row.eml_path)
     assert eml.exists() and b"Evaluation of m1 done" in eml.read_bytes()
 
@@ -156,6 +160,91 @@ class _Hook(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+def test_retries_back_off_exponentially_and_wait_until_due(store, tmp_path):
+    """Attempt n waits between half and all of base*2^(n-1), capped at retry_max_seconds; a row
+    is not attempted again before then."""
+    store.states.apply(Effects(notifications=[notification()]))
+    notifier = Notifier(store.outbox, fast(smtp_host="127.0.0.1", smtp_port=free_port(), retry_base_seconds=40,
+                                    retry_max_seconds=100), tmp_path / "outbox")
+    bands = {1: (20, 40), 2: (40, 80), 3: (50, 100)}
+    for attempt, (low, high) in bands.items():
+        before = time.time()
+        assert notifier.deliver_due() == 1
+        after = time.time()
+        (row,) = store.outbox.notifications()
+        assert (row.status, row.attempts) == ("pending", attempt)
+        assert before + low <= row.next_attempt_at <= after + high, (attempt, row.next_attempt_at - before)
+        assert store.outbox.pending_notifications() == [] and notifier.deliver_due() == 0  # not due yet
+        # Make it due now, as if the backoff had passed.
+        store.outbox.mark_notification(row.id, status="pending", attempts=row.attempts, last_error=row.last_error,
+                                next_attempt_at=time.time() - 1)
+
+
+def _webhook_server(answers: list[int]) -> ThreadingHTTPServer:
+    _Hook.received, _Hook.answers = [], answers
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_retry_repeats_only_the_channel_that_failed(store, tmp_path):
+    """E-mail and webhook both configured: the webhook fails once (503) while the e-mail goes
+    through; the retry posts the webhook again but does not send the e-mail a second time."""
+    store.states.apply(Effects(notifications=[notification()]))
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    hook = _webhook_server([503])
+    notifier = Notifier(store.outbox, fast(smtp_host="127.0.0.1", smtp_port=smtp.port,
+                                    webhook_url=f"http://127.0.0.1:{hook.server_port}/hook", webhook_secret="s",
+                                    retry_base_seconds=60, retry_max_seconds=60), tmp_path / "outbox")
+    try:
+        notifier.deliver_due()
+        (row,) = store.outbox.notifications()
+        assert (row.status, row.attempts, len(inbox.messages), len(_Hook.received)) == ("pending", 1, 1, 1)
+        assert row.email_sent_at is not None and row.webhook_sent_at is None and "503" in row.last_error
+        store.outbox.mark_notification(row.id, status="pending", attempts=1, last_error=row.last_error,
+                                next_attempt_at=time.time() - 1)
+        notifier.deliver_due()
+    finally:
+        smtp.stop()
+        hook.shutdown()
+        hook.server_close()
+    (row,) = store.outbox.notifications()
+    assert (row.status, row.attempts) == ("sent", 2) and row.webhook_sent_at is not None
+    assert len(inbox.messages) == 1 and len(_Hook.received) == 2
+
+
+def test_a_retry_does_not_post_a_delivered_webhook_again(store, tmp_path):
+    """The other way round: the webhook is accepted while SMTP is down; once SMTP is up the
+    retry sends the e-mail and leaves the webhook alone."""
+    store.states.apply(Effects(notifications=[notification()]))
+    hook = _webhook_server([])
+    port = free_port()
+    notifier = Notifier(store.outbox, fast(smtp_host="127.0.0.1", smtp_port=port,
+                                    webhook_url=f"http://127.0.0.1:{hook.server_port}/hook", webhook_secret="s",
+                                    retry_base_seconds=60, retry_max_seconds=60), tmp_path / "outbox")
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=port)
+    try:
+        notifier.deliver_due()
+        (row,) = store.outbox.notifications()
+        assert (row.status, len(_Hook.received)) == ("pending", 1) and row.webhook_sent_at is not None
+        store.outbox.mark_notification(row.id, status="pending", attempts=1, last_error=row.last_error,
+                                next_attempt_at=time.time() - 1)
+        smtp.start()
+        notifier.deliver_due()
+        smtp.stop()
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    (row,) = store.outbox.notifications()
+    assert (row.status, row.attempts) == ("sent", 2) and row.email_sent_at is not None
+    assert len(inbox.messages) == 1 and len(_Hook.received) == 1
+
+
 
 
 def test_webhooks_are_signed_and_retried_until_accepted(store, tmp_path):

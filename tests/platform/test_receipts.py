@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dropwire.functions.platform.registry import ObjectEvent
@@ -61,3 +62,37 @@ def test_the_hop_guard_refuses_objects_deep_in_a_chain(tmp_path):
         (admission,) = router.route([shallow])
         assert admission.outcome == "accepted"
         assert store.queue.task(admission.task_id).args["hop"] == 15
+
+
+def test_one_refused_event_does_not_stop_the_others_and_hops_count_from_zero(tmp_path):
+    with Store.open(tmp_path / "db.duckdb") as store:
+        router = EventRouter(functions, store.receipts, store.queue, hop_limit=16)
+        store.receipts.record_output("local", "incoming/deeper.csv", hop=17, function="somebody", task_id=1)
+        store.receipts.record_output("local", "incoming/deep.csv", hop=16, function="somebody", task_id=1)
+        deeper, deep, outside, later = (versions(f"incoming/{name}.csv", 1)[0] for name in ("deeper", "deep", "outside", "later"))
+        # The refused ones are left out of the answer; the others in the same batch are admitted.
+        admitted = router.route([deeper, deep, outside, later])
+        assert [a.outcome for a in admitted] == ["accepted", "accepted"]
+        assert [store.queue.task(a.task_id).args["event"]["key"] for a in admitted] == ["incoming/outside.csv", "incoming/later.csv"]
+        assert {store.queue.task(a.task_id).args["hop"] for a in admitted} == {0}  # outside uploads
+
+
+def test_reprocess_runs_again_on_the_object_as_it_is_now(tmp_path):
+    from dropwire.functions.platform.objects import ObjectStore
+    from dropwire.storage.errors import NotFound
+
+    bucket = tmp_path / "bucket"
+    (bucket / "incoming").mkdir(parents=True)
+    (bucket / "incoming" / "again.csv").write_bytes(b"12345")
+    objects = ObjectStore({"local": str(bucket)})
+    with Store.open(tmp_path / "db.duckdb") as store:
+        router = EventRouter(functions, store.receipts, store.queue, hop_limit=16)
+        task = store.queue.task(router.reprocess("measure", objects, "local", "incoming/again.csv"))
+        assert (task.name, task.args["source"], task.args["hop"]) == ("fn:measure", "reprocess", 0)
+        event = task.args["event"]
+        assert (event["key"], event["size"], event["event_name"]) == ("incoming/again.csv", 5, "ObjectCreated:Reprocess")
+        assert event["version_id"].endswith("-5") and event["version_id"] == event["etag"]  # mtime-size
+        again = store.queue.task(router.reprocess("measure", objects, "local", "incoming/again.csv"))
+        assert again.id != task.id  # on purpose: receipts do not stop it
+        with pytest.raises(NotFound, match="object local/incoming/gone.csv does not exist"):
+            router.reprocess("measure", objects, "local", "incoming/gone.csv")

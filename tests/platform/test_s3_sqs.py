@@ -87,3 +87,60 @@ def test_the_evaluation_workflow_on_an_s3_bucket(moto, tmp_path):
         report = s3.get_object(Bucket="team-data", Key="evaluation-results/invoices/alpha/1/report.xlsx")["Body"].read()
         assert report[:2] == b"PK"
         assert s3.head_object(Bucket="team-data", Key="evaluation-templates/invoices/config-template.yaml")
+
+
+class DeleteLog:
+    """The real SQS client, noting for each delete how many receipts the store held by then."""
+
+    def __init__(self, client, store) -> None:
+        self._client, self._store = client, store
+        self.deletes: list[int] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def delete_message(self, **kwargs):
+        self.deletes.append(self._store.query("SELECT count(*) FROM object_receipts")[0][0])
+        return self._client.delete_message(**kwargs)
+
+
+def test_an_sqs_message_is_deleted_only_after_its_invocations_are_queued(moto, tmp_path):
+    import boto3
+
+    from dropwire.local_emulator.router import EventRouter
+    from dropwire.local_emulator.sources.s3 import SqsSource
+    from dropwire.storage.store import Store
+    from tests.platform.sample_functions import functions
+
+    sqs = boto3.client("sqs", endpoint_url=moto, region_name="us-east-1")
+    # Visible again at once when not deleted, so a kept message is received over and over.
+    queue_url = sqs.create_queue(QueueName="events", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+    body = json.dumps(example_notification("local", "incoming/a.csv", 3, "etag-a"))
+    sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+
+    # The store cannot queue anything (it is closed): the message is received, not deleted.
+    closed = Store.open(tmp_path / "closed.duckdb")
+    closed.close()
+    attempts: list[int] = []
+    router = EventRouter(functions, closed.receipts, closed.queue, hop_limit=16)
+    failing = DeleteLog(sqs, closed)
+    source = SqsSource(failing, queue_url, lambda events: (attempts.append(len(events)), router.route(events)), wait_seconds=1)
+    source.start()
+    try:
+        wait_for(lambda: len(attempts) >= 2, what="the message to be received again after a failed routing")
+    finally:
+        source.stop()
+    assert failing.deletes == []
+
+    # A working store: the invocation is queued, then (only then) the message is deleted.
+    with Store.open(tmp_path / "db.duckdb") as store:
+        router = EventRouter(functions, store.receipts, store.queue, hop_limit=16)
+        working = DeleteLog(sqs, store)
+        source = SqsSource(working, queue_url, router.route, wait_seconds=1).start()
+        try:
+            wait_for(lambda: working.deletes, what="the message to be deleted")
+        finally:
+            source.stop()
+        assert working.deletes == [1]
+        assert store.query("SELECT name, json_extract_string(args, '$.event.key') FROM tasks") == [("fn:measure", "incoming/a.csv")]
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0)

@@ -78,7 +78,9 @@ def test_shutdown_fails_waiting_requests_and_refuses_new_ones(tiny_model: Path, 
         await service.shutdown()
         outcomes = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), timeout=30)
         refused = [o for o in outcomes if isinstance(o, ShuttingDown)]
-        assert refused and all(isinstance(o, ShuttingDown) or o.index >= 100 for o in outcomes)
+        # Each request either got its own index's forecast or was refused; nothing else.
+        assert refused and all(isinstance(o, ShuttingDown) or o.index == index
+                               for index, o in zip(range(100, 140), outcomes)), outcomes
         with pytest.raises(ShuttingDown):
             await service.forecasts.upload(generated_csv(50, seed=44), precompute=False)
         stats = service.stats()

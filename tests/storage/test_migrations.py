@@ -11,6 +11,7 @@ import pytest
 from dropwire.storage import migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DatabaseUnusable
+from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store
 
 
@@ -92,3 +93,42 @@ def test_downgrade_to_a_version_above_the_current_one_is_refused(tmp_path):
         migrate.upgrade(con, 1)
         with pytest.raises(Exception, match="cannot downgrade to 2: the database is at version 1"):
             migrate.downgrade(con, 2)
+
+
+def test_upgrade_targets_outside_the_known_versions_are_refused_and_change_nothing(tmp_path):
+    with connect(tmp_path / "db.duckdb") as con:
+        for target in (-1, migrate.LATEST + 1):
+            with pytest.raises(Exception, match=f"there is no schema version {target}; versions run from 0 to {migrate.LATEST}"):
+                migrate.upgrade(con, target)
+        assert migrate.current_version(con) == 0
+        assert migrate.upgrade(con, 0) == [] and [m.version for m in migrate.upgrade(con, 2)] == [1, 2]
+
+
+def test_a_partial_downgrade_undoes_only_the_versions_above_its_target(tmp_path):
+    with connect(tmp_path / "db.duckdb") as con:
+        migrate.upgrade(con)
+        undone = migrate.downgrade(con, 2)
+        assert [m.version for m in undone] == list(range(migrate.LATEST, 2, -1))
+        assert [v for v, _, _ in migrate.applied_migrations(con)] == [1, 2]
+        assert {"entity_states", "tasks"} <= {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def test_a_migration_that_fails_midway_is_rolled_back_whole(tmp_path, monkeypatch):
+    path = tmp_path / "db.duckdb"
+    with Store.open(path) as store:
+        task_id = store.queue.enqueue(TaskSpec(name="kept"))
+    # A next migration whose third statement fails, after two that would have changed things.
+    broken = migrate.Migration(migrate.LATEST + 1, "broken", "CREATE TABLE half_done (x INTEGER);\n"
+                               "ALTER TABLE tasks ADD COLUMN extra INTEGER;\nINSERT INTO no_such_table VALUES (1);",
+                               "DROP TABLE half_done;")
+    monkeypatch.setattr(migrate, "MIGRATIONS", [*migrate.MIGRATIONS, broken])
+    monkeypatch.setattr(migrate, "LATEST", broken.version)
+    before = tables(path)
+    with connect(path) as con:
+        with pytest.raises(DatabaseUnusable, match=f"upgrade of migration {broken.version:04d}_broken failed and was rolled back"):
+            migrate.upgrade(con)
+        assert migrate.current_version(con) == broken.version - 1
+        columns = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'tasks'").fetchall()}
+        assert "extra" not in columns
+        assert con.execute("SELECT name FROM tasks WHERE id = ?", [task_id]).fetchall() == [("kept",)]
+    assert tables(path) == before and "half_done" not in before

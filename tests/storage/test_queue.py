@@ -41,6 +41,16 @@ def test_claims_follow_priority_then_age(store):
     assert store.queue.claim("w") == []
 
 
+def test_claims_across_task_names_follow_one_priority_then_age_order(store):
+    specs = [("a", 0), ("b", 5), ("a", 9), ("b", 0), ("c", 5)]
+    ids = store.queue.enqueue_many([TaskSpec(name=name, priority=p) for name, p in specs])
+    order = [store.queue.claim("w")[0].id for _ in ids]
+    assert order == [ids[2], ids[1], ids[4], ids[0], ids[3]]
+    # Limited to some names, the same order among theirs.
+    more = store.queue.enqueue_many([TaskSpec(name=name, priority=p) for name, p in specs])
+    assert [t.id for t in store.queue.claim("w", names=["b", "c"], limit=5)] == [more[1], more[4], more[3]]
+
+
 def test_delayed_tasks_wait_for_their_time(store):
     store.queue.enqueue(TaskSpec(name="later", delay_seconds=0.4))
     assert store.queue.claim("w") == []
@@ -213,27 +223,47 @@ def test_release_returns_a_task_without_counting_the_attempt(store):
 
 
 def test_stats_and_cleanup(store):
+    assert store.queue.stats().oldest_waiting_seconds is None  # nothing waits
     for i in range(3):
         store.queue.enqueue(TaskSpec(name="done", args=i))
+    before_enqueue = time.time()
     store.queue.enqueue(TaskSpec(name="waiting"))
+    after_enqueue = time.time()
+    store.queue.enqueue(TaskSpec(name="later", delay_seconds=3600))  # not due: not waiting yet
     for claimed in store.queue.claim("w", names=["done"], limit=3):
         store.queue.complete(claimed.id, claimed.token)
+    before_stats = time.time()
     stats = store.queue.stats()
-    assert stats.by_status == {"succeeded": 3, "queued": 1}
-    assert stats.by_name == {"done": {"succeeded": 3}, "waiting": {"queued": 1}}
-    assert stats.oldest_waiting_seconds is not None and stats.attempts_total == 3
+    after_stats = time.time()
+    assert stats.by_status == {"succeeded": 3, "queued": 2}
+    assert stats.by_name == {"done": {"succeeded": 3}, "waiting": {"queued": 1}, "later": {"queued": 1}}
+    # The age of "waiting", the oldest due task (bracketed by the clock readings around both calls).
+    assert before_stats - after_enqueue - 0.001 <= stats.oldest_waiting_seconds <= after_stats - before_enqueue + 0.001
+    assert stats.attempts_total == 3
     assert store.queue.cleanup(older_than_days=1) == 0
     assert store.queue.cleanup(older_than_days=0) == 3
-    assert store.queue.stats().by_status == {"queued": 1}
+    assert store.queue.stats().by_status == {"queued": 2}
 
 
-def test_export_writes_parquet_readable_by_polars(store, tmp_path):
+def test_export_writes_parquet_readable_by_polars_and_duckdb(store, tmp_path):
+    import duckdb
     import polars as pl
 
     store.states.create("model", "m1", triggered_by="t")
+    store.queue.enqueue_many([TaskSpec(name="t", args=i) for i in range(3)])
     target = store.export(tmp_path / "snapshot")
     history = pl.read_parquet(target / "state_history.parquet")
     assert history.select("entity_id", "to_state").rows() == [("m1", "REGISTERED")]
+    # Every table is there, row for row, and DuckDB reads it back (the files and the export's own schema).
+    live = {name: store.query(f'SELECT count(*) FROM "{name}"')[0][0]
+            for (name,) in store.query("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")}
+    with duckdb.connect() as con:
+        exported = {name: con.execute(f"SELECT count(*) FROM read_parquet('{target / name}.parquet')").fetchone()[0]
+                    for name in live}
+        assert exported == live and live["tasks"] == 3 and live["schema_migrations"] > 0
+        con.execute(f"IMPORT DATABASE '{target}'")
+        assert con.execute("SELECT entity_id, state FROM entity_states").fetchall() == [("m1", "REGISTERED")]
+        assert con.execute("SELECT count(*) FROM tasks WHERE status = 'queued'").fetchone()[0] == 3
 
 
 def test_worker_pool_runs_tasks_retries_crashes_and_dead_letters_bad_args(store):
@@ -269,18 +299,34 @@ def test_worker_pool_runs_tasks_retries_crashes_and_dead_letters_bad_args(store)
 
 
 def test_graceful_stop_releases_claimed_tasks_it_did_not_start(store):
+    """A worker that has claimed several tasks at once and is told to stop while running the
+    first finishes that one and hands the rest back untouched (queued, attempts 0)."""
     registry = TaskRegistry()
     started = threading.Event()
+    ran: list[str] = []
 
-    @registry.task("slow")
-    def slow(args, context):
+    @registry.task("quick")
+    def quick(args, context):
+        pass
+
+    @registry.task("gated")
+    def gated(args, context):
+        ran.append(args)
         started.set()
-        time.sleep(0.5)
+        # Stop the pool while this task runs (stop() joins the workers, so from another thread)
+        # and finish only once the stop is seen: the rest of this claim must then go back.
+        threading.Thread(target=pool.stop, daemon=True).start()
+        assert pool._stopping.wait(10)
 
-    store.queue.enqueue_many([TaskSpec(name="slow", args=i) for i in range(4)])
-    pool = WorkerPool(store.queue, registry, workers=1, max_prefetch=4, lease_seconds=5, heartbeat_seconds=1).start()
-    started.wait(5)
+    pool = WorkerPool(store.queue, registry, workers=1, max_prefetch=4, lease_seconds=30, heartbeat_seconds=1).start()
+    # Quick tasks first: they teach the pool that tasks are short, so its next claim is a batch.
+    store.queue.enqueue_many([TaskSpec(name="quick", args=i) for i in range(20)])
+    wait_for(lambda: store.queue.stats().by_status == {"succeeded": 20}, what="the quick tasks")
+    gated_ids = store.queue.enqueue_many([TaskSpec(name="gated", args=f"g{i}") for i in range(4)])
+    assert started.wait(10), "the gated task never started"
     pool.stop()
-    stats = store.queue.stats().by_status
-    assert stats == {"succeeded": 1, "queued": 3}
-    assert store.queue.task(2).attempts == 0
+    assert ran == ["g0"]
+    assert store.queue.stats().by_status == {"succeeded": 21, "queued": 3}
+    for task_id in gated_ids[1:]:
+        task = store.queue.task(task_id)
+        assert (task.status, task.attempts) == ("queued", 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from enum import StrEnum
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -12,7 +13,7 @@ from dropwire.functions.evaluation.states import MACHINES, MODEL_EVALUATION, USE
 from dropwire.storage import consistency
 from dropwire.storage.errors import Conflict, IllegalTransition, NotFound, VersionConflict
 from dropwire.storage.records import EntityCreate, Effects, TaskSpec, TransitionRequest
-from dropwire.storage.state_machine import UnknownState
+from dropwire.storage.state_machine import StateMachine, Transition, UnknownState
 from dropwire.storage.store import Store
 from tests.storage.helpers import CYCLE
 
@@ -178,3 +179,53 @@ def test_an_entity_created_and_moved_on_in_one_operation_has_its_current_state(s
     ))
     assert store.states.current("model", "m1") == ("QUALITY_CHECK_PENDING", 2)
     assert consistency.check(store.writer.cursor(), [*MACHINES, CYCLE]) == []
+
+
+
+def test_an_existing_entity_moved_by_many_pipelined_operations_keeps_every_move_after_a_restart(tmp_path):
+    """Pipelined operations share group commits, so one batch holds several images of the same
+    existing row: it must be updated (not inserted again) with its latest image."""
+    path = tmp_path / "pipelined.duckdb"
+    with Store.open(path, [CYCLE]) as store:
+        store.states.create("cycle", "c1", triggered_by="t")
+        futures = [store.states.apply_async(Effects(transitions=[
+            TransitionRequest(kind="cycle", entity_id="c1", trigger="next", triggered_by="t")])) for _ in range(30)]
+        for future in futures:
+            future.result()
+    with Store.open(path, [CYCLE]) as store:  # what was committed, not the in-memory view
+        assert store.states.current("cycle", "c1") == ("A", 31)  # 30 moves round A -> B -> C -> A
+        assert store.query("SELECT count(*) FROM entity_states")[0][0] == 1
+        assert [h.seq for h in store.states.history("cycle", "c1")] == list(range(1, 32))
+        assert consistency.check(store.writer.cursor(), [CYCLE]) == []
+
+
+class Fork(StrEnum):
+    S = "S"
+    X = "X"
+    Y = "Y"
+
+
+# One trigger, two destinations: only naming the target state picks one.
+FORK = StateMachine("fork", Fork, "S", (Transition("S", "X", "go"), Transition("S", "Y", "go")))
+
+
+def test_a_trigger_with_two_destinations_needs_the_target_and_every_refusal_says_what_was_asked(tmp_path):
+    with Store.open(tmp_path / "fork.duckdb", [FORK]) as store:
+        for entity in ("f1", "f2", "f3"):
+            store.states.create("fork", entity, triggered_by="test")
+        allowed = "Allowed next: go -> X, go -> Y"
+        with pytest.raises(IllegalTransition) as ambiguous:
+            store.states.transition("fork", "f1", trigger="go", triggered_by="test")
+        assert ambiguous.value.message == f"fork f1 is in state S: trigger 'go' is ambiguous: name the target state too. {allowed}"
+        with pytest.raises(IllegalTransition) as unknown_trigger:
+            store.states.transition("fork", "f1", trigger="stop", triggered_by="test")
+        assert unknown_trigger.value.message == f"fork f1 is in state S: trigger 'stop' is not allowed. {allowed}"
+        with pytest.raises(IllegalTransition) as no_move:
+            store.states.transition("fork", "f1", to_state="S", triggered_by="test")
+        assert no_move.value.message == f"fork f1 is in state S: a move to S is not allowed. {allowed}"
+        store.states.transition("fork", "f1", trigger="go", to_state="Y", triggered_by="test")
+        store.states.transition("fork", "f2", trigger="go", to_state="X", triggered_by="test")
+        store.states.transition("fork", "f3", to_state="Y", triggered_by="test")
+        assert [store.states.current("fork", e)[0] for e in ("f1", "f2", "f3")] == ["Y", "X", "Y"]
+        with pytest.raises(IllegalTransition, match=r"fork f1 is in state Y: trigger 'go' is not allowed. Allowed next: none \(terminal state\)"):
+            store.states.transition("fork", "f1", trigger="go", triggered_by="test")
