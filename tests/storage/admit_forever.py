@@ -20,6 +20,7 @@ def offer(function: str, key: str, version: int) -> tuple[ObjectReceipt, TaskSpe
 
 def main(path: str) -> None:
     store = Store.open(Path(path))
+    printing = threading.Lock()  # print() writes the text and the newline apart: threads would interleave them
 
     def admitter(n: int) -> None:
         i = 0
@@ -30,7 +31,8 @@ def main(path: str) -> None:
                          offer("a", key, max(i % 3, 1))])
             i += 1
             if i % 50 == 0:
-                print(f"admitted {i}", flush=True)
+                with printing:
+                    print(f"admitted {i}", flush=True)
 
     for n in range(3):
         threading.Thread(target=admitter, args=(n,), daemon=True).start()
