@@ -17,6 +17,7 @@ import ray
 from ray import exceptions as ray_errors
 
 from dropwire.functions.platform.registry import FunctionSpec
+from dropwire.functions.platform.tasks import ExecutorLost
 from dropwire.local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerHost, HandlerTimeout, Outcome, Request
 from dropwire.local_emulator.settings import ExecutorSettings
 from dropwire.storage.errors import DropwireError
@@ -43,18 +44,26 @@ def _run_invocation(config_bytes: bytes, request_bytes: bytes) -> bytes:
 _remote_invocation = ray.remote(max_retries=0, retry_exceptions=False)(_run_invocation)
 
 
+def _answers(address: str, timeout: float) -> str | None:
+    """None if host:port accepts a connection, else why not."""
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    if parts.hostname is None or parts.port is None:
+        return f"{address!r} is not host:port or ray://host:port"
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def _probe(address: str, timeout: float) -> None:
     """A host:port address that does not answer fails here at once, with its name, rather
     than after Ray's own long reconnect loop."""
     if address in ("", "auto", "local"):
         return
-    parts = urlsplit(address if "://" in address else f"ray://{address}")
-    if parts.hostname is None or parts.port is None:
-        raise RayUnavailable(f"executor.ray_address {address!r} is not host:port or ray://host:port")
-    try:
-        socket.create_connection((parts.hostname, parts.port), timeout=min(timeout, 5.0)).close()
-    except OSError as exc:
-        raise RayUnavailable(f"the Ray cluster at {address} does not answer ({exc.strerror or exc}); "
+    problem = _answers(address, min(timeout, 5.0))
+    if problem is not None:
+        raise RayUnavailable(f"the Ray cluster at {address} does not answer ({problem}); "
                              "start it (ray start --head) or set executor.ray_address") from None
 
 
@@ -72,6 +81,9 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RayUnavailable(f"the Ray cluster at {settings.ray_address} does not answer: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        # The cluster's own address (what "auto" found): probed when a task is lost, to tell a
+        # lost node (a failed attempt) from a lost cluster (nothing runs until it is back).
+        self._gcs = ray.get_runtime_context().gcs_address or settings.ray_address
         self._config = ray.put(msgspec.msgpack.encode(config))
         log.info("invocations run as Ray tasks on %s (%s CPU(s))", settings.ray_address,
                  ray.cluster_resources().get("CPU", 0))
@@ -83,6 +95,21 @@ class RayExecutor:
         return True
 
     def run(self, spec: FunctionSpec, request: Request) -> Outcome:
+        self._check_cluster(started=False)
+        try:
+            return self._run(spec, request)
+        except HandlerCrashed:
+            self._check_cluster(started=True)
+            raise
+        except SystemExit:  # Ray ends a driver thread this way when its cluster is gone
+            raise ExecutorLost(f"the Ray cluster at {self._gcs} went away") from None
+
+    def _check_cluster(self, *, started: bool) -> None:
+        problem = _answers(self._gcs, 2.0)
+        if problem is not None:
+            raise ExecutorLost(f"the Ray cluster at {self._gcs} went away ({problem})", started=started)
+
+    def _run(self, spec: FunctionSpec, request: Request) -> Outcome:
         resources = spec.resources
         options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "name": f"dropwire:{spec.name}"}
         if resources.memory_bytes is not None:

@@ -1,6 +1,6 @@
 """Functions for the Ray executor tests (settings.functions = 'tests.platform.ray_functions:functions'):
 one past its timeout, one whose result cannot be encoded, one that reports the resources
-its Ray task was given."""
+its Ray task was given, one that holds (a cluster to lose under it)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,8 @@ def hinted(event: HttpEvent, context: HandlerContext) -> dict[str, float]:
     import ray  # only to show what Ray gave this invocation; handlers never need it
 
     return ray.get_runtime_context().get_assigned_resources()
+
+
+@functions.function("hold", on=[OnHttp()], timeout_seconds=600, max_attempts=3)
+def hold(event: HttpEvent, context: HandlerContext) -> None:
+    time.sleep(event.body["seconds"])

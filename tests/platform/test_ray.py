@@ -15,6 +15,9 @@ from typing import Iterator
 import httpx
 import pytest
 
+# Read by Ray when it is imported: every node of the test clusters on 127.0.0.1, no usage report.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(RAY_ENV)
 pytest.importorskip("ray")
 
 import ray  # noqa: E402
@@ -28,7 +31,6 @@ from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucke
 
 pytestmark = pytest.mark.slow
 
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024}
 # Enough records that the evaluation step (metrics, Excel report, MLflow run) is surely caught mid-way.
 RECORDS = 30_000
@@ -37,7 +39,7 @@ RECORDS = 30_000
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[cluster_utils.Cluster]:
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in {**RAY_ENV, **CREDENTIALS}.items():
+        for name, value in CREDENTIALS.items():
             patch.setenv(name, value)
         cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "include_dashboard": False, "object_store_memory": NODE["object_store_memory"]})
@@ -255,3 +257,44 @@ def test_the_runtime_deployment_answers_a_forecast(ray_cluster, tmp_path):
 
         serve.shutdown()
         ray.shutdown()
+
+
+def test_a_cluster_that_goes_away_leaves_its_invocations_to_the_queue(ray_cluster, dropwire_env, data_dir, tmp_path):
+    """Its own small cluster (the session's stays up), the emulator a real process: the whole
+    cluster killed under a running invocation; the emulator says so, the task's lease lapses
+    and it is back in the queue, not failed and not lost."""
+    from dropwire.local_emulator.control import ControlClient
+    from dropwire.local_emulator.settings import load_settings
+
+    doomed = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                                         "object_store_memory": NODE["object_store_memory"]})
+    port = free_port()
+    env = {**dropwire_env, **RAY_ENV, "DROPWIRE_FUNCTIONS": "tests.platform.ray_functions:functions",
+           "DROPWIRE_HTTP__PORT": str(port), "DROPWIRE_QUEUE__WORKERS": "1"}
+    log = tmp_path / "emulate.log"
+    emulator = subprocess.Popen([*DROPWIRE, "emulate", "--executor", "ray", "--ray-address", doomed.address], env=env,
+                                cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "dropwire is up" in log.read_text(), timeout=120, what="the emulator")
+        answer = httpx.post(f"http://127.0.0.1:{port}/functions/hold/invoke", json={"seconds": 600}, timeout=30)
+        task_id = answer.json()["task_id"]
+        wait_for(lambda: ray_workers_running("dropwire:hold"), timeout=60, what="the invocation to run on Ray")
+        doomed.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+        wait_for(lambda: "went away" in log.read_text(), timeout=60, what="the emulator to say the cluster went away")
+        assert f"task {task_id} returns to the queue when its lease expires" in log.read_text()
+        assert doomed.address.startswith("127.0.0.1:")
+        settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(data_dir)})
+        client = ControlClient(settings.control_socket_path, settings.control_key())
+        try:
+            back = wait_for(lambda: (lambda t: t if t.status == "queued" else None)(client.queue.task(task_id)),
+                            timeout=60, what="the task to be back in the queue")
+            assert [a.outcome for a in back.history] == ["lease_expired"] and back.attempts < back.max_attempts
+        finally:
+            client.close()
+    finally:
+        emulator.send_signal(2)
+        try:
+            emulator.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            emulator.kill()
+            emulator.wait()
