@@ -61,7 +61,8 @@ def serve_ray(
         raise DropwireError(f"the Ray cluster at {address} does not answer: {str(exc).splitlines()[0]}") from None
     stop = stop_on_signals()
     try:
-        url = ray_serve.deploy(settings.runtime, _model_source(settings), replicas=replicas, cpus_per_replica=cpus,
+        url = ray_serve.deploy(settings.runtime, _model_source(settings), text_model_dir=settings.default_text_model_path,
+                               replicas=replicas, cpus_per_replica=cpus,
                                gpus_per_replica=gpus)
         console.print(f"runtime on Ray Serve at {url} ({replicas} replica(s)). Ctrl-C removes it.", highlight=False)
         stop.wait()

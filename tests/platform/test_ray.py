@@ -243,7 +243,7 @@ def test_the_runtime_deployment_answers_a_forecast(ray_cluster, tmp_path):
     source = ModelSource.from_settings(settings, default_path=model, tracking_uri="")
     ray.init(address=ray_cluster.address, namespace="dropwire-runtime-test")
     try:
-        url = ray_serve.deploy(settings, source, cpus_per_replica=0)
+        url = ray_serve.deploy(settings, source, text_model_dir=tmp_path / "text-model", cpus_per_replica=0)
         with httpx.Client(base_url=url, timeout=60) as client:
             assert client.get("/health").status_code == 200
             answer = client.post("/quick-draw", content=generated_csv(40, seed=13), headers={"content-type": "text/csv"})
