@@ -36,6 +36,8 @@ def emulate(
     chaos_reorder: float = typer.Option(0.0, help="Probability that an event is held back so later ones overtake it."),
     chaos_delay_ms: float = typer.Option(0.0, help="Largest random delay added to each event."),
     chaos_seed: Optional[int] = typer.Option(None, help="Seed for repeatable chaos."),
+    executor: str = typer.Option("", help="Where invocations run: local (handler processes) or ray; default: the settings."),
+    ray_address: str = typer.Option("", help="Ray cluster address (host:port, ray://host:port); default: the settings."),
 ) -> None:
     """Run the platform: folder (and S3) events, dispatcher, scheduler, HTTP gateway. Ctrl-C stops it cleanly."""
     logging.getLogger().setLevel(logging.INFO)
@@ -45,6 +47,12 @@ def emulate(
                                     "sqs_queue_url": sqs_queue_url}.items() if v}
     if overrides:
         settings = msgspec.structs.replace(settings, events=msgspec.structs.replace(events, **overrides))
+    placement = {k: v for k, v in {"kind": executor, "ray_address": ray_address}.items() if v}
+    if placement:
+        try:
+            settings = msgspec.structs.replace(settings, executor=msgspec.structs.replace(settings.executor, **placement))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--executor") from None
     chaos = ChaosSettings(duplicate=chaos_duplicate, reorder=chaos_reorder, max_delay_seconds=chaos_delay_ms / 1000,
                           seed=chaos_seed)
     stop = stop_on_signals()

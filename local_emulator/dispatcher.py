@@ -1,14 +1,15 @@
 """Turning registered functions into queue tasks: each function is a task `fn:<name>` whose
 runner calls the handler (in a sandbox process) and reports the invocation, its effects and
 its outcome back to the queue. FunctionWorkers is the one way they run: inside the emulator
-beside its store, or in a `dropwire worker` process against the control plane's socket."""
+beside its store, or in a `dropwire worker` process against the control plane's socket; each
+invocation in a local handler process, or (executor.kind = "ray") as a Ray task."""
 
 from __future__ import annotations
 
 import threading
 import time
 from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from dropwire.functions.platform.registry import FunctionRegistry, FunctionSpec, Invocation
 from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
@@ -18,6 +19,9 @@ from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.workers import QueueBackend, WorkerPool
 from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import InvocationRecord
+
+if TYPE_CHECKING:
+    from dropwire.local_emulator.ray_executor import RayExecutor
 
 Runner = Callable[[FunctionSpec, Request], Outcome]
 
@@ -102,17 +106,26 @@ def handler_config(settings: Settings) -> ChildConfig:
         config=settings.domain_config())
 
 
+def _executor(settings: Settings) -> "SandboxPool | RayExecutor":
+    if settings.executor.kind == "ray":
+        from dropwire.local_emulator.ray_executor import RayExecutor  # ray is an optional extra
+
+        return RayExecutor(settings.executor, handler_config(settings))
+    return SandboxPool(handler_config(settings))
+
+
 class FunctionWorkers:
     """settings.queue.workers threads that claim the functions' invocation tasks, each thread
-    with its own handler process (started before the first task). `tasks` is known before
-    start, so the store can be opened knowing the task names it serves."""
+    with its own handler process (started before the first task) or submitting each task to
+    Ray. `tasks` is known before start, so the store can be opened knowing the task names it
+    serves."""
 
     ready_timeout_seconds = 180.0
 
     def __init__(self, settings: Settings, functions: FunctionRegistry) -> None:
         self.settings = settings
-        self.sandboxes = SandboxPool(handler_config(settings))
-        self.tasks = invocation_tasks(functions, self.sandboxes.run)
+        self.executor = _executor(settings)
+        self.tasks = invocation_tasks(functions, self.executor.run)
         self._pool: WorkerPool | None = None
 
     @property
@@ -124,8 +137,8 @@ class FunctionWorkers:
         every handler process has loaded the functions. On failure, call stop()."""
         if self.threads == 0:
             return self
-        self._pool = start_pool(self.settings, backend, self.tasks, name, thread_start=self.sandboxes.prepare)
-        if not self.sandboxes.wait_ready(self.threads, self.ready_timeout_seconds):
+        self._pool = start_pool(self.settings, backend, self.tasks, name, thread_start=self.executor.prepare)
+        if not self.executor.wait_ready(self.threads, self.ready_timeout_seconds):
             raise DropwireError(f"the handler processes did not start within {self.ready_timeout_seconds:.0f}s; "
                                 "see the log above")
         return self
@@ -135,4 +148,4 @@ class FunctionWorkers:
         processes stop."""
         if self._pool is not None:
             self._pool.stop()
-        self.sandboxes.close()
+        self.executor.close()

@@ -39,6 +39,38 @@ def serve() -> None:
     run_server(settings.runtime, _model_source(settings), text_model_dir=settings.default_text_model_path)
 
 
+@runtime_app.command("serve-ray")
+def serve_ray(
+    ray_address: str = typer.Option("", help="Ray cluster address (host:port); default: executor.ray_address."),
+    replicas: int = typer.Option(1, min=1, help="Replicas, each with its own two lanes."),
+    cpus: float = typer.Option(1.0, min=0, help="CPUs per replica."),
+    gpus: float = typer.Option(0.0, min=0, help="GPUs per replica."),
+) -> None:
+    """Deploy the runtime on a Ray cluster with Ray Serve (same HTTP contract, on runtime.host and
+    runtime.port), until SIGTERM/SIGINT; then the deployment is removed."""
+    import ray
+
+    from dropwire.local_emulator.control_plane import stop_on_signals
+    from dropwire.runtime import ray_serve
+
+    settings = current_settings()
+    address = ray_address or settings.executor.ray_address
+    try:
+        ray.init(address=address, namespace="dropwire", configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise DropwireError(f"the Ray cluster at {address} does not answer: {str(exc).splitlines()[0]}") from None
+    stop = stop_on_signals()
+    try:
+        url = ray_serve.deploy(settings.runtime, _model_source(settings), text_model_dir=settings.default_text_model_path,
+                               replicas=replicas, cpus_per_replica=cpus,
+                               gpus_per_replica=gpus)
+        console.print(f"runtime on Ray Serve at {url} ({replicas} replica(s)). Ctrl-C removes it.", highlight=False)
+        stop.wait()
+        ray_serve.undeploy()
+    finally:
+        ray.shutdown()
+
+
 @runtime_app.command("train")
 def train(
     data: Path = typer.Option(..., "--data", help="Time-series CSV: a timestamp column and value columns."),

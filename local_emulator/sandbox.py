@@ -107,35 +107,49 @@ def _exit_with_parent(poll_seconds: float = 0.5) -> None:
     threading.Thread(target=watch, name="dropwire-parent-watch", daemon=True).start()
 
 
+class HandlerHost:
+    """What a process that runs handlers holds once: the functions, the object store and the
+    control client (state reads, output notes). A handler process and a Ray worker both use it."""
+
+    def __init__(self, config: ChildConfig) -> None:
+        from pathlib import Path
+
+        from dropwire.local_emulator.control import ControlClient
+
+        self.config = config
+        self.registry = load_functions(config.functions)
+        self.objects = ObjectStore(config.roots, config.storage_options)
+        self.client = ControlClient(Path(config.control_socket), config.control_authkey)
+        self._decode = msgspec.msgpack.Decoder(Request).decode
+
+    def _note(self, bucket: str, key: str, hop: int, function: str, task_id: int) -> None:
+        self.client.receipts.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
+
+    def run(self, request_bytes: bytes) -> bytes:
+        """One encoded Request in, one encoded Outcome out (a failed one if the result cannot
+        be encoded, so the caller never waits on a reply that cannot come)."""
+        request = self._decode(request_bytes)
+        config = self.config
+        outcome = execute(self.registry.get(request.invocation.function), request, self.objects, self.client,
+                          self._note, config.runtime_url, config.mlflow_tracking_uri, config.mlflow_artifact_location,
+                          self.client.batches, config.config)
+        try:
+            return msgspec.msgpack.encode(outcome)
+        except (TypeError, msgspec.EncodeError) as exc:
+            return msgspec.msgpack.encode(Outcome(ok=False, error=f"the handler's result cannot be encoded: {exc}"))
+
+
 def _child_main(connection: Connection, config_bytes: bytes) -> None:
-    from pathlib import Path
-
-    from dropwire.local_emulator.control import ControlClient
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when children stop
     _exit_with_parent()
-    config = msgspec.msgpack.decode(config_bytes, type=ChildConfig)
-    registry = load_functions(config.functions)
-    objects = ObjectStore(config.roots, config.storage_options)
-    client = ControlClient(Path(config.control_socket), config.control_authkey)
-
-    def note(bucket: str, key: str, hop: int, function: str, task_id: int) -> None:
-        client.receipts.record_output(bucket, key, hop=hop, function=function, task_id=task_id)
-
-    decode = msgspec.msgpack.Decoder(Request).decode
+    host = HandlerHost(msgspec.msgpack.decode(config_bytes, type=ChildConfig))
     connection.send_bytes(b"ready")
     while True:
         try:
-            request = decode(connection.recv_bytes())
+            request = connection.recv_bytes()
         except EOFError:
             return
-        outcome = execute(registry.get(request.invocation.function), request, objects, client, note, config.runtime_url,
-                          config.mlflow_tracking_uri, config.mlflow_artifact_location, client.batches, config.config)
-        try:
-            connection.send_bytes(msgspec.msgpack.encode(outcome))
-        except (TypeError, msgspec.EncodeError) as exc:
-            connection.send_bytes(msgspec.msgpack.encode(Outcome(
-                ok=False, error=f"the handler's result cannot be encoded: {exc}")))
+        connection.send_bytes(host.run(request))
 
 
 class Sandbox:

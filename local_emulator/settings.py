@@ -107,6 +107,21 @@ class NotificationSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unk
             raise ValueError("notify.max_attempts must be at least 1 and notify.poll_seconds positive")
 
 
+class ExecutorSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Where claimed invocations run: "local" (a handler process per worker thread) or "ray"
+    (each one a Ray task on the cluster at ray_address; the control plane keeps the state)."""
+
+    kind: str = "local"
+    # A Ray cluster's address, e.g. "ray://head:10001" or "head:6379"; "auto" finds a local one.
+    ray_address: str = "auto"
+    # Longest wait for the cluster to answer at start.
+    ray_connect_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "ray"):
+            raise ValueError(f"executor.kind is 'local' or 'ray', got {self.kind!r}")
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dropwire"
     db_path: str = ""
@@ -119,6 +134,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     # MODULE:ATTRIBUTE of the FunctionRegistry the platform serves.
     functions: str = "dropwire.functions.catalog:functions"
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    executor: ExecutorSettings = msgspec.field(default_factory=ExecutorSettings)
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)

@@ -18,7 +18,14 @@ from typing import Any, Callable, Iterable, Protocol
 
 import msgspec
 
-from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
+from dropwire.functions.platform.tasks import (
+    Completion,
+    ExecutorLost,
+    PermanentTaskError,
+    TaskContext,
+    TaskFailed,
+    TaskRegistry,
+)
 from dropwire.storage.errors import DropwireError, StaleLease
 from dropwire.storage.records import ClaimedTask, Done, InvocationRecord
 
@@ -132,7 +139,11 @@ class WorkerPool:
                     for unstarted in claimed[position:]:
                         self._release(unstarted)
                     break
-                done = self._run(worker_id, task)
+                try:
+                    done = self._run(worker_id, task)
+                except ExecutorLost as exc:
+                    self._abandon(exc, task, claimed[position + 1:])
+                    break
                 if done is not None:
                     succeeded.append((task, done))
                 # Successes go in together, but none waits longer than one claim's worth of work.
@@ -140,6 +151,22 @@ class WorkerPool:
                     self._hand_in(succeeded)
                     succeeded, handed_in = [], time.perf_counter()
             self._hand_in(succeeded)
+
+    def _abandon(self, lost: ExecutorLost, running: ClaimedTask, unstarted: list[ClaimedTask]) -> None:
+        """The executor is gone: a task it was running keeps no lease (it lapses and the queue
+        retries it), tasks not handed over go back now, and this worker waits a lease before
+        claiming again."""
+        if lost.started:
+            self._drop(running.id)
+            log.error("%s; task %s returns to the queue when its lease expires (%.0fs)", lost.message, running.id,
+                      self.lease_seconds)
+        else:
+            unstarted = [running, *unstarted]
+        for task in unstarted:
+            self._release(task)
+        log.warning("%s: %d claimed task(s) released; claiming again in %.0fs", lost.message, len(unstarted),
+                    self.lease_seconds)
+        self._stopping.wait(self.lease_seconds)
 
     def _claim_size(self) -> int:
         return max(1, min(self.max_prefetch, int(self.claim_batch_seconds / max(self._mean_task_seconds, 1e-6))))
@@ -164,6 +191,8 @@ class WorkerPool:
             except msgspec.ValidationError as exc:
                 raise PermanentTaskError(f"arguments of task {task.name!r} (id {task.id}) do not decode: {exc}") from None
             outcome = registered.fn(args, context)
+        except ExecutorLost:
+            raise
         except Exception as exc:
             self._observe(time.perf_counter() - started)
             failed = exc if isinstance(exc, TaskFailed) else None

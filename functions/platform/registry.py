@@ -114,6 +114,19 @@ class Output(msgspec.Struct, kw_only=True, frozen=True):
         )
 
 
+class Resources(msgspec.Struct, kw_only=True, frozen=True):
+    """What one invocation needs where it runs: on a Ray cluster, its task's resource request
+    (a local handler process ignores them)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpus < 0 or self.gpus < 0 or (self.memory_bytes is not None and self.memory_bytes <= 0):
+            raise DropwireError("resources: cpus and gpus must be 0 or more, memory_bytes positive")
+
+
 @dataclass(frozen=True)
 class FunctionSpec:
     name: str
@@ -122,6 +135,7 @@ class FunctionSpec:
     outputs: tuple[Output, ...]
     timeout_seconds: float
     max_attempts: int
+    resources: Resources = Resources()
 
     @property
     def task_name(self) -> str:
@@ -148,11 +162,12 @@ class FunctionRegistry:
         self._apis: list[ApiFactory] = []
 
     def function(self, name: str, *, on: list[Trigger], outputs: list[Output] = (), timeout_seconds: float = 300.0,
-                 max_attempts: int = 3) -> Callable:
-        """Register `handler(event, context)` with its triggers and output prefixes."""
+                 max_attempts: int = 3, resources: Resources = Resources()) -> Callable:
+        """Register `handler(event, context)` with its triggers, output prefixes and the
+        resources one invocation needs."""
 
         def register(handler: Callable) -> Callable:
-            self.add(FunctionSpec(name, handler, tuple(on), tuple(outputs), timeout_seconds, max_attempts))
+            self.add(FunctionSpec(name, handler, tuple(on), tuple(outputs), timeout_seconds, max_attempts, resources))
             return handler
 
         return register

@@ -37,6 +37,18 @@ class TaskFailed(DropwireError):
         self.invocation = invocation
 
 
+class ExecutorLost(DropwireError):
+    """Where the task was running is gone (e.g. the whole Ray cluster): the worker stops
+    heartbeating it, so its lease lapses and the queue hands it out again; nothing is lost.
+    `started` False: found before the task was handed over, so it goes back at once."""
+
+    code = "executor_lost"
+
+    def __init__(self, message: str, *, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
+
+
 class PermanentTaskError(TaskFailed):
     """Raised by a task that can never succeed with these arguments: no retry, straight to
     the dead letters."""
