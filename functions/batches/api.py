@@ -34,7 +34,7 @@ from dropwire.functions.batches.handlers import (
 )
 from dropwire.functions.batches.settings import batch_settings
 from dropwire.functions.batches.states import TERMINAL, BatchState as B
-from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
 from dropwire.runtime.openapi import error_responses, upload_operation
 from dropwire.storage.errors import Conflict, DropwireError
 
@@ -72,10 +72,6 @@ class FileTooLarge(DropwireError):
 class NotReady(DropwireError):
     http_status = 503
     code = "not_ready"
-
-
-class HandlerRefused(Conflict):
-    code = "refused_by_handler"
 
 
 class NotCancellable(Conflict):

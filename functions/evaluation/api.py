@@ -25,7 +25,7 @@ from litestar.datastructures import UploadFile
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
 from dropwire.functions.evaluation.core import FieldMetrics, MacroMetrics, MicroMetrics, QualityIssue, QualityReport, SourceFile
 from dropwire.functions.evaluation.handlers import (
     CONFIG_SUFFIXES,
@@ -71,12 +71,6 @@ class InvalidId(DropwireError):
 class UnsupportedFormat(DropwireError):
     http_status = 415
     code = "unsupported_format"
-
-
-class HandlerRefused(Conflict):
-    """The write was stored, but the handler it fired refused it (it is in the dead letters)."""
-
-    code = "refused_by_handler"
 
 
 class NotEvaluated(NotFound):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from dropwire.functions.platform.objects import ObjectStore
+from dropwire.storage.errors import Conflict
 from dropwire.storage.records import EntitySnapshot, TaskStatus, TransitionRecord
 
 if TYPE_CHECKING:
@@ -51,6 +52,13 @@ class ApiPorts:
     invoke: Callable[[str, Any], int]
     #: Domain sections of the settings by name (e.g. "batches"), as builtins.
     config: dict[str, Any] = field(default_factory=dict)
+
+
+class HandlerRefused(Conflict):
+    """A write an API stored (or a change it asked for) was refused by the handler it fired;
+    the handler's own message says why (the task is in the dead letters)."""
+
+    code = "refused_by_handler"
 
 
 ApiFactory = Callable[[ApiPorts], "Router"]
