@@ -66,6 +66,19 @@ class UnknownTask(DropwireError):
     code = "unknown_task"
 
 
+class QuotaExceeded(DropwireError):
+    """A metered service's budget is spent (a local limit, or the upstream's own answer):
+    `service`, the `limit` hit (e.g. requests_per_minute, upstream_requests, cost_per_day)
+    and `wait`, the seconds until it resets."""
+
+    http_status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, service: str, limit: str, wait: float, **details: object) -> None:
+        super().__init__(message, service=service, limit=limit, wait=round(float(wait), 3), **details)
+        self.service, self.limit, self.wait = service, limit, float(wait)
+
+
 class StoreClosed(DropwireError):
     http_status = 503
     code = "store_closed"

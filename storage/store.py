@@ -13,6 +13,8 @@ is a facet built on that writer, with its own promises (see each module's docstr
 - `store.outbox`   notifications: listing and recording delivery          storage/outbox.py
 - `store.batches`  batch inference: files, batches, line results, heartbeats, figures
                                                               storage/batches.py
+- `store.quota`    metered services: admission against limits, usage per minute, what the
+                   upstream said about its limits              storage/quota.py
 - `store.query(sql)`, `store.export(dir)`: read-only SQL and Parquet snapshots of it all.
 
 A new domain table arrives as a migration (storage/migrations/NNNN_*.sql) plus a module with
@@ -35,6 +37,7 @@ from dropwire.storage.database import connect
 from dropwire.storage.errors import Conflict
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.queue import Queue
+from dropwire.storage.quota import Quota
 from dropwire.storage.receipts import Receipts
 from dropwire.storage.read_only_query import run_read_only_query
 from dropwire.storage.settings import QueueSettings
@@ -58,6 +61,7 @@ class Store:
         self.queue = Queue(self.writer, settings, self.tasks, self.states)
         self.receipts = Receipts(self.writer, self.tasks)
         self.batches = Batches(self.writer)
+        self.quota = Quota(self.writer)
         self.writer.start()
 
     @classmethod
