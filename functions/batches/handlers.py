@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import posixpath
 import socket
@@ -395,7 +396,7 @@ def _park(context: HandlerContext, args: ChunkArgs, info: reads.BatchInfo, excee
     else:
         wait = quota.max_park_seconds  # suspended: the operator's resume wakes it sooner
     delay = min(wait, quota.max_park_seconds, max(0.0, info.expires_at - now)) + quota.wake_spread_seconds * args.plan.chunk
-    if exceeded is not None and state == B.IN_PROGRESS:
+    if exceeded is not None and state in (B.IN_PROGRESS, B.QUOTA_EXCEEDED):
         context.state.transition(KIND, args.batch_id, trigger="quota_exceeded", reason=exceeded.message,
                                  metadata={"service": exceeded.service, "limit": exceeded.limit,
                                            "wait_seconds": round(wait, 3), "resume_at": now + delay})
@@ -529,6 +530,11 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         try:
             outcome = await backend.call(request.url, request.body)
         except QuotaExceeded as exc:
+            if math.isinf(exc.wait):  # bigger than the whole limit (e.g. its max_tokens): it never fits
+                saver.add(request.line, request.custom_id, LineOutcome(
+                    status_code=None, request_id=None, body=None, error_code="quota_exceeded", error_message=exc.message,
+                    attempts=0))
+                return
             # The quota is spent for longer than a wait in place: the line is not saved and the
             # chunk parks until the reset (run_chunk), to go on from where it stopped.
             exceeded.append(exc)

@@ -64,6 +64,8 @@ BATCH = StateMachine(
         Transition(B.IN_PROGRESS, B.EXPIRED, "expire"),
         # A quota spent: finished lines kept, the rest parked until the reset (or resumed by hand).
         Transition(B.IN_PROGRESS, B.QUOTA_EXCEEDED, "quota_exceeded"),
+        # Another chunk meeting the quota meanwhile (its reset noted), not a refusal of its park.
+        Transition(B.QUOTA_EXCEEDED, B.QUOTA_EXCEEDED, "quota_exceeded"),
         Transition(B.QUOTA_EXCEEDED, B.IN_PROGRESS, "quota_reset"),
         Transition(B.QUOTA_EXCEEDED, B.CANCELLING, "cancel"),
         # An operator holds the batch and lets it go again, back to the state it left.

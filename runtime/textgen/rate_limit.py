@@ -1,7 +1,8 @@
 """An optional rate limit on the /v1 POST routes, answered as OpenAI's API answers it: every
 admitted request's answer carries x-ratelimit-limit-requests, x-ratelimit-remaining-requests
-and x-ratelimit-reset-requests (a duration such as `1.5s`), and a request past the limit gets
-429 with Retry-After, retry-after-ms and OpenAI's error object (code rate_limit_exceeded).
+and x-ratelimit-reset-requests (as OpenAI: the time until the limit is whole again, a duration
+such as `1.5s`), and a request past the limit gets 429 with Retry-After and retry-after-ms
+(the time until one request fits) and OpenAI's error object (code rate_limit_exceeded).
 The window is pyrate-limiter's sliding log: never more than the limit in any window."""
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ class RateLimited(DropwireError):
 class Decision:
     allowed: bool
     remaining: int
+    #: Until the window is empty again (every admitted request aged out).
     reset_s: float
+    #: Until one more request fits.
+    retry_s: float
 
     def headers(self, limit: int) -> list[tuple[bytes, bytes]]:
         out = [(b"x-ratelimit-limit-requests", str(limit).encode()),
                (b"x-ratelimit-remaining-requests", str(self.remaining).encode()),
                (b"x-ratelimit-reset-requests", _duration(self.reset_s).encode())]
         if not self.allowed:
-            out += [(b"retry-after", str(max(1, math.ceil(self.reset_s))).encode()),
-                    (b"retry-after-ms", str(max(1, math.ceil(self.reset_s * 1000))).encode())]
+            out += [(b"retry-after", str(max(1, math.ceil(self.retry_s))).encode()),
+                    (b"retry-after-ms", str(max(1, math.ceil(self.retry_s * 1000))).encode())]
         return out
 
 
@@ -63,12 +67,14 @@ class RequestRateLimit:
         items = self._bucket.items
         in_window = [i for i in items if i.timestamp > now - self.window_ms]
         oldest = in_window[0].timestamp if in_window else now
-        reset_s = max(0.0, (oldest + self.window_ms - now) / 1000)
+        newest = in_window[-1].timestamp if in_window else now
+        retry_s = max(0.0, (oldest + self.window_ms - now) / 1000)
+        reset_s = max(0.0, (newest + self.window_ms - now) / 1000)
         if allowed:
             self.admitted += 1
         else:
             self.refused += 1
-        return Decision(allowed, max(0, self.limit - len(in_window)), reset_s)
+        return Decision(allowed, max(0, self.limit - len(in_window)), reset_s, retry_s)
 
 
 def rate_limit_middleware(limit: RequestRateLimit):
@@ -83,7 +89,7 @@ def rate_limit_middleware(limit: RequestRateLimit):
             headers = decision.headers(limit.limit)
             if not decision.allowed:
                 error = RateLimited(f"rate limit reached: {limit.limit} requests per {limit.window_ms / 1000:g}s; try "
-                                    f"again in {decision.reset_s:.3g}s", limit=limit.limit)
+                                    f"again in {decision.retry_s:.3g}s", limit=limit.limit)
                 body = msgspec.json.encode(openai_error_body(error))
                 await send({"type": "http.response.start", "status": 429,
                             "headers": [(b"content-type", b"application/json"),
