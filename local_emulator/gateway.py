@@ -22,6 +22,8 @@ from litestar.params import Body, FromPath, FromQuery, JSONBody
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
+from dropwire.functions.batches.settings import BatchSettings
+from dropwire.functions.quota.meter import Meter
 from dropwire.functions.quota.settings import quota_settings
 from dropwire.local_emulator import metrics
 from dropwire.local_emulator.inference_proxy import build_inference_proxy
@@ -216,7 +218,9 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
                      wake=store.queue.wake)
     forwarding, on_shutdown = [], []
     if inference_url:
-        proxy, close_proxy = build_inference_proxy(inference_url, inference_timeout_seconds)
+        service = (config or {}).get("batches", {}).get("quota_service", BatchSettings().quota_service)
+        proxy, close_proxy = build_inference_proxy(inference_url, inference_timeout_seconds,
+                                                   Meter(store.quota, quota, service))
         forwarding.append(proxy)
         on_shutdown.append(close_proxy)
     return Litestar(

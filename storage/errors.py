@@ -3,6 +3,8 @@ was expected; the CLI prints it as one line and the HTTP layer maps it to the er
 
 from __future__ import annotations
 
+import math
+
 from datetime import datetime, timezone
 
 import msgspec
@@ -77,6 +79,8 @@ class QuotaExceeded(DropwireError):
     def __init__(self, message: str, *, service: str, limit: str, wait: float, **details: object) -> None:
         super().__init__(message, service=service, limit=limit, wait=round(float(wait), 3), **details)
         self.service, self.limit, self.wait = service, limit, float(wait)
+        if math.isfinite(self.wait):
+            self.retry_after = max(1, math.ceil(self.wait))
 
 
 class StoreClosed(DropwireError):

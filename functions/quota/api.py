@@ -15,7 +15,7 @@ from dropwire.runtime.openapi import error_responses
 def build_router(ports: ApiPorts) -> Router:
     settings = quota_settings(ports.config)
 
-    @get("/quota/usage/{service:str}", sync_to_thread=True, responses=error_responses(404, *GATEWAY_ERRORS))
+    @get("/quota/usage/{service:str}", sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
     def quota_usage(service: FromPath[str]) -> reads.QuotaUsage:
         return reads.usage(ports.store.query, service, settings)
 

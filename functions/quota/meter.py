@@ -52,13 +52,16 @@ class Meter:
                 await asyncio.sleep(exc.wait)
 
     async def answered(self, grant: Grant, body: dict[str, Any], status: int | None, headers: Mapping[str, str],
-                       input_tokens: int = 0, output_tokens: int = 0) -> None:
-        """Settle the grant and note the upstream's limits; a 429 takes the request back."""
+                       input_tokens: int = 0, output_tokens: int = 0, *, usage_known: bool = True) -> None:
+        """Settle the grant and note the upstream's limits; a 429 takes the request back. With
+        `usage_known` False (an answer streamed through unread) the admission's estimate stands."""
         refused = status == 429
         seen = observations(headers, time.time(), service=self.service, refused=refused)
         if seen:
             await asyncio.to_thread(self.port.observe, self.service, seen)
         sent = status is not None and not refused
+        if sent and not usage_known:
+            return
         cost = self.quota.cost(str(body.get("model", "")), input_tokens, output_tokens) if sent else 0.0
         await asyncio.to_thread(self.port.settle, grant, sent=sent, input_tokens=input_tokens,
                                 output_tokens=output_tokens, cost_usd=cost)

@@ -272,3 +272,18 @@ def test_the_daily_cost_budget_stops_a_batch_in_quota_exceeded_and_resume_by_han
     metrics = http.get("/metrics").text
     assert f'dropwire_quota_remaining{{limit="cost_per_day_usd",service="{SERVICE}"}}' in metrics
     assert 'dropwire_workflows{kind="batch",state="quota_exceeded"} 1.0' in metrics
+
+
+def test_a_direct_request_through_the_gateway_spends_the_same_quota_and_gets_429_when_it_is_spent(emulators, upstream):
+    emulator, client = emulators(**quota_env(requests_per_minute=2))
+    first = client.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "direct one"}])
+    assert first.choices[0].message.content == "echo: direct one"
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="echo-1", messages=[{"role": "user", "content": "direct two"}])
+    answer = refused.value.response
+    assert answer.status_code == 429 and 20 <= int(answer.headers["retry-after"]) <= 30
+    error = answer.json()
+    assert error["error"] == "quota_exceeded" and error["details"]["limit"] == "requests_per_minute"
+    assert upstream.answered["direct two"] == 0
+    # Batch lines wait for the same budget: the one request above is counted.
+    assert api(emulator).get(f"/api/v1/quota/usage/{SERVICE}").json()["requests_today"] == 1
