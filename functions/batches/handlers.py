@@ -44,7 +44,7 @@ from dropwire.functions.batches.core.backend import LineBackend, LineOutcome, re
 from dropwire.functions.batches.core.output import split_lines, webhook_event
 from dropwire.functions.batches.core.validation import ENDPOINTS, ChunkPlan, read_chunk, request_ids, validate
 from dropwire.functions.batches.settings import BatchSettings, batch_settings, window_seconds
-from dropwire.functions.batches.states import KIND, PARKED, TERMINAL, BatchState as B
+from dropwire.functions.batches.states import KIND, PARKED, TERMINAL, BatchState as B, openai_status
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import (
     FunctionRegistry,
@@ -640,6 +640,8 @@ def finalize_batch(event: HttpEvent, context: HandlerContext) -> dict:
         end, triggers = B.CANCELLED, ["cancelled"]
     elif missing > 0:
         end, triggers = B.EXPIRED, ["expire"]
+    elif tally.failed and tally.completed:
+        end, triggers = B.PARTIALLY_PROCESSED, ["finalize", "complete_partially"]
     else:
         end, triggers = B.COMPLETED, ["finalize", "complete"]
     if missing > 0:
@@ -674,5 +676,5 @@ def finalize_batch(event: HttpEvent, context: HandlerContext) -> dict:
     for trigger in triggers:
         context.state.transition(KIND, batch_id, trigger=trigger, reason=summary,
                                  metadata={"output_file_id": output_id, "error_file_id": error_id})
-    _notify(context, batch_id, end, summary)
+    _notify(context, batch_id, openai_status(end), summary)
     return {"batch": batch_id, "status": end, "completed": tally.completed, "failed": tally.failed}

@@ -206,6 +206,8 @@ def batch_object(query: Query, batch_id: str) -> BatchObject:
     errors = None
     if info.errors:
         errors = BatchErrors(data=[msgspec.convert(e, BatchErrorItem) for e in info.errors])
+    if BatchState.PARTIALLY_PROCESSED in times:  # shown as completed
+        times.setdefault(BatchState.COMPLETED, times[BatchState.PARTIALLY_PROCESSED])
     stamps = {field: int(times[state_name]) for state_name, field in STATUS_TIMES.items() if state_name in times}
     return BatchObject(
         id=info.id, endpoint=info.endpoint, input_file_id=info.input_file_id, completion_window=info.completion_window,

@@ -5,9 +5,11 @@ are read from there.
 Two workflow states sit beside OpenAI's, in the same machine (so one history, one version
 and the same optimistic checks hold for them): `quota_exceeded`, while the upstream's or a
 local quota is spent and the batch's chunks are parked on the queue's timer until the reset,
-and `suspended`, held by an operator. OpenAI's batch object has no such statuses and its
-clients know only OpenAI's, so the object shows both as `in_progress` (OPENAI_STATUS): to
-them the batch is still running, only slower; /api/v1/workflow/status shows the real state."""
+and `suspended`, held by an operator; and `partially_processed`, finished with some lines
+succeeded and others failed for good. OpenAI's batch object has no such statuses and its
+clients know only OpenAI's, so the object shows the first two as `in_progress` and the last
+as `completed` (OPENAI_STATUS): to them the batch is still running, only slower, or done
+with an error file; /api/v1/workflow/status shows the real state."""
 
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ class BatchState(StrEnum):
     CANCELLED = "cancelled"
     QUOTA_EXCEEDED = "quota_exceeded"
     SUSPENDED = "suspended"
+    PARTIALLY_PROCESSED = "partially_processed"
 
 
 B = BatchState
-TERMINAL = (B.FAILED, B.COMPLETED, B.EXPIRED, B.CANCELLED)
+TERMINAL = (B.FAILED, B.COMPLETED, B.EXPIRED, B.CANCELLED, B.PARTIALLY_PROCESSED)
 #: Workflow states and the OpenAI status a batch object shows for them.
-OPENAI_STATUS = {B.QUOTA_EXCEEDED: B.IN_PROGRESS, B.SUSPENDED: B.IN_PROGRESS}
+OPENAI_STATUS = {B.QUOTA_EXCEEDED: B.IN_PROGRESS, B.SUSPENDED: B.IN_PROGRESS, B.PARTIALLY_PROCESSED: B.COMPLETED}
 #: States whose chunks wait on the queue's timer rather than run.
 PARKED = (B.QUOTA_EXCEEDED, B.SUSPENDED)
 
@@ -59,6 +62,8 @@ BATCH = StateMachine(
         Transition(B.VALIDATING, B.FAILED, "validation_failed"),
         Transition(B.IN_PROGRESS, B.FINALIZING, "finalize"),
         Transition(B.FINALIZING, B.COMPLETED, "complete"),
+        # Some lines succeeded and others failed for good: OpenAI says completed (with an error file).
+        Transition(B.FINALIZING, B.PARTIALLY_PROCESSED, "complete_partially"),
         Transition(B.IN_PROGRESS, B.CANCELLING, "cancel"),
         Transition(B.CANCELLING, B.CANCELLED, "cancelled"),
         Transition(B.IN_PROGRESS, B.EXPIRED, "expire"),

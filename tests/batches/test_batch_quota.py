@@ -287,3 +287,22 @@ def test_a_direct_request_through_the_gateway_spends_the_same_quota_and_gets_429
     assert upstream.answered["direct two"] == 0
     # Batch lines wait for the same budget: the one request above is counted.
     assert api(emulator).get(f"/api/v1/quota/usage/{SERVICE}").json()["requests_today"] == 1
+
+
+def test_a_batch_with_lines_failed_for_good_ends_partially_processed_shown_to_openai_as_completed(emulators):
+    emulator, client = emulators(**quota_env())
+    lines = [chat_line("ok", "fine"), chat_line("bad", "fail this one")]
+    batch = client.batches.create(input_file_id=upload(client, lines).id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    done = finished(client, batch.id)
+    assert done.status == "completed" and (done.request_counts.completed, done.request_counts.failed) == (1, 1)
+    assert done.completed_at is not None and done.error_file_id is not None
+    assert state(emulator, batch.id) == "partially_processed"
+    assert "batch.completed" in [n.kind for n in emulator.store.outbox.notifications()]
+    kinds = api(emulator).get("/api/v1/workflow/status").json()["kinds"]
+    assert next(k for k in kinds if k["kind"] == "batch")["counts"] == {"partially_processed": 1}
+    # Its failed lines can be retried as a new batch, as from a completed one.
+    retried = api(emulator).post(f"/v1/batches/{batch.id}/retry")
+    assert retried.status_code == 200
+    again = finished(client, retried.json()["id"])
+    assert (again.request_counts.total, again.request_counts.failed) == (1, 1)  # the same line, failing the same way
