@@ -283,8 +283,8 @@ class _RemoteQueue:
     def cleanup(self, older_than_days: float) -> int:
         return self._call("queue.cleanup", int, older_than_days=older_than_days)
 
-    def wake(self, key_prefix: str, *, not_before: float | None = None) -> int:
-        return self._call("queue.wake", int, key_prefix=key_prefix, not_before=not_before)
+    def wake(self, key_prefix: str) -> int:
+        return self._call("queue.wake", int, key_prefix=key_prefix)
 
 
 class _RemoteStates:

@@ -123,16 +123,15 @@ class Queue(Facet):
             task_ids.append(task.id)
         return Applied(transitions=[], task_ids=task_ids)
 
-    def wake(self, key_prefix: str, *, not_before: float | None = None) -> int:
-        """Move the waiting tasks whose idempotency key starts with `key_prefix` to
-        `not_before` (now when None): a parked workflow resumed by hand, or spread out. How
-        many moved."""
+    def wake(self, key_prefix: str) -> int:
+        """Make the waiting tasks whose idempotency key starts with `key_prefix` due now (a
+        parked workflow resumed by hand); how many moved."""
         def op(batch: Batch, now: float) -> int:
             moved = 0
             for task in list(self.tasks.index.live.values()):
                 if (task.status in (QUEUED, RETRYING) and task.idempotency_key
                         and task.idempotency_key.startswith(key_prefix)):
-                    task.not_before = now if not_before is None else not_before
+                    task.not_before = now
                     self.tasks.index.schedule(task)  # the old heap entry goes stale (lazy deletion)
                     batch.add(TASKS, task.row(now))
                     moved += 1

@@ -21,7 +21,8 @@ class DomainRecords(Protocol):
 
 
 class QuotaPort(Protocol):
-    """Metered services' budgets (storage/quota.py; functions/quota/meter.py uses it)."""
+    """Metered services' budgets: the store's quota facet, in the control plane or over its
+    socket (storage/quota.py); functions/quota/meter.py admits and settles through it."""
 
     def acquire(self, service: str, limits: Any, *, tokens: int = 0, cost_usd: float = 0.0) -> Any: ...
 

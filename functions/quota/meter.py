@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping
 
 import msgspec
 
+from dropwire.functions.platform.context import QuotaPort
 from dropwire.functions.quota.headers import observations
 from dropwire.functions.quota.settings import QuotaSettings
 from dropwire.storage.errors import QuotaExceeded
-from dropwire.storage.quota import Grant, Limits, Observation
-
-
-class QuotaPort(Protocol):
-    """The store's quota facet, in the control plane or over its socket (storage/quota.py)."""
-
-    def acquire(self, service: str, limits: Limits, *, tokens: int = 0, cost_usd: float = 0.0) -> Grant: ...
-
-    def settle(self, grant: Grant, *, sent: bool, input_tokens: int = 0, output_tokens: int = 0,
-               cost_usd: float = 0.0) -> None: ...
-
-    def observe(self, service: str, observations: list[Observation]) -> None: ...
+from dropwire.storage.quota import Grant
 
 
 class Meter:

@@ -114,6 +114,10 @@ def test_the_runtime_answers_past_its_limit_with_429_and_openais_headers(limited
         assert 0 < int(headers["retry-after-ms"]) <= 3000
     assert [a.headers["x-ratelimit-remaining-requests"] for a in answers[:4]] == ["3", "2", "1", "0"]
     assert all(a.headers["x-ratelimit-limit-requests"] == "4" for a in answers)
+    scraped = limited_runtime.metrics()
+    assert scraped['dropwire_runtime_rate_limited_requests_total{answer="refused"}'] == 2
+    assert 'dropwire_runtime_cache_hit_ratio{cache="result"}' in scraped
+    assert 'dropwire_runtime_lane_waiting{job="textgen",lane="background"}' in scraped
     wait_for(lambda: httpx.post(f"{limited_runtime.url}/v1/chat/completions", timeout=30, json={
         "model": MODEL, "messages": [{"role": "user", "content": "again"}], "max_tokens": 1}).status_code == 200,
         timeout=10, interval=0.5, what="the window to slide")
@@ -272,6 +276,9 @@ def test_the_daily_cost_budget_stops_a_batch_in_quota_exceeded_and_resume_by_han
     metrics = http.get("/metrics").text
     assert f'dropwire_quota_remaining{{limit="cost_per_day_usd",service="{SERVICE}"}}' in metrics
     assert 'dropwire_workflows{kind="batch",state="quota_exceeded"} 1.0' in metrics
+    assert 'dropwire_batch_lines_total{status="completed"} 2.0' in metrics
+    assert 'dropwire_invocations_total{function="batches-chunk",outcome="succeeded"}' in metrics
+    assert 'dropwire_queue_tasks{status="queued",task="fn:batches-resume"} 1.0' in metrics  # its parked chunk
 
 
 def test_a_direct_request_through_the_gateway_spends_the_same_quota_and_gets_429_when_it_is_spent(emulators, upstream):
