@@ -107,3 +107,16 @@ def test_a_request_bigger_than_the_whole_token_limit_never_fits(tmp_path):
             store.quota.acquire("up", Limits(tokens_per_minute=1000), tokens=5000)
         assert refused.value.limit == "tokens_per_minute" and refused.value.wait == float("inf")
         store.quota.acquire("up", Limits(tokens_per_minute=1000), tokens=900)
+
+
+def test_a_clock_moved_forward_lets_woken_work_through_at_the_rate_not_all_at_once(tmp_path):
+    path = tmp_path / "db.duckdb"
+    with Store.open(path) as store:
+        store.quota.acquire("up", Limits(requests_per_minute=60))
+        # As if the clock jumped a day forward: the limiter's state is a day in the past.
+        store.writer.call(lambda batch, now: batch.execute("UPDATE quota_limiter SET tat_us = tat_us - 86400000000"))
+    with Store.open(path) as store:
+        store.quota.acquire("up", Limits(requests_per_minute=60))
+        with pytest.raises(QuotaExceeded) as paced:
+            store.quota.acquire("up", Limits(requests_per_minute=60))
+        assert paced.value.limit == "requests_per_minute" and 0 < paced.value.wait <= 1.0
