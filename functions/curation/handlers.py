@@ -104,12 +104,14 @@ def _state(context: HandlerContext, kind: str, entity_id: str) -> str | None:
         return None
 
 
+EXPECTED = {ExportRequest: '{"batch_id", "schema", "evaluate_use_case"?, "evaluate_model"?}', PullRequest: '{"export_id"?}'}
+
+
 def _decode(data: Any, kind: type, where: str) -> Any:
     try:
         return msgspec.json.decode(data, type=kind) if isinstance(data, bytes) else msgspec.convert(data, kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PermanentTaskError(f"{where}: {exc} (expected {{\"batch_id\", \"schema\", \"evaluate_use_case\"?, "
-                                 "\"evaluate_model\"?}})" if kind is ExportRequest else f"{where}: {exc}") from None
+        raise PermanentTaskError(f"{where}: {exc} (expected {EXPECTED[kind]})") from None
 
 
 def export_id_of(batch_id: str, schema_name: str) -> str:
@@ -249,32 +251,32 @@ def send(context: HandlerContext, settings: CurationSettings, export_id: str, ti
     stored the tasks): after a failed one, what the project holds is read again and only the
     tasks still missing are sent, so running this again never duplicates a task."""
     known = reads.export(context.state.query, export_id).project_id
-    new = 0
     with _client(settings) as ls, _client(settings, max_attempts=1) as importer:
         project = (known and ls.project(known)) or ls.find_project(title) or ls.create_project(
             title, spec.label_config(), f"Review of {export_id}: batch lines and their model's predictions (dropwire)")
         project_id = int(project["id"])
         if project_id != known:
             context.records.record("curation.project", ProjectRow(id=export_id, project_id=project_id))
-        for round_ in range(1, settings.max_attempts + 1):
+        held_at_start, round_ = None, 0
+        while True:
+            round_ += 1
             held = {str((t.get("data") or {}).get("custom_id")) for t in ls.tasks(project_id)}
+            held_at_start = len(held) if held_at_start is None else held_at_start
             missing = [t for t in tasks if t["data"]["custom_id"] not in held]
+            sent = 0
             try:
                 for chunk in import_chunks(missing, max_tasks=settings.import_chunk_tasks,
                                            max_bytes=settings.import_chunk_bytes):
-                    new += importer.import_tasks(project_id, chunk)
-                    context.records.record("curation.imported", Imported(id=export_id, imported=len(held) + new))
-                return project_id, new
+                    sent += importer.import_tasks(project_id, chunk)
+                    context.records.record("curation.imported", Imported(id=export_id, imported=len(held) + sent))
+                return project_id, len(held) + sent - held_at_start
             except LabelStudioError as exc:
-                if not exc.retryable or round_ == settings.max_attempts:
+                if not exc.retryable or round_ >= settings.max_attempts:
                     raise
+                context.log.info("import into project %s interrupted (%s); reading what it holds before going on",
+                                 project_id, exc)
                 ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (round_ - 1))
                 time.sleep(random.uniform(ceiling / 2, ceiling))
-                held_before = len(held) + new
-                new = 0
-                context.log.info("import into project %s interrupted after %s task(s) (%s); reading what it holds",
-                                 project_id, held_before, exc)
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- reviewed annotations back

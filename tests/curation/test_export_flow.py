@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import polars as pl
 import pytest
 
 from dropwire.functions.curation.handlers import export_id_of
@@ -19,6 +20,7 @@ from dropwire.local_emulator.emulator import Emulator
 from tests.batches.upstream import MODEL, Upstream, chat_line
 from tests.conftest import wait_for
 from tests.curation.conftest import LabelStudioServer
+from tests.curation.proxy import LossyProxy
 from tests.platform.conftest import emulator_settings, free_port
 
 pytestmark = pytest.mark.slow
@@ -163,9 +165,12 @@ def test_label_studio_refusing_the_token_or_down_fails_the_export_and_a_retry_se
         assert "answered 401" in reason and wrong not in reason
         assert emulator.store.query("SELECT retryable FROM curation_exports WHERE id = ?", [export_id]) == [(False,)]
         assert (emulator.settings.bucket_path / f"curation-exports/{export_id}/tasks.json").exists()
+        # The token is in no stored row: state history, invocations, task results, the export's error.
+        snapshot = emulator.store.export(tmp_path / "snapshot")
+        stored = "".join(str(pl.read_parquet(part).to_dicts()) for part in snapshot.rglob("*.parquet"))
+        assert "answered 401" in stored and wrong not in stored
     finally:
         emulator.stop()
-    assert wrong not in "".join(p.read_text(errors="replace") for p in data.rglob("*.log"))
 
     closed = f"http://127.0.0.1:{free_port()}"
     emulator = start(data, upstream, label_studio, url=closed, DROPWIRE_CURATION__MAX_ATTEMPTS="2")
@@ -188,3 +193,20 @@ def test_label_studio_refusing_the_token_or_down_fails_the_export_and_a_retry_se
         assert sorted(t["data"]["custom_id"] for t in label_studio.tasks(project["id"])) == ["r0", "r1", "r2"]
     finally:
         emulator.stop()
+
+
+def test_an_import_whose_answer_is_lost_is_not_sent_again(tmp_path, upstream, label_studio):
+    # The second of three chunks reaches Label Studio, but its answer is lost (502).
+    proxy = LossyProxy(label_studio.url, lose_imports={2}).start()
+    emulator = start(tmp_path / "data", upstream, label_studio, url=proxy.url, DROPWIRE_CURATION__IMPORT_CHUNK_TASKS="2")
+    try:
+        batch_id = run_batch(emulator, "lossy", reviews(5), {"curation_schema": "sentiment"})
+        export_id = export_id_of(batch_id, "sentiment")
+        reach(emulator, "curation_export", export_id, "imported")
+        project = label_studio.project(export_id)
+        assert sorted(t["data"]["custom_id"] for t in label_studio.tasks(project["id"])) == [f"r{i}" for i in range(5)]
+        assert proxy.imports == 3  # two chunks, the lost one, then only the one task still missing
+        assert history(emulator, export_id)[-1][1].endswith("(5 new)")
+    finally:
+        emulator.stop()
+        proxy.stop()
