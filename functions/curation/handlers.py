@@ -285,6 +285,8 @@ def send(context: HandlerContext, settings: CurationSettings, export_id: str, ti
 def pull_reviewed(event: HttpEvent | ScheduledEvent, context: HandlerContext) -> dict:
     settings = curation_settings(context.config)
     if not settings.label_studio_url:
+        if isinstance(event, ScheduledEvent):  # the schedule runs everywhere; without Label Studio it has nothing to do
+            return {"skipped": "curation.label_studio_url is not set"}
         raise PermanentTaskError("curation.label_studio_url is not set: there is no Label Studio to pull from")
     body = event.body if isinstance(event, HttpEvent) and event.body is not None else {}
     request = _decode(body, PullRequest, "the request body")
@@ -301,7 +303,11 @@ def pull_reviewed(event: HttpEvent | ScheduledEvent, context: HandlerContext) ->
             name, spec = info.schema_name, msgspec.convert(info.schema, SchemaSpec)
             request_again = ExportRequest(batch_id=info.batch_id, schema=info.schema,
                                           evaluate_use_case=info.evaluate_use_case, evaluate_model=info.evaluate_model)
-            results.append(export(context, settings, request_again, name, spec, "retried by the curation-pull schedule"))
+            try:
+                results.append(export(context, settings, request_again, name, spec,
+                                      "retried by the curation-pull schedule"))
+            except PermanentTaskError as exc:  # one export that cannot run again does not stop the others
+                results.append({"export": info.id, "error": exc.message})
     for info in reads.exports(context.state.query, (E.IMPORTED, E.REVIEWED)):
         try:
             results.append(pull(context, settings, info))
