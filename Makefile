@@ -18,10 +18,18 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 
 setup: $(STAMP)
 
+# Label Studio for the curation tests, in its own venv: its pins clash with ours (numpy, Django's stack).
+LABEL_STUDIO_VENV ?= .venv-labelstudio
+LABEL_STUDIO_STAMP := $(LABEL_STUDIO_VENV)/.installed-stamp
+$(LABEL_STUDIO_STAMP):
+	$(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet label-studio==1.23.2
+	touch $(LABEL_STUDIO_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/dropwire demo
 
-test: $(STAMP)
+test: $(STAMP) $(LABEL_STUDIO_STAMP)
 	$(BIN)/python -m pytest -q
 
 # make bench runs every benchmark; make bench BENCH="queue kde" runs those named.

@@ -76,7 +76,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "outbox.notifications": (lambda store, **kw: store.outbox.notifications(**kw), {}),
     "export": (lambda store, directory: str(store.export(directory)), {}),
     "query": (lambda store, **kw: store.query(**kw), {}),
-    "batches.record": (lambda store, **kw: store.batches.record(**kw), {}),
+    "records.record": (lambda store, **kw: store.records.record(**kw), {}),
 }
 
 
@@ -176,7 +176,7 @@ class ControlClient:
         self.states = _RemoteStates(self)
         self.receipts = _RemoteReceipts(self)
         self.outbox = _RemoteOutbox(self)
-        self.batches = _RemoteBatches(self)
+        self.records = _RemoteRecords(self)
 
     def _connection(self) -> Connection:
         """One connection per thread, so a worker's long-poll claim never delays a heartbeat."""
@@ -308,14 +308,14 @@ class _RemoteReceipts:
         return self._call("receipts.fire_schedule", int | None, schedule=schedule, fire_time=fire_time, spec=spec)
 
 
-class _RemoteBatches:
-    """The batches facet's records port, for handler processes: durable when it returns."""
+class _RemoteRecords:
+    """The domain facets' records port (store.records), for handler processes: durable when it returns."""
 
     def __init__(self, client: ControlClient) -> None:
         self._call = client._call
 
     def record(self, op: str, payload: Any) -> None:
-        self._call("batches.record", op=op, payload=msgspec.to_builtins(payload))
+        self._call("records.record", op=op, payload=msgspec.to_builtins(payload))
 
 
 class _RemoteOutbox:
