@@ -18,10 +18,19 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 
 setup: $(STAMP)
 
+# Label Studio for the curation tests, in its own venv: its pins clash with ours (numpy, Django's stack);
+# installed against a known-good freeze, like ours.
+LABEL_STUDIO_VENV ?= .venv-labelstudio
+LABEL_STUDIO_STAMP := $(LABEL_STUDIO_VENV)/.installed-stamp
+$(LABEL_STUDIO_STAMP): .ci/labelstudio-constraints.txt
+	$(PYTHON) -m venv $(LABEL_STUDIO_VENV)
+	$(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet -c .ci/labelstudio-constraints.txt label-studio==1.23.2
+	touch $(LABEL_STUDIO_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/dropwire demo
 
-test: $(STAMP)
+test: $(STAMP) $(LABEL_STUDIO_STAMP)
 	$(BIN)/python -m pytest -q
 
 # make bench runs every benchmark; make bench BENCH="queue kde" runs those named.

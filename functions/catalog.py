@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dropwire.functions.batches import api as batches_api
 from dropwire.functions.batches import handlers as batches_handlers
+from dropwire.functions.curation import handlers as curation_handlers
 from dropwire.functions.evaluation import api as evaluation_api
 from dropwire.functions.evaluation import handlers as evaluation_handlers
 from dropwire.functions.forecasts import handlers as forecast_handlers
@@ -23,6 +24,7 @@ functions.http_api(evaluation_api.build_router)
 training_handlers.register(functions)
 functions.http_api(training_api.build_router)
 functions.http_api(batches_api.build_router)
+curation_handlers.register(functions)
 workflow_handlers.register(functions)
 functions.http_api(workflow_api.build_router)
 functions.http_api(quota_api.build_router)

@@ -77,7 +77,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "outbox.notifications": (lambda store, **kw: store.outbox.notifications(**kw), {}),
     "export": (lambda store, directory: str(store.export(directory)), {}),
     "query": (lambda store, **kw: store.query(**kw), {}),
-    "batches.record": (lambda store, **kw: store.batches.record(**kw), {}),
+    "records.record": (lambda store, **kw: store.records.record(**kw), {}),
     "quota.acquire": (lambda store, **kw: store.quota.acquire(**kw), {"limits": Limits}),
     "quota.settle": (lambda store, **kw: store.quota.settle(**kw), {"grant": Grant}),
     "quota.observe": (lambda store, **kw: store.quota.observe(**kw), {"observations": list[Observation]}),
@@ -181,7 +181,7 @@ class ControlClient:
         self.states = _RemoteStates(self)
         self.receipts = _RemoteReceipts(self)
         self.outbox = _RemoteOutbox(self)
-        self.batches = _RemoteBatches(self)
+        self.records = _RemoteRecords(self)
         self.quota = _RemoteQuota(self)
 
     def _connection(self) -> Connection:
@@ -317,14 +317,14 @@ class _RemoteReceipts:
         return self._call("receipts.fire_schedule", int | None, schedule=schedule, fire_time=fire_time, spec=spec)
 
 
-class _RemoteBatches:
-    """The batches facet's records port, for handler processes: durable when it returns."""
+class _RemoteRecords:
+    """The domain facets' records port (store.records), for handler processes: durable when it returns."""
 
     def __init__(self, client: ControlClient) -> None:
         self._call = client._call
 
     def record(self, op: str, payload: Any) -> None:
-        self._call("batches.record", op=op, payload=msgspec.to_builtins(payload))
+        self._call("records.record", op=op, payload=msgspec.to_builtins(payload))
 
 
 class _RemoteQuota:

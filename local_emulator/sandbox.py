@@ -133,7 +133,7 @@ class HandlerHost:
         config = self.config
         outcome = execute(self.registry.get(request.invocation.function), request, self.objects, self.client,
                           self._note, config.runtime_url, config.mlflow_tracking_uri, config.mlflow_artifact_location,
-                          self.client.batches, self.client.quota, config.config)
+                          self.client.records, self.client.quota, config.config)
         try:
             return msgspec.msgpack.encode(outcome)
         except (TypeError, msgspec.EncodeError) as exc:

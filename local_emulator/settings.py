@@ -21,6 +21,7 @@ import msgspec
 from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
 from dropwire.local_emulator.redact import mask_url
 from dropwire.functions.batches.settings import BatchSettings
+from dropwire.functions.curation.settings import CurationSettings
 from dropwire.functions.quota.settings import QuotaSettings
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import QueueSettings
@@ -142,6 +143,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     notify: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
     training: TrainingAnalysisSettings = msgspec.field(default_factory=TrainingAnalysisSettings)
     batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    curation: CurationSettings = msgspec.field(default_factory=CurationSettings)
     quota: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
 
     def __post_init__(self) -> None:
@@ -221,7 +223,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     def domain_config(self) -> dict[str, Any]:
         """The settings sections the product's domains read (HandlerContext.config, ApiPorts.config)."""
         return {"batches": msgspec.to_builtins(self.batches), "training": msgspec.to_builtins(self.training),
-                "quota": msgspec.to_builtins(self.quota)}
+                "curation": msgspec.to_builtins(self.curation), "quota": msgspec.to_builtins(self.quota)}
 
     @property
     def outbox_path(self) -> Path:
@@ -256,7 +258,8 @@ def _nest_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _lists_from_json(raw: dict[str, Any], struct: type, prefix: str = ENV_PREFIX) -> dict[str, Any]:
-    """List fields come from the environment as JSON arrays: DROPWIRE_HTTP__API_TOKENS='["a", "b"]'.
+    """List fields come from the environment as JSON arrays: DROPWIRE_HTTP__API_TOKENS='["a", "b"]'
+    (and dict fields as JSON objects: DROPWIRE_CURATION__SCHEMAS='{"name": {...}}').
     Decided by the field's declared type, so a secret that merely starts with '[' stays a string."""
     fields = {f.name: f.type for f in msgspec.inspect.type_info(struct).fields}
     out = dict(raw)
@@ -274,7 +277,7 @@ def _lists_from_json(raw: dict[str, Any], struct: type, prefix: str = ENV_PREFIX
             try:
                 out[name] = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise SettingsError(f"{variable} must be a JSON object like '{{\"name\": {{...}}}}': {exc}") from None
+                raise SettingsError(f"{variable} must be a JSON object like '{{\"a\": 1}}': {exc}") from None
     return out
 
 

@@ -13,6 +13,9 @@ is a facet built on that writer, with its own promises (see each module's docstr
 - `store.outbox`   notifications: listing and recording delivery          storage/outbox.py
 - `store.batches`  batch inference: files, batches, line results, heartbeats, figures
                                                               storage/batches.py
+- `store.curation` curation exports to Label Studio and pulls of reviews  storage/curation.py
+- `store.records`  the one records port handlers get: `record("<domain>.<op>", payload)`
+                   goes to that domain's facet
 - `store.quota`    metered services: admission against limits, usage per minute, what the
                    upstream said about its limits              storage/quota.py
 - `store.query(sql)`, `store.export(dir)`: read-only SQL and Parquet snapshots of it all.
@@ -33,8 +36,9 @@ import duckdb
 
 from dropwire.storage import migrate
 from dropwire.storage.batches import Batches
+from dropwire.storage.curation import Curation
 from dropwire.storage.database import connect
-from dropwire.storage.errors import Conflict
+from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.queue import Queue
 from dropwire.storage.quota import Quota
@@ -45,6 +49,23 @@ from dropwire.storage.state_machine import StateMachine
 from dropwire.storage.states import States
 from dropwire.storage.tasks import LiveTasks
 from dropwire.storage.writer import Writer
+
+
+class UnknownDomain(DropwireError):
+    code = "unknown_record"
+
+
+class Records:
+    """The records port of every domain facet: an op `<domain>.<name>` goes to that facet."""
+
+    def __init__(self, facets: dict) -> None:
+        self._facets = facets
+
+    def record(self, op: str, payload: object) -> None:
+        facet = self._facets.get(op.partition(".")[0])
+        if facet is None:
+            raise UnknownDomain(f"no records port for {op!r}; domains: {sorted(self._facets)}")
+        facet.record(op, payload)
 
 
 class Store:
@@ -61,6 +82,8 @@ class Store:
         self.queue = Queue(self.writer, settings, self.tasks, self.states)
         self.receipts = Receipts(self.writer, self.tasks)
         self.batches = Batches(self.writer)
+        self.curation = Curation(self.writer)
+        self.records = Records({"batches": self.batches, "curation": self.curation})
         self.quota = Quota(self.writer)
         self.writer.start()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from dropwire.storage.migrate import MIGRATIONS
+from dropwire.storage import migrate
 from tests.conftest import REPO
 
 
@@ -35,14 +35,14 @@ def test_errors_print_one_line_and_no_traceback(run_cli, dropwire_env, data_dir)
 def test_db_commands_upgrade_downgrade_and_report(run_cli, data_dir):
     assert run_cli("db", "upgrade").returncode == 0
     current = run_cli("db", "current")
-    last = MIGRATIONS[-1]
-    assert f"schema version {last.version}" in current.stdout and f"{last.version:04d}_{last.name}" in current.stdout
+    last = migrate.load_migrations()[-1]
+    assert f"schema version {migrate.LATEST}" in current.stdout and f"{last.version:04d}_{last.name}" in current.stdout
     assert run_cli("db", "downgrade", "1").returncode == 0
     assert "schema version 1" in run_cli("db", "current").stdout
     with duckdb.connect(str(data_dir / "dropwire.duckdb")) as con:
-        con.execute(f"INSERT INTO schema_migrations VALUES ({last.version + 1}, 'future', 'x', now())")
+        con.execute("INSERT INTO schema_migrations VALUES (?, 'future', 'x', now())", [migrate.LATEST + 1])
     newer = run_cli("db", "upgrade")
-    assert newer.returncode == 1 and f"schema version {last.version + 1}, newer than this dropwire knows" in newer.stderr
+    assert newer.returncode == 1 and f"schema version {migrate.LATEST + 1}, newer than this dropwire knows" in newer.stderr
 
 
 @pytest.mark.slow
