@@ -10,6 +10,9 @@ from dropwire.functions.evaluation import api as evaluation_api
 from dropwire.functions.evaluation import handlers as evaluation_handlers
 from dropwire.functions.forecasts import handlers as forecast_handlers
 from dropwire.functions.platform.registry import FunctionRegistry
+from dropwire.functions.quota import api as quota_api
+from dropwire.functions.workflow import api as workflow_api
+from dropwire.functions.workflow import handlers as workflow_handlers
 from dropwire.functions.training_analysis import api as training_api
 from dropwire.functions.training_analysis import handlers as training_handlers
 
@@ -22,3 +25,6 @@ training_handlers.register(functions)
 functions.http_api(training_api.build_router)
 functions.http_api(batches_api.build_router)
 curation_handlers.register(functions)
+workflow_handlers.register(functions)
+functions.http_api(workflow_api.build_router)
+functions.http_api(quota_api.build_router)

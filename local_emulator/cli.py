@@ -16,6 +16,7 @@ from dropwire.local_emulator.cli_batches import batches_app
 from dropwire.local_emulator.cli_context import console
 from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app
 from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
+from dropwire.local_emulator.cli_workflow import quota_app, workflow_app
 from dropwire.local_emulator.runtime_cli import runtime_app
 from dropwire.local_emulator.settings import describe_settings
 from dropwire.local_emulator.redact import mask_logs
@@ -66,6 +67,8 @@ app.command("reprocess")(reprocess)
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(events_app, name="events")
 app.add_typer(batches_app, name="batches")
+app.add_typer(workflow_app, name="workflow")
+app.add_typer(quota_app, name="quota")
 
 
 def main() -> None:

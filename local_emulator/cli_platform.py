@@ -125,7 +125,7 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
         outcome = execute(spec, request, objects, store,
                           lambda b, k, h, f, t: store.receipts.record_output(b, k, hop=h, function=f, task_id=t),
                           config.runtime_url, config.mlflow_tracking_uri, config.mlflow_artifact_location,
-                          store.records, config.config)
+                          store.records, store.quota, config.config)
         if not outcome.ok:
             if not outcome.on_purpose:  # a crash: where it happened matters
                 console.print(outcome.traceback or "", highlight=False)

@@ -30,6 +30,7 @@ from dropwire.storage.records import (
     TaskSpec,
     TaskStatus,
 )
+from dropwire.storage.quota import Grant, Limits, Observation
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control")
@@ -77,6 +78,10 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "export": (lambda store, directory: str(store.export(directory)), {}),
     "query": (lambda store, **kw: store.query(**kw), {}),
     "records.record": (lambda store, **kw: store.records.record(**kw), {}),
+    "quota.acquire": (lambda store, **kw: store.quota.acquire(**kw), {"limits": Limits}),
+    "quota.settle": (lambda store, **kw: store.quota.settle(**kw), {"grant": Grant}),
+    "quota.observe": (lambda store, **kw: store.quota.observe(**kw), {"observations": list[Observation]}),
+    "queue.wake": (lambda store, **kw: store.queue.wake(**kw), {}),
 }
 
 
@@ -177,6 +182,7 @@ class ControlClient:
         self.receipts = _RemoteReceipts(self)
         self.outbox = _RemoteOutbox(self)
         self.records = _RemoteRecords(self)
+        self.quota = _RemoteQuota(self)
 
     def _connection(self) -> Connection:
         """One connection per thread, so a worker's long-poll claim never delays a heartbeat."""
@@ -277,6 +283,9 @@ class _RemoteQueue:
     def cleanup(self, older_than_days: float) -> int:
         return self._call("queue.cleanup", int, older_than_days=older_than_days)
 
+    def wake(self, key_prefix: str) -> int:
+        return self._call("queue.wake", int, key_prefix=key_prefix)
+
 
 class _RemoteStates:
     """The store's states facet, remotely: what handler processes read and commit."""
@@ -316,6 +325,24 @@ class _RemoteRecords:
 
     def record(self, op: str, payload: Any) -> None:
         self._call("records.record", op=op, payload=msgspec.to_builtins(payload))
+
+
+class _RemoteQuota:
+    """The quota facet, remotely: handler processes admit metered requests through it."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self._call = client._call
+
+    def acquire(self, service: str, limits: Limits, *, tokens: int = 0, cost_usd: float = 0.0) -> Grant:
+        return self._call("quota.acquire", Grant, service=service, limits=limits, tokens=tokens, cost_usd=cost_usd)
+
+    def settle(self, grant: Grant, *, sent: bool, input_tokens: int = 0, output_tokens: int = 0,
+               cost_usd: float = 0.0) -> None:
+        self._call("quota.settle", grant=grant, sent=sent, input_tokens=input_tokens, output_tokens=output_tokens,
+                   cost_usd=cost_usd)
+
+    def observe(self, service: str, observations: list[Observation]) -> None:
+        self._call("quota.observe", service=service, observations=observations)
 
 
 class _RemoteOutbox:

@@ -16,12 +16,16 @@ from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 import msgspec
-from litestar import Litestar, Request, get, post, put
+from litestar import Litestar, Request, Response, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
+from dropwire.functions.batches.settings import BatchSettings
+from dropwire.functions.quota.meter import Meter
+from dropwire.functions.quota.settings import quota_settings
+from dropwire.local_emulator import metrics
 from dropwire.local_emulator.inference_proxy import build_inference_proxy
 from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.scheduler import Scheduler
@@ -203,15 +207,25 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         task_id = scheduler.fire(name, datetime.now(timezone.utc))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
-    ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, config=config or {})
+    quota = quota_settings(config or {})
+
+    @get("/metrics", sync_to_thread=True, media_type=metrics.CONTENT_TYPE, responses=error_responses(*GATEWAY_ERRORS))
+    def prometheus_metrics() -> Response[bytes]:
+        """Prometheus scrape: queue depth, invocations, batch lines, workflows, quota left."""
+        return Response(metrics.metrics_text(store.query, quota), media_type=metrics.CONTENT_TYPE)
+
+    ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, config=config or {},
+                     wake=store.queue.wake)
     forwarding, on_shutdown = [], []
     if inference_url:
-        proxy, close_proxy = build_inference_proxy(inference_url, inference_timeout_seconds)
+        service = (config or {}).get("batches", {}).get("quota_service", BatchSettings().quota_service)
+        proxy, close_proxy = build_inference_proxy(inference_url, inference_timeout_seconds,
+                                                   Meter(store.quota, quota, service))
         forwarding.append(proxy)
         on_shutdown.append(close_proxy)
     return Litestar(
         route_handlers=[health, invoke, upload, task_stats, task, cleanup, dead_letters, dead_letter, replay,
-                        invocations, reprocess, run_schedule, assets_router(),
+                        invocations, reprocess, run_schedule, prometheus_metrics, assets_router(),
                         *(factory(ports) for factory in functions.http_apis()), *forwarding],
         on_shutdown=on_shutdown,
         before_request=require_token,

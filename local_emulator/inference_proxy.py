@@ -1,19 +1,23 @@
 """The gateway's forwarding of direct inference requests (/v1/chat/completions,
 /v1/completions, /v1/embeddings, /v1/models) to the OpenAI-compatible runtime, on its
 interactive lane, so one base_url serves a client's batches and its direct requests.
-Answers (streamed ones included) pass through as they come; pooled connections."""
+Answers (streamed ones included) pass through as they come; pooled connections. With a meter,
+each POST first acquires its budget from the same quota as the batch lines (a spent quota is a
+429 with Retry-After in the one error shape), and the runtime's rate-limit headers update it."""
 
 from __future__ import annotations
 
 from typing import Awaitable, Callable
 
 import httpx
+import msgspec
 from litestar import Request, Router, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.response import Stream
 
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS
+from dropwire.functions.quota.meter import Meter
 from dropwire.runtime.openapi import body_operation, error_responses
 from dropwire.storage.errors import DropwireError
 
@@ -28,6 +32,7 @@ FORWARDED = {400: "The runtime refused the request: a bad parameter, or a prompt
                   "(OpenAI's error object in error, with param naming the field)",
              404: "The runtime serves no such model for this endpoint",
              502: "The runtime did not answer",
+             429: "The quota of batches.quota_service is spent (quota.services); Retry-After says when it resets",
              504: "The runtime did not finish within its runtime.textgen.request_timeout_s"}
 REQUEST = body_operation("The OpenAI request, passed to the runtime as sent (see the runtime's /schema for its fields)",
                          {"application/json": Schema(type=OpenAPIType.OBJECT)})
@@ -38,7 +43,8 @@ class RuntimeUnavailable(DropwireError):
     code = "runtime_unavailable"
 
 
-def build_inference_proxy(base_url: str, timeout_seconds: float) -> tuple[Router, Callable[[], Awaitable[None]]]:
+def build_inference_proxy(base_url: str, timeout_seconds: float,
+                          meter: Meter | None = None) -> tuple[Router, Callable[[], Awaitable[None]]]:
     """The router, and what closes its connections at shutdown. `base_url`: the runtime's
     OpenAI-compatible root, e.g. http://127.0.0.1:8765/v1."""
     base = base_url.rstrip("/")
@@ -55,19 +61,31 @@ def build_inference_proxy(base_url: str, timeout_seconds: float) -> tuple[Router
         headers = {"content-type": request.headers.get("content-type", "application/json"),
                    # A direct request goes on the interactive lane unless it asks otherwise.
                    PRIORITY_HEADER: request.headers.get(PRIORITY_HEADER, "interactive")}
-        outgoing = client().build_request(method, base + path, content=await request.body() if method == "POST" else None,
-                                          headers=headers, params=request.query_params.dict())
+        content = await request.body() if method == "POST" else None
+        outgoing = client().build_request(method, base + path, content=content, headers=headers,
+                                          params=request.query_params.dict())
+        body, grant = {}, None
+        if meter is not None and content is not None:
+            try:
+                body = msgspec.json.decode(content)
+            except msgspec.DecodeError:
+                body = {}  # the runtime answers what is wrong with it
+            grant = await meter.admit(body if isinstance(body, dict) else {})  # QuotaExceeded: 429
         try:
             answer = await client().send(outgoing, stream=True)
         except httpx.HTTPError as exc:
+            if grant is not None:
+                await meter.answered(grant, body, None, {})
             raise RuntimeUnavailable(f"the runtime at {base} did not answer {method} {path}: {type(exc).__name__}: {exc}",
                                      runtime=base) from None
+        if grant is not None:
+            await meter.answered(grant, body, answer.status_code, answer.headers, usage_known=False)
         return Stream(answer.aiter_raw(), status_code=answer.status_code,
                       headers={k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS},
                       background=BackgroundTask(answer.aclose))
 
     @post(FORWARDED_POSTS, status_code=200, operation_class=REQUEST,
-          responses=error_responses(400, 404, 413, 502, 504, *GATEWAY_ERRORS, meanings=FORWARDED))
+          responses=error_responses(400, 404, 413, 429, 502, 504, *GATEWAY_ERRORS, meanings=FORWARDED))
     async def inference(request: Request) -> Stream:
         return await forward(request, "POST")
 

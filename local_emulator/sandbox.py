@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from dropwire.functions.platform.context import DomainRecords, HandlerContext, StateChanges, StateReader
+from dropwire.functions.platform.context import DomainRecords, HandlerContext, QuotaPort, StateChanges, StateReader
 from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
 from dropwire.functions.platform.registry import FunctionSpec, Invocation, load_functions
 from dropwire.functions.platform.tasks import PermanentTaskError
@@ -58,7 +58,8 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
 
 def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
             note_output: Callable[[str, str, int, str, int], None], runtime_url: str, mlflow_tracking_uri: str,
-            mlflow_artifact_location: str | None, records: DomainRecords, config: dict[str, Any]) -> Outcome:
+            mlflow_artifact_location: str | None, records: DomainRecords, quota: QuotaPort,
+            config: dict[str, Any]) -> Outcome:
     """Call the handler with its context; what it asked to change comes back as effects."""
     invocation = request.invocation
     context = HandlerContext(
@@ -70,7 +71,7 @@ def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: 
         state=StateChanges(reader, triggered_by=f"function:{spec.name}"),
         runtime_url=runtime_url, mlflow_tracking_uri=mlflow_tracking_uri,
         mlflow_artifact_location=mlflow_artifact_location, log=logging.getLogger(f"dropwire.fn.{spec.name}"),
-        records=records, config=config,
+        records=records, quota=quota, config=config,
     )
     try:
         result = spec.handler(invocation.event, context)
@@ -132,7 +133,7 @@ class HandlerHost:
         config = self.config
         outcome = execute(self.registry.get(request.invocation.function), request, self.objects, self.client,
                           self._note, config.runtime_url, config.mlflow_tracking_uri, config.mlflow_artifact_location,
-                          self.client.records, config.config)
+                          self.client.records, self.client.quota, config.config)
         try:
             return msgspec.msgpack.encode(outcome)
         except (TypeError, msgspec.EncodeError) as exc:

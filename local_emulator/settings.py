@@ -22,6 +22,7 @@ from dropwire.functions.training_analysis.settings import TrainingAnalysisSettin
 from dropwire.local_emulator.redact import mask_url
 from dropwire.functions.batches.settings import BatchSettings
 from dropwire.functions.curation.settings import CurationSettings
+from dropwire.functions.quota.settings import QuotaSettings
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.errors import DropwireError
@@ -143,6 +144,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     training: TrainingAnalysisSettings = msgspec.field(default_factory=TrainingAnalysisSettings)
     batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
     curation: CurationSettings = msgspec.field(default_factory=CurationSettings)
+    quota: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -221,7 +223,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     def domain_config(self) -> dict[str, Any]:
         """The settings sections the product's domains read (HandlerContext.config, ApiPorts.config)."""
         return {"batches": msgspec.to_builtins(self.batches), "training": msgspec.to_builtins(self.training),
-                "curation": msgspec.to_builtins(self.curation)}
+                "curation": msgspec.to_builtins(self.curation), "quota": msgspec.to_builtins(self.quota)}
 
     @property
     def outbox_path(self) -> Path:

@@ -22,6 +22,7 @@ from litestar import Litestar, Request, Response, delete, get, post
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Parameter
 
+from dropwire.runtime import metrics
 from dropwire.runtime.host import RuntimeHost
 from dropwire.runtime.http_errors import exception_handlers
 from dropwire.runtime.http_options import complete_allow_header
@@ -100,6 +101,12 @@ def create_app(host: RuntimeHost, log: logging.Logger) -> Litestar:
     async def stats() -> Stats:
         return host.stats()
 
+    @get("/metrics", media_type=metrics.CONTENT_TYPE, responses=error_responses(500))
+    async def prometheus_metrics() -> Response[bytes]:
+        """Prometheus scrape: lanes, cache hit rates, the /v1 rate limit's answers."""
+        text = metrics.metrics_text(host.stats, lambda: host.textgen.rate_limit if host.textgen else None)
+        return Response(text, media_type=metrics.CONTENT_TYPE)
+
     async def refuse_when_shutting_down(request: Request) -> None:
         if request.url.path not in ALWAYS_OPEN:
             host.ensure_accepting()
@@ -107,6 +114,7 @@ def create_app(host: RuntimeHost, log: logging.Logger) -> Litestar:
     textgen = [textgen_router(host.textgen)] if host.textgen else []
     return Litestar(
         route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats,
+                        prometheus_metrics,
                         assets_router(), *textgen],
         before_request=refuse_when_shutting_down,
         exception_handlers=exception_handlers(lambda: upload_limit_error(limit)),

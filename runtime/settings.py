@@ -58,6 +58,11 @@ class TextGenSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     max_choices: Positive = 8
     # Longest wait for a generation; a request past it stops consuming the device.
     request_timeout_s: PositiveFloat = 300.0
+    # An upstream's rate limit, as OpenAI answers it: at most this many POST /v1 requests per
+    # rate_limit_window_s (sliding), each answer with x-ratelimit-* headers, past it 429 with
+    # Retry-After. 0: no limit.
+    rate_limit_requests: Annotated[int, msgspec.Meta(ge=0)] = 0
+    rate_limit_window_s: PositiveFloat = 60.0
 
 
 class RuntimeSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

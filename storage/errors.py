@@ -3,6 +3,8 @@ was expected; the CLI prints it as one line and the HTTP layer maps it to the er
 
 from __future__ import annotations
 
+import math
+
 from datetime import datetime, timezone
 
 import msgspec
@@ -64,6 +66,21 @@ class StaleLease(Conflict):
 
 class UnknownTask(DropwireError):
     code = "unknown_task"
+
+
+class QuotaExceeded(DropwireError):
+    """A metered service's budget is spent (a local limit, or the upstream's own answer):
+    `service`, the `limit` hit (e.g. requests_per_minute, upstream_requests, cost_per_day)
+    and `wait`, the seconds until it resets."""
+
+    http_status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, service: str, limit: str, wait: float, **details: object) -> None:
+        super().__init__(message, service=service, limit=limit, wait=round(float(wait), 3), **details)
+        self.service, self.limit, self.wait = service, limit, float(wait)
+        if math.isfinite(self.wait):
+            self.retry_after = max(1, math.ceil(self.wait))
 
 
 class StoreClosed(DropwireError):

@@ -123,6 +123,22 @@ class Queue(Facet):
             task_ids.append(task.id)
         return Applied(transitions=[], task_ids=task_ids)
 
+    def wake(self, key_prefix: str) -> int:
+        """Make the waiting tasks whose idempotency key starts with `key_prefix` due now (a
+        parked workflow resumed by hand); how many moved."""
+        def op(batch: Batch, now: float) -> int:
+            moved = 0
+            for task in list(self.tasks.index.live.values()):
+                if (task.status in (QUEUED, RETRYING) and task.idempotency_key
+                        and task.idempotency_key.startswith(key_prefix)):
+                    task.not_before = now
+                    self.tasks.index.schedule(task)  # the old heap entry goes stale (lazy deletion)
+                    batch.add(TASKS, task.row(now))
+                    moved += 1
+            return moved
+
+        return self.writer.call(op)
+
     # ------------------------------------------------------------------ workers
 
     def claim(self, worker: str, *, names: Iterable[str] | None = None, limit: int = 1,

@@ -16,6 +16,8 @@ is a facet built on that writer, with its own promises (see each module's docstr
 - `store.curation` curation exports to Label Studio and pulls of reviews  storage/curation.py
 - `store.records`  the one records port handlers get: `record("<domain>.<op>", payload)`
                    goes to that domain's facet
+- `store.quota`    metered services: admission against limits, usage per minute, what the
+                   upstream said about its limits              storage/quota.py
 - `store.query(sql)`, `store.export(dir)`: read-only SQL and Parquet snapshots of it all.
 
 A new domain table arrives as a migration (storage/migrations/NNNN_*.sql) plus a module with
@@ -39,6 +41,7 @@ from dropwire.storage.database import connect
 from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.queue import Queue
+from dropwire.storage.quota import Quota
 from dropwire.storage.receipts import Receipts
 from dropwire.storage.read_only_query import run_read_only_query
 from dropwire.storage.settings import QueueSettings
@@ -81,6 +84,7 @@ class Store:
         self.batches = Batches(self.writer)
         self.curation = Curation(self.writer)
         self.records = Records({"batches": self.batches, "curation": self.curation})
+        self.quota = Quota(self.writer)
         self.writer.start()
 
     @classmethod

@@ -65,12 +65,18 @@ class LiveTasks(Facet):
     def load(self, con: duckdb.DuckDBPyConnection, *, restart_grace: bool) -> None:
         self.index = TaskIndex()
         now = time.time()
+        # A task written "later" than now means the clock was moved back since: keep its
+        # remaining delay as if the clock had run on, rather than park it for the jump too.
+        ahead = dict(con.execute("SELECT id, epoch(updated_at) - ? FROM tasks WHERE status IN ('queued', 'retrying') "
+                                 "AND updated_at > to_timestamp(?)", [now, now]).fetchall())
         for row in con.execute(
             "SELECT id, name, args, priority, status, attempts, max_attempts, epoch(not_before), epoch(created_at), "
             "epoch(claimed_at), epoch(lease_expires), token, worker, idempotency_key, last_error, on_dead, on_retry "
             "FROM tasks WHERE status IN ('queued', 'running', 'retrying')"
         ).fetchall():
             task = LiveTask(*row)
+            if task.id in ahead:
+                task.not_before = max(now, task.not_before - ahead[task.id])
             if task.status == RUNNING and restart_grace:
                 # Heartbeats live in memory only: after a restart the task's worker gets one
                 # full lease to report in before the task runs again.

@@ -31,9 +31,10 @@ from dropwire.functions.batches.handlers import (
     FILES_FUNCTION,
     FILES_PREFIX,
     RETRY_FUNCTION,
+    resume_key,
 )
 from dropwire.functions.batches.settings import batch_settings
-from dropwire.functions.batches.states import TERMINAL, BatchState as B
+from dropwire.functions.batches.states import PARKED, TERMINAL, BatchState as B, openai_status
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
 from dropwire.runtime.openapi import error_responses, upload_operation
 from dropwire.storage.errors import Conflict, DropwireError
@@ -204,18 +205,20 @@ def build_router(ports: ApiPorts) -> Router:
     @post("/batches/{batch_id:str}/cancel", status_code=200, sync_to_thread=True, responses=CHANGE)
     def cancel_batch(batch_id: FromPath[str]) -> BatchObject:
         status = reads.status(query, batch_id)
-        if status not in (B.IN_PROGRESS, B.CANCELLING):
-            raise NotCancellable(f"batch {batch_id} is {status}: only a batch in progress can be cancelled",
-                                 status=status)
+        if status not in (B.IN_PROGRESS, B.CANCELLING, *PARKED):
+            raise NotCancellable(f"batch {batch_id} is {openai_status(status)}: only a batch in progress can be cancelled",
+                                 status=openai_status(status))
         run(CANCEL_FUNCTION, {"id": batch_id})
+        if status in PARKED and ports.wake is not None:
+            ports.wake(resume_key(batch_id))  # its parked chunks stop now, not at their timer
         return reads.batch_object(query, batch_id)
 
     @post("/batches/{batch_id:str}/retry", status_code=200, sync_to_thread=True, responses=CHANGE)
     def retry_batch(batch_id: FromPath[str]) -> BatchObject:
         status = reads.status(query, batch_id)
         if status not in TERMINAL or status == B.FAILED:
-            raise Conflict(f"batch {batch_id} is {status}: its lines can be retried once it is completed, cancelled or "
-                           "expired", status=status)
+            raise Conflict(f"batch {batch_id} is {openai_status(status)}: its lines can be retried once it is completed, "
+                           "cancelled or expired", status=openai_status(status))
         new_id = f"batch_{uuid.uuid4().hex[:24]}"
         run(RETRY_FUNCTION, {"id": batch_id, "new_id": new_id, "new_file_id": f"file-{uuid.uuid4().hex[:24]}"})
         return reads.batch_object(query, new_id)

@@ -16,12 +16,20 @@ of ``batches.chunk_lines`` lines (each finished line saved at once, first-wins, 
 again after a crash or kill -9 skips what is saved), and ``batches-finalize`` once every chunk
 has reported: the end state (completed, cancelled, expired), the lines never run as error
 lines (batch_cancelled / batch_expired), the files, the benchmark figures, the webhook.
+
+Each line acquires its budget from the quota of `batches.quota_service` before it runs
+(functions/quota). A quota spent for longer than `quota.wait_in_place_seconds` (a local
+limit, or the upstream's 429) stops the chunk with its finished lines saved: the batch goes to
+`quota_exceeded` and the chunk is parked as a ``batches-resume`` task on the queue's durable
+timer until the reset; the resume moves the batch back to `in_progress` and queues the rest
+of the chunk. A suspended batch's chunks park the same way until an operator resumes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import posixpath
 import socket
@@ -36,7 +44,7 @@ from dropwire.functions.batches.core.backend import LineBackend, LineOutcome, re
 from dropwire.functions.batches.core.output import split_lines, webhook_event
 from dropwire.functions.batches.core.validation import ENDPOINTS, ChunkPlan, read_chunk, request_ids, validate
 from dropwire.functions.batches.settings import BatchSettings, batch_settings, window_seconds
-from dropwire.functions.batches.states import KIND, TERMINAL, BatchState as B
+from dropwire.functions.batches.states import KIND, PARKED, TERMINAL, BatchState as B, openai_status
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import (
     FunctionRegistry,
@@ -49,6 +57,8 @@ from dropwire.functions.platform.registry import (
     Output,
 )
 from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.quota.meter import Meter
+from dropwire.functions.quota.settings import quota_settings
 from dropwire.storage.batches import (
     BatchRow,
     Benchmark,
@@ -60,7 +70,7 @@ from dropwire.storage.batches import (
     Outputs,
     Validated,
 )
-from dropwire.storage.errors import NotFound
+from dropwire.storage.errors import NotFound, QuotaExceeded
 from dropwire.storage.records import Effects, TaskSpec
 
 BUCKET = "local"
@@ -76,6 +86,7 @@ DROP_FUNCTION = "batches-drop"
 VALIDATE_FUNCTION = "batches-validate"
 CHUNK_FUNCTION = "batches-chunk"
 FINALIZE_FUNCTION = "batches-finalize"
+RESUME_FUNCTION = "batches-resume"
 CHUNK_TIMEOUT_S = 6 * 3600.0
 CHUNK_MAX_ATTEMPTS = 5
 STEP_TIMEOUT_S = 1800.0
@@ -156,6 +167,7 @@ def register(functions: FunctionRegistry) -> None:
     functions.function(CHUNK_FUNCTION, on=[OnQueue()], timeout_seconds=CHUNK_TIMEOUT_S,
                        max_attempts=CHUNK_MAX_ATTEMPTS)(run_chunk)
     functions.function(FINALIZE_FUNCTION, on=[OnQueue()], outputs=outputs, timeout_seconds=STEP_TIMEOUT_S)(finalize_batch)
+    functions.function(RESUME_FUNCTION, on=[OnQueue()], timeout_seconds=60)(resume_chunk)
 
 
 def _query(context: HandlerContext):
@@ -245,7 +257,7 @@ def cancel_batch(event: HttpEvent, context: HandlerContext) -> dict:
         raise PermanentTaskError(f"no batch with id {ref.id!r}")
     if state in (B.CANCELLING, B.CANCELLED):
         return {"batch": ref.id, "status": state}
-    if state != B.IN_PROGRESS:
+    if state not in (B.IN_PROGRESS, *PARKED):
         raise PermanentTaskError(f"batch {ref.id} is {state}: only a batch in progress can be cancelled")
     context.state.transition(KIND, ref.id, trigger="cancel", reason="cancel asked over HTTP")
     return {"batch": ref.id, "status": B.CANCELLING}
@@ -359,6 +371,55 @@ def _chunk_task(batch_id: str, chunk: ChunkPlan, abandon: bool = False, parked: 
                  priority=CHUNK_PRIORITY)
 
 
+def _resume_task(batch_id: str, chunk: ChunkPlan, step: int, delay_seconds: float) -> TaskSpec:
+    args = ChunkArgs(batch_id=batch_id, plan=chunk, step=step)
+    return _step(RESUME_FUNCTION, args, f"{resume_key(batch_id)}{chunk.chunk}:{step}", delay_seconds=delay_seconds)
+
+
+def resume_key(batch_id: str) -> str:
+    """The idempotency-key prefix of a batch's parked chunks (queue.wake moves them to now)."""
+    return f"batch-resume:{batch_id}:"
+
+
+def _park(context: HandlerContext, args: ChunkArgs, info: reads.BatchInfo, exceeded: QuotaExceeded | None) -> dict:
+    """Park the rest of a chunk on the queue's timer: until the quota's reset (the batch goes to
+    quota_exceeded, unless it is there already), or while the batch is suspended. A park lasts
+    at most quota.max_park_seconds and never past the batch's window; a batch's chunks wake
+    quota.wake_spread_seconds apart."""
+    quota = quota_settings(context.config)
+    now = time.time()
+    state = _state(context, args.batch_id)
+    if exceeded is not None:
+        wait = exceeded.wait
+    elif state == B.QUOTA_EXCEEDED:
+        wait = max(0.0, (reads.resume_at(_query(context), args.batch_id) or now + quota.max_park_seconds) - now)
+    else:
+        wait = quota.max_park_seconds  # suspended: the operator's resume wakes it sooner
+    delay = min(wait, quota.max_park_seconds, max(0.0, info.expires_at - now)) + quota.wake_spread_seconds * args.plan.chunk
+    if exceeded is not None and state in (B.IN_PROGRESS, B.QUOTA_EXCEEDED):
+        context.state.transition(KIND, args.batch_id, trigger="quota_exceeded", reason=exceeded.message,
+                                 metadata={"service": exceeded.service, "limit": exceeded.limit,
+                                           "wait_seconds": round(wait, 3), "resume_at": now + delay})
+    context.state.enqueue(_resume_task(args.batch_id, args.plan, args.step + 1, delay))
+    return {"batch": args.batch_id, "chunk": args.plan.chunk, "outcome": "parked", "state": state,
+            "resume_in_s": round(delay, 3)}
+
+
+def resume_chunk(event: HttpEvent, context: HandlerContext) -> dict:
+    """A parked chunk's timer (or an operator's resume): the batch back to in_progress and the
+    rest of the chunk queued; still suspended, it parks again."""
+    args = _body(event, ChunkArgs)
+    state = _state(context, args.batch_id)
+    if state is None or state in TERMINAL:
+        return {"batch": args.batch_id, "chunk": args.plan.chunk, "skipped": state}
+    if state == B.SUSPENDED:
+        return _park(context, args, reads.batch(_query(context), args.batch_id), None)
+    if state == B.QUOTA_EXCEEDED:
+        context.state.transition(KIND, args.batch_id, trigger="quota_reset", reason="the quota reset: resumed on its timer")
+    context.state.enqueue(_chunk_task(args.batch_id, args.plan, step=args.step + 1))
+    return {"batch": args.batch_id, "chunk": args.plan.chunk, "resumed": True}
+
+
 def _notify(context: HandlerContext, batch_id: str, status: str, summary: str) -> None:
     event = webhook_event(batch_id, status, time.time())
     context.state.notify(event["type"], f"Batch {batch_id} {status}", summary, entity_kind=KIND, entity_id=batch_id,
@@ -369,9 +430,11 @@ def _notify(context: HandlerContext, batch_id: str, status: str, summary: str) -
 
 
 def _stop_reason(context: HandlerContext, info: reads.BatchInfo) -> str | None:
-    """Why a chunk stops before its last line: the batch is being cancelled, or its window passed."""
-    if _state(context, info.id) == B.CANCELLING:
-        return B.CANCELLING
+    """Why a chunk stops before its last line: the batch is being cancelled or was suspended,
+    or its window passed."""
+    state = _state(context, info.id)
+    if state in (B.CANCELLING, B.SUSPENDED):
+        return state
     if time.time() >= info.expires_at:
         return B.EXPIRED
     return None
@@ -383,7 +446,10 @@ def run_chunk(event: HttpEvent, context: HandlerContext) -> dict:
     query = _query(context)
     info = reads.batch(query, args.batch_id)
     state = _state(context, args.batch_id)
-    if state not in (B.IN_PROGRESS, B.CANCELLING):
+    if state in PARKED and not args.abandon:
+        # Another chunk met the quota (or an operator suspended the batch) since this one was queued.
+        return _park(context, args, info, None)
+    if state not in (B.IN_PROGRESS, B.CANCELLING, *PARKED):
         return {"batch": args.batch_id, "chunk": args.plan.chunk, "skipped": state}
     plan = args.plan
     done = reads.done_lines(query, args.batch_id, plan.first_line, 2**31 - 1) if plan.requests else set()
@@ -391,10 +457,12 @@ def run_chunk(event: HttpEvent, context: HandlerContext) -> dict:
         outcome = "abandoned"
         _fill_not_run(context, info, plan, done, "chunk_failed",
                       f"chunk {plan.chunk} failed on all {CHUNK_MAX_ATTEMPTS} attempts; see dropwire dlq list")
-    elif _stop_reason(context, info) is not None:
-        outcome = "stopped"
+    elif (reason := _stop_reason(context, info)) is not None:
+        outcome = B.SUSPENDED if reason == B.SUSPENDED else "stopped"
     else:
         outcome = asyncio.run(_run_lines(context, settings, info, plan, done))
+    if isinstance(outcome, QuotaExceeded) or outcome == B.SUSPENDED:
+        return _park(context, args, info, outcome if isinstance(outcome, QuotaExceeded) else None)
     if outcome == "unreachable":
         # The runtime is down (or restarting), not the lines wrong: park the chunk on the
         # queue's durable timer, its saved lines kept, until the runtime answers again, the
@@ -446,18 +514,31 @@ class _Saver:
 
 
 async def _run_lines(context: HandlerContext, settings: BatchSettings, info: reads.BatchInfo, plan: ChunkPlan,
-                     done: set[int]) -> str:
+                     done: set[int]) -> str | QuotaExceeded:
     source = reads.file(_query(context), info.input_file_id)
     saver = _Saver(context, settings, info.id, plan.chunk)
     backend = LineBackend(base_url(context, settings), upstreams=settings.upstream_urls(),
                           api_key=settings.upstream_api_token, timeout_seconds=settings.request_timeout_seconds,
                           max_attempts=settings.max_attempts, retry_base_seconds=settings.retry_base_seconds,
-                          retry_max_seconds=settings.retry_max_seconds, max_connections=settings.concurrency)
+                          retry_max_seconds=settings.retry_max_seconds, max_connections=settings.concurrency,
+                          meter=Meter(context.quota, quota_settings(context.config), settings.quota_service))
 
     unreachable: list[str] = []
+    exceeded: list[QuotaExceeded] = []
 
     async def one(request) -> None:
-        outcome = await backend.call(request.url, request.body)
+        try:
+            outcome = await backend.call(request.url, request.body)
+        except QuotaExceeded as exc:
+            if math.isinf(exc.wait):  # bigger than the whole limit (e.g. its max_tokens): it never fits
+                saver.add(request.line, request.custom_id, LineOutcome(
+                    status_code=None, request_id=None, body=None, error_code="quota_exceeded", error_message=exc.message,
+                    attempts=0))
+                return
+            # The quota is spent for longer than a wait in place: the line is not saved and the
+            # chunk parks until the reset (run_chunk), to go on from where it stopped.
+            exceeded.append(exc)
+            return
         if outcome.error_code == "request_failed":
             # The runtime (or upstream) is down, not the line wrong: the line is not saved and
             # the chunk parks (run_chunk), to go on from where it stopped.
@@ -475,12 +556,12 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
                     continue
                 while len(running) >= settings.concurrency:
                     _, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                if unreachable:
+                if unreachable or exceeded:
                     break
                 if saver.due():
                     saver.save()
-                    if _stop_reason(context, info) is not None:
-                        stopped = True
+                    if (reason := _stop_reason(context, info)) is not None:
+                        stopped = reason
                         break
                     if time.monotonic() >= slice_ends:
                         sliced = True
@@ -489,6 +570,10 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         if running:
             await asyncio.wait(running)
         saver.save()
+        if exceeded:
+            context.log.info("chunk %s of batch %s parks after %s saved line(s): %s", plan.chunk, info.id, saver.done,
+                             exceeded[0].message)
+            return max(exceeded, key=lambda exc: exc.wait)
         if unreachable:
             context.log.warning("chunk %s of batch %s parked after %s saved line(s): %s", plan.chunk, info.id, saver.done,
                                 unreachable[0])
@@ -497,6 +582,8 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         for task in running:
             task.cancel()
         await backend.aclose()
+    if stopped == B.SUSPENDED:
+        return B.SUSPENDED
     return "stopped" if stopped else "sliced" if sliced else "completed"
 
 
@@ -553,6 +640,8 @@ def finalize_batch(event: HttpEvent, context: HandlerContext) -> dict:
         end, triggers = B.CANCELLED, ["cancelled"]
     elif missing > 0:
         end, triggers = B.EXPIRED, ["expire"]
+    elif tally.failed and tally.completed:
+        end, triggers = B.PARTIALLY_PROCESSED, ["finalize", "complete_partially"]
     else:
         end, triggers = B.COMPLETED, ["finalize", "complete"]
     if missing > 0:
@@ -587,5 +676,5 @@ def finalize_batch(event: HttpEvent, context: HandlerContext) -> dict:
     for trigger in triggers:
         context.state.transition(KIND, batch_id, trigger=trigger, reason=summary,
                                  metadata={"output_file_id": output_id, "error_file_id": error_id})
-    _notify(context, batch_id, end, summary)
+    _notify(context, batch_id, openai_status(end), summary)
     return {"batch": batch_id, "status": end, "completed": tally.completed, "failed": tally.failed}

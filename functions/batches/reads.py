@@ -16,7 +16,7 @@ from dropwire.functions.batches.core.output import (
     RequestCounts,
     Usage,
 )
-from dropwire.functions.batches.states import KIND
+from dropwire.functions.batches.states import KIND, BatchState, openai_status
 from dropwire.storage.errors import NotFound
 
 Query = Callable[[str, list], list[tuple]]
@@ -191,6 +191,13 @@ def stored_lines(query: Query, batch_id: str, *, succeeded: bool | None = None) 
         after = rows[-1][0]
 
 
+def resume_at(query: Query, batch_id: str) -> float | None:
+    """When the batch's last quota_exceeded transition said it would resume."""
+    rows = query("SELECT CAST(json_extract(metadata, '$.resume_at') AS DOUBLE) FROM state_history WHERE kind = ? "
+                 "AND entity_id = ? AND to_state = ? ORDER BY seq DESC LIMIT 1", [KIND, batch_id, BatchState.QUOTA_EXCEEDED])
+    return rows[0][0] if rows else None
+
+
 def batch_object(query: Query, batch_id: str) -> BatchObject:
     info = batch(query, batch_id)
     state = status(query, batch_id)
@@ -199,10 +206,12 @@ def batch_object(query: Query, batch_id: str) -> BatchObject:
     errors = None
     if info.errors:
         errors = BatchErrors(data=[msgspec.convert(e, BatchErrorItem) for e in info.errors])
+    if BatchState.PARTIALLY_PROCESSED in times:  # shown as completed
+        times.setdefault(BatchState.COMPLETED, times[BatchState.PARTIALLY_PROCESSED])
     stamps = {field: int(times[state_name]) for state_name, field in STATUS_TIMES.items() if state_name in times}
     return BatchObject(
         id=info.id, endpoint=info.endpoint, input_file_id=info.input_file_id, completion_window=info.completion_window,
-        status=state, created_at=int(info.created_at), expires_at=int(info.expires_at),
+        status=openai_status(state), created_at=int(info.created_at), expires_at=int(info.expires_at),
         request_counts=RequestCounts(total=info.total or 0, completed=tally.completed, failed=tally.failed),
         usage=Usage(input_tokens=tally.prompt_tokens, output_tokens=tally.completion_tokens,
                     total_tokens=tally.prompt_tokens + tally.completion_tokens),

@@ -37,6 +37,8 @@ class BatchSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     max_attempts: int = 4
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 30.0
+    # The metered service (section quota.services) each line acquires its budget from.
+    quota_service: str = "batch-upstream"
     # A worker whose last beat is older than this is shown as not alive.
     heartbeat_alive_seconds: float = 60.0
 

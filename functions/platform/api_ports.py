@@ -52,6 +52,9 @@ class ApiPorts:
     invoke: Callable[[str, Any], int]
     #: Domain sections of the settings by name (e.g. "batches"), as builtins.
     config: dict[str, Any] = field(default_factory=dict)
+    #: wake(idempotency-key prefix) -> how many waiting tasks were moved to now: a parked
+    #: workflow's timers, when an operator resumes it (storage.queue.Queue.wake).
+    wake: Callable[[str], int] | None = None
 
 
 class HandlerRefused(Conflict):
@@ -59,6 +62,28 @@ class HandlerRefused(Conflict):
     the handler's own message says why (the task is in the dead letters)."""
 
     code = "refused_by_handler"
+
+
+def invoke_and_wait(ports: ApiPorts, function: str, body: Any, max_wait_seconds: float = 60.0) -> Any:
+    """Invoke an HTTP-triggered function and wait for its result; its refusal is a 409 with
+    its message, no answer within the wait a 503 (ask again)."""
+    import time
+
+    from dropwire.storage.errors import DropwireError
+
+    task_id = ports.invoke(function, body)
+    deadline = time.monotonic() + max_wait_seconds
+    while time.monotonic() < deadline:
+        status = ports.store.queue.task(task_id)
+        if status.status == "succeeded":
+            return status.result
+        if status.status == "dead":
+            raise HandlerRefused(status.last_error or f"{function} refused the request", task_id=task_id)
+        time.sleep(0.02)
+    error = DropwireError(f"{function} did not finish within {max_wait_seconds:.0f}s; see GET /tasks/{task_id}",
+                          task_id=task_id)
+    error.http_status, error.code = 503, "not_ready"
+    raise error
 
 
 ApiFactory = Callable[[ApiPorts], "Router"]

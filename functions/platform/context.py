@@ -20,6 +20,18 @@ class DomainRecords(Protocol):
     def record(self, op: str, payload: Any) -> None: ...
 
 
+class QuotaPort(Protocol):
+    """Metered services' budgets: the store's quota facet, in the control plane or over its
+    socket (storage/quota.py); functions/quota/meter.py admits and settles through it."""
+
+    def acquire(self, service: str, limits: Any, *, tokens: int = 0, cost_usd: float = 0.0) -> Any: ...
+
+    def settle(self, grant: Any, *, sent: bool, input_tokens: int = 0, output_tokens: int = 0,
+               cost_usd: float = 0.0) -> None: ...
+
+    def observe(self, service: str, observations: list) -> None: ...
+
+
 class CurrentState(Protocol):
     def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
 
@@ -97,6 +109,8 @@ class HandlerContext:
     mlflow_artifact_location: str | None
     log: logging.Logger
     records: DomainRecords
+    #: Budgets of metered services: acquire before a metered call.
+    quota: QuotaPort
     #: Domain sections of the settings by name (e.g. "batches"), as builtins.
     config: dict[str, Any] = field(default_factory=dict)
 

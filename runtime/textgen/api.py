@@ -21,6 +21,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from dropwire.runtime.textgen.errors import InvalidRequest, openai_error_body
+from dropwire.runtime.textgen.rate_limit import RequestRateLimit, rate_limit_middleware
 from dropwire.runtime.textgen.protocol import (
     PRIORITY_HEADER,
     ChatCompletion,
@@ -42,8 +43,9 @@ MEANINGS = {400: "Bad parameters, or a prompt longer than the model's context; e
             404: "No such model served for this endpoint",
             500: "The computation failed on the device",
             503: "The runtime is shutting down",
-            504: "Not done within runtime.textgen.request_timeout_s"}
-ERRORS = error_responses(400, 404, 413, 500, 503, 504, meanings=MEANINGS)
+            504: "Not done within runtime.textgen.request_timeout_s",
+            429: "Past runtime.textgen.rate_limit_requests per rate_limit_window_s (when set); Retry-After says when"}
+ERRORS = error_responses(400, 404, 413, 429, 500, 503, 504, meanings=MEANINGS)
 STREAM_DOC = "With stream: true, text/event-stream: data: {chunk} events, then data: [DONE]."
 Priority = Parameter(header=PRIORITY_HEADER, required=False, description="'background' for the background lane")
 
@@ -69,10 +71,14 @@ def textgen_router(service: TextGenService) -> Router:
     async def models() -> ModelList:
         return service.list_models()
 
+    settings = service.settings
+    service.rate_limit = (RequestRateLimit(settings.rate_limit_requests, settings.rate_limit_window_s)
+                          if settings.rate_limit_requests else None)
     return Router(
         "/v1",
         route_handlers=[chat_completions, completions, embeddings, models],
         exception_handlers=exception_handlers(),
+        middleware=[rate_limit_middleware(service.rate_limit)] if service.rate_limit else [],
     )
 
 

@@ -90,6 +90,8 @@ class TextGenService:
         self._accepting = False
         self.models: dict[str, TextModel] = {}
         self.jobs: TextGenJobs | None = None
+        #: The optional upstream-style rate limit of its /v1 routes (textgen/rate_limit.py).
+        self.rate_limit = None
 
     # -- lifecycle (called by the host, in this order) ------------------------------------
 

@@ -35,7 +35,7 @@ def test_a_write_is_noted_with_hop_plus_one_before_the_object_appears(tmp_path):
                       task_id=7, attempt=1, max_attempts=3, deadline=time.time() + 30)
     with Store.open(tmp_path / "db.duckdb") as store:
         outcome = execute(functions.get("relay"), request, objects, store, note, "http://127.0.0.1:9", "sqlite:///x.db", None,
-                          store.batches, {})
+                          store.records, store.quota, {})
     assert outcome.ok, outcome.error
     # Noted as hop 4 while the object did not exist yet; it exists now.
     assert notes == [("local", "relay-out/relay-in/a.csv", 4, "relay", 7, False)]
@@ -51,7 +51,8 @@ def test_a_write_outside_the_declared_outputs_is_refused_and_not_written(tmp_pat
                       task_id=1, attempt=1, max_attempts=1, deadline=time.time() + 30)
     with Store.open(tmp_path / "db.duckdb") as store:
         outcome = execute(functions.get("escape"), request, ObjectStore({"local": str(bucket)}), store,
-                          lambda *noted: notes.append(noted), "http://127.0.0.1:9", "sqlite:///x.db", None, store.batches, {})
+                          lambda *noted: notes.append(noted), "http://127.0.0.1:9", "sqlite:///x.db", None, store.records,
+                          store.quota, {})
     assert not outcome.ok and OutputNotDeclared.__name__ in outcome.traceback
     assert outcome.error == ("function 'escape' may not write local/elsewhere/nope.txt: it is outside the output "
                              "prefixes the function declared")

@@ -1,6 +1,9 @@
 """Where a batch line runs: an OpenAI-compatible endpoint (the runtime's /v1, or a model's own
 upstream), called with pooled connections on the background lane, retried with backoff on
-408/429/5xx and connection errors, honouring retry-after-ms / Retry-After."""
+408/429/5xx and connection errors, honouring retry-after-ms / Retry-After. With a meter
+(functions/quota/meter.py) each attempt first acquires its budget, and a 429 is a quota the
+upstream reports, not a failed attempt: the meter notes it, and the next admission waits for
+its reset in place or raises QuotaExceeded for the chunk to park."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from typing import Any
 
 import httpx
 import msgspec
+
+from dropwire.functions.quota.meter import Meter
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 PRIORITY_HEADER = "X-Dropwire-Priority"
@@ -71,12 +76,13 @@ class LineBackend:
 
     def __init__(self, base_url: str, *, upstreams: dict[str, str] | None = None, api_key: str = "",
                  timeout_seconds: float = 120.0, max_attempts: int = 4, retry_base_seconds: float = 0.5,
-                 retry_max_seconds: float = 30.0, max_connections: int = 8) -> None:
+                 retry_max_seconds: float = 30.0, max_connections: int = 8, meter: Meter | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.upstreams = {model: url.rstrip("/") for model, url in (upstreams or {}).items()}
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
+        self.meter = meter
         headers = {PRIORITY_HEADER: "background"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -94,17 +100,29 @@ class LineBackend:
         content = msgspec.json.encode(body)
         response: httpx.Response | None = None
         error: tuple[str, str] = ("request_failed", "")
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while attempt < self.max_attempts:
+            attempt += 1
             response = None
+            grant = await self.meter.admit(body) if self.meter is not None else None  # may raise QuotaExceeded
             try:
                 response = await self._client.post(target, content=content, headers={"Content-Type": "application/json"})
             except httpx.TimeoutException as exc:
                 error = ("timeout", f"no answer from {target} in time: {type(exc).__name__}")
             except httpx.TransportError as exc:
                 error = ("request_failed", f"{target}: {type(exc).__name__}: {exc}")
-            else:
-                if response.status_code not in RETRY_STATUSES:
-                    return self._outcome(response, attempt)
+            if grant is not None:
+                outcome = self._outcome(response, attempt) if response is not None else None
+                await self.meter.answered(grant, body, None if response is None else response.status_code,
+                                          {} if response is None else response.headers,
+                                          outcome.prompt_tokens if outcome else 0, outcome.completion_tokens if outcome else 0)
+                if response is not None and response.status_code == 429:
+                    attempt -= 1  # a quota, not a failed attempt: the next admission waits for its reset
+                    if not _told_wait(response):
+                        await asyncio.sleep(retry_wait(None, 1, self.retry_base_seconds, self.retry_max_seconds))
+                    continue
+            if response is not None and response.status_code not in RETRY_STATUSES:
+                return self._outcome(response, attempt)
             if attempt < self.max_attempts:
                 await asyncio.sleep(retry_wait(response, attempt, self.retry_base_seconds, self.retry_max_seconds))
         if response is not None:
@@ -129,6 +147,12 @@ class LineBackend:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _told_wait(response: httpx.Response) -> bool:
+    """Whether a 429 said when to come back (else the next admission would not wait)."""
+    return any(name in ("retry-after", "retry-after-ms") or name.startswith("x-ratelimit-reset-")
+               for name in response.headers)
 
 
 def served_models(base_url: str, upstreams: dict[str, str], api_key: str = "", timeout: float = 10.0) -> set[str]:

@@ -1,0 +1,1 @@
+"""Quotas of metered services: limits from settings, upstream rate-limit headers, admission."""

@@ -1,0 +1,22 @@
+"""A metered service's quota over HTTP: GET /api/v1/quota/usage/{service} (limits, used,
+remaining, reset times, cost today, what the upstream said, the last 24 hours per hour)."""
+
+from __future__ import annotations
+
+from litestar import Router, get
+from litestar.params import FromPath
+
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
+from dropwire.functions.quota import reads
+from dropwire.functions.quota.settings import quota_settings
+from dropwire.runtime.openapi import error_responses
+
+
+def build_router(ports: ApiPorts) -> Router:
+    settings = quota_settings(ports.config)
+
+    @get("/quota/usage/{service:str}", sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
+    def quota_usage(service: FromPath[str]) -> reads.QuotaUsage:
+        return reads.usage(ports.store.query, service, settings)
+
+    return Router("/api/v1", route_handlers=[quota_usage], tags=["quota"])

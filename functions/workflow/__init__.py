@@ -1,0 +1,1 @@
+"""Operating workflows of any kind: status, suspend and resume by hand, resume after a quota."""

@@ -1,0 +1,182 @@
+"""Quotas of metered services (migration 0007) as a store facet (`store.quota`).
+
+Promises:
+- `acquire(service, limits, tokens, cost)` admits one request or raises one QuotaExceeded
+  (service, the limit hit, the seconds until it resets); an admitted request is counted in
+  the same group commit that answers, so it is durable before the request goes out. It is
+  checked, in order, against what the upstream last said (`observe`), the calendar day's
+  requests, tokens and cost (UTC), and the per-minute rates, which are pyrate-limiter's GCRA
+  (one theoretical arrival time per rate, kept in `quota_limiter`): a refused request spends
+  nothing under any limit.
+- `settle(grant, ...)` corrects the grant's minute with the upstream's own token count and
+  the real cost, or takes the request back when it never reached the upstream (a 429, no
+  answer), so a line run again after a refusal is not counted twice.
+- A restart reloads the last two days of usage, the limiter state and the upstream's limits:
+  nothing is forgotten and nothing counted again. The limiter's state is absolute time, so a
+  clock moved forward gives at most the configured rate, never a burst of everything parked.
+- Limits are the caller's (functions/quota/settings.py): the store keeps counts, not policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import msgspec
+from pyrate_limiter import GCRA, Duration, Rate
+
+from dropwire.storage.batch import EPOCH, INT64, STRING, Batch, TableSpec
+from dropwire.storage.errors import QuotaExceeded
+from dropwire.storage.writer import Facet
+
+USAGE = TableSpec("quota_usage", (("service", STRING), ("minute", EPOCH), ("requests", INT64), ("tokens", INT64),
+                                  ("input_tokens", INT64), ("output_tokens", INT64), ("cost_usd", EPOCH)),
+                  key=("service", "minute"), timestamps=frozenset({"minute"}))
+LIMITER = TableSpec("quota_limiter", (("service", STRING), ("rate", STRING), ("tat_us", INT64), ("updated_at", EPOCH)),
+                    key=("service", "rate"), timestamps=frozenset({"updated_at"}))
+UPSTREAM = TableSpec("quota_upstream", (("service", STRING), ("metric", STRING), ("limit", INT64), ("remaining", INT64),
+                                        ("reset_at", EPOCH), ("observed_at", EPOCH)),
+                     key=("service", "metric"), timestamps=frozenset({"reset_at", "observed_at"}))
+DAY, MINUTE = 86400.0, 60.0
+_GCRA = GCRA()
+
+
+class Limits(msgspec.Struct, kw_only=True, frozen=True):
+    """One service's limits as the store applies them; 0 means no limit."""
+
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+    requests_per_day: int = 0
+    tokens_per_day: int = 0
+    cost_per_day_usd: float = 0.0
+    #: Requests admitted at once before GCRA paces them (1: evenly spaced, never above the rate).
+    request_burst: int = 1
+
+
+class Observation(msgspec.Struct, kw_only=True, frozen=True):
+    """What an upstream said about one of its limits (requests or tokens)."""
+
+    metric: str
+    limit: int | None
+    remaining: int | None
+    reset_at: float
+
+
+class Grant(msgspec.Struct, kw_only=True, frozen=True):
+    service: str
+    minute: float
+    tokens: int
+    cost_usd: float
+
+
+def _minute(now: float) -> float:
+    return math.floor(now / MINUTE) * MINUTE
+
+
+def _day(now: float) -> float:
+    return math.floor(now / DAY) * DAY
+
+
+class Quota(Facet):
+    def __init__(self, writer) -> None:
+        super().__init__(writer)
+        # (service, minute) -> [requests, tokens, input_tokens, output_tokens, cost]
+        self._usage: dict[tuple[str, float], list] = {}
+        self._stored: set[tuple[str, float]] = set()
+        self._tat: dict[tuple[str, str], int] = {}
+        self._upstream: dict[tuple[str, str], Observation] = {}
+
+    def load(self, con, *, restart_grace: bool) -> None:
+        since = _day(time.time()) - DAY
+        self._usage = {(s, m): [r, t, i, o, c] for s, m, r, t, i, o, c in con.execute(
+            "SELECT service, epoch(minute), requests, tokens, input_tokens, output_tokens, cost_usd FROM quota_usage "
+            "WHERE minute >= to_timestamp(?)", [since]).fetchall()}
+        self._stored = set(self._usage)
+        self._tat = {(s, r): tat for s, r, tat in con.execute("SELECT service, rate, tat_us FROM quota_limiter").fetchall()}
+        self._upstream = {(s, m): Observation(metric=m, limit=l, remaining=r, reset_at=at) for s, m, l, r, at in con.execute(
+            'SELECT service, metric, "limit", remaining, epoch(reset_at) FROM quota_upstream').fetchall()}
+
+    # ------------------------------------------------------------------ writes
+
+    def acquire(self, service: str, limits: Limits, *, tokens: int = 0, cost_usd: float = 0.0) -> Grant:
+        """Admit one request of about `tokens` tokens and `cost_usd`, or raise QuotaExceeded."""
+        return self.writer.call(lambda batch, now: self._op_acquire(service, limits, tokens, cost_usd, batch, now))
+
+    def settle(self, grant: Grant, *, sent: bool, input_tokens: int = 0, output_tokens: int = 0,
+               cost_usd: float = 0.0) -> None:
+        """What the admitted request really cost; `sent=False`: it never reached the upstream."""
+        self.writer.call(lambda batch, now: self._op_settle(grant, sent, input_tokens, output_tokens, cost_usd, batch))
+
+    def observe(self, service: str, observations: list[Observation]) -> None:
+        """The upstream's own word on its limits (x-ratelimit-*, Retry-After), kept until its reset."""
+        self.writer.call(lambda batch, now: self._op_observe(service, observations, batch, now))
+
+    def _op_acquire(self, service: str, limits: Limits, tokens: int, cost: float, batch: Batch, now: float) -> Grant:
+        for metric, need in (("requests", 1), ("tokens", tokens)):
+            seen = self._upstream.get((service, metric))
+            if seen is not None and seen.remaining is not None and seen.reset_at > now and seen.remaining < max(need, 1):
+                raise QuotaExceeded(f"{service}: the upstream has {seen.remaining} {metric} left until it resets",
+                                    service=service, limit=f"upstream_{metric}", wait=seen.reset_at - now)
+        day = _day(now)
+        requests_today, tokens_today, cost_today = self._today(service, day)
+        until_tomorrow = day + DAY - now
+        for name, used, need, limit in (("requests_per_day", requests_today, 1, limits.requests_per_day),
+                                        ("tokens_per_day", tokens_today, tokens, limits.tokens_per_day),
+                                        ("cost_per_day_usd", cost_today, cost, limits.cost_per_day_usd)):
+            if limit and used + need > limit:
+                raise QuotaExceeded(f"{service}: {name} is {limit} and {used:g} is spent today (UTC)", service=service,
+                                    limit=name, wait=until_tomorrow)
+        advanced: dict[str, int] = {}
+        for name, limit, burst, weight in (("requests_per_minute", limits.requests_per_minute, limits.request_burst, 1),
+                                           ("tokens_per_minute", limits.tokens_per_minute, limits.tokens_per_minute, tokens)):
+            if not limit or not weight:
+                continue
+            state = (self._tat.get((service, name), 0),)
+            new_state, decision = _GCRA.step([Rate(limit, Duration.MINUTE, burst=max(1, min(burst, limit)))], state,
+                                             int(now * 1000), weight)
+            if not decision.allowed:
+                wait = (decision.retry_after_ms or 0) / 1000 if weight <= burst else math.inf
+                raise QuotaExceeded(f"{service}: {name} is {limit}", service=service, limit=name, wait=wait)
+            advanced[name] = int(new_state[0])
+        for name, tat in advanced.items():
+            new = (service, name) not in self._tat
+            self._tat[(service, name)] = tat
+            batch.add(LIMITER, (service, name, tat, now), new=new)
+        for metric, spent in (("requests", 1), ("tokens", tokens)):
+            seen = self._upstream.get((service, metric))
+            if seen is not None and seen.remaining is not None and seen.reset_at > now:
+                self._upstream[(service, metric)] = msgspec.structs.replace(seen, remaining=max(0, seen.remaining - spent))
+        minute = _minute(now)
+        self._add(service, minute, [1, tokens, 0, 0, cost], batch)
+        return Grant(service=service, minute=minute, tokens=tokens, cost_usd=cost)
+
+    def _op_settle(self, grant: Grant, sent: bool, input_tokens: int, output_tokens: int, cost: float,
+                   batch: Batch) -> None:
+        if sent:
+            delta = [0, input_tokens + output_tokens - grant.tokens, input_tokens, output_tokens, cost - grant.cost_usd]
+        else:
+            delta = [-1, -grant.tokens, 0, 0, -grant.cost_usd]
+        self._add(grant.service, grant.minute, delta, batch)
+
+    def _op_observe(self, service: str, observations: list[Observation], batch: Batch, now: float) -> None:
+        for seen in observations:
+            new = (service, seen.metric) not in self._upstream
+            self._upstream[(service, seen.metric)] = seen
+            batch.add(UPSTREAM, (service, seen.metric, seen.limit, seen.remaining, seen.reset_at, now), new=new)
+
+    def _add(self, service: str, minute: float, delta: list, batch: Batch) -> None:
+        key = (service, minute)
+        row = self._usage.setdefault(key, [0, 0, 0, 0, 0.0])
+        for i, value in enumerate(delta):
+            row[i] += value
+        row[0], row[1] = max(0, row[0]), max(0, row[1])
+        batch.add(USAGE, (service, minute, *row), new=key not in self._stored)
+        self._stored.add(key)
+
+    def _today(self, service: str, day: float) -> tuple[int, int, float]:
+        requests = tokens = 0
+        cost = 0.0
+        for (name, minute), row in self._usage.items():
+            if name == service and day <= minute < day + DAY:
+                requests, tokens, cost = requests + row[0], tokens + row[1], cost + row[4]
+        return requests, tokens, cost
