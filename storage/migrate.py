@@ -14,7 +14,6 @@ from dropwire.storage.errors import DatabaseUnusable, DropwireError
 
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _UP, _DOWN = "-- migrate:up", "-- migrate:down"
-RESERVED = "reserved"
 
 
 @dataclass(frozen=True)
@@ -93,14 +92,6 @@ def upgrade(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[M
     if not 0 <= target <= LATEST:
         raise DropwireError(f"there is no schema version {target}; versions run from 0 to {LATEST}")
     applied = []
-    # A number held by a no-op placeholder (name "reserved": a branch merged before the one that
-    # owns the number) gets its real migration once it arrives, though later ones ran already.
-    reserved = {v for v, name in con.execute("SELECT version, name FROM schema_migrations").fetchall() if name == RESERVED}
-    for migration in MIGRATIONS:
-        if migration.version in reserved and migration.name != RESERVED and migration.version <= target:
-            _run(con, migration.up, "UPDATE schema_migrations SET name = ?, checksum = ?, applied_at = now() WHERE version = ?",
-                 (migration.name, migration.checksum, migration.version), migration, "upgrade")
-            applied.append(migration)
     for migration in MIGRATIONS:
         if version < migration.version <= target:
             _run(con, migration.up, "INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",

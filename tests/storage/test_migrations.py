@@ -133,21 +133,3 @@ def test_a_migration_that_fails_midway_is_rolled_back_whole(tmp_path, monkeypatc
         assert "extra" not in columns
         assert con.execute("SELECT name FROM tasks WHERE id = ?", [task_id]).fetchall() == [("kept",)]
     assert tables(path) == before and "half_done" not in before
-
-
-def test_a_number_held_by_a_reserved_placeholder_gets_its_real_migration_later(tmp_path):
-    """A database made while 0007 was a no-op placeholder (curation's 0008 merged first) gets
-    quota's 0007 on its next open, though 0008 ran already."""
-    path = tmp_path / "db.duckdb"
-    with connect(path) as con:
-        migrate.upgrade(con)
-        quota = next(m for m in migrate.MIGRATIONS if m.name == "quota")
-        con.execute(quota.down)
-        con.execute("UPDATE schema_migrations SET name = 'reserved', checksum = 'x' WHERE version = ?", [quota.version])
-    assert "quota_usage" not in tables(path)
-    with connect(path) as con:
-        applied = migrate.upgrade(con)
-        assert [m.name for m in applied] == ["quota"]
-        assert ("quota" in [name for _, name, _ in migrate.applied_migrations(con)])
-        assert migrate.upgrade(con) == []  # once
-    assert {"quota_usage", "quota_limiter", "workflow_metrics"} <= tables(path)
