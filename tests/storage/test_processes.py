@@ -20,7 +20,7 @@ from dropwire.storage import consistency
 from dropwire.storage.database import connect
 from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
 from dropwire.storage.store import Store
-from tests.conftest import DROPWIRE, REPO, wait_for
+from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, wait_for
 from tests.storage.helpers import CYCLE, FlakyJob
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def test_a_worker_frozen_past_its_lease_has_its_late_completion_rejected(data_di
 def test_a_hard_kill_during_writes_leaves_a_consistent_database(tmp_path):
     path = tmp_path / "crash.duckdb"
     writer = subprocess.Popen([sys.executable, "-m", "tests.storage.write_forever", str(path)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SUBPROCESS_PYTHONPATH})
     try:
         assert writer.stdout.readline().strip() == "writing"
         time.sleep(1.0)
