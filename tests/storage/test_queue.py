@@ -330,3 +330,20 @@ def test_graceful_stop_releases_claimed_tasks_it_did_not_start(store):
     for task_id in gated_ids[1:]:
         task = store.queue.task(task_id)
         assert (task.status, task.attempts) == ("queued", 0)
+
+
+def test_an_operation_that_breaks_mid_way_leaves_nothing_of_its_commit_and_the_store_goes_on(store):
+    """A bug in an operation (not a refusal): what it staged is not written, the in-memory
+    views are reloaded from the file (the half-staged task is not handed out), the caller
+    gets the error, and the next operations commit."""
+
+    def half_then_bug(batch, now):
+        store.queue._op_enqueue([store.queue.tasks.encode(TaskSpec(name="half-done"))], batch, now)
+        raise RuntimeError("a bug after staging a task")
+
+    with pytest.raises(RuntimeError, match="a bug after staging a task"):
+        store.writer.submit(half_then_bug).result(timeout=30)
+    assert store.query("SELECT count(*) FROM tasks WHERE name = 'half-done'") == [(0,)]
+    assert store.queue.claim("w1", names=["half-done"]) == []
+    task_id = store.queue.enqueue(TaskSpec(name="after"))
+    assert [task.id for task in store.queue.claim("w1", names=["after"])] == [task_id]
