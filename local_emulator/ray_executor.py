@@ -3,7 +3,9 @@ worker threads claim (lease + fencing token) and heartbeat as for local handler 
 each invocation is one Ray task whose reply (the handler's outcome and effects) comes back
 to the claiming thread, which hands it in with the completion. Ray's own retries are off: a
 task lost with its worker or node is one failed attempt, retried by the queue with backoff,
-so an effect still commits once."""
+so an effect still commits once. The handlers inside a Ray task read state and note outputs
+through the control plane: over TCP when it listens there (settings control_tcp_*), so Ray
+nodes may be other machines; else over its Unix socket, so on this machine only."""
 
 from __future__ import annotations
 
