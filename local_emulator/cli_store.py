@@ -220,7 +220,7 @@ def worker(
         raise DropwireError("queue.workers is 0, so this worker would run nothing; set DROPWIRE_QUEUE__WORKERS")
     stop = stop_on_signals()
     name = name or f"remote-{os.getpid()}"
-    client = ControlClient(settings.control_socket_path, settings.control_key())
+    client = ControlClient(settings.control_dial, settings.control_key())
     try:
         if tasks:
             running = start_pool(settings, client.queue, load_registry(tasks), name)
@@ -232,7 +232,7 @@ def worker(
                 running.stop()
                 raise
         log.info("worker %s up: %d thread(s) running %s for the control plane on %s", name, settings.queue.workers,
-                 tasks or settings.functions, settings.control_socket_path)
+                 tasks or settings.functions, client.where)
         stop.wait()
         running.stop()
     finally:

@@ -1,7 +1,7 @@
-"""The control plane's local RPC: the process that owns the DuckDB file serves the queue and
-inspection calls over a Unix socket (authenticated, msgpack-framed), so worker processes
-and CLI tools can work while it runs. A second owner is impossible (the file lock), so this
-socket is the only way in."""
+"""The control plane's RPC: the process that owns the DuckDB file serves the queue and
+inspection calls over a Unix socket and, when configured, over TCP (both authenticated with
+the one key, msgpack-framed), so worker processes, Ray tasks on other nodes and CLI tools can
+work while it runs. A second owner is impossible (the file lock), so these are the only ways in."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import socket
 import struct
 import threading
 from concurrent.futures import Future
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -86,41 +87,75 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
 
 
 class ControlServer:
-    def __init__(self, store: Store, socket_path: Path, authkey: str) -> None:
+    """Serves the store on the Unix socket and, with ``tcp`` (host, port), on TCP as well."""
+
+    def __init__(self, store: Store, socket_path: Path, authkey: str, tcp: tuple[str, int] | None = None) -> None:
         self.store = store
         self.socket_path = socket_path
+        self._authkey = authkey.encode()
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         if socket_path.exists():
             # We own the database, so any socket left here is from a dead owner.
             socket_path.unlink()
-        self._listener = Listener(str(socket_path), family="AF_UNIX", authkey=authkey.encode())
+        # The key is checked per connection in its own thread (not in accept()), so a peer
+        # that never answers the challenge holds up nobody else.
+        self._listeners = [Listener(str(socket_path), family="AF_UNIX")]
         socket_path.chmod(0o600)  # only this user may even try the key
+        if tcp is not None:
+            try:
+                self._listeners.append(Listener(tcp, family="AF_INET"))
+            except OSError as exc:
+                self._listeners[0].close()
+                raise ControlUnavailable(f"the control plane cannot listen on {tcp[0]}:{tcp[1]} "
+                                         f"(settings control_tcp_host/control_tcp_port): {exc.strerror or exc}") from None
         self._closed = threading.Event()
-        self._accepting = threading.Thread(target=self._accept, name="dropwire-control", daemon=True)
+        self._accepting = [threading.Thread(target=self._accept, args=(listener,), name="dropwire-control", daemon=True)
+                           for listener in self._listeners]
+
+    @property
+    def tcp_address(self) -> tuple[str, int] | None:
+        """Where the TCP listener is bound (its real port when 0 was asked for)."""
+        return self._listeners[1].address if len(self._listeners) > 1 else None
+
+    @property
+    def listening(self) -> str:
+        """Where it listens, for the start-up log line."""
+        tcp = self.tcp_address
+        return f"socket {self.socket_path}" + (f" and TCP {tcp[0]}:{tcp[1]}" if tcp else "")
 
     def start(self) -> "ControlServer":
-        self._accepting.start()
+        for thread in self._accepting:
+            thread.start()
         return self
 
     def close(self) -> None:
         self._closed.set()
-        self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         self.socket_path.unlink(missing_ok=True)
 
-    def _accept(self) -> None:
+    def _accept(self, listener: Listener) -> None:
         while not self._closed.is_set():
             try:
-                connection = self._listener.accept()
+                connection = listener.accept()
             except OSError:
                 return  # closed
-            except Exception as exc:  # a client with the wrong key, or one that hung up
-                log.warning("refused a control connection: %s", exc)
-                continue
             threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _authenticated(self, connection: Connection, peer: str) -> bool:
+        try:
+            deliver_challenge(connection, self._authkey)
+            answer_challenge(connection, self._authkey)
+            return True
+        except (AuthenticationError, EOFError, OSError) as exc:  # the wrong key, or a peer that hung up
+            log.warning("refused a control connection from %s: %s", peer, exc or type(exc).__name__)
+            return False
 
     def _serve(self, connection: Connection) -> None:
         peer, worker = _peer(connection), None
         with connection:
+            if not self._authenticated(connection, peer):
+                return
             while not self._closed.is_set():
                 try:
                     method, kwargs = _decode(connection.recv_bytes())
@@ -155,10 +190,13 @@ class ControlServer:
 
 
 def _peer(connection: Connection) -> str:
-    """Who is on the other end of the socket, for the log: its process id where the system
-    tells (SO_PEERCRED on Linux)."""
+    """Who is on the other end, for the log: host:port over TCP, else its process id where
+    the system tells (SO_PEERCRED on Linux)."""
     try:
         with socket.socket(fileno=os.dup(connection.fileno())) as sock:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                host, port = sock.getpeername()[:2]
+                return f"{host}:{port}"
             pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
         return f"process {pid}"
     except (AttributeError, OSError):
@@ -171,8 +209,11 @@ class ControlClient:
 
     _errors = _error_classes()
 
-    def __init__(self, socket_path: Path, authkey: str) -> None:
-        self.socket_path = socket_path
+    def __init__(self, address: Path | tuple[str, int], authkey: str) -> None:
+        """``address``: the Unix socket's path, or (host, port) over TCP."""
+        self.address = address
+        self._family = "AF_UNIX" if isinstance(address, Path) else "AF_INET"
+        self.where = str(address) if isinstance(address, Path) else f"{address[0]}:{address[1]}"
         self._authkey = authkey.encode()
         self._local = threading.local()
         self._connections: list[Connection] = []
@@ -188,23 +229,27 @@ class ControlClient:
         """One connection per thread, so a worker's long-poll claim never delays a heartbeat."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
+            address = str(self.address) if self._family == "AF_UNIX" else self.address
             try:
-                connection = Client(str(self.socket_path), family="AF_UNIX", authkey=self._authkey)
+                connection = Client(address, family=self._family, authkey=self._authkey)
             except (FileNotFoundError, ConnectionRefusedError):
-                raise ControlUnavailable(f"no control plane is listening on {self.socket_path}; start one with "
+                raise ControlUnavailable(f"no control plane is listening on {self.where}; start one with "
                                          "`dropwire emulate` (or `dropwire control --tasks MODULE:ATTR`)") from None
+            except AuthenticationError:
+                raise ControlUnavailable(f"the control plane on {self.where} refused the key (setting "
+                                         "control_authkey, or the data dir's control.key)") from None
             except Exception as exc:
-                raise ControlUnavailable(f"the control plane on {self.socket_path} refused the connection: {exc}") from None
+                raise ControlUnavailable(f"the control plane on {self.where} refused the connection: {exc}") from None
             self._local.connection = connection
             self._connections.append(connection)
         return connection
 
     @classmethod
-    def try_connect(cls, socket_path: Path, authkey: str) -> "ControlClient | None":
-        if not socket_path.exists():
+    def try_connect(cls, address: Path | tuple[str, int], authkey: str) -> "ControlClient | None":
+        if isinstance(address, Path) and not address.exists():
             return None
         try:
-            return cls(socket_path, authkey)
+            return cls(address, authkey)
         except ControlUnavailable:
             return None
 
@@ -219,7 +264,7 @@ class ControlClient:
             reply = _decode(connection.recv_bytes())
         except (EOFError, OSError) as exc:
             self._local.connection = None
-            raise ControlUnavailable(f"lost the control plane on {self.socket_path}: {exc or 'connection closed'}") from None
+            raise ControlUnavailable(f"lost the control plane on {self.where}: {exc or 'connection closed'}") from None
         if reply[0] == "ok":
             return msgspec.convert(reply[1], result_type)
         _, code, message, details = reply

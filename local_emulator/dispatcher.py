@@ -95,12 +95,14 @@ class SandboxPool:
                 sandbox.stop()
 
 
-def handler_config(settings: Settings) -> ChildConfig:
-    """What every handler process is given, wherever it runs: the catalog, the buckets, the
-    control socket for state reads and output notes, the runtime and MLflow."""
+def handler_config(settings: Settings, *, on_ray: bool = False) -> ChildConfig:
+    """What every handler process is given, wherever it runs: the catalog, the buckets, how to
+    reach the control plane for state reads and output notes (over TCP from a Ray node or a
+    worker elsewhere, when configured), the runtime and MLflow."""
     return ChildConfig(
         functions=settings.functions, roots=settings.object_roots(), storage_options=settings.storage_options(),
         control_socket=str(settings.control_socket_path), control_authkey=settings.control_key(),
+        control_tcp=settings.control_for_remote_tasks() if on_ray else settings.control_address,
         runtime_url=settings.runtime_url,
         mlflow_tracking_uri=settings.mlflow_uri, mlflow_artifact_location=settings.mlflow_artifact_location,
         config=settings.domain_config())
@@ -110,7 +112,7 @@ def _executor(settings: Settings) -> "SandboxPool | RayExecutor":
     if settings.executor.kind == "ray":
         from dropwire.local_emulator.ray_executor import RayExecutor  # ray is an optional extra
 
-        return RayExecutor(settings.executor, handler_config(settings))
+        return RayExecutor(settings.executor, handler_config(settings, on_ray=True))
     return SandboxPool(handler_config(settings))
 
 

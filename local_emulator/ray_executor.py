@@ -3,11 +3,14 @@ worker threads claim (lease + fencing token) and heartbeat as for local handler 
 each invocation is one Ray task whose reply (the handler's outcome and effects) comes back
 to the claiming thread, which hands it in with the completion. Ray's own retries are off: a
 task lost with its worker or node is one failed attempt, retried by the queue with backoff,
-so an effect still commits once."""
+so an effect still commits once. The handlers inside a Ray task read state and note outputs
+through the control plane: over TCP when it listens there (settings control_tcp_*), so Ray
+nodes may be other machines; else over its Unix socket, so on this machine only."""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from urllib.parse import urlsplit
@@ -27,6 +30,13 @@ log = logging.getLogger("dropwire.ray")
 
 class RayUnavailable(DropwireError):
     code = "ray_unavailable"
+
+
+# Ray ends a driver process whose cluster's GCS stays unreachable past this many seconds (60
+# by default), and the driver is the emulator: the control plane, the gateway and the queue
+# would go with it. Read once, when the driver connects; so long it never runs out, so the
+# emulator stays up saying the cluster is gone, and leases return its invocations to the queue.
+DRIVER_GCS_RECONNECT = ("RAY_gcs_rpc_server_reconnect_timeout_s", str(10**9))
 
 
 # One HandlerHost per Ray worker process, made by its first invocation, for as long as the
@@ -67,6 +77,21 @@ def _probe(address: str, timeout: float) -> None:
                              "start it (ray start --head) or set executor.ray_address") from None
 
 
+def _connect_driver(address: str) -> None:
+    """ray.init with the driver's GCS reconnect timeout raised; the variable is set only
+    while it connects, so Ray processes started later from this one keep their own."""
+    name, value = DRIVER_GCS_RECONNECT
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        ray.init(address=address, namespace="dropwire", log_to_driver=True, configure_logging=False)
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 class RayExecutor:
     """Submits each invocation as a Ray task with its function's resources; the calling worker
     thread waits for it until the invocation's deadline, then cancels it."""
@@ -76,8 +101,7 @@ class RayExecutor:
         self._owns_connection = not ray.is_initialized()
         if self._owns_connection:
             try:
-                ray.init(address=settings.ray_address, namespace="dropwire", log_to_driver=True,
-                         configure_logging=False)
+                _connect_driver(settings.ray_address)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise RayUnavailable(f"the Ray cluster at {settings.ray_address} does not answer: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

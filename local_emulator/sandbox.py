@@ -93,6 +93,8 @@ class ChildConfig(msgspec.Struct, frozen=True):
     mlflow_artifact_location: str | None
     #: Domain sections of the settings (HandlerContext.config).
     config: dict[str, Any] = {}
+    # "host:port": the control plane is dialled over TCP instead (a Ray node or a worker elsewhere).
+    control_tcp: str = ""
 
 
 def _exit_with_parent(poll_seconds: float = 0.5) -> None:
@@ -116,11 +118,13 @@ class HandlerHost:
         from pathlib import Path
 
         from dropwire.local_emulator.control import ControlClient
+        from dropwire.local_emulator.settings import tcp_address
 
         self.config = config
         self.registry = load_functions(config.functions)
         self.objects = ObjectStore(config.roots, config.storage_options)
-        self.client = ControlClient(Path(config.control_socket), config.control_authkey)
+        self.client = ControlClient(tcp_address(config.control_tcp, "control_tcp") if config.control_tcp
+                                    else Path(config.control_socket), config.control_authkey)
         self._decode = msgspec.msgpack.Decoder(Request).decode
 
     def _note(self, bucket: str, key: str, hop: int, function: str, task_id: int) -> None:

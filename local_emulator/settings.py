@@ -129,6 +129,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     db_path: str = ""
     # Where the control plane listens for remote workers and tools (a Unix socket path).
     control_socket: str = ""
+    # With a port (0: none) the control plane also listens on TCP, with the same key, for workers
+    # and Ray tasks on other machines; loopback unless the host is set to an interface address.
+    control_tcp_host: str = "127.0.0.1"
+    control_tcp_port: int = 0
+    # Where this process dials the control plane when it runs elsewhere ("host:port", over TCP),
+    # and what Ray tasks dial when the control plane listens on a wildcard address; empty: the
+    # Unix socket (and, for Ray tasks, control_tcp_host:control_tcp_port when a port is set).
+    control_address: str = ""
     # Shared key for the control socket; empty: a random key kept in <data_dir>/control.key (0600).
     control_authkey: str = ""
     # Empty: a SQLite store under data_dir (MLflow 3 keeps its registry in a database).
@@ -149,6 +157,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     def __post_init__(self) -> None:
         if not self.data_dir:
             raise ValueError("data_dir must not be empty")
+        if not 0 <= self.control_tcp_port <= 65535:
+            raise ValueError(f"control_tcp_port is a TCP port (1-65535, 0: no TCP listener), got {self.control_tcp_port}")
+        if self.control_address:
+            tcp_address(self.control_address, "control_address")
+        elif self.executor.kind == "ray" and self.control_tcp_port and self.control_tcp_host in WILDCARD_HOSTS:
+            raise ValueError(f"control_tcp_host {self.control_tcp_host!r} listens on every interface: set "
+                             "control_address to the host:port that Ray nodes dial")
 
     @property
     def data_path(self) -> Path:
@@ -236,6 +251,35 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             if self.control_socket
             else self.data_path / "control.sock"
         )
+
+    @property
+    def control_tcp(self) -> tuple[str, int] | None:
+        """Where the control plane listens on TCP, if it does."""
+        return (self.control_tcp_host, self.control_tcp_port) if self.control_tcp_port else None
+
+    @property
+    def control_dial(self) -> Path | tuple[str, int]:
+        """How this process reaches the control plane: control_address over TCP, else the socket."""
+        return tcp_address(self.control_address, "control_address") if self.control_address else self.control_socket_path
+
+    def control_for_remote_tasks(self) -> str:
+        """The "host:port" Ray tasks on other nodes dial; empty when the control plane has no
+        TCP listener (they then use the Unix socket, so only on this machine)."""
+        if self.control_address or not self.control_tcp_port:
+            return self.control_address
+        return f"{self.control_tcp_host}:{self.control_tcp_port}"
+
+
+WILDCARD_HOSTS = ("", "0.0.0.0")
+
+
+def tcp_address(address: str, name: str) -> tuple[str, int]:
+    """("host", port) from "host:port" (a name or an IPv4 address: the RPC speaks IPv4), or a
+    clear error naming the setting."""
+    host, _, port = address.rpartition(":")
+    if not host or ":" in host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{name} is host:port (a host name or IPv4 address), got {address!r}")
+    return host, int(port)
 
 
 class SettingsError(DropwireError):

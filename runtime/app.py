@@ -7,6 +7,7 @@ error body ``{error, message, details, timestamp}``.
     GET    /datasets/{handle}/forecasts/{index}?format=json|png     interactive: ahead of everything
     GET    /datasets/{handle}/forecasts?start=&stop=&wait=S         a range at background priority
     POST   /quick-draw?format=json|png      CSV body -> forecast of its last index, then forgotten
+    PUT    /forecasts/background           {"paused": bool}: hold or resume the background lane
     GET    /health, GET /stats
     /v1/...                             OpenAI-compatible text generation (textgen/api.py)
 """
@@ -18,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Parameter
 
@@ -28,7 +29,16 @@ from dropwire.runtime.http_errors import exception_handlers
 from dropwire.runtime.http_options import complete_allow_header
 from dropwire.runtime.openapi import assets_router, error_responses, openapi_config, upload_operation
 from dropwire.runtime.plotting import fan_chart_png
-from dropwire.runtime.schemas import DatasetInfo, Deleted, Forecast, ForecastRange, Health, Stats
+from dropwire.runtime.schemas import (
+    BackgroundLane,
+    BackgroundLaneChange,
+    DatasetInfo,
+    Deleted,
+    Forecast,
+    ForecastRange,
+    Health,
+    Stats,
+)
 from dropwire.runtime.service import upload_limit_error
 from dropwire.runtime.textgen.api import textgen_router
 
@@ -93,6 +103,11 @@ def create_app(host: RuntimeHost, log: logging.Logger) -> Litestar:
     async def quick_draw(request: Request, format: Format = "json") -> Response[Forecast]:
         return await forecast_response(await service.quick_draw(await request.body()), format)
 
+    @put("/forecasts/background", responses=error_responses(400, 500, 503))
+    async def background_lane(data: BackgroundLaneChange) -> BackgroundLane:
+        # Interactive work goes on while it is held; range fetches wait until it resumes.
+        return service.pause_background(data.paused)
+
     @get("/health", responses=error_responses(500, 503))
     async def health() -> Health:
         return service.health()  # 503 (the error shape) once shutting down
@@ -113,9 +128,8 @@ def create_app(host: RuntimeHost, log: logging.Logger) -> Litestar:
 
     textgen = [textgen_router(host.textgen)] if host.textgen else []
     return Litestar(
-        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, health, stats,
-                        prometheus_metrics,
-                        assets_router(), *textgen],
+        route_handlers=[process_and_cache, show_dataset, delete_dataset, draw, draw_range, quick_draw, background_lane,
+                        health, stats, prometheus_metrics, assets_router(), *textgen],
         before_request=refuse_when_shutting_down,
         exception_handlers=exception_handlers(lambda: upload_limit_error(limit)),
         request_max_body_size=limit,

@@ -19,6 +19,9 @@ The forecast job kind's queues (the device owner in device.py runs them with the
 - Each registration of a dataset gets a fresh generation. Deleting it drops its state in
   O(1): every queued or in-flight job of the old generation is stale from that moment, is
   skipped when popped, and is never cached; its waiters get an error at once.
+- The background lane can be paused (an operator holding precompute back, a test holding
+  the lane still to see what comes first): nothing new is taken from it, interactive work
+  goes on, and range watchers wait until it resumes; a chunk already in flight finishes.
 
 One threading lock guards all of it; it is never held across an await or a device call.
 Futures are resolved outside the lock.
@@ -99,6 +102,7 @@ class SchedulerStats(msgspec.Struct, frozen=True):
     background_remaining: int
     # Indices range watchers wait for that no job has taken yet.
     awaited: int
+    background_paused: bool
     computed_interactive: int
     computed_background: int
     coalesced: int
@@ -119,6 +123,7 @@ class Scheduler:
         self._rotation: deque[str] = deque()
         self._generations = itertools.count(1)
         self._closed: Exception | None = None
+        self._background_paused = False
         self._results: BoundedCache | None = None
         self._model_version = ""
         self._computed = {Lane.INTERACTIVE: 0, Lane.BACKGROUND: 0}
@@ -183,6 +188,13 @@ class Scheduler:
             waiters = self._forget(handle)
         _fail(waiters, error)
         return True
+
+    def pause_background(self, paused: bool) -> None:
+        """Hold the background lane (True) or let it go on (False)."""
+        with self._lock:
+            self._background_paused = paused
+            if not paused:
+                self._notify()
 
     def background_progress(self, handle: str) -> tuple[bool, int]:
         """(precompute requested, indices the background cursor has not reached yet)."""
@@ -378,6 +390,7 @@ class Scheduler:
                 background_datasets=len(background),
                 background_remaining=sum(s.dataset.last_index - s.cursor + 1 for s in background),
                 awaited=sum(len(s.awaited) for s in self._datasets.values()),
+                background_paused=self._background_paused,
                 computed_interactive=self._computed[Lane.INTERACTIVE],
                 computed_background=self._computed[Lane.BACKGROUND],
                 coalesced=self._coalesced,
@@ -449,6 +462,8 @@ class Scheduler:
         """(a chunk of one dataset's next indices, whether it has more to scan): watched
         indices behind its cursor first, then the cursor's."""
         assert self._results is not None
+        if self._background_paused:
+            return [], False
         for _ in range(len(self._rotation)):
             handle = self._rotation[0]
             state = self._datasets.get(handle)

@@ -32,6 +32,17 @@ class Deleted(msgspec.Struct, frozen=True):
     deleted: bool
 
 
+class BackgroundLaneChange(msgspec.Struct, frozen=True):
+    paused: bool
+
+
+class BackgroundLane(msgspec.Struct, frozen=True):
+    paused: bool
+    # Datasets whose precompute has indices left, and how many in all.
+    datasets: int
+    remaining: int
+
+
 class Band(msgspec.Struct, frozen=True):
     coverage: float
     lower: list[float]

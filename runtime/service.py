@@ -25,6 +25,7 @@ from dropwire.runtime.model_source import ModelSource, open_model
 from dropwire.runtime.pipeline import ForecastPipeline, ForecastResult
 from dropwire.runtime.scheduler import Scheduler
 from dropwire.runtime.schemas import (
+    BackgroundLane,
     DatasetInfo,
     Deleted,
     Forecast,
@@ -149,6 +150,15 @@ class ForecastService:
         if not removed:
             raise DatasetNotFound(f"no dataset with handle {handle!r}", handle=handle)
         return Deleted(handle=handle, deleted=True)
+
+    def pause_background(self, paused: bool) -> BackgroundLane:
+        """Hold (or let go on) the background lane: precompute and range fetches."""
+        self.ensure_accepting()
+        scheduler = self._scheduler()
+        scheduler.pause_background(paused)
+        stats = scheduler.stats()
+        return BackgroundLane(paused=stats.background_paused, datasets=stats.background_datasets,
+                              remaining=stats.background_remaining)
 
     async def forecast(self, handle: str, index: int) -> Forecast:
         dataset = self._dataset(handle)

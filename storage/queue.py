@@ -95,7 +95,7 @@ class Queue(Facet):
                                  None, True, batch, now)
 
     def committed(self) -> None:
-        if self.tasks.index.has_ready(None):
+        if self.tasks.index.has_ready():
             with self._work:
                 self._work_generation += 1
                 self._work.notify_all()

@@ -101,6 +101,6 @@ class TaskIndex:
         heads = [h[0] for h in (self._delayed[:1] + self._leases[:1])]
         return min(heads) if heads else None
 
-    def has_ready(self, names: frozenset[str] | None) -> bool:
-        keys = self._ready.keys() if names is None else names & self._ready.keys()
-        return any(self._ready[n] for n in keys)
+    def has_ready(self) -> bool:
+        """Whether any task is ready to claim (claimers are woken only then)."""
+        return any(self._ready.values())

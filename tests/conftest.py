@@ -20,6 +20,10 @@ hypothesis_settings.load_profile("dropwire")
 
 REPO = Path(__file__).resolve().parent.parent
 DROPWIRE = [sys.executable, "-m", "dropwire.local_emulator"]
+# A dropwire subprocess imports this tree, after whatever the caller's path put first: `make
+# mutate` names the modules of its mutated copy there, which the subprocess must run, not the
+# installed (editable) tree.
+SUBPROCESS_PYTHONPATH = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH", ""), str(REPO)]))
 
 
 @pytest.fixture
@@ -39,7 +43,7 @@ def dropwire_env(data_dir: Path) -> dict[str, str]:
         DROPWIRE_QUEUE__HEARTBEAT_SECONDS="0.4",
         DROPWIRE_QUEUE__BACKOFF_BASE_SECONDS="0.2",
         DROPWIRE_QUEUE__BACKOFF_MAX_SECONDS="1",
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=SUBPROCESS_PYTHONPATH,
         COLUMNS="200",  # rich wraps tables to the terminal; keep words whole for assertions
     )
     return env

@@ -14,6 +14,16 @@ def test_defaults_derive_paths_from_the_data_dir():
     assert str(settings.control_socket_path) == "/srv/dw/control.sock"
 
 
+def test_the_control_plane_is_reached_over_tcp_where_so_set():
+    assert load_settings(environ={}).control_tcp is None  # the Unix socket only
+    local = load_settings(environ={"DROPWIRE_DATA_DIR": "/srv/dw", "DROPWIRE_CONTROL_TCP_PORT": "7470"})
+    assert local.control_tcp == ("127.0.0.1", 7470)  # loopback unless told otherwise
+    assert str(local.control_dial) == "/srv/dw/control.sock" and local.control_for_remote_tasks() == "127.0.0.1:7470"
+    remote = load_settings(environ={"DROPWIRE_CONTROL_ADDRESS": "10.0.0.5:7470", "DROPWIRE_CONTROL_TCP_HOST": "0.0.0.0",
+                                    "DROPWIRE_CONTROL_TCP_PORT": "7470", "DROPWIRE_EXECUTOR__KIND": "ray"})
+    assert remote.control_dial == ("10.0.0.5", 7470) and remote.control_for_remote_tasks() == "10.0.0.5:7470"
+
+
 def test_environment_overrides_the_file_which_overrides_defaults(tmp_path):
     file = tmp_path / "dropwire.toml"
     file.write_text('data_dir = "/from/file"\n[queue]\nworkers = 3\nmax_attempts = 9\n')
@@ -28,6 +38,12 @@ def test_environment_overrides_the_file_which_overrides_defaults(tmp_path):
     ({"DROPWIRE_EVENTS__BUCKET_S3": "s3://team-data", "DROPWIRE_EVENTS__SQS_QUEUE_URL": "http://q"},
      "events.bucket_s3 is an S3 bucket name"),
     ({"DROPWIRE_EVENTS__BUCKET_S3": "team-data"}, "events.bucket_s3 needs events.sqs_queue_url"),
+    ({"DROPWIRE_CONTROL_TCP_PORT": "70000"}, "control_tcp_port is a TCP port"),
+    ({"DROPWIRE_CONTROL_ADDRESS": "head-node"}, r"control_address is host:port \(a host name or IPv4 address\), got 'head-node'"),
+    ({"DROPWIRE_CONTROL_ADDRESS": "head-node:0"}, "control_address is host:port"),
+    ({"DROPWIRE_CONTROL_ADDRESS": "[fd00::5]:7470"}, "a host name or IPv4 address"),
+    ({"DROPWIRE_EXECUTOR__KIND": "ray", "DROPWIRE_CONTROL_TCP_HOST": "0.0.0.0", "DROPWIRE_CONTROL_TCP_PORT": "7470"},
+     "set control_address to the host:port that Ray nodes dial"),
 ])
 def test_bad_values_name_the_setting(environ, message):
     with pytest.raises(SettingsError, match=message):

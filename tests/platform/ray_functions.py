@@ -34,3 +34,28 @@ def hinted(event: HttpEvent, context: HandlerContext) -> dict[str, float]:
 @functions.function("hold", on=[OnHttp()], timeout_seconds=600, max_attempts=3)
 def hold(event: HttpEvent, context: HandlerContext) -> None:
     time.sleep(event.body["seconds"])
+
+
+@functions.function("control-reach", on=[OnHttp()], max_attempts=1)
+def control_reach(event: HttpEvent, context: HandlerContext) -> dict:
+    """How this Ray worker reaches the control plane (the connection its handlers use), that a
+    call over it works, and what the control plane answers the same address with a wrong key."""
+    import os
+    import socket
+
+    import ray
+
+    from dropwire.local_emulator.control import ControlClient, ControlUnavailable
+    from dropwire.local_emulator.ray_executor import _hosts
+
+    (host,) = _hosts.values()
+    with socket.socket(fileno=os.dup(host.client._connection().fileno())) as sock:
+        family, peer = sock.family.name, list(sock.getpeername())
+    queued = host.client.queue.stats().by_status
+    try:
+        ControlClient(host.client.address, "a-wrong-key").close()
+        refused = ""
+    except ControlUnavailable as exc:
+        refused = str(exc)
+    return {"family": family, "peer": peer, "by_status": queued, "refused": refused,
+            "node": ray.get_runtime_context().get_node_id()}

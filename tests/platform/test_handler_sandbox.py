@@ -103,6 +103,11 @@ def test_object_store_reports_modification_times_and_passes_storage_options(tmp_
     stamp = objects.modified("local", "some/where.csv")
     assert stamp.tzinfo is not None
     assert stamp == datetime.fromtimestamp((tmp_path / "some" / "where.csv").stat().st_mtime, timezone.utc)
+    objects.write_bytes("local", "some/else.csv", b"y")  # a second object in a folder that exists
+    assert sorted(p.name for p in (tmp_path / "some").iterdir()) == ["else.csv", "where.csv"]
     # Options configured for a protocol reach its filesystem (e.g. an S3 endpoint for s3://).
     fs, _ = url_to_fs(f"file://{tmp_path}", {"file": {"auto_mkdir": True}})
     assert fs.auto_mkdir is True and url_to_fs(str(tmp_path))[0].auto_mkdir is False
+    endpoint = {"s3": {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}}  # never dialled: nothing is read
+    fs, path = url_to_fs("s3://team-data/in/x.csv", endpoint)
+    assert "s3" in fs.protocol and fs.client_kwargs == endpoint["s3"]["client_kwargs"] and path == "team-data/in/x.csv"

@@ -67,6 +67,10 @@ def test_the_outbox_row_commits_with_its_change_or_not_at_all(store, tmp_path):
     for bad in ("not an address", "ops.example.com", "ops @example.com"):  # no @, or a space
         with pytest.raises(DropwireError, match=f"'{bad}' is not an e-mail address"):
             store.states.apply(Effects(notifications=[notification(recipients=[bad])]))
+    for missing in ({"kind": ""}, {"subject": ""}):  # each alone is refused, naming both fields
+        with pytest.raises(DropwireError, match="a notification needs a kind and a subject"):
+            store.states.apply(Effects(notifications=[notification(**missing)]))
+    assert store.outbox.notifications() == []
 
     legal = Effects(transitions=[TransitionRequest(kind="model", entity_id="m1", trigger="dataset_uploaded", triggered_by="t")],
                     notifications=[notification()])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +26,7 @@ from ray import cluster_utils  # noqa: E402
 
 from dropwire.local_emulator.emulator import Emulator  # noqa: E402
 from dropwire.local_emulator.ray_executor import RayExecutor  # noqa: E402
-from tests.conftest import DROPWIRE, REPO, wait_for  # noqa: E402
+from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, wait_for  # noqa: E402
 from tests.platform.conftest import emulator_settings, free_port  # noqa: E402
 from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket  # noqa: E402
 
@@ -61,7 +62,9 @@ def moto(ray_cluster) -> Iterator[str]:
 
 
 def ray_settings(data_dir: Path, cluster: cluster_utils.Cluster, **env: str):
+    """The Ray executor, its tasks reaching the control plane over TCP on loopback."""
     return emulator_settings(data_dir, DROPWIRE_EXECUTOR__KIND="ray", DROPWIRE_EXECUTOR__RAY_ADDRESS=cluster.address,
+                             DROPWIRE_CONTROL_TCP_PORT=str(free_port()),
                              DROPWIRE_QUEUE__LEASE_SECONDS="3", DROPWIRE_QUEUE__HEARTBEAT_SECONDS="0.5", **env)
 
 
@@ -124,7 +127,7 @@ class Flow:
 def db_check(data_dir: Path) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWIRE_")}
     checked = subprocess.run([*DROPWIRE, "db", "check"], env={**env, "DROPWIRE_DATA_DIR": str(data_dir),
-                                                              "PYTHONPATH": str(REPO)},
+                                                              "PYTHONPATH": SUBPROCESS_PYTHONPATH},
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     return checked.stdout + checked.stderr
 
@@ -210,6 +213,20 @@ def test_a_result_that_cannot_come_back_is_a_failed_attempt_with_its_reason(ray_
     assert "the handler's result cannot be encoded" in status["last_error"]
 
 
+def test_a_task_on_a_worker_node_reaches_the_control_plane_over_tcp_and_a_wrong_key_is_refused(ray_cluster, ray_emulator):
+    emulator, client = ray_emulator
+    status = invoke(client, "control-reach", {})
+    assert status["status"] == "succeeded", status
+    reach = status["result"]
+    # The head has no CPUs: the task ran on a worker node, and its handlers' connection is TCP
+    # to the control plane's listener, over which its call was answered.
+    assert reach["node"] != ray_cluster.head_node.node_id
+    assert reach["family"] == "AF_INET" and reach["peer"] == ["127.0.0.1", emulator.settings.control_tcp_port]
+    assert reach["by_status"].get("running") == 1  # itself, as the control plane sees it
+    assert reach["refused"] == (f"the control plane on 127.0.0.1:{emulator.settings.control_tcp_port} refused the key "
+                                "(setting control_authkey, or the data dir's control.key)")
+
+
 def test_resource_hints_become_the_ray_tasks_resources(ray_emulator):
     from tests.platform.ray_functions import HINTS
 
@@ -262,20 +279,29 @@ def test_the_runtime_deployment_answers_a_forecast(ray_cluster, tmp_path):
 def test_a_cluster_that_goes_away_leaves_its_invocations_to_the_queue(ray_cluster, dropwire_env, data_dir, tmp_path):
     """Its own small cluster (the session's stays up), the emulator a real process: the whole
     cluster killed under a running invocation; the emulator says so, the task's lease lapses
-    and it is back in the queue, not failed and not lost."""
+    and it is back in the queue, not failed and not lost; and the emulator outlives the point
+    where Ray ends a driver whose cluster is gone (a plain driver beside it shows when)."""
     from dropwire.local_emulator.control import ControlClient
     from dropwire.local_emulator.settings import load_settings
 
     doomed = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                                          "object_store_memory": NODE["object_store_memory"]})
     port = free_port()
+    # Ray's own limit made short (its default is 60 s): without the executor's own for its
+    # driver, the emulator would be ended 2 s after the cluster, before the plain driver (4 s).
+    gcs_limit = "RAY_gcs_rpc_server_reconnect_timeout_s"
     env = {**dropwire_env, **RAY_ENV, "DROPWIRE_FUNCTIONS": "tests.platform.ray_functions:functions",
-           "DROPWIRE_HTTP__PORT": str(port), "DROPWIRE_QUEUE__WORKERS": "1"}
+           "DROPWIRE_HTTP__PORT": str(port), "DROPWIRE_QUEUE__WORKERS": "1", gcs_limit: "2"}
     log = tmp_path / "emulate.log"
     emulator = subprocess.Popen([*DROPWIRE, "emulate", "--executor", "ray", "--ray-address", doomed.address], env=env,
                                 cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    plain_log = tmp_path / "plain-driver.log"
+    plain = subprocess.Popen([sys.executable, "-c", "import sys, time, ray; ray.init(address=sys.argv[1]); "
+                              "print('connected', flush=True); time.sleep(600)", doomed.address],
+                             env={**os.environ, **RAY_ENV, gcs_limit: "4"}, stdout=plain_log.open("w"), stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "dropwire is up" in log.read_text(), timeout=120, what="the emulator")
+        wait_for(lambda: "connected" in plain_log.read_text(), timeout=120, what="the plain Ray driver")
         answer = httpx.post(f"http://127.0.0.1:{port}/functions/hold/invoke", json={"seconds": 600}, timeout=30)
         task_id = answer.json()["task_id"]
         wait_for(lambda: ray_workers_running("dropwire:hold"), timeout=60, what="the invocation to run on Ray")
@@ -291,7 +317,14 @@ def test_a_cluster_that_goes_away_leaves_its_invocations_to_the_queue(ray_cluste
             assert [a.outcome for a in back.history] == ["lease_expired"] and back.attempts < back.max_attempts
         finally:
             client.close()
+        wait_for(lambda: plain.poll() is not None, timeout=120, what="Ray to end the plain driver")
+        assert "Failed to connect to GCS within 4 seconds" in plain_log.read_text()
+        assert emulator.poll() is None, log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).status_code == 200
+        assert "Failed to connect to GCS" not in log.read_text()
     finally:
+        plain.kill()
+        plain.wait()
         emulator.send_signal(2)
         try:
             emulator.wait(timeout=60)

@@ -105,6 +105,16 @@ def test_an_invalid_cron_expression_is_refused_with_its_schedule_name(tmp_path):
         Scheduler(registry, store.receipts)
 
 
+def test_firing_an_unknown_schedule_is_refused_naming_the_known_ones(tmp_path):
+    from dropwire.storage.errors import NotFound
+
+    with Store.open(tmp_path / "db.duckdb") as store:
+        scheduler = Scheduler(hourly_registry(catch_up_seconds=600), store.receipts, clock=at(T0))
+        with pytest.raises(NotFound, match=r"no schedule named 'daily'; schedules: \['hourly'\]"):
+            scheduler.fire("daily", T0)
+        assert scheduled_runs(store, "fn:report") == []
+
+
 def test_a_fire_time_is_queued_once_whoever_fires_it(tmp_path):
     with Store.open(tmp_path / "db.duckdb") as store:
         spec = TaskSpec(name="fn:tick")

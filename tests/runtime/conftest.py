@@ -19,7 +19,7 @@ from dropwire.runtime.dataset import Dataset, parse_csv
 from dropwire.runtime.settings import RuntimeSettings, TextGenSettings
 from dropwire.runtime.synthetic import generated_csv
 from dropwire.runtime.training import train_default_model
-from tests.conftest import DROPWIRE, REPO, wait_for
+from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, wait_for
 
 # Small enough that the whole runtime suite stays well under a minute and a half on 2 cores.
 TINY_CONTEXT = 8
@@ -66,7 +66,7 @@ def runtime_env(data_dir: Path, port: int, *, textgen: bool = False, **runtime: 
     """The runtime's environment; text generation off unless asked for (sections of it as
     ``textgen__<field>=...``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DROPWIRE_")}
-    env.update(DROPWIRE_DATA_DIR=str(data_dir), PYTHONPATH=str(REPO), DROPWIRE_RUNTIME__PORT=str(port),
+    env.update(DROPWIRE_DATA_DIR=str(data_dir), PYTHONPATH=SUBPROCESS_PYTHONPATH, DROPWIRE_RUNTIME__PORT=str(port),
                DROPWIRE_RUNTIME__TEXTGEN__ENABLED=str(textgen).lower())
     for name, value in {**SMALL, **runtime}.items():
         env[f"DROPWIRE_RUNTIME__{name.upper()}"] = str(value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from dropwire.runtime.synthetic import generated_csv
 from tests.conftest import wait_for
@@ -150,17 +151,38 @@ def test_concurrent_identical_requests_are_computed_once(client: httpx.Client, r
     client.delete(f"/datasets/{handle}")
 
 
+@pytest.fixture(autouse=True)
+def lane_let_go(client: httpx.Client):
+    """Whatever a test does, the next one starts with the background lane going."""
+    yield
+    client.put("/forecasts/background", json={"paused": False})
+
+
+def hold_background(client: httpx.Client, paused: bool) -> dict:
+    """Hold the background lane still (or let it go on): what comes first is then seen on a
+    condition, not on how fast the lane walks."""
+    response = client.put("/forecasts/background", json={"paused": paused})
+    assert response.status_code == 200, response.text
+    assert response.json()["paused"] is paused
+    return response.json()
+
+
 def test_a_click_beats_the_backlog_and_a_delete_stops_the_background(client: httpx.Client, runtime: RuntimeProcess) -> None:
+    hold_background(client, True)
     info = upload(client, generated_csv(4000, seed=17), precompute=True)
     handle = info["handle"]
     before = runtime.stats()["scheduler"]
+    assert before["background_paused"] and before["background_remaining"] == info["last_index"] - info["first_index"] + 1
     forecast = client.get(f"/datasets/{handle}/forecasts/{info['last_index']}").json()
-    # The background walks forward from the first index; the last one came by the click.
+    # The backlog waits while the click on its last index is computed at once.
     assert forecast["source"] == "interactive"
     during = runtime.stats()["scheduler"]
-    assert during["background_remaining"] > 3000
+    assert during["background_remaining"] == before["background_remaining"]
+    assert during["computed_background"] == before["computed_background"]
+    assert during["computed_interactive"] - before["computed_interactive"] == 1
     assert during["promoted"] - before["promoted"] == 1
 
+    assert hold_background(client, False)["remaining"] == before["background_remaining"]
     wait_for(lambda: runtime.stats()["scheduler"]["computed_background"] > before["computed_background"],
              what="some background work")
     assert client.delete(f"/datasets/{handle}").status_code == 200
@@ -181,22 +203,26 @@ def test_a_range_waits_for_the_background_lane_and_a_click_still_comes_first(cli
     handle, first, last = info["handle"], info["first_index"], info["last_index"]
     model_version = client.get("/health").json()["model_version"]
     before = runtime.stats()["scheduler"]
+    hold_background(client, True)
 
-    async def scenario() -> tuple[dict, bool, httpx.Response]:
+    async def scenario() -> tuple[dict, dict, httpx.Response]:
         async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as http:
             ranged = asyncio.create_task(http.get(f"/datasets/{handle}/forecasts",
                                                   params={"start": first, "stop": last + 1, "wait": 60}))
-            # Click as soon as the range is registered (its indices awaited): the background
-            # lane then still has ~250 indices to walk before it could reach the clicked one.
-            while not ranged.done() and (await http.get("/stats")).json()["scheduler"]["awaited"] == 0:
+            # Click once the range is registered (all its indices awaited) on a held lane.
+            while not ranged.done() and (await http.get("/stats")).json()["scheduler"]["awaited"] < last + 1 - first:
                 await asyncio.sleep(0.01)
             click = (await http.get(f"/datasets/{handle}/forecasts/{last}")).json()
-            return click, ranged.done(), await ranged
+            at_click = (await http.get("/stats")).json()["scheduler"]
+            assert not ranged.done()
+            assert (await http.put("/forecasts/background", json={"paused": False})).status_code == 200
+            return click, at_click, await ranged
 
-    click, range_done_at_click, response = asyncio.run(scenario())
-    # The range is walked in index order at background priority; the click on its last index
-    # was answered while the range still waited, and the range took the click's result.
-    assert click["source"] == "interactive" and not range_done_at_click
+    click, at_click, response = asyncio.run(scenario())
+    # The click on the range's last index was answered while the range waited, took that
+    # index over from it (one future per index), and nothing of the range was computed yet.
+    assert click["source"] == "interactive"
+    assert at_click["awaited"] == last - first and at_click["computed_background"] == before["computed_background"]
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["handle"], body["start"], body["stop"], body["model_version"]) == (handle, first, last + 1, model_version)
@@ -230,20 +256,30 @@ def test_range_errors_timeouts_and_deletes_have_the_one_shape(client: httpx.Clie
     assert_error(client.get(path, params={"start": 7, "stop": 9, "wait": 0}), 400, "invalid_request")
     assert_error(client.get("/datasets/nope/forecasts", params={"start": 7, "stop": 9}), 404, "dataset_not_found")
 
+    hold_background(client, True)
     body = assert_error(client.get(path, params={"start": 7, "stop": 207, "wait": 0.001}), 504, "timeout",
                         "were not computed within 0.001s", "ask again")
-    assert body["details"]["total"] == 200 and body["details"]["ready"] < 200
+    assert body["details"]["total"] == 200 and body["details"]["ready"] == 0
     # The work a timed-out range asked for goes on; asking again collects it.
+    hold_background(client, False)
     wait_for(lambda: runtime.stats()["scheduler"]["awaited"] == 0, what="the timed-out range's work")
     assert len(client.get(path, params={"start": 7, "stop": 207}).json()["forecasts"]) == 200
 
     async def delete_while_waiting() -> httpx.Response:
         async with httpx.AsyncClient(base_url=runtime.url, timeout=60) as http:
             ranged = asyncio.create_task(http.get(path, params={"start": 207, "stop": 300, "wait": 60}))
-            while not ranged.done() and (await http.get("/stats")).json()["scheduler"]["awaited"] == 0:
+            while not ranged.done() and (await http.get("/stats")).json()["scheduler"]["awaited"] < 93:
                 await asyncio.sleep(0.01)
             assert (await http.delete(f"/datasets/{handle}")).status_code == 200
             return await ranged
 
+    hold_background(client, True)  # the range cannot finish before the delete
     assert_error(asyncio.run(delete_while_waiting()), 404, "dataset_gone", "was deleted while this request waited")
     assert runtime.stats()["scheduler"]["awaited"] == 0
+    hold_background(client, False)
+
+
+def test_the_background_lane_refuses_a_body_without_paused(client: httpx.Client) -> None:
+    assert_error(client.put("/forecasts/background", json={}), 400, "invalid_request", "paused")
+    assert_error(client.put("/forecasts/background", json={"paused": "soon"}), 400, "invalid_request")
+    assert client.get("/stats").json()["scheduler"]["background_paused"] is False

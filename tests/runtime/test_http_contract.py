@@ -74,6 +74,8 @@ def test_the_runtime_answers_as_its_schema_says(runtime: RuntimeProcess) -> None
     def on_the_dataset(case: schemathesis.Case) -> None:
         if case.path_parameters and "handle" in case.path_parameters and case.method != "DELETE":
             case.path_parameters["handle"] = handle
+        if case.path == "/forecasts/background" and isinstance(case.body, dict):
+            case.body["paused"] = False  # a held lane would keep each range request to its timeout
 
     failures = fuzz(f"{runtime.url}/schema/openapi.json", max_examples=15, prepare=on_the_dataset)
     assert not failures, "\n\n".join(failures)

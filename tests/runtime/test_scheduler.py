@@ -263,3 +263,32 @@ def test_many_threads_submitting_while_a_worker_drains() -> None:
     assert len(results) == 120 and all(asked == got for asked, got in results)
     stats = scheduler.stats()
     assert stats.computed_interactive + stats.computed_background == data.index_count
+
+
+def test_a_held_background_lane_gives_nothing_while_clicks_go_on_and_resumes_where_it_was() -> None:
+    scheduler, _ = make_scheduler(chunk=3)
+    data, watched = DATASETS[0], DATASETS[1]
+    woken = []
+    scheduler.on_work(lambda: woken.append(True))
+    scheduler.pause_background(True)
+    scheduler.add_dataset(data, background=True)
+    scheduler.add_dataset(watched, background=False)
+    ranged = scheduler.watch(watched.handle, range(10, 13))
+    assert scheduler.next_background() is None and scheduler.next_batch(0.0) is None
+    click, _ = scheduler.submit(data.handle, 29)
+    batch = scheduler.next_batch(0.0)
+    assert batch is not None and batch.lane is Lane.INTERACTIVE and [job.index for job in batch.jobs] == [29]
+    compute(scheduler, batch)
+    assert click.result().index == 29
+    stats = scheduler.stats()
+    assert stats.background_paused and stats.background_remaining == 23 and stats.awaited == 3
+    assert not any(future.done() for future in ranged)
+
+    woken.clear()
+    scheduler.pause_background(False)
+    assert woken  # the device is told there is work again
+    walked = drain(scheduler)
+    assert all(batch.lane is Lane.BACKGROUND for batch in walked)
+    assert [future.result().index for future in ranged] == [10, 11, 12]
+    assert sorted(job.index for batch in walked for job in batch.jobs if job.dataset is data) == list(range(7, 29))
+    assert not scheduler.stats().background_paused

@@ -1,5 +1,6 @@
-"""The lease rules that matter when processes die or restart, and the control socket's key:
-real DuckDB files, a real Unix socket, real worker processes killed with SIGKILL."""
+"""The lease rules that matter when processes die or restart, and the control plane's key:
+real DuckDB files, a real Unix socket and TCP on loopback, real worker processes killed with
+SIGKILL."""
 
 from __future__ import annotations
 
@@ -59,23 +60,61 @@ def test_a_heartbeat_extends_the_lease_past_its_first_end(tmp_path):
         assert store.queue.task(task_id).attempts == 1 and store.queue.heartbeat([(task_id, claimed.token)]) == [task_id]
 
 
-def test_the_control_socket_refuses_a_wrong_key_and_keeps_serving(tmp_path):
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_the_control_plane_refuses_a_wrong_key_and_keeps_serving(tmp_path, transport):
     socket_path = tmp_path / "control.sock"
     with Store.open(tmp_path / "db.duckdb", MACHINES) as store:
-        server = ControlServer(store, socket_path, "the-right-key").start()
+        server = ControlServer(store, socket_path, "the-right-key", ("127.0.0.1", 0) if transport == "tcp" else None).start()
         try:
             assert socket_path.stat().st_mode & 0o777 == 0o600
-            with pytest.raises(ControlUnavailable, match="refused the connection"):
-                ControlClient(socket_path, "a-wrong-key")
-            assert ControlClient.try_connect(socket_path, "a-wrong-key") is None
-            client = ControlClient(socket_path, "the-right-key")
+            address = server.tcp_address if transport == "tcp" else socket_path
+            if transport == "tcp":
+                assert address[0] == "127.0.0.1" and address[1] > 0
+            with pytest.raises(ControlUnavailable, match="refused the key"):
+                ControlClient(address, "a-wrong-key")
+            assert ControlClient.try_connect(address, "a-wrong-key") is None
+            client = ControlClient(address, "the-right-key")
             try:
-                task_id = client.queue.enqueue(TaskSpec(name="via-socket"))
+                task_id = client.queue.enqueue(TaskSpec(name="via-control"))
                 assert client.queue.task(task_id).status == "queued"
             finally:
                 client.close()
         finally:
             server.close()
+
+
+def test_a_peer_that_never_answers_the_key_challenge_holds_up_nobody(tmp_path):
+    import socket
+    import threading
+
+    with Store.open(tmp_path / "db.duckdb", MACHINES) as store:
+        server = ControlServer(store, tmp_path / "control.sock", "the-right-key", ("127.0.0.1", 0)).start()
+        silent = socket.create_connection(server.tcp_address)
+        try:
+            answered = threading.Event()
+
+            def connect() -> None:
+                client = ControlClient(server.tcp_address, "the-right-key")
+                client.queue.stats()
+                client.close()
+                answered.set()
+
+            threading.Thread(target=connect, daemon=True).start()
+            assert answered.wait(30), "a silent peer blocked the next connection"
+        finally:
+            silent.close()
+            server.close()
+
+
+def test_a_taken_tcp_port_stops_the_control_plane_with_the_settings_to_change(tmp_path):
+    import socket
+
+    with Store.open(tmp_path / "db.duckdb", MACHINES) as store, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ControlUnavailable, match=f"cannot listen on 127.0.0.1:{port} .*control_tcp_port"):
+            ControlServer(store, tmp_path / "control.sock", "key", ("127.0.0.1", port))
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from dropwire.storage import consistency
 from dropwire.storage.database import connect
 from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
 from dropwire.storage.store import Store
-from tests.conftest import DROPWIRE, REPO, wait_for
+from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, wait_for
 from tests.storage.helpers import CYCLE, FlakyJob
 
 pytestmark = pytest.mark.slow
@@ -64,6 +64,50 @@ def task_status(data_dir: Path, env: dict[str, str], task_id: int) -> str | None
         return client.queue.task(task_id).status
     finally:
         client.close()
+
+
+def test_a_worker_on_another_machine_reaches_the_control_plane_over_tcp_alone(data_dir, dropwire_env, tmp_path):
+    """The worker's data dir is its own (no socket, no key file, no database there): the
+    control plane's TCP listener and the shared key are its only way in."""
+    from tests.platform.conftest import free_port
+
+    task_id, markers = seed_effect_task(data_dir, first_attempt_seconds=0)
+    port, key = free_port(), "one-key-for-both-machines"
+    control = spawn([*DROPWIRE, "control", "--tasks", "tests.storage.helpers:no_tasks"],
+                    {**dropwire_env, "DROPWIRE_CONTROL_TCP_PORT": str(port), "DROPWIRE_CONTROL_AUTHKEY": key},
+                    tmp_path / "control.log")
+    try:
+        wait_for(lambda: f"TCP 127.0.0.1:{port}" in (tmp_path / "control.log").read_text(), what="the TCP listener")
+        elsewhere = tmp_path / "elsewhere"
+        remote = {**dropwire_env, "DROPWIRE_DATA_DIR": str(elsewhere), "DROPWIRE_CONTROL_ADDRESS": f"127.0.0.1:{port}",
+                  "DROPWIRE_QUEUE__WORKERS": "1"}
+        refused = subprocess.run([*DROPWIRE, "worker", "--tasks", "tests.storage.helpers:registry"],
+                                 env={**remote, "DROPWIRE_CONTROL_AUTHKEY": "a-wrong-key"}, cwd=REPO,
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert [line for line in refused.stderr.splitlines() if line.strip()] == [
+            f"error: the control plane on 127.0.0.1:{port} refused the key (setting control_authkey, or the data dir's "
+            "control.key)"], refused.stderr
+        worker = spawn([*DROPWIRE, "worker", "--tasks", "tests.storage.helpers:registry", "--name", "elsewhere"],
+                       {**remote, "DROPWIRE_CONTROL_AUTHKEY": key}, tmp_path / "worker.log")
+        try:
+            def status() -> str | None:
+                client = ControlClient.try_connect(data_dir / "control.sock", key)
+                try:
+                    return client.queue.task(task_id).status if client else None
+                finally:
+                    if client:
+                        client.close()
+
+            wait_for(lambda: status() == "succeeded", timeout=60, what="the task to succeed on the worker elsewhere")
+            assert sorted(p.name for p in markers.iterdir()) == ["finished-1-elsewhere-0", "started-1-elsewhere-0"]
+        finally:
+            assert stop(worker) == 0
+    finally:
+        assert stop(control) == 0
+    assert not any((elsewhere / name).exists() for name in ("control.sock", "control.key", "dropwire.duckdb"))
+    assert "refused a control connection from 127.0.0.1:" in (tmp_path / "control.log").read_text()
+    assert effect_count_and_attempts(data_dir, task_id) == (1, [(1, "succeeded")])
 
 
 def test_kill_9_mid_task_then_restart_completes_exactly_once(data_dir, dropwire_env, tmp_path):
@@ -116,7 +160,7 @@ def test_a_worker_frozen_past_its_lease_has_its_late_completion_rejected(data_di
 def test_a_hard_kill_during_writes_leaves_a_consistent_database(tmp_path):
     path = tmp_path / "crash.duckdb"
     writer = subprocess.Popen([sys.executable, "-m", "tests.storage.write_forever", str(path)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SUBPROCESS_PYTHONPATH})
     try:
         assert writer.stdout.readline().strip() == "writing"
         time.sleep(1.0)

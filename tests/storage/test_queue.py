@@ -333,3 +333,33 @@ def test_graceful_stop_releases_claimed_tasks_it_did_not_start(store):
     for task_id in gated_ids[1:]:
         task = store.queue.task(task_id)
         assert (task.status, task.attempts) == ("queued", 0)
+
+
+def test_an_operation_that_breaks_mid_way_leaves_nothing_of_its_commit_and_the_store_goes_on(store):
+    """A bug in an operation (not a refusal): what it staged is not written, the in-memory
+    views are reloaded from the file (the half-staged task is not handed out), the caller
+    gets the error, and the next operations commit."""
+
+    def half_then_bug(batch, now):
+        store.queue._op_enqueue([store.queue.tasks.encode(TaskSpec(name="half-done"))], batch, now)
+        raise RuntimeError("a bug after staging a task")
+
+    with pytest.raises(RuntimeError, match="a bug after staging a task"):
+        store.writer.submit(half_then_bug).result(timeout=30)
+    assert store.query("SELECT count(*) FROM tasks WHERE name = 'half-done'") == [(0,)]
+    assert store.queue.claim("w1", names=["half-done"]) == []
+    task_id = store.queue.enqueue(TaskSpec(name="after"))
+    assert [task.id for task in store.queue.claim("w1", names=["after"])] == [task_id]
+
+
+def test_a_waiting_claim_is_woken_by_the_commit_that_makes_a_task_ready(db):
+    """Its own polling is minutes apart here, so only the wake-up can answer it in time."""
+    with Store.open(db, MACHINES, settings=QueueSettings(reap_interval_seconds=120.0)) as store:
+        got: list = []
+        waiting = threading.Thread(target=lambda: got.extend(store.queue.claim("w1", wait_seconds=600)), daemon=True)
+        waiting.start()
+        wait_for(lambda: store.queue.stats().by_status == {} and waiting.is_alive(), what="the claim to wait")
+        task_id = store.queue.enqueue(TaskSpec(name="wake"))
+        waiting.join(30)
+        assert not waiting.is_alive(), "the waiting claim was not woken by the enqueue"
+        assert [task.id for task in got] == [task_id]

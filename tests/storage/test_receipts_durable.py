@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from dropwire.storage.store import Store
-from tests.conftest import REPO
+from tests.conftest import REPO, SUBPROCESS_PYTHONPATH
 from tests.storage.admit_forever import offer
 
 ORPHANS = {
@@ -35,7 +35,7 @@ def test_receipts_and_their_tasks_survive_a_restart_and_still_refuse_duplicates_
 def test_a_kill_during_admissions_never_leaves_a_receipt_without_its_task_or_the_reverse(tmp_path):
     path = tmp_path / "crash.duckdb"
     writer = subprocess.Popen([sys.executable, "-m", "tests.storage.admit_forever", str(path)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SUBPROCESS_PYTHONPATH})
     try:
         for _ in range(4):  # a few hundred admissions committed, more under way
             assert writer.stdout.readline().startswith("admitted"), "the admitting process stopped early"
