@@ -51,6 +51,9 @@ class TextGenSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     max_batch_sequences: Positive = 16
     # Decode steps of one background device step: an interactive request waits at most that.
     background_decode_steps: Positive = 4
+    # Background sequences one prefill admits: a prefill of many newcomers is the longest
+    # background step, which an interactive request arriving meanwhile waits for.
+    background_admit_sequences: Positive = 4
     # Inputs embedded together in one device step.
     max_embedding_batch: Positive = 32
     # max_tokens when a request gives none (capped by what the context leaves).
