@@ -27,6 +27,7 @@ from dropwire.functions.batches.core.output import BatchList, BatchObject, FileD
 from dropwire.functions.batches.core.validation import ENDPOINTS, check_upload
 from dropwire.functions.batches.handlers import (
     CANCEL_FUNCTION,
+    CANCELLABLE,
     CREATE_FUNCTION,
     FILES_FUNCTION,
     FILES_PREFIX,
@@ -204,9 +205,9 @@ def build_router(ports: ApiPorts) -> Router:
     @post("/batches/{batch_id:str}/cancel", status_code=200, sync_to_thread=True, responses=CHANGE)
     def cancel_batch(batch_id: FromPath[str]) -> BatchObject:
         status = reads.status(query, batch_id)
-        if status not in (B.IN_PROGRESS, B.CANCELLING):
-            raise NotCancellable(f"batch {batch_id} is {status}: only a batch in progress can be cancelled",
-                                 status=status)
+        if status not in (*CANCELLABLE, B.CANCELLING):
+            raise NotCancellable(f"batch {batch_id} is {status}: only a batch validating or in progress can be "
+                                 "cancelled", status=status)
         run(CANCEL_FUNCTION, {"id": batch_id})
         return reads.batch_object(query, batch_id)
 

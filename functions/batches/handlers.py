@@ -82,6 +82,7 @@ STEP_TIMEOUT_S = 1800.0
 CHUNK_PRIORITY = -1
 # Error codes of lines that never ran.
 NOT_RUN = {B.CANCELLING: "batch_cancelled", B.EXPIRED: "batch_expired"}
+CANCELLABLE = (B.VALIDATING, B.IN_PROGRESS)
 FILL_LINES = 1000
 
 
@@ -245,9 +246,13 @@ def cancel_batch(event: HttpEvent, context: HandlerContext) -> dict:
         raise PermanentTaskError(f"no batch with id {ref.id!r}")
     if state in (B.CANCELLING, B.CANCELLED):
         return {"batch": ref.id, "status": state}
-    if state != B.IN_PROGRESS:
-        raise PermanentTaskError(f"batch {ref.id} is {state}: only a batch in progress can be cancelled")
-    context.state.transition(KIND, ref.id, trigger="cancel", reason="cancel asked over HTTP")
+    if state not in CANCELLABLE:
+        raise PermanentTaskError(f"batch {ref.id} is {state}: only a batch validating or in progress can be cancelled")
+    context.state.transition(KIND, ref.id, trigger="cancel", reason=f"cancel asked over HTTP while {state}")
+    if state == B.VALIDATING:
+        # No chunk will report, so the cancel queues finalize itself; validation, running
+        # or not yet, sees the cancel and runs nothing.
+        context.state.enqueue(_finalize_task(ref.id))
     return {"batch": ref.id, "status": B.CANCELLING}
 
 
@@ -321,8 +326,9 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     batch_id = _body(event, StepArgs).batch_id
     settings = batch_settings(context.config)
     query = _query(context)
-    if _state(context, batch_id) != B.VALIDATING:
-        return {"batch": batch_id, "skipped": _state(context, batch_id)}
+    state = _state(context, batch_id)
+    if state != B.VALIDATING:
+        return {"batch": batch_id, "skipped": state}
     info = reads.batch(query, batch_id)
     source = reads.file(query, info.input_file_id)
     known = set(settings.models) or served_models(base_url(context, settings), settings.upstream_urls(),
@@ -330,6 +336,9 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     with context.objects.open(source.bucket, source.key) as stream:
         plan = validate(stream, endpoint=info.endpoint, model_known=known.__contains__, max_lines=settings.max_lines,
                         max_bytes=settings.max_bytes, chunk_lines=settings.chunk_lines)
+    if (now_state := _state(context, batch_id)) != B.VALIDATING:
+        # Cancelled while its file was read: nothing of it runs (the cancel queued finalize).
+        return {"batch": batch_id, "skipped": now_state}
     errors = [msgspec.to_builtins(e) for e in plan.errors]
     context.records.record("batches.validated", Validated(id=batch_id, model=plan.model, total=plan.total,
                                                           chunks=len(plan.chunks), errors=errors))
@@ -357,6 +366,10 @@ def _chunk_task(batch_id: str, chunk: ChunkPlan, abandon: bool = False, parked: 
     # Below every other function: a queued API call or evaluation step goes before the next slice.
     return _step(CHUNK_FUNCTION, args, key, max_attempts=CHUNK_MAX_ATTEMPTS, on_dead=on_dead, delay_seconds=delay_seconds,
                  priority=CHUNK_PRIORITY)
+
+
+def _finalize_task(batch_id: str) -> TaskSpec:
+    return _step(FINALIZE_FUNCTION, StepArgs(batch_id=batch_id), f"batch-finalize:{batch_id}")
 
 
 def _notify(context: HandlerContext, batch_id: str, status: str, summary: str) -> None:
@@ -410,7 +423,7 @@ def run_chunk(event: HttpEvent, context: HandlerContext) -> dict:
         return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": "sliced"}
     context.records.record("batches.chunk_done", ChunkDone(batch_id=args.batch_id, chunk=plan.chunk, outcome=outcome))
     if reads.chunks_done(query, args.batch_id) >= (info.chunks or 0):
-        context.state.enqueue(_step(FINALIZE_FUNCTION, StepArgs(batch_id=args.batch_id), f"batch-finalize:{args.batch_id}"))
+        context.state.enqueue(_finalize_task(args.batch_id))
     return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": outcome}
 
 

@@ -34,6 +34,8 @@ BATCH = StateMachine(
         Transition(B.IN_PROGRESS, B.FINALIZING, "finalize"),
         Transition(B.FINALIZING, B.COMPLETED, "complete"),
         Transition(B.IN_PROGRESS, B.CANCELLING, "cancel"),
+        # OpenAI lets a batch be cancelled while its file is still being validated.
+        Transition(B.VALIDATING, B.CANCELLING, "cancel"),
         Transition(B.CANCELLING, B.CANCELLED, "cancelled"),
         Transition(B.IN_PROGRESS, B.EXPIRED, "expire"),
     ),
