@@ -15,6 +15,7 @@ from litestar.response import Stream
 
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS
 from dropwire.runtime.openapi import body_operation, error_responses
+from dropwire.runtime.textgen.errors import openai_exception_handlers
 from dropwire.storage.errors import DropwireError
 
 FORWARDED_POSTS = ["/chat/completions", "/completions", "/embeddings"]
@@ -79,4 +80,5 @@ def build_inference_proxy(base_url: str, timeout_seconds: float) -> tuple[Router
         for opened in clients:
             await opened.aclose()
 
-    return Router("/v1", route_handlers=[inference, models], tags=["inference"]), close
+    return Router("/v1", route_handlers=[inference, models], tags=["inference"],
+                  exception_handlers=openai_exception_handlers()), close

@@ -37,6 +37,7 @@ from dropwire.functions.batches.settings import batch_settings
 from dropwire.functions.batches.states import TERMINAL, BatchState as B
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
 from dropwire.runtime.openapi import error_responses, upload_operation
+from dropwire.runtime.textgen.errors import openai_exception_handlers
 from dropwire.storage.errors import Conflict, DropwireError
 
 # A write waits this long for the handler it fires; past it the answer is 503 (ask again).
@@ -222,7 +223,8 @@ def build_router(ports: ApiPorts) -> Router:
         return reads.batch_object(query, new_id)
 
     return Router("/v1", route_handlers=[create_file, list_files, get_file, file_content, delete_file, create_batch,
-                                         get_batch, list_batches, cancel_batch, retry_batch], tags=["batches"])
+                                         get_batch, list_batches, cancel_batch, retry_batch], tags=["batches"],
+                  exception_handlers=openai_exception_handlers())
 
 
 def _expiry(anchor: Any, seconds: Any) -> float | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.batches.conftest import finished, read_lines, upload
+from tests.batches.conftest import assert_openai_shape, finished, read_lines, upload
 from tests.batches.upstream import chat_line
 
 pytestmark = pytest.mark.slow
@@ -114,3 +114,45 @@ def test_bad_input_gets_clear_errors(start_batches):
         with pytest.raises(openai.NotFoundError) as missing:
             call()
         assert set(missing.value.response.json()) == {"error", "message", "details", "timestamp"}
+
+
+def test_every_object_and_error_is_in_the_official_clients_shape(start_batches):
+    """Batch (errors list, request counts, usage), file objects, error-file lines and HTTP
+    errors exactly as the openai package's types declare them: nothing it would drop."""
+    emulator, client = start_batches()
+    http = client.with_options().with_raw_response
+    bad = client.batches.create(input_file_id=upload(client, [chat_line("a", "one"), chat_line("a", "two")]).id,
+                                endpoint="/v1/chat/completions", completion_window="24h")
+    failed = finished(client, bad.id)
+    assert failed.status == "failed"
+    raw = http.batches.retrieve(bad.id).http_response.json()
+    assert_openai_shape(raw, openai.types.Batch)
+    assert raw["errors"]["object"] == "list"
+    assert raw["errors"]["data"] == [{"code": "duplicate_custom_id", "line": 2, "param": "custom_id",
+                                      "message": "line 2 repeats custom_id 'a' of line 1"}]
+
+    lines = [chat_line("ok", "hello"), chat_line("no", "please fail")]
+    done = finished(client, client.batches.create(input_file_id=upload(client, lines).id,
+                                                  endpoint="/v1/chat/completions", completion_window="24h").id)
+    raw = http.batches.retrieve(done.id).http_response.json()
+    assert_openai_shape(raw, openai.types.Batch)
+    assert raw["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    for file_id in (done.input_file_id, done.output_file_id, done.error_file_id):
+        assert_openai_shape(http.files.retrieve(file_id).http_response.json(), openai.types.FileObject)
+    assert_openai_shape(http.batches.list().http_response.json()["data"][0], openai.types.Batch)
+    (error_line,) = read_lines(client, done.error_file_id)
+    assert set(error_line) == {"id", "custom_id", "response", "error"} and error_line["custom_id"] == "no"
+    assert error_line["response"]["status_code"] == 400 and error_line["error"] is None
+
+    # HTTP errors carry OpenAI's error object, so the client's error has its code and param.
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.batches.retrieve("batch_nope")
+    assert (missing.value.code, missing.value.type) == ("batch_not_found", "invalid_request_error")
+    assert "batch_nope" in missing.value.message
+    with pytest.raises(openai.BadRequestError) as window:
+        client.batches.create(input_file_id=done.input_file_id, endpoint="/v1/chat/completions",
+                              completion_window="48h")
+    assert window.value.param == "completion_window"
+    with pytest.raises(openai.ConflictError) as finished_already:
+        client.batches.cancel(done.id)
+    assert finished_already.value.code == "batch_not_cancellable"
