@@ -4,11 +4,15 @@ content, delete, and the bad input the issue names."""
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import openai
 import pytest
 
 from tests.batches.conftest import assert_openai_shape, finished, read_lines, upload
 from tests.batches.upstream import chat_line
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +160,42 @@ def test_every_object_and_error_is_in_the_official_clients_shape(start_batches):
     with pytest.raises(openai.ConflictError) as finished_already:
         client.batches.cancel(done.id)
     assert finished_already.value.code == "batch_not_cancellable"
+
+
+def test_an_upload_streams_into_the_bucket_and_one_over_the_limit_leaves_nothing(start_batches):
+    """POST /v1/files never holds the body: its bytes are in the bucket before the upload has
+    ended; past batches.max_bytes it is refused with 413 naming the limit, nothing stored."""
+    emulator, client = start_batches(DROPWIRE_BATCHES__MAX_BYTES=str(4 * 2**20))
+    folder = emulator.settings.bucket_path / "batch-files"
+    line = json.dumps(chat_line("x", "y" * 900)).encode() + b"\n"
+    boundary = "dropwire-test-boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n"
+            "Content-Type: application/jsonl\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    url = f"{client.base_url}files"
+    headers = {"Authorization": f"Bearer {client.api_key}", "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def stored() -> int:
+        return sum(path.stat().st_size for path in folder.glob("*")) if folder.exists() else 0
+
+    def body(lines: int, wait_for_bucket: bool):
+        yield head
+        yield line * 1000  # ~1 MB
+        if wait_for_bucket:
+            wait_for(lambda: stored() > 0, timeout=30, what="the first megabyte to reach the bucket")
+        for _ in range(lines // 1000 - 1):
+            yield line * 1000
+        yield tail
+
+    answer = httpx.post(url, content=body(3000, True), headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    file = client.files.retrieve(answer.json()["id"])
+    assert file.bytes == 3000 * len(line) and client.files.content(file.id).content == line * 3000
+    assert stored() == file.bytes  # the stored object alone: no temporary left
+
+    refused = httpx.post(url, content=body(6000, False), headers=headers, timeout=60)
+    assert refused.status_code == 413 and f"limit of {4 * 2**20} bytes" in refused.json()["message"]
+    assert refused.json()["error"]["code"] == "file_too_large"
+    assert stored() == file.bytes  # nothing of the refused upload stayed
+    assert [f.id for f in client.files.list()] == [file.id]
