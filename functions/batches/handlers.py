@@ -45,8 +45,10 @@ from dropwire.functions.platform.registry import (
     ObjectEvent,
     OnHttp,
     OnQueue,
+    OnSchedule,
     OnUpload,
     Output,
+    ScheduledEvent,
 )
 from dropwire.functions.platform.tasks import PermanentTaskError
 from dropwire.storage.batches import (
@@ -76,6 +78,9 @@ DROP_FUNCTION = "batches-drop"
 VALIDATE_FUNCTION = "batches-validate"
 CHUNK_FUNCTION = "batches-chunk"
 FINALIZE_FUNCTION = "batches-finalize"
+EXPIRE_FUNCTION = "batches-expire-files"
+# How often the bytes of expired files are removed (they read as gone from the moment they expire).
+EXPIRY_SWEEP_S = 600.0
 CHUNK_TIMEOUT_S = 6 * 3600.0
 CHUNK_MAX_ATTEMPTS = 5
 STEP_TIMEOUT_S = 1800.0
@@ -83,6 +88,7 @@ CHUNK_PRIORITY = -1
 # Error codes of lines that never ran.
 NOT_RUN = {B.CANCELLING: "batch_cancelled", B.EXPIRED: "batch_expired"}
 CANCELLABLE = (B.VALIDATING, B.IN_PROGRESS)
+UNFINISHED = tuple(state.value for state in B if state not in TERMINAL)
 FILL_LINES = 1000
 
 
@@ -157,6 +163,8 @@ def register(functions: FunctionRegistry) -> None:
     functions.function(CHUNK_FUNCTION, on=[OnQueue()], timeout_seconds=CHUNK_TIMEOUT_S,
                        max_attempts=CHUNK_MAX_ATTEMPTS)(run_chunk)
     functions.function(FINALIZE_FUNCTION, on=[OnQueue()], outputs=outputs, timeout_seconds=STEP_TIMEOUT_S)(finalize_batch)
+    functions.function(EXPIRE_FUNCTION, on=[OnSchedule(name=EXPIRE_FUNCTION, every_seconds=EXPIRY_SWEEP_S)],
+                       timeout_seconds=STEP_TIMEOUT_S)(remove_expired_files)
 
 
 def _query(context: HandlerContext):
@@ -200,6 +208,17 @@ def change_file(event: HttpEvent, context: HandlerContext) -> dict:
         id=change.id, filename=change.filename, purpose=change.purpose, bytes=change.bytes, bucket=BUCKET, key=change.key,
         created_at=change.created_at, expires_at=change.expires_at))
     return {"file": change.id}
+
+
+def remove_expired_files(event: ScheduledEvent, context: HandlerContext) -> dict:
+    """The bytes of files past their expires_at (OpenAI's expires_after), and their rows
+    marked deleted; the input of a batch still running stays until the batch ends."""
+    removed = 0
+    for file_id, bucket, key in reads.expired_files(_query(context), UNFINISHED):
+        context.objects.delete(bucket, key)  # bytes first: a crash here leaves a row the next sweep finishes
+        context.records.record("batches.delete_file", FileDeleted(id=file_id))
+        removed += 1
+    return {"removed": removed}
 
 
 def create_batch(event: HttpEvent, context: HandlerContext) -> dict:
@@ -271,7 +290,7 @@ def retry_batch(event: HttpEvent, context: HandlerContext) -> dict:
     failed = {row[0] for row in reads.stored_lines(query, retry.id, succeeded=False)}
     if not failed:
         raise PermanentTaskError(f"batch {retry.id} has no failed, cancelled or expired lines to retry")
-    source = reads.file(query, old.input_file_id)
+    source = reads.file(query, old.input_file_id, expired_too=True)
     key = f"{FILES_PREFIX}{retry.new_file_id}.jsonl"
     with context.objects.open(source.bucket, source.key) as stream:
         _, size = context.outputs.write_stream(BUCKET, key, (raw if raw.endswith(b"\n") else raw + b"\n"
@@ -330,7 +349,7 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     if state != B.VALIDATING:
         return {"batch": batch_id, "skipped": state}
     info = reads.batch(query, batch_id)
-    source = reads.file(query, info.input_file_id)
+    source = reads.file(query, info.input_file_id, expired_too=True)
     known = set(settings.models) or served_models(base_url(context, settings), settings.upstream_urls(),
                                                   settings.upstream_api_token)
     with context.objects.open(source.bucket, source.key) as stream:
@@ -460,7 +479,7 @@ class _Saver:
 
 async def _run_lines(context: HandlerContext, settings: BatchSettings, info: reads.BatchInfo, plan: ChunkPlan,
                      done: set[int]) -> str:
-    source = reads.file(_query(context), info.input_file_id)
+    source = reads.file(_query(context), info.input_file_id, expired_too=True)
     saver = _Saver(context, settings, info.id, plan.chunk)
     backend = LineBackend(base_url(context, settings), upstreams=settings.upstream_urls(),
                           api_key=settings.upstream_api_token, timeout_seconds=settings.request_timeout_seconds,
@@ -517,7 +536,7 @@ def _fill_not_run(context: HandlerContext, info: reads.BatchInfo, plan: ChunkPla
                   message: str) -> int:
     """Save every request with no stored outcome (of one chunk, or of the whole batch) as a
     line that never ran, with `code`."""
-    source = reads.file(_query(context), info.input_file_id)
+    source = reads.file(_query(context), info.input_file_id, expired_too=True)
     filled: list[LineRow] = []
     count = 0
 

@@ -86,9 +86,15 @@ def _batch(row: tuple) -> BatchInfo:
                      total=row[11], chunks=row[12], errors=_decode(row[13]), output_file_id=row[14], error_file_id=row[15])
 
 
-def file(query: Query, file_id: str) -> FileInfo:
-    """A file that exists and is not deleted, else UnknownFile."""
-    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE id = ? AND deleted_at IS NULL", [file_id])
+# A file past its expires_at reads as gone (its bytes go at the next sweep).
+_LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR epoch(expires_at) > epoch(now()))"
+
+
+def file(query: Query, file_id: str, *, expired_too: bool = False) -> FileInfo:
+    """A file that exists, is not deleted and (unless `expired_too`: the input of a batch
+    already running) has not expired, else UnknownFile."""
+    live = "deleted_at IS NULL" if expired_too else _LIVE
+    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE id = ? AND {live}", [file_id])
     if not rows:
         raise UnknownFile(f"no file with id {file_id!r}", file_id=file_id)
     return _file(rows[0])
@@ -103,9 +109,19 @@ def files(query: Query, *, purpose: str | None, limit: int, newest_first: bool, 
     if after is not None:
         cursor = (f"AND (created_at, id) {compare} (SELECT (created_at, id) FROM batch_files WHERE id = ?)")
         params.append(after)
-    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE deleted_at IS NULL AND (? IS NULL OR purpose = ?) "
+    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE {_LIVE} AND (? IS NULL OR purpose = ?) "
                  f"{cursor} ORDER BY created_at {order}, id {order} LIMIT ?", [*params, limit])
     return [_file(row) for row in rows]
+
+
+def expired_files(query: Query, unfinished: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(id, bucket, key) of files past their expires_at whose bytes are still stored, but for
+    the input of a batch still in one of the `unfinished` states (its lines read it)."""
+    marks = ", ".join("?" for _ in unfinished)
+    return query("SELECT f.id, f.bucket, f.\"key\" FROM batch_files f WHERE f.deleted_at IS NULL AND f.expires_at IS NOT NULL "
+                 "AND epoch(f.expires_at) <= epoch(now()) AND NOT EXISTS (SELECT 1 FROM batches b JOIN entity_states s "
+                 f"ON s.kind = ? AND s.entity_id = b.id WHERE b.input_file_id = f.id AND s.state IN ({marks})) "
+                 "ORDER BY f.expires_at", [KIND, *unfinished])
 
 
 def batch(query: Query, batch_id: str) -> BatchInfo:

@@ -5,12 +5,13 @@ content, delete, and the bad input the issue names."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
 import pytest
 
-from tests.batches.conftest import assert_openai_shape, finished, read_lines, upload
+from tests.batches.conftest import assert_openai_shape, finished, jsonl, read_lines, upload
 from tests.batches.upstream import chat_line
 from tests.conftest import wait_for
 
@@ -199,3 +200,51 @@ def test_an_upload_streams_into_the_bucket_and_one_over_the_limit_leaves_nothing
     assert refused.json()["error"]["code"] == "file_too_large"
     assert stored() == file.bytes  # nothing of the refused upload stayed
     assert [f.id for f in client.files.list()] == [file.id]
+
+
+def test_expires_after_is_bounded_and_an_expired_file_is_gone_then_swept(start_batches):
+    """OpenAI's expires_after: seconds within 3600..2592000 (else 400 naming the field); a
+    file past its expires_at reads as 404, its bytes removed by the scheduled sweep."""
+    emulator, client = start_batches()
+    content = jsonl([chat_line("a", "one")])
+    for seconds in (3599, 2592001):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.files.create(file=("x.jsonl", content), purpose="batch",
+                                expires_after={"anchor": "created_at", "seconds": seconds})
+        assert refused.value.param == "expires_after[seconds]" and "3600" in refused.value.message
+    with pytest.raises(openai.BadRequestError) as anchor:
+        client.files.create(file=("x.jsonl", content), purpose="batch",
+                            expires_after={"anchor": "last_active_at", "seconds": 3600})
+    assert anchor.value.param == "expires_after[anchor]"
+    kept = client.files.create(file=("kept.jsonl", content), purpose="batch",
+                               expires_after={"anchor": "created_at", "seconds": 3600})
+    assert kept.expires_at == kept.created_at + 3600
+
+    # A file uploaded two hours ago with an hour to live: registered as the upload would have
+    # left it (bytes in the bucket, then the files function), since no test waits an hour.
+    port, auth = emulator.settings.http.port, {"Authorization": f"Bearer {client.api_key}"}
+    key = "batch-files/file-old.jsonl"
+    assert httpx.put(f"http://127.0.0.1:{port}/buckets/local/objects/{key}", content=content, headers=auth).status_code == 201
+    now = time.time()
+    invoked = httpx.post(f"http://127.0.0.1:{port}/functions/batches-files/invoke", headers=auth, json={
+        "action": "add", "id": "file-old", "filename": "old.jsonl", "purpose": "batch", "bytes": len(content),
+        "key": key, "created_at": now - 7200, "expires_at": now - 3600})
+    assert invoked.status_code == 202
+    wait_for(lambda: emulator.store.query("SELECT count(*) FROM batch_files WHERE id = 'file-old'")[0][0] == 1,
+             timeout=30, what="the old file's row")
+    for call in (lambda: client.files.retrieve("file-old"), lambda: client.files.content("file-old"),
+                 lambda: client.batches.create(input_file_id="file-old", endpoint="/v1/chat/completions",
+                                               completion_window="24h")):
+        with pytest.raises(openai.NotFoundError) as gone:
+            call()
+        assert gone.value.code == "file_not_found"
+    assert [f.id for f in client.files.list()] == [kept.id]
+    stored = emulator.settings.bucket_path / key
+    assert stored.exists()  # until the sweep
+
+    swept = httpx.post(f"http://127.0.0.1:{port}/schedules/batches-expire-files/run", headers=auth)
+    assert swept.status_code == 202
+    wait_for(lambda: not stored.exists(), timeout=30, what="the sweep to remove the expired file's bytes")
+    wait_for(lambda: emulator.store.query("SELECT deleted_at IS NOT NULL FROM batch_files WHERE id = 'file-old'")
+             == [(True,)], timeout=30, what="the expired file's row marked deleted")
+    assert (emulator.settings.bucket_path / "batch-files" / f"{kept.id}.jsonl").exists()  # not expired: kept
