@@ -4,6 +4,7 @@ what it showed; a vLLM model without vLLM installed fails to load with one clear
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from dropwire.runtime.errors import ModelLoadError
 from dropwire.runtime.settings import TextModelSettings
 from dropwire.runtime.textgen.batch import DecodeBatch
 from dropwire.runtime.textgen.jobs import TextGenJobs
+from dropwire.runtime.textgen.lane_gate import LaneGate
 from dropwire.runtime.textgen.models import TextModel, load_model
 from dropwire.runtime.textgen.sequence import SamplingParams, SequenceJob, decoder_for
 from tests.runtime.test_textgen_lanes import save_endless_model
@@ -143,3 +145,22 @@ def test_one_background_prefill_admits_at_most_the_set_number_of_sequences(model
             joined.append(waiting - jobs.stats().waiting_background)
     assert joined == [3, 3, 2]
     assert jobs.stats().active_background == 8
+
+
+def test_background_work_on_the_event_loop_waits_while_an_interactive_request_is_on_the_device() -> None:
+    async def scenario() -> None:
+        gate = LaneGate()
+        await gate.turn(Lane.BACKGROUND)  # nothing interactive in flight: at once
+        with gate.holding(Lane.INTERACTIVE):
+            with gate.holding(Lane.INTERACTIVE):
+                deferred = asyncio.ensure_future(gate.turn(Lane.BACKGROUND))
+                await gate.turn(Lane.INTERACTIVE)  # an interactive request never waits
+                for _ in range(10):
+                    await asyncio.sleep(0)
+                assert not deferred.done()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not deferred.done()  # one interactive request still on the device
+        await asyncio.wait_for(deferred, 5)
+
+    asyncio.run(scenario())
