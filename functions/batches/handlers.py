@@ -287,7 +287,7 @@ def retry_batch(event: HttpEvent, context: HandlerContext) -> dict:
     if state not in TERMINAL or state == B.FAILED:
         raise PermanentTaskError(f"batch {retry.id} is {state}: lines can be retried once it is completed, cancelled "
                                  "or expired")
-    failed = {row[0] for row in reads.stored_lines(query, retry.id, succeeded=False)}
+    failed = reads.unsucceeded_lines(query, retry.id)
     if not failed:
         raise PermanentTaskError(f"batch {retry.id} has no failed, cancelled or expired lines to retry")
     source = reads.file(query, old.input_file_id, expired_too=True)

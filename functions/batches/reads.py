@@ -20,7 +20,8 @@ from dropwire.functions.batches.states import KIND
 from dropwire.storage.errors import NotFound
 
 Query = Callable[[str, list], list[tuple]]
-PAGE_LINES = 2000
+# Input lines per page of stored results (~4 MB of responses at 4 KB a line).
+PAGE_LINES = 250
 
 
 class UnknownFile(NotFound):
@@ -191,20 +192,26 @@ def chunks_done(query: Query, batch_id: str) -> int:
     return query("SELECT count(*) FROM batch_chunks_done WHERE batch_id = ?", [batch_id])[0][0]
 
 
+_SUCCEEDED = {None: "", True: "AND status_code BETWEEN 200 AND 299",
+              False: "AND (status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)"}
+
+
 def stored_lines(query: Query, batch_id: str, *, succeeded: bool | None = None) -> Iterator[tuple]:
     """(line, custom_id, status_code, request_id, response, error_code, error_message) in line
-    order, a page at a time (the output is never whole in memory); `succeeded` filters."""
-    where = {None: "", True: "AND status_code BETWEEN 200 AND 299",
-             False: "AND (status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)"}[succeeded]
-    after = 0
-    while True:
-        rows = query("SELECT line, custom_id, status_code, request_id, CAST(response AS VARCHAR), error_code, error_message "
-                     f"FROM batch_lines WHERE batch_id = ? AND line > ? {where} ORDER BY line LIMIT ?",
-                     [batch_id, after, PAGE_LINES])
-        yield from rows
-        if len(rows) < PAGE_LINES:
-            return
-        after = rows[-1][0]
+    order, a page of input lines at a time (the output is never whole in memory); `succeeded`
+    filters. Each page is a range of line numbers, not "the next N after": DuckDB then reads
+    the responses of that range alone, where ORDER BY ... LIMIT read every later line's
+    response for each page (its memory grew with the batch)."""
+    (last,), = query("SELECT coalesce(max(line), 0) FROM batch_lines WHERE batch_id = ?", [batch_id])
+    for first in range(1, last + 1, PAGE_LINES):
+        yield from query("SELECT line, custom_id, status_code, request_id, CAST(response AS VARCHAR), error_code, "
+                         f"error_message FROM batch_lines WHERE batch_id = ? AND line BETWEEN ? AND ? {_SUCCEEDED[succeeded]} "
+                         "ORDER BY line", [batch_id, first, first + PAGE_LINES - 1])
+
+
+def unsucceeded_lines(query: Query, batch_id: str) -> set[int]:
+    """Line numbers whose stored outcome is not a success (failed, cancelled, expired)."""
+    return {row[0] for row in query(f"SELECT line FROM batch_lines WHERE batch_id = ? {_SUCCEEDED[False]}", [batch_id])}
 
 
 def batch_object(query: Query, batch_id: str) -> BatchObject:

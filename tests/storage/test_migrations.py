@@ -138,11 +138,11 @@ def test_the_store_opens_duckdb_with_the_configured_memory_limit(tmp_path):
     """DuckDB's default (80% of the machine) let its cache grow with every large batch."""
     from dropwire.local_emulator.settings import SettingsError, load_settings
 
-    settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(tmp_path), "DROPWIRE_DATABASE__MEMORY_LIMIT": "64MB",
+    settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(tmp_path), "DROPWIRE_DATABASE__MEMORY_LIMIT": "32MB",
                                       "DROPWIRE_DATABASE__THREADS": "1"})
     with Store.open(tmp_path / "db.duckdb", database=settings.database) as store:
-        assert store.query("SELECT current_setting('memory_limit'), current_setting('threads')") == [("61.0 MiB", 1)]
+        assert store.query("SELECT current_setting('memory_limit'), current_setting('threads')") == [("30.5 MiB", 1)]
     with Store.open(tmp_path / "db.duckdb") as store:  # the default
-        assert store.query("SELECT current_setting('memory_limit')") == [("122.0 MiB",)]
-    with pytest.raises(SettingsError, match="database.memory_limit must be a size like '128MB'"):
+        assert store.query("SELECT current_setting('memory_limit')") == [("61.0 MiB",)]
+    with pytest.raises(SettingsError, match="database.memory_limit must be a size like '64MB'"):
         load_settings(environ={"DROPWIRE_DATA_DIR": str(tmp_path), "DROPWIRE_DATABASE__MEMORY_LIMIT": "lots"})
