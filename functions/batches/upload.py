@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Iterator
 
 import multipart
+from litestar.exceptions import HTTPException
 
 from dropwire.storage.errors import DropwireError
 
@@ -117,6 +118,9 @@ async def receive(body: AsyncIterator[bytes], content_type: str, *, max_bytes: i
             await asyncio.gather(writer, return_exceptions=True)
         if isinstance(exc, multipart.MultipartError):
             raise InvalidUpload(f"the multipart upload is malformed: {exc}", param="file") from None
+        if isinstance(exc, HTTPException) and exc.status_code == 413:  # the whole body is past the gateway's limit
+            raise FileTooLarge(f"the upload is larger than the gateway accepts; a file may have at most {max_bytes} "
+                               "bytes (batches.max_bytes)", limit=max_bytes) from None
         # Read (and drop) the rest, so the client gets this answer instead of a broken pipe.
         async for _ in body:
             pass

@@ -248,3 +248,12 @@ def test_expires_after_is_bounded_and_an_expired_file_is_gone_then_swept(start_b
     wait_for(lambda: emulator.store.query("SELECT deleted_at IS NOT NULL FROM batch_files WHERE id = 'file-old'")
              == [(True,)], timeout=30, what="the expired file's row marked deleted")
     assert (emulator.settings.bucket_path / "batch-files" / f"{kept.id}.jsonl").exists()  # not expired: kept
+
+
+def test_an_upload_past_the_gateways_own_limit_is_refused_naming_the_file_limit(start_batches):
+    emulator, client = start_batches(DROPWIRE_HTTP__MAX_UPLOAD_BYTES="100000")
+    with pytest.raises(openai.APIStatusError) as refused:
+        upload(client, json.dumps(chat_line("x", "y" * 500)).encode() * 400)
+    assert refused.value.status_code == 413 and refused.value.code == "file_too_large"
+    assert "at most" in refused.value.message and "batches.max_bytes" in refused.value.message
+    assert not list((emulator.settings.bucket_path / "batch-files").glob("*"))
