@@ -36,7 +36,7 @@ class RuntimeHost:
         self._accepting = False
         self._shutdown_started = False
         self._started_at = time.monotonic()
-        self.device = DeviceOwner([], log)
+        self.device = DeviceOwner([], log, interactive_grace_s=settings.interactive_grace_ms / 1000)
         self.forecasts = ForecastService(settings, model_source, log)
         self.textgen = (
             TextGenService(settings, default_dir=text_model_dir, log=log) if settings.textgen.enabled else None

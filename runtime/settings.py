@@ -99,6 +99,11 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     # click waits for at most one step of it.
     batch_size: Positive = 16
     background_chunk: Positive = 4
+    # After interactive work the device waits this long before background work: a client's
+    # next request (or its neighbour's) then starts at once, on a CPU the background isn't
+    # using. Costs background throughput only while interactive requests keep coming (about
+    # half with a client calling back to back); 0 turns it off.
+    interactive_grace_ms: Annotated[float, msgspec.Meta(ge=0)] = 3.0
     request_timeout_s: PositiveFloat = 30.0
     # Most indices one background range request may wait for.
     max_range_indices: Positive = 256

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropwire.runtime.device import Lane
+from dropwire.runtime.device import DeviceOwner, Lane
 from dropwire.runtime.errors import ModelLoadError
 from dropwire.runtime.settings import TextModelSettings
 from dropwire.runtime.textgen.batch import DecodeBatch
@@ -164,3 +165,31 @@ def test_background_work_on_the_event_loop_waits_while_an_interactive_request_is
         await asyncio.wait_for(deferred, 5)
 
     asyncio.run(scenario())
+
+
+def test_background_work_waits_out_the_grace_after_interactive_work(model: TextModel) -> None:
+    """runtime.interactive_grace_ms: the next interactive request finds the device free."""
+    owner = DeviceOwner([], logging.getLogger("tests.textgen"), interactive_grace_s=3600.0)
+    jobs = TextGenJobs([model], max_batch=16, background_steps=4, background_admit=4, max_embedding_batch=8,
+                       wake=owner.wake, log=logging.getLogger("tests.textgen"))
+    owner.add(jobs)
+    params = SamplingParams(max_tokens=3, temperature=0.0, top_p=1.0, stop=(), seed=0)
+    prompt = model.tokenizer("a test", add_special_tokens=False)["input_ids"]
+
+    def interactive() -> threading.Event:
+        ended = threading.Event()
+        jobs.submit(model, prompt, params, Lane.INTERACTIVE, lambda s: s.finish_reason and ended.set(), shared=False)
+        return ended
+
+    jobs.submit(model, prompt, params, Lane.BACKGROUND, lambda _: None, shared=False)
+    first = interactive()  # queued beside the background one: runs first
+    owner.start()
+    try:
+        assert first.wait(60)
+        for _ in range(2):  # each within the grace after the one before
+            assert interactive().wait(60)
+        stats = jobs.stats()
+        assert (stats.completed_interactive, stats.waiting_background, stats.active_background) == (3, 1, 0)
+    finally:
+        jobs.close(RuntimeError("test over"))
+        owner.stop(30)
