@@ -20,7 +20,7 @@ log = logging.getLogger("dropwire.control_plane")
 
 
 def open_store(settings: Settings, registry: TaskRegistry | None = None) -> Store:
-    return Store.open(settings.database_path, MACHINES, settings=settings.queue,
+    return Store.open(settings.database_path, MACHINES, settings=settings.queue, database=settings.database,
                       known_tasks=registry.names() if registry is not None else None)
 
 

@@ -19,6 +19,7 @@ from litestar.response import Stream
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS
 from dropwire.functions.quota.meter import Meter
 from dropwire.runtime.openapi import body_operation, error_responses
+from dropwire.runtime.textgen.errors import openai_exception_handlers
 from dropwire.storage.errors import DropwireError
 
 FORWARDED_POSTS = ["/chat/completions", "/completions", "/embeddings"]
@@ -97,4 +98,5 @@ def build_inference_proxy(base_url: str, timeout_seconds: float,
         for opened in clients:
             await opened.aclose()
 
-    return Router("/v1", route_handlers=[inference, models], tags=["inference"]), close
+    return Router("/v1", route_handlers=[inference, models], tags=["inference"],
+                  exception_handlers=openai_exception_handlers()), close

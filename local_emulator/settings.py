@@ -24,7 +24,7 @@ from dropwire.functions.batches.settings import BatchSettings
 from dropwire.functions.curation.settings import CurationSettings
 from dropwire.functions.quota.settings import QuotaSettings
 from dropwire.runtime.settings import RuntimeSettings
-from dropwire.storage.settings import QueueSettings
+from dropwire.storage.settings import DatabaseSettings, QueueSettings
 from dropwire.storage.errors import DropwireError
 
 ENV_PREFIX = "DROPWIRE_"
@@ -144,6 +144,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     # MODULE:ATTRIBUTE of the FunctionRegistry the platform serves.
     functions: str = "dropwire.functions.catalog:functions"
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     executor: ExecutorSettings = msgspec.field(default_factory=ExecutorSettings)
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)

@@ -3,9 +3,10 @@ generation, embeddings) through two lanes, whatever the kinds are.
 
 Each job kind keeps its own queues and offers the device one unit of work at a time for a
 lane (``take``): a generator that yields between device steps. Interactive work of any kind
-runs first, kinds taken in turn; background work runs when no kind has interactive work,
-and between two of its steps the owner runs whatever interactive work arrived, so an
-interactive request waits for at most one background step. A kind that gets new work calls
+runs first, kinds taken in turn; background work runs when no kind has interactive work
+(and a short grace after the last interactive unit has passed), and between two of its
+steps the owner runs whatever interactive work arrived, so an interactive request waits for
+at most one background step. A kind that gets new work calls
 ``wake``; the owner never holds a kind's lock across a device step.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from typing import Generator, Protocol, Sequence
 
 import msgspec
@@ -53,7 +55,7 @@ class DeviceStats(msgspec.Struct, frozen=True):
 
 
 class DeviceOwner:
-    def __init__(self, kinds: Sequence[JobKind], log: logging.Logger) -> None:
+    def __init__(self, kinds: Sequence[JobKind], log: logging.Logger, *, interactive_grace_s: float = 0.0) -> None:
         self._kinds = list(kinds)
         self._log = log
         self._stop = threading.Event()
@@ -63,6 +65,9 @@ class DeviceOwner:
         self._preemptions = 0
         # Where the next search for work starts: kinds take turns.
         self._turn = 0
+        # Background work waits this long after interactive work (runtime.interactive_grace_ms).
+        self._interactive_grace_s = interactive_grace_s
+        self._quiet_until = 0.0
 
     def add(self, kind: JobKind) -> None:
         """Register a kind before start()."""
@@ -98,7 +103,13 @@ class DeviceOwner:
             while not self._stop.is_set():
                 # Cleared before looking, so work that arrives meanwhile is never slept over.
                 self._work_arrived.clear()
-                work = self._take(Lane.INTERACTIVE) or self._take(Lane.BACKGROUND)
+                work = self._take(Lane.INTERACTIVE)
+                if work is None:
+                    quiet = self._quiet_until - time.monotonic()
+                    if quiet > 0:  # interactive work just ended: its client's next request may be on its way
+                        self._work_arrived.wait(quiet)
+                        continue
+                    work = self._take(Lane.BACKGROUND)
                 if work is None:
                     self._work_arrived.wait(IDLE_WAIT_S)
                     continue
@@ -108,6 +119,8 @@ class DeviceOwner:
                     self._drive(unit, lane)
                 except Exception:  # a kind answers its own waiters; the device must go on
                     self._log.exception("a %s unit of device work failed", lane.value)
+                if lane is Lane.INTERACTIVE:
+                    self._quiet_until = time.monotonic() + self._interactive_grace_s
 
     def _take(self, lane: Lane) -> tuple[Lane, Work] | None:
         count = len(self._kinds)

@@ -51,6 +51,9 @@ class TextGenSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     max_batch_sequences: Positive = 16
     # Decode steps of one background device step: an interactive request waits at most that.
     background_decode_steps: Positive = 4
+    # Background sequences one prefill admits: a prefill of many newcomers is the longest
+    # background step, which an interactive request arriving meanwhile waits for.
+    background_admit_sequences: Positive = 4
     # Inputs embedded together in one device step.
     max_embedding_batch: Positive = 32
     # max_tokens when a request gives none (capped by what the context leaves).
@@ -101,6 +104,11 @@ class RuntimeSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_
     # click waits for at most one step of it.
     batch_size: Positive = 16
     background_chunk: Positive = 4
+    # After interactive work the device waits this long before background work: a client's
+    # next request (or its neighbour's) then starts at once, on a CPU the background isn't
+    # using. Costs background throughput only while interactive requests keep coming (about
+    # half with a client calling back to back); 0 turns it off.
+    interactive_grace_ms: Annotated[float, msgspec.Meta(ge=0)] = 3.0
     request_timeout_s: PositiveFloat = 30.0
     # Most indices one background range request may wait for.
     max_range_indices: Positive = 256

@@ -19,14 +19,15 @@ def _holder_command(pid: int, fallback: str) -> str:
         return fallback
 
 
-def connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the database file, or raise an error that says who holds it or what is wrong."""
+def connect(path: Path, *, read_only: bool = False, config: dict[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the database file, or raise an error that says who holds it or what is wrong;
+    `config`: DuckDB settings (storage.settings.DatabaseSettings.duckdb_config)."""
     if read_only and not path.exists():
         raise DatabaseUnusable(f"database {path} does not exist yet; `dropwire db upgrade` creates it "
                                "(so does `dropwire demo` or `dropwire emulate`), or set DROPWIRE_DATA_DIR", path=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=config or {})
     except duckdb.IOException as exc:
         text = str(exc)
         held = _HOLDER.search(text)

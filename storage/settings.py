@@ -1,8 +1,33 @@
-"""The queue's section of the settings; the emulator's Settings composes it."""
+"""The store's sections of the settings (queue, database); the emulator's Settings composes them."""
 
 from __future__ import annotations
 
+import re
+
 import msgspec
+
+_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+
+
+class DatabaseSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # DuckDB's memory limit (its buffer cache of the file, and working memory past which it
+    # spills to temporary files). DuckDB's own default is 80% of the machine's memory, so
+    # the cache grew with every large batch the control plane recorded (1.07x a 200 MB file).
+    memory_limit: str = "64MB"
+    # DuckDB's worker threads; 0 keeps DuckDB's default (one per core).
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not _SIZE.match(self.memory_limit.strip()):
+            raise ValueError(f"database.memory_limit must be a size like '64MB' or '1GiB', got {self.memory_limit!r}")
+        if self.threads < 0:
+            raise ValueError("database.threads must be 0 (DuckDB's default) or more")
+
+    def duckdb_config(self) -> dict[str, str]:
+        config = {"memory_limit": self.memory_limit}
+        if self.threads:
+            config["threads"] = str(self.threads)
+        return config
 
 
 class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

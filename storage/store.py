@@ -44,7 +44,7 @@ from dropwire.storage.queue import Queue
 from dropwire.storage.quota import Quota
 from dropwire.storage.receipts import Receipts
 from dropwire.storage.read_only_query import run_read_only_query
-from dropwire.storage.settings import QueueSettings
+from dropwire.storage.settings import DatabaseSettings, QueueSettings
 from dropwire.storage.state_machine import StateMachine
 from dropwire.storage.states import States
 from dropwire.storage.tasks import LiveTasks
@@ -89,10 +89,10 @@ class Store:
 
     @classmethod
     def open(cls, path: Path | str, machines: Iterable[StateMachine] = (), *, settings: QueueSettings | None = None,
-             known_tasks: Iterable[str] | None = None) -> "Store":
+             known_tasks: Iterable[str] | None = None, database: DatabaseSettings | None = None) -> "Store":
         """Open (creating and migrating) the database file."""
         path = Path(path)
-        con = connect(path)
+        con = connect(path, config=(database or DatabaseSettings()).duckdb_config())
         try:
             migrate.upgrade(con)
         except BaseException:

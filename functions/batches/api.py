@@ -17,7 +17,6 @@ from typing import IO, Annotated, Any, Iterator
 import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.concurrency import sync_to_thread
-from litestar.datastructures import UploadFile
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.response import Stream
@@ -27,6 +26,7 @@ from dropwire.functions.batches.core.output import BatchList, BatchObject, FileD
 from dropwire.functions.batches.core.validation import ENDPOINTS, check_upload
 from dropwire.functions.batches.handlers import (
     CANCEL_FUNCTION,
+    CANCELLABLE,
     CREATE_FUNCTION,
     FILES_FUNCTION,
     FILES_PREFIX,
@@ -35,8 +35,10 @@ from dropwire.functions.batches.handlers import (
 )
 from dropwire.functions.batches.settings import batch_settings
 from dropwire.functions.batches.states import PARKED, TERMINAL, BatchState as B, openai_status
+from dropwire.functions.batches.upload import Received, receive
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
 from dropwire.runtime.openapi import error_responses, upload_operation
+from dropwire.runtime.textgen.errors import openai_exception_handlers
 from dropwire.storage.errors import Conflict, DropwireError
 
 # A write waits this long for the handler it fires; past it the answer is 503 (ask again).
@@ -63,11 +65,6 @@ FILE_UPLOAD = upload_operation(
 
 class InvalidRequest(DropwireError):
     code = "invalid_request_error"
-
-
-class FileTooLarge(DropwireError):
-    http_status = 413
-    code = "file_too_large"
 
 
 class NotReady(DropwireError):
@@ -114,34 +111,37 @@ def build_router(ports: ApiPorts) -> Router:
     @post("/files", status_code=200, operation_class=FILE_UPLOAD,
           responses=error_responses(400, 409, 413, *GATEWAY_ERRORS))
     async def create_file(request: Request) -> FileObject:
-        form = await request.form()
-        purpose, upload = form.get("purpose"), form.get("file")
-        if purpose not in PURPOSES:
-            raise InvalidRequest(f"purpose must be one of {list(PURPOSES)}, got {purpose!r}", param="purpose")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequest("the multipart upload has no file in field 'file'", param="file")
-        expires_at = _expiry(form.get("expires_after[anchor]"), form.get("expires_after[seconds]"))
-        return await sync_to_thread(store_file, upload, purpose, expires_at)
-
-    def store_file(upload: UploadFile, purpose: str, expires_at: float | None) -> FileObject:
-        stream = upload.file
-        size = stream.seek(0, 2)
-        if size > settings.max_bytes:
-            raise FileTooLarge(f"the file has {size} bytes; the limit is {settings.max_bytes} bytes (batches.max_bytes)",
-                               limit=settings.max_bytes)
-        stream.seek(0)
-        problems = check_upload(stream, max_lines=settings.max_lines, max_bytes=settings.max_bytes)
-        if problems:
-            raise InvalidRequest(f"{upload.filename}: " + "; ".join(p.message for p in problems),
-                                 errors=msgspec.json.encode(problems).decode())
         file_id = f"file-{uuid.uuid4().hex[:24]}"
         key = f"{FILES_PREFIX}{file_id}.jsonl"
-        stream.seek(0)
-        _, written = ports.objects.write_stream(ports.bucket, key, iter(lambda: stream.read(1 << 20), b""))
+
+        def write(pieces: Iterator[bytes]) -> int:
+            return ports.objects.write_stream(ports.bucket, key, pieces)[1]
+
+        received = await receive(request.stream(), request.headers.get("content-type", ""), max_bytes=settings.max_bytes,
+                                 write=write)
+        try:
+            purpose = received.fields.get("purpose")
+            if purpose not in PURPOSES:
+                raise InvalidRequest(f"purpose must be one of {list(PURPOSES)}, got {purpose!r}", param="purpose")
+            if received.size is None:
+                raise InvalidRequest("the multipart upload has no file in field 'file'", param="file")
+            expires_in = _expiry(received.fields.get("expires_after[anchor]"), received.fields.get("expires_after[seconds]"))
+            return await sync_to_thread(register_file, file_id, key, received, purpose, expires_in)
+        except BaseException:
+            await sync_to_thread(ports.objects.delete, ports.bucket, key)  # refused: nothing of it stays
+            raise
+
+    def register_file(file_id: str, key: str, received: Received, purpose: str, expires_in: float | None) -> FileObject:
+        with ports.objects.open(ports.bucket, key) as stream:
+            problems = check_upload(stream, max_lines=settings.max_lines, max_bytes=settings.max_bytes)
+        filename = received.filename or "input.jsonl"
+        if problems:
+            raise InvalidRequest(f"{filename}: " + "; ".join(p.message for p in problems),
+                                 errors=msgspec.json.encode(problems).decode())
         now = time.time()
-        run(FILES_FUNCTION, {"action": "add", "id": file_id, "filename": upload.filename or "input.jsonl",
-                             "purpose": purpose, "bytes": written, "key": key, "created_at": now,
-                             "expires_at": expires_at and now + expires_at})
+        run(FILES_FUNCTION, {"action": "add", "id": file_id, "filename": filename, "purpose": purpose,
+                             "bytes": received.size, "key": key, "created_at": now,
+                             "expires_at": expires_in and now + expires_in})
         return reads.file(query, file_id).public()
 
     @get("/files", sync_to_thread=True, responses=READ)
@@ -205,9 +205,9 @@ def build_router(ports: ApiPorts) -> Router:
     @post("/batches/{batch_id:str}/cancel", status_code=200, sync_to_thread=True, responses=CHANGE)
     def cancel_batch(batch_id: FromPath[str]) -> BatchObject:
         status = reads.status(query, batch_id)
-        if status not in (B.IN_PROGRESS, B.CANCELLING, *PARKED):
-            raise NotCancellable(f"batch {batch_id} is {openai_status(status)}: only a batch in progress can be cancelled",
-                                 status=openai_status(status))
+        if status not in (*CANCELLABLE, B.CANCELLING, *PARKED):
+            raise NotCancellable(f"batch {batch_id} is {openai_status(status)}: only a batch validating or in progress "
+                                 "can be cancelled", status=openai_status(status))
         run(CANCEL_FUNCTION, {"id": batch_id})
         if status in PARKED and ports.wake is not None:
             ports.wake(resume_key(batch_id))  # its parked chunks stop now, not at their timer
@@ -224,7 +224,8 @@ def build_router(ports: ApiPorts) -> Router:
         return reads.batch_object(query, new_id)
 
     return Router("/v1", route_handlers=[create_file, list_files, get_file, file_content, delete_file, create_batch,
-                                         get_batch, list_batches, cancel_batch, retry_batch], tags=["batches"])
+                                         get_batch, list_batches, cancel_batch, retry_batch], tags=["batches"],
+                  exception_handlers=openai_exception_handlers())
 
 
 def _expiry(anchor: Any, seconds: Any) -> float | None:

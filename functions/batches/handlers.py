@@ -53,8 +53,10 @@ from dropwire.functions.platform.registry import (
     ObjectEvent,
     OnHttp,
     OnQueue,
+    OnSchedule,
     OnUpload,
     Output,
+    ScheduledEvent,
 )
 from dropwire.functions.platform.tasks import PermanentTaskError
 from dropwire.functions.quota.meter import Meter
@@ -87,12 +89,17 @@ VALIDATE_FUNCTION = "batches-validate"
 CHUNK_FUNCTION = "batches-chunk"
 FINALIZE_FUNCTION = "batches-finalize"
 RESUME_FUNCTION = "batches-resume"
+EXPIRE_FUNCTION = "batches-expire-files"
+# How often the bytes of expired files are removed (they read as gone from the moment they expire).
+EXPIRY_SWEEP_S = 600.0
 CHUNK_TIMEOUT_S = 6 * 3600.0
 CHUNK_MAX_ATTEMPTS = 5
 STEP_TIMEOUT_S = 1800.0
 CHUNK_PRIORITY = -1
 # Error codes of lines that never ran.
 NOT_RUN = {B.CANCELLING: "batch_cancelled", B.EXPIRED: "batch_expired"}
+CANCELLABLE = (B.VALIDATING, B.IN_PROGRESS)
+UNFINISHED = tuple(state.value for state in B if state not in TERMINAL)
 FILL_LINES = 1000
 
 
@@ -168,6 +175,8 @@ def register(functions: FunctionRegistry) -> None:
                        max_attempts=CHUNK_MAX_ATTEMPTS)(run_chunk)
     functions.function(FINALIZE_FUNCTION, on=[OnQueue()], outputs=outputs, timeout_seconds=STEP_TIMEOUT_S)(finalize_batch)
     functions.function(RESUME_FUNCTION, on=[OnQueue()], timeout_seconds=60)(resume_chunk)
+    functions.function(EXPIRE_FUNCTION, on=[OnSchedule(name=EXPIRE_FUNCTION, every_seconds=EXPIRY_SWEEP_S)],
+                       timeout_seconds=STEP_TIMEOUT_S)(remove_expired_files)
 
 
 def _query(context: HandlerContext):
@@ -211,6 +220,17 @@ def change_file(event: HttpEvent, context: HandlerContext) -> dict:
         id=change.id, filename=change.filename, purpose=change.purpose, bytes=change.bytes, bucket=BUCKET, key=change.key,
         created_at=change.created_at, expires_at=change.expires_at))
     return {"file": change.id}
+
+
+def remove_expired_files(event: ScheduledEvent, context: HandlerContext) -> dict:
+    """The bytes of files past their expires_at (OpenAI's expires_after), and their rows
+    marked deleted; the input of a batch still running stays until the batch ends."""
+    removed = 0
+    for file_id, bucket, key in reads.expired_files(_query(context), UNFINISHED):
+        context.objects.delete(bucket, key)  # bytes first: a crash here leaves a row the next sweep finishes
+        context.records.record("batches.delete_file", FileDeleted(id=file_id))
+        removed += 1
+    return {"removed": removed}
 
 
 def create_batch(event: HttpEvent, context: HandlerContext) -> dict:
@@ -257,9 +277,13 @@ def cancel_batch(event: HttpEvent, context: HandlerContext) -> dict:
         raise PermanentTaskError(f"no batch with id {ref.id!r}")
     if state in (B.CANCELLING, B.CANCELLED):
         return {"batch": ref.id, "status": state}
-    if state not in (B.IN_PROGRESS, *PARKED):
-        raise PermanentTaskError(f"batch {ref.id} is {state}: only a batch in progress can be cancelled")
-    context.state.transition(KIND, ref.id, trigger="cancel", reason="cancel asked over HTTP")
+    if state not in (*CANCELLABLE, *PARKED):
+        raise PermanentTaskError(f"batch {ref.id} is {state}: only a batch validating or in progress can be cancelled")
+    context.state.transition(KIND, ref.id, trigger="cancel", reason=f"cancel asked over HTTP while {state}")
+    if state == B.VALIDATING:
+        # No chunk will report, so the cancel queues finalize itself; validation, running
+        # or not yet, sees the cancel and runs nothing.
+        context.state.enqueue(_finalize_task(ref.id))
     return {"batch": ref.id, "status": B.CANCELLING}
 
 
@@ -275,10 +299,10 @@ def retry_batch(event: HttpEvent, context: HandlerContext) -> dict:
     if state not in TERMINAL or state == B.FAILED:
         raise PermanentTaskError(f"batch {retry.id} is {state}: lines can be retried once it is completed, cancelled "
                                  "or expired")
-    failed = {row[0] for row in reads.stored_lines(query, retry.id, succeeded=False)}
+    failed = reads.unsucceeded_lines(query, retry.id)
     if not failed:
         raise PermanentTaskError(f"batch {retry.id} has no failed, cancelled or expired lines to retry")
-    source = reads.file(query, old.input_file_id)
+    source = reads.file(query, old.input_file_id, expired_too=True)
     key = f"{FILES_PREFIX}{retry.new_file_id}.jsonl"
     with context.objects.open(source.bucket, source.key) as stream:
         _, size = context.outputs.write_stream(BUCKET, key, (raw if raw.endswith(b"\n") else raw + b"\n"
@@ -333,15 +357,19 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     batch_id = _body(event, StepArgs).batch_id
     settings = batch_settings(context.config)
     query = _query(context)
-    if _state(context, batch_id) != B.VALIDATING:
-        return {"batch": batch_id, "skipped": _state(context, batch_id)}
+    state = _state(context, batch_id)
+    if state != B.VALIDATING:
+        return {"batch": batch_id, "skipped": state}
     info = reads.batch(query, batch_id)
-    source = reads.file(query, info.input_file_id)
+    source = reads.file(query, info.input_file_id, expired_too=True)
     known = set(settings.models) or served_models(base_url(context, settings), settings.upstream_urls(),
                                                   settings.upstream_api_token)
     with context.objects.open(source.bucket, source.key) as stream:
         plan = validate(stream, endpoint=info.endpoint, model_known=known.__contains__, max_lines=settings.max_lines,
                         max_bytes=settings.max_bytes, chunk_lines=settings.chunk_lines)
+    if (now_state := _state(context, batch_id)) != B.VALIDATING:
+        # Cancelled while its file was read: nothing of it runs (the cancel queued finalize).
+        return {"batch": batch_id, "skipped": now_state}
     errors = [msgspec.to_builtins(e) for e in plan.errors]
     context.records.record("batches.validated", Validated(id=batch_id, model=plan.model, total=plan.total,
                                                           chunks=len(plan.chunks), errors=errors))
@@ -420,6 +448,10 @@ def resume_chunk(event: HttpEvent, context: HandlerContext) -> dict:
     return {"batch": args.batch_id, "chunk": args.plan.chunk, "resumed": True}
 
 
+def _finalize_task(batch_id: str) -> TaskSpec:
+    return _step(FINALIZE_FUNCTION, StepArgs(batch_id=batch_id), f"batch-finalize:{batch_id}")
+
+
 def _notify(context: HandlerContext, batch_id: str, status: str, summary: str) -> None:
     event = webhook_event(batch_id, status, time.time())
     context.state.notify(event["type"], f"Batch {batch_id} {status}", summary, entity_kind=KIND, entity_id=batch_id,
@@ -478,7 +510,7 @@ def run_chunk(event: HttpEvent, context: HandlerContext) -> dict:
         return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": "sliced"}
     context.records.record("batches.chunk_done", ChunkDone(batch_id=args.batch_id, chunk=plan.chunk, outcome=outcome))
     if reads.chunks_done(query, args.batch_id) >= (info.chunks or 0):
-        context.state.enqueue(_step(FINALIZE_FUNCTION, StepArgs(batch_id=args.batch_id), f"batch-finalize:{args.batch_id}"))
+        context.state.enqueue(_finalize_task(args.batch_id))
     return {"batch": args.batch_id, "chunk": plan.chunk, "outcome": outcome}
 
 
@@ -515,7 +547,7 @@ class _Saver:
 
 async def _run_lines(context: HandlerContext, settings: BatchSettings, info: reads.BatchInfo, plan: ChunkPlan,
                      done: set[int]) -> str | QuotaExceeded:
-    source = reads.file(_query(context), info.input_file_id)
+    source = reads.file(_query(context), info.input_file_id, expired_too=True)
     saver = _Saver(context, settings, info.id, plan.chunk)
     backend = LineBackend(base_url(context, settings), upstreams=settings.upstream_urls(),
                           api_key=settings.upstream_api_token, timeout_seconds=settings.request_timeout_seconds,
@@ -591,7 +623,7 @@ def _fill_not_run(context: HandlerContext, info: reads.BatchInfo, plan: ChunkPla
                   message: str) -> int:
     """Save every request with no stored outcome (of one chunk, or of the whole batch) as a
     line that never ran, with `code`."""
-    source = reads.file(_query(context), info.input_file_id)
+    source = reads.file(_query(context), info.input_file_id, expired_too=True)
     filled: list[LineRow] = []
     count = 0
 

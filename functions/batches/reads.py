@@ -20,7 +20,8 @@ from dropwire.functions.batches.states import KIND, BatchState, openai_status
 from dropwire.storage.errors import NotFound
 
 Query = Callable[[str, list], list[tuple]]
-PAGE_LINES = 2000
+# Input lines per page of stored results (~4 MB of responses at 4 KB a line).
+PAGE_LINES = 250
 
 
 class UnknownFile(NotFound):
@@ -86,9 +87,15 @@ def _batch(row: tuple) -> BatchInfo:
                      total=row[11], chunks=row[12], errors=_decode(row[13]), output_file_id=row[14], error_file_id=row[15])
 
 
-def file(query: Query, file_id: str) -> FileInfo:
-    """A file that exists and is not deleted, else UnknownFile."""
-    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE id = ? AND deleted_at IS NULL", [file_id])
+# A file past its expires_at reads as gone (its bytes go at the next sweep).
+_LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR epoch(expires_at) > epoch(now()))"
+
+
+def file(query: Query, file_id: str, *, expired_too: bool = False) -> FileInfo:
+    """A file that exists, is not deleted and (unless `expired_too`: the input of a batch
+    already running) has not expired, else UnknownFile."""
+    live = "deleted_at IS NULL" if expired_too else _LIVE
+    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE id = ? AND {live}", [file_id])
     if not rows:
         raise UnknownFile(f"no file with id {file_id!r}", file_id=file_id)
     return _file(rows[0])
@@ -103,9 +110,19 @@ def files(query: Query, *, purpose: str | None, limit: int, newest_first: bool, 
     if after is not None:
         cursor = (f"AND (created_at, id) {compare} (SELECT (created_at, id) FROM batch_files WHERE id = ?)")
         params.append(after)
-    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE deleted_at IS NULL AND (? IS NULL OR purpose = ?) "
+    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE {_LIVE} AND (? IS NULL OR purpose = ?) "
                  f"{cursor} ORDER BY created_at {order}, id {order} LIMIT ?", [*params, limit])
     return [_file(row) for row in rows]
+
+
+def expired_files(query: Query, unfinished: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(id, bucket, key) of files past their expires_at whose bytes are still stored, but for
+    the input of a batch still in one of the `unfinished` states (its lines read it)."""
+    marks = ", ".join("?" for _ in unfinished)
+    return query("SELECT f.id, f.bucket, f.\"key\" FROM batch_files f WHERE f.deleted_at IS NULL AND f.expires_at IS NOT NULL "
+                 "AND epoch(f.expires_at) <= epoch(now()) AND NOT EXISTS (SELECT 1 FROM batches b JOIN entity_states s "
+                 f"ON s.kind = ? AND s.entity_id = b.id WHERE b.input_file_id = f.id AND s.state IN ({marks})) "
+                 "ORDER BY f.expires_at", [KIND, *unfinished])
 
 
 def batch(query: Query, batch_id: str) -> BatchInfo:
@@ -175,20 +192,26 @@ def chunks_done(query: Query, batch_id: str) -> int:
     return query("SELECT count(*) FROM batch_chunks_done WHERE batch_id = ?", [batch_id])[0][0]
 
 
+_SUCCEEDED = {None: "", True: "AND status_code BETWEEN 200 AND 299",
+              False: "AND (status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)"}
+
+
 def stored_lines(query: Query, batch_id: str, *, succeeded: bool | None = None) -> Iterator[tuple]:
     """(line, custom_id, status_code, request_id, response, error_code, error_message) in line
-    order, a page at a time (the output is never whole in memory); `succeeded` filters."""
-    where = {None: "", True: "AND status_code BETWEEN 200 AND 299",
-             False: "AND (status_code IS NULL OR status_code NOT BETWEEN 200 AND 299)"}[succeeded]
-    after = 0
-    while True:
-        rows = query("SELECT line, custom_id, status_code, request_id, CAST(response AS VARCHAR), error_code, error_message "
-                     f"FROM batch_lines WHERE batch_id = ? AND line > ? {where} ORDER BY line LIMIT ?",
-                     [batch_id, after, PAGE_LINES])
-        yield from rows
-        if len(rows) < PAGE_LINES:
-            return
-        after = rows[-1][0]
+    order, a page of input lines at a time (the output is never whole in memory); `succeeded`
+    filters. Each page is a range of line numbers, not "the next N after": DuckDB then reads
+    the responses of that range alone, where ORDER BY ... LIMIT read every later line's
+    response for each page (its memory grew with the batch)."""
+    (last,), = query("SELECT coalesce(max(line), 0) FROM batch_lines WHERE batch_id = ?", [batch_id])
+    for first in range(1, last + 1, PAGE_LINES):
+        yield from query("SELECT line, custom_id, status_code, request_id, CAST(response AS VARCHAR), error_code, "
+                         f"error_message FROM batch_lines WHERE batch_id = ? AND line BETWEEN ? AND ? {_SUCCEEDED[succeeded]} "
+                         "ORDER BY line", [batch_id, first, first + PAGE_LINES - 1])
+
+
+def unsucceeded_lines(query: Query, batch_id: str) -> set[int]:
+    """Line numbers whose stored outcome is not a success (failed, cancelled, expired)."""
+    return {row[0] for row in query(f"SELECT line FROM batch_lines WHERE batch_id = ? {_SUCCEEDED[False]}", [batch_id])}
 
 
 def resume_at(query: Query, batch_id: str) -> float | None:

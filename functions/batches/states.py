@@ -65,6 +65,8 @@ BATCH = StateMachine(
         # Some lines succeeded and others failed for good: OpenAI says completed (with an error file).
         Transition(B.FINALIZING, B.PARTIALLY_PROCESSED, "complete_partially"),
         Transition(B.IN_PROGRESS, B.CANCELLING, "cancel"),
+        # OpenAI lets a batch be cancelled while its file is still being validated.
+        Transition(B.VALIDATING, B.CANCELLING, "cancel"),
         Transition(B.CANCELLING, B.CANCELLED, "cancelled"),
         Transition(B.IN_PROGRESS, B.EXPIRED, "expire"),
         # A quota spent: finished lines kept, the rest parked until the reset (or resumed by hand).

@@ -95,6 +95,15 @@ class ObjectStore:
         stamp = fs.modified(path)
         return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
+    def delete(self, bucket: str, key: str) -> bool:
+        """Remove the object; False when there was none."""
+        fs, root = self.filesystem(bucket)
+        path = posixpath.join(root, check_key(key))
+        if not fs.exists(path):
+            return False
+        fs.rm(path)
+        return True
+
     def write_bytes(self, bucket: str, key: str, data: bytes) -> str:
         """Write atomically (a hidden temporary name, then a rename on local folders) so that
         a watcher never sees a half-written object; returns the object's URL."""
@@ -110,10 +119,16 @@ class ObjectStore:
         local = "file" in fs.protocol
         path = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp") if local else target
         size = 0
-        with fs.open(path, "wb") as out:
-            for part in parts:
-                out.write(part)
-                size += len(part)
+        try:
+            with fs.open(path, "wb") as out:
+                for part in parts:
+                    out.write(part)
+                    size += len(part)
+        except BaseException:
+            # The parts ended in an error (e.g. an upload refused midway): nothing is left behind.
+            if fs.exists(path):
+                fs.rm(path)
+            raise
         if local:
             fs.mv(path, target)
         return self.url(bucket, key), size

@@ -10,17 +10,13 @@ clients read) with the product's error fields beside it.
 
 from __future__ import annotations
 
-import logging
-import re
-from http import HTTPStatus
 from typing import Any, AsyncIterator
 
-from litestar import Request, Response, Router, get, post
-from litestar.exceptions import HTTPException, ValidationException
+from litestar import Request, Router, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from dropwire.runtime.textgen.errors import InvalidRequest, openai_error_body
+from dropwire.runtime.textgen.errors import openai_exception_handlers
 from dropwire.runtime.textgen.rate_limit import RequestRateLimit, rate_limit_middleware
 from dropwire.runtime.textgen.protocol import (
     PRIORITY_HEADER,
@@ -34,9 +30,6 @@ from dropwire.runtime.textgen.protocol import (
 )
 from dropwire.runtime.textgen.serving import TextGenService, lane_of
 from dropwire.runtime.openapi import error_responses
-from dropwire.storage.errors import DropwireError, ErrorBody
-
-log = logging.getLogger("dropwire.http")
 
 # Each answered in the one error body, whose error is OpenAI's error object here (what its clients read).
 MEANINGS = {400: "Bad parameters, or a prompt longer than the model's context; error.param names the field",
@@ -77,7 +70,7 @@ def textgen_router(service: TextGenService) -> Router:
     return Router(
         "/v1",
         route_handlers=[chat_completions, completions, embeddings, models],
-        exception_handlers=exception_handlers(),
+        exception_handlers=openai_exception_handlers(),
         middleware=[rate_limit_middleware(service.rate_limit)] if service.rate_limit else [],
     )
 
@@ -100,40 +93,3 @@ def _disconnected(request: Request):  # noqa: ANN202 (an awaitable factory)
             pass
 
     return wait
-
-
-def _param_of(message: str, key: str | None) -> str | None:
-    """The request field a validation message is about ("... - at `$.messages[0].role`",
-    "Object missing required field `messages`"), else Litestar's key unless it is the body."""
-    found = re.search(r"at `\$\.([^`]+)`", message) or re.search(r"field `([^`]+)`", message)
-    if found:
-        return found.group(1)
-    return key if key and key != "data" else None
-
-
-def exception_handlers() -> dict:
-    def ours(_: Request, exc: DropwireError) -> Response[ErrorBody]:
-        if exc.http_status >= 500 and exc.http_status != 503:
-            log.error("%s: %s", exc.code, exc.message)
-        return Response(openai_error_body(exc), status_code=exc.http_status)
-
-    def litestars(request: Request, exc: HTTPException) -> Response[ErrorBody]:
-        if isinstance(exc, ValidationException):
-            problems = exc.extra if isinstance(exc.extra, list) else []
-            first: dict[str, Any] = problems[0] if problems and isinstance(problems[0], dict) else {}
-            param = _param_of(str(first.get("message", "")), first.get("key"))
-            said = "; ".join(f"{p.get('key', '')}: {p.get('message', '')}" for p in problems if isinstance(p, dict))
-            error = InvalidRequest(f"invalid request body: {said or exc.detail}", param=param, errors=problems)
-            return ours(request, error)
-        error = DropwireError(exc.detail)
-        error.http_status = exc.status_code
-        error.code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-        return ours(request, error)
-
-    def unexpected(request: Request, exc: Exception) -> Response[ErrorBody]:
-        log.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
-        error = DropwireError(f"unexpected error: {type(exc).__name__}: {exc}")
-        error.http_status, error.code = 500, "internal_error"
-        return ours(request, error)
-
-    return {DropwireError: ours, HTTPException: litestars, Exception: unexpected}

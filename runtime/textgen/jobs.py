@@ -2,9 +2,11 @@
 
 - Per model and lane: sequences waiting to join, and one continuous batch on the device.
   Interactive: each unit of work admits what waits (most recent first) and decodes one
-  step. Background: a unit admits what waits (oldest first) and decodes a few steps
+  step. Background: a unit admits a few of what waits (oldest first,
+  runtime.textgen.background_admit_sequences) or decodes a few steps
   (runtime.textgen.background_decode_steps), yielding between them, so an interactive
-  request waits for at most one background decode step.
+  request waits for at most one short background step.
+- A request answered whole hears only of its sequences' ends; a stream hears every step.
 - Identical seeded requests share one job (one computation); an interactive request that
   finds its twin still waiting in the background lane promotes it.
 - A job whose last waiter went away (cancelled, disconnected, timed out) is cancelled: it
@@ -105,6 +107,7 @@ class TextGenJobs:
         *,
         max_batch: int,
         background_steps: int,
+        background_admit: int,
         max_embedding_batch: int,
         wake: Callable[[], None],
         log: logging.Logger,
@@ -112,6 +115,7 @@ class TextGenJobs:
         self._lanes = {model.name: _ModelLanes(model) for model in models}
         self._max_batch = max_batch
         self._background_steps = background_steps
+        self._background_admit = background_admit
         self._max_embedding_batch = max_embedding_batch
         self._wake = wake
         self._log = log
@@ -126,10 +130,13 @@ class TextGenJobs:
     # -- the event loop's side ------------------------------------------------------------
 
     def submit(
-        self, model: TextModel, prompt: list[int], params: SamplingParams, lane: Lane, listener: Listener, *, shared: bool
+        self, model: TextModel, prompt: list[int], params: SamplingParams, lane: Lane, listener: Listener, *, shared: bool,
+        every_step: bool = True,
     ) -> Subscription:
         """Start (or join, when ``shared`` and an identical one is in flight) a sequence;
-        ``listener`` gets a snapshot now and after every device step that changed it."""
+        ``listener`` gets a snapshot now and after every device step that changed it, or,
+        unless ``every_step`` (a request that answers whole), only the final one: a busy
+        background batch then wakes the event loop once per sequence, not once per token."""
         key = (model.name, tuple(prompt), params) if shared else None
         with self._lock:
             if self._closed is not None:
@@ -149,7 +156,7 @@ class TextGenJobs:
                 self._lanes[model.name].waiting[lane].append(job)
                 self._prompt_tokens += len(prompt)
             job.subscribers += 1
-            job.listeners.append(listener)
+            job.listeners[listener] = every_step
             snapshot = job.snapshot()
             self._wake()
         listener(snapshot)
@@ -167,7 +174,7 @@ class TextGenJobs:
 
     def _unsubscribe(self, job: SequenceJob, listener: Listener) -> None:
         with self._lock:
-            job.listeners.remove(listener)
+            del job.listeners[listener]
             job.subscribers -= 1
             if job.subscribers == 0 and job.live:
                 job.cancelled = True
@@ -249,7 +256,11 @@ class TextGenJobs:
         """One unit: newcomers' prefill (that is its device step), else decode steps."""
         batch = lanes.batches[lane]
         try:
-            joining = self._admit(lanes, lane, room=self._max_batch - len(batch))
+            room = self._max_batch - len(batch)
+            if lane is Lane.BACKGROUND:
+                # A prefill is one device step that an interactive arrival may wait for: kept short.
+                room = min(room, self._background_admit)
+            joining = self._admit(lanes, lane, room=room)
             if joining:
                 batch.join(joining)
                 self._finish_step(batch, joining)
@@ -332,7 +343,10 @@ class TextGenJobs:
 
     def _publish(self, jobs: list[SequenceJob]) -> None:
         with self._lock:
-            calls: list[tuple[Listener, Snapshot]] = [(listener, job.snapshot()) for job in jobs for listener in job.listeners]
+            calls: list[tuple[Listener, Snapshot]] = [
+                (listener, job.snapshot()) for job in jobs for listener, every_step in job.listeners.items()
+                if every_step or job.done
+            ]
         for listener, snapshot in calls:
             listener(snapshot)
 

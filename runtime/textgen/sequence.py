@@ -57,7 +57,8 @@ class SequenceJob:
     subscribers: int = 0
     cancelled: bool = False
     admitted: bool = False
-    listeners: list[Listener] = field(default_factory=list)
+    # Each waiting request's listener, and whether it wants every step (else the final snapshot only).
+    listeners: dict[Listener, bool] = field(default_factory=dict)
     generator: torch.Generator = field(init=False)
     _published: str = ""
     # Incremental detokenizing: tokens before _read are in text; the window starts at _prefix.

@@ -27,6 +27,7 @@ from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.errors import DropwireError
 from dropwire.runtime.textgen.errors import ClientGone, ContextLengthExceeded, InvalidRequest, ModelNotFound, openai_error_body
 from dropwire.runtime.textgen.jobs import Subscription, TextGenJobs, TextGenStats
+from dropwire.runtime.textgen.lane_gate import LaneGate
 from dropwire.runtime.textgen.models import TextModel, load_models
 from dropwire.runtime.textgen.protocol import (
     PRIORITY_HEADER,
@@ -92,6 +93,7 @@ class TextGenService:
         self.jobs: TextGenJobs | None = None
         #: The optional upstream-style rate limit of its /v1 routes (textgen/rate_limit.py).
         self.rate_limit = None
+        self._gate = LaneGate()
 
     # -- lifecycle (called by the host, in this order) ------------------------------------
 
@@ -115,6 +117,7 @@ class TextGenService:
             list(self.models.values()),
             max_batch=s.max_batch_sequences,
             background_steps=s.background_decode_steps,
+            background_admit=s.background_admit_sequences,
             max_embedding_batch=s.max_embedding_batch,
             wake=device.wake,
             log=self._log,
@@ -154,6 +157,7 @@ class TextGenService:
         self, body: ChatCompletionRequest, lane: Lane, disconnected: Disconnected
     ) -> ChatCompletion | AsyncIterator[bytes]:
         self._ensure_accepting()
+        await self._gate.turn(lane)
         model = self._model(body.model, "generate")
         if body.logprobs or body.top_logprobs:
             raise InvalidRequest("logprobs are not supported by this runtime", param="logprobs")
@@ -185,6 +189,7 @@ class TextGenService:
         self, body: CompletionRequest, lane: Lane, disconnected: Disconnected
     ) -> Completion | AsyncIterator[bytes]:
         self._ensure_accepting()
+        await self._gate.turn(lane)
         model = self._model(body.model, "generate")
         for name, value, default in [("echo", body.echo, False), ("suffix", body.suffix, None), ("logprobs", body.logprobs, None)]:
             if value not in (default, None):
@@ -209,6 +214,7 @@ class TextGenService:
 
     async def embeddings(self, body: EmbeddingRequest, lane: Lane) -> EmbeddingList:
         self._ensure_accepting()
+        await self._gate.turn(lane)
         model = self._model(body.model, "embed")
         if body.dimensions is not None:
             raise InvalidRequest("dimensions is not supported by this runtime (the model's own size is used)",
@@ -217,9 +223,11 @@ class TextGenService:
         future = self._jobs().embed(model, inputs, lane)
         timeout = self.settings.request_timeout_s
         try:
-            vectors = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            with self._gate.holding(lane):
+                vectors = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
             raise _timed_out(timeout) from None
+        await self._gate.turn(lane)
         data = []
         for index, vector in enumerate(vectors.numpy().astype("<f4")):
             encoded = base64.b64encode(vector.tobytes()).decode() if body.encoding_format == "base64" else vector.tolist()
@@ -276,7 +284,7 @@ class TextGenService:
 
         async def collect() -> list[Snapshot]:
             finals: dict[int, Snapshot] = {}
-            async for index, snapshot in self._run(plan):
+            async for index, snapshot in self._run(plan, every_step=False):
                 if snapshot.finish_reason is not None:
                     finals[index] = snapshot
             return [finals[i] for i in range(len(plan.sequences))]
@@ -292,10 +300,13 @@ class TextGenService:
                 await asyncio.gather(work, return_exceptions=True)  # its sequences are let go of
         if work.cancelled():
             raise ClientGone("the client disconnected before the completion was ready; its sequences were stopped")
-        return work.result()
+        finals = work.result()
+        await self._gate.turn(plan.lane)  # a background answer is shaped once interactive work is off the device
+        return finals
 
-    async def _run(self, plan: Plan) -> AsyncIterator[tuple[int, Snapshot]]:
-        """(sequence index, snapshot) as the device produces them, until every one ended."""
+    async def _run(self, plan: Plan, *, every_step: bool = True) -> AsyncIterator[tuple[int, Snapshot]]:
+        """(sequence index, snapshot) as the device produces them (every step, or only the
+        final ones), until every one ended."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[int, Snapshot]] = asyncio.Queue()
 
@@ -312,22 +323,24 @@ class TextGenService:
         subscriptions: list[Subscription] = []
         timeout = self.settings.request_timeout_s
         deadline = loop.time() + timeout
-        try:
-            for index, (prompt, params) in enumerate(plan.sequences):
-                subscriptions.append(jobs.submit(plan.model, prompt, params, plan.lane, listener(index), shared=plan.shared))
-            ended: set[int] = set()
-            while len(ended) < len(plan.sequences):
-                index, snapshot = await _next_event(events, deadline - loop.time(), timeout)
-                if index in ended:
-                    continue
-                if snapshot.error is not None:
-                    raise snapshot.error
-                if snapshot.finish_reason is not None:
-                    ended.add(index)
-                yield index, snapshot
-        finally:
-            for subscription in subscriptions:
-                subscription.cancel()
+        with self._gate.holding(plan.lane):
+            try:
+                for index, (prompt, params) in enumerate(plan.sequences):
+                    subscriptions.append(jobs.submit(plan.model, prompt, params, plan.lane, listener(index),
+                                                     shared=plan.shared, every_step=every_step))
+                ended: set[int] = set()
+                while len(ended) < len(plan.sequences):
+                    index, snapshot = await _next_event(events, deadline - loop.time(), timeout)
+                    if index in ended:
+                        continue
+                    if snapshot.error is not None:
+                        raise snapshot.error
+                    if snapshot.finish_reason is not None:
+                        ended.add(index)
+                    yield index, snapshot
+            finally:
+                for subscription in subscriptions:
+                    subscription.cancel()
 
     # -- streams: server-sent events as OpenAI sends them ---------------------------------
 

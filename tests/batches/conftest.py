@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Callable, Iterator
+import typing
+from typing import Any, Callable, Iterator
 
 import openai
 import pytest
+from openai import BaseModel
 
 from dropwire.local_emulator.emulator import Emulator
 from tests.batches.upstream import Upstream
@@ -70,3 +72,23 @@ def finished(client: openai.OpenAI, batch_id: str, timeout: float = 60, states: 
 
 def read_lines(client: openai.OpenAI, file_id: str) -> list[dict]:
     return [json.loads(line) for line in client.files.content(file_id).content.splitlines()]
+
+
+def assert_openai_shape(raw: Any, model: type[BaseModel]) -> None:
+    """`raw` (JSON as sent) validates as the official client's `model`, and has no field the
+    model does not declare, at any depth (the client would silently drop it)."""
+    model.model_validate(raw)
+
+    def walk(value: Any, annotation: Any, where: str) -> None:
+        for inner in typing.get_args(annotation) or (annotation,):
+            if isinstance(inner, type) and issubclass(inner, BaseModel) and isinstance(value, dict):
+                unknown = set(value) - set(inner.model_fields)
+                assert not unknown, f"{where}: fields {sorted(unknown)} are not in openai's {inner.__name__}"
+                for name, field in inner.model_fields.items():
+                    if value.get(name) is not None:
+                        walk(value[name], field.annotation, f"{where}.{name}")
+            elif typing.get_origin(inner) is list and isinstance(value, list):
+                for index, item in enumerate(value):
+                    walk(item, typing.get_args(inner)[0], f"{where}[{index}]")
+
+    walk(raw, model, model.__name__)

@@ -4,11 +4,16 @@ content, delete, and the bad input the issue names."""
 
 from __future__ import annotations
 
+import json
+import time
+
+import httpx
 import openai
 import pytest
 
-from tests.batches.conftest import finished, read_lines, upload
+from tests.batches.conftest import assert_openai_shape, finished, jsonl, read_lines, upload
 from tests.batches.upstream import chat_line
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +120,141 @@ def test_bad_input_gets_clear_errors(start_batches):
         with pytest.raises(openai.NotFoundError) as missing:
             call()
         assert set(missing.value.response.json()) == {"error", "message", "details", "timestamp"}
+
+
+def test_every_object_and_error_is_in_the_official_clients_shape(start_batches):
+    """Batch (errors list, request counts, usage), file objects, error-file lines and HTTP
+    errors exactly as the openai package's types declare them: nothing it would drop."""
+    emulator, client = start_batches()
+    http = client.with_options().with_raw_response
+    bad = client.batches.create(input_file_id=upload(client, [chat_line("a", "one"), chat_line("a", "two")]).id,
+                                endpoint="/v1/chat/completions", completion_window="24h")
+    failed = finished(client, bad.id)
+    assert failed.status == "failed"
+    raw = http.batches.retrieve(bad.id).http_response.json()
+    assert_openai_shape(raw, openai.types.Batch)
+    assert raw["errors"]["object"] == "list"
+    assert raw["errors"]["data"] == [{"code": "duplicate_custom_id", "line": 2, "param": "custom_id",
+                                      "message": "line 2 repeats custom_id 'a' of line 1"}]
+
+    lines = [chat_line("ok", "hello"), chat_line("no", "please fail")]
+    done = finished(client, client.batches.create(input_file_id=upload(client, lines).id,
+                                                  endpoint="/v1/chat/completions", completion_window="24h").id)
+    raw = http.batches.retrieve(done.id).http_response.json()
+    assert_openai_shape(raw, openai.types.Batch)
+    assert raw["request_counts"] == {"total": 2, "completed": 1, "failed": 1}
+    for file_id in (done.input_file_id, done.output_file_id, done.error_file_id):
+        assert_openai_shape(http.files.retrieve(file_id).http_response.json(), openai.types.FileObject)
+    assert_openai_shape(http.batches.list().http_response.json()["data"][0], openai.types.Batch)
+    (error_line,) = read_lines(client, done.error_file_id)
+    assert set(error_line) == {"id", "custom_id", "response", "error"} and error_line["custom_id"] == "no"
+    assert error_line["response"]["status_code"] == 400 and error_line["error"] is None
+
+    # HTTP errors carry OpenAI's error object, so the client's error has its code and param.
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.batches.retrieve("batch_nope")
+    assert (missing.value.code, missing.value.type) == ("batch_not_found", "invalid_request_error")
+    assert "batch_nope" in missing.value.message
+    with pytest.raises(openai.BadRequestError) as window:
+        client.batches.create(input_file_id=done.input_file_id, endpoint="/v1/chat/completions",
+                              completion_window="48h")
+    assert window.value.param == "completion_window"
+    with pytest.raises(openai.ConflictError) as finished_already:
+        client.batches.cancel(done.id)
+    assert finished_already.value.code == "batch_not_cancellable"
+
+
+def test_an_upload_streams_into_the_bucket_and_one_over_the_limit_leaves_nothing(start_batches):
+    """POST /v1/files never holds the body: its bytes are in the bucket before the upload has
+    ended; past batches.max_bytes it is refused with 413 naming the limit, nothing stored."""
+    emulator, client = start_batches(DROPWIRE_BATCHES__MAX_BYTES=str(4 * 2**20))
+    folder = emulator.settings.bucket_path / "batch-files"
+    line = json.dumps(chat_line("x", "y" * 900)).encode() + b"\n"
+    boundary = "dropwire-test-boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n"
+            "Content-Type: application/jsonl\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    url = f"{client.base_url}files"
+    headers = {"Authorization": f"Bearer {client.api_key}", "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def stored() -> int:
+        return sum(path.stat().st_size for path in folder.glob("*")) if folder.exists() else 0
+
+    def body(lines: int, wait_for_bucket: bool):
+        yield head
+        yield line * 1000  # ~1 MB
+        if wait_for_bucket:
+            wait_for(lambda: stored() > 0, timeout=30, what="the first megabyte to reach the bucket")
+        for _ in range(lines // 1000 - 1):
+            yield line * 1000
+        yield tail
+
+    answer = httpx.post(url, content=body(3000, True), headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    file = client.files.retrieve(answer.json()["id"])
+    assert file.bytes == 3000 * len(line) and client.files.content(file.id).content == line * 3000
+    assert stored() == file.bytes  # the stored object alone: no temporary left
+
+    refused = httpx.post(url, content=body(6000, False), headers=headers, timeout=60)
+    assert refused.status_code == 413 and f"limit of {4 * 2**20} bytes" in refused.json()["message"]
+    assert refused.json()["error"]["code"] == "file_too_large"
+    assert stored() == file.bytes  # nothing of the refused upload stayed
+    assert [f.id for f in client.files.list()] == [file.id]
+
+
+def test_expires_after_is_bounded_and_an_expired_file_is_gone_then_swept(start_batches):
+    """OpenAI's expires_after: seconds within 3600..2592000 (else 400 naming the field); a
+    file past its expires_at reads as 404, its bytes removed by the scheduled sweep."""
+    emulator, client = start_batches()
+    content = jsonl([chat_line("a", "one")])
+    for seconds in (3599, 2592001):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.files.create(file=("x.jsonl", content), purpose="batch",
+                                expires_after={"anchor": "created_at", "seconds": seconds})
+        assert refused.value.param == "expires_after[seconds]" and "3600" in refused.value.message
+    with pytest.raises(openai.BadRequestError) as anchor:
+        client.files.create(file=("x.jsonl", content), purpose="batch",
+                            expires_after={"anchor": "last_active_at", "seconds": 3600})
+    assert anchor.value.param == "expires_after[anchor]"
+    kept = client.files.create(file=("kept.jsonl", content), purpose="batch",
+                               expires_after={"anchor": "created_at", "seconds": 3600})
+    assert kept.expires_at == kept.created_at + 3600
+
+    # A file uploaded two hours ago with an hour to live: registered as the upload would have
+    # left it (bytes in the bucket, then the files function), since no test waits an hour.
+    port, auth = emulator.settings.http.port, {"Authorization": f"Bearer {client.api_key}"}
+    key = "batch-files/file-old.jsonl"
+    assert httpx.put(f"http://127.0.0.1:{port}/buckets/local/objects/{key}", content=content, headers=auth).status_code == 201
+    now = time.time()
+    invoked = httpx.post(f"http://127.0.0.1:{port}/functions/batches-files/invoke", headers=auth, json={
+        "action": "add", "id": "file-old", "filename": "old.jsonl", "purpose": "batch", "bytes": len(content),
+        "key": key, "created_at": now - 7200, "expires_at": now - 3600})
+    assert invoked.status_code == 202
+    wait_for(lambda: emulator.store.query("SELECT count(*) FROM batch_files WHERE id = 'file-old'")[0][0] == 1,
+             timeout=30, what="the old file's row")
+    for call in (lambda: client.files.retrieve("file-old"), lambda: client.files.content("file-old"),
+                 lambda: client.batches.create(input_file_id="file-old", endpoint="/v1/chat/completions",
+                                               completion_window="24h")):
+        with pytest.raises(openai.NotFoundError) as gone:
+            call()
+        assert gone.value.code == "file_not_found"
+    assert [f.id for f in client.files.list()] == [kept.id]
+    stored = emulator.settings.bucket_path / key
+    assert stored.exists()  # until the sweep
+
+    swept = httpx.post(f"http://127.0.0.1:{port}/schedules/batches-expire-files/run", headers=auth)
+    assert swept.status_code == 202
+    wait_for(lambda: not stored.exists(), timeout=30, what="the sweep to remove the expired file's bytes")
+    wait_for(lambda: emulator.store.query("SELECT deleted_at IS NOT NULL FROM batch_files WHERE id = 'file-old'")
+             == [(True,)], timeout=30, what="the expired file's row marked deleted")
+    assert (emulator.settings.bucket_path / "batch-files" / f"{kept.id}.jsonl").exists()  # not expired: kept
+
+
+def test_an_upload_past_the_gateways_own_limit_is_refused_naming_the_file_limit(start_batches):
+    emulator, client = start_batches(DROPWIRE_HTTP__MAX_UPLOAD_BYTES="100000")
+    with pytest.raises(openai.APIStatusError) as refused:
+        upload(client, json.dumps(chat_line("x", "y" * 500)).encode() * 400)
+    assert refused.value.status_code == 413 and refused.value.code == "file_too_large"
+    assert "at most" in refused.value.message and "batches.max_bytes" in refused.value.message
+    assert not list((emulator.settings.bucket_path / "batch-files").glob("*"))

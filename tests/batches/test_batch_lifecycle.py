@@ -94,6 +94,26 @@ def test_cancel_mid_run_keeps_finished_lines_and_a_retry_runs_the_rest(start_bat
     assert emulator.store.query("SELECT count(*) FROM tasks WHERE result LIKE '%sliced%'")[0][0] > 0
 
 
+def test_a_batch_cancelled_while_validating_is_cancelled_and_runs_nothing(start_batches, upstream):
+    """OpenAI allows cancelling a validating batch: validating -> cancelling -> cancelled."""
+    emulator, client = start_batches()
+    file = upload(client, [chat_line(f"v{i}", f"line {i}") for i in range(5)])
+    upstream.hold_models()  # validation waits for the list of served models
+    try:
+        batch = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h")
+        cancelling = client.batches.cancel(batch.id)
+        assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+    finally:
+        upstream.release_models()
+    done = finished(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at and done.in_progress_at is None
+    assert [h.to_state for h in emulator.store.states.history("batch", batch.id)] == ["validating", "cancelling",
+                                                                                     "cancelled"]
+    assert read_lines(client, done.output_file_id) == [] and done.request_counts.completed == 0
+    assert sum(upstream.answered.values()) == 0  # no line ran
+    assert "batch.cancelled" in [n.kind for n in emulator.store.outbox.notifications()]
+
+
 def test_a_batch_past_its_window_expires_keeping_what_finished(start_batches):
     emulator, client = start_batches(DROPWIRE_BATCHES__COMPLETION_WINDOWS='["24h", "3s"]', **SLOW)
     lines = [chat_line(f"x{i}", f"slow item {i}") for i in range(40)]

@@ -2,7 +2,9 @@
 until the text-generation runtime is merged: real HTTP on a loopback port, deterministic
 answers (the prompt echoed, tokens counted as words), and behaviour a test asks for in the
 prompt itself: "fail" answers 400, "flaky" answers 429 (retry-after-ms) the first time,
-"slow" waits `slow_seconds`. It counts every answer per prompt, so a test can tell what ran."""
+"slow" waits `slow_seconds`. It counts every answer per prompt, so a test can tell what ran.
+`hold_models()` makes GET /v1/models wait until `release_models()` (a batch then stays in
+validating, which asks it for the models served)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ class Upstream:
         self.answered: Counter[str] = Counter()
         self.priorities: Counter[str] = Counter()
         self._flaky_seen: set[str] = set()
+        self._models_open = threading.Event()
+        self._models_open.set()
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._server = uvicorn.Server(uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning"))
@@ -37,6 +41,7 @@ class Upstream:
 
         @get("/v1/models")
         async def models() -> dict:
+            await asyncio.to_thread(upstream._models_open.wait, 30)
             return {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "tests"}]}
 
         async def answer(request: Request, body: dict[str, Any], kind: str) -> Response:
@@ -72,6 +77,12 @@ class Upstream:
             return await answer(request, data, "embeddings")
 
         return Litestar([models, chat, embeddings], logging_config=None)
+
+    def hold_models(self) -> None:
+        self._models_open.clear()
+
+    def release_models(self) -> None:
+        self._models_open.set()
 
     def start(self) -> "Upstream":
         self._thread.start()

@@ -49,7 +49,7 @@ def main() -> None:
               f"background_decode_steps {SETTINGS.background_decode_steps}")
         owner = DeviceOwner([], LOG)
         jobs = TextGenJobs(models, max_batch=SETTINGS.max_batch_sequences, background_steps=SETTINGS.background_decode_steps,
-                           max_embedding_batch=SETTINGS.max_embedding_batch, wake=owner.wake, log=LOG)
+                           background_admit=SETTINGS.background_admit_sequences, max_embedding_batch=SETTINGS.max_embedding_batch, wake=owner.wake, log=LOG)
         owner.add(jobs)
         owner.start()
         try:

@@ -27,6 +27,12 @@ def test_every_route_but_health_needs_a_bearer_token(start_emulator):
         answer = http.request(method, path)
         if path == "/health":
             assert answer.status_code == 200
+        elif path.startswith("/v1/"):  # OpenAI's routes: OpenAI's error object in `error`
+            for refused in (answer, http.request(method, path, headers={"Authorization": "Bearer wrong"})):
+                assert refused.status_code == 401, refused.text
+                body = refused.json()
+                assert set(body) == {"error", "message", "details", "timestamp"}
+                assert (body["error"]["code"], body["error"]["type"]) == ("not_authorized", "invalid_request_error")
         else:
             assert_error_shape(answer, 401, "not_authorized")
             assert_error_shape(http.request(method, path, headers={"Authorization": "Bearer wrong"}), 401, "not_authorized")

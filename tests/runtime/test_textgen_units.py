@@ -4,6 +4,9 @@ what it showed; a vLLM model without vLLM installed fails to load with one clear
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,10 +14,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dropwire.runtime.device import Lane
+from dropwire.runtime.device import DeviceOwner, Lane
 from dropwire.runtime.errors import ModelLoadError
 from dropwire.runtime.settings import TextModelSettings
 from dropwire.runtime.textgen.batch import DecodeBatch
+from dropwire.runtime.textgen.jobs import TextGenJobs
+from dropwire.runtime.textgen.lane_gate import LaneGate
 from dropwire.runtime.textgen.models import TextModel, load_model
 from dropwire.runtime.textgen.sequence import SamplingParams, SequenceJob, decoder_for
 from tests.runtime.test_textgen_lanes import save_endless_model
@@ -98,3 +103,93 @@ def test_a_directory_that_is_no_model_names_what_is_wrong(tmp_path: Path) -> Non
     (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
     with pytest.raises(ModelLoadError, match=r"text model 'odd' \(generate, transformers\) at .* cannot be loaded: "):
         load_model(TextModelSettings(name="odd", path=str(tmp_path)), torch.device("cpu"), "float32")
+
+
+def _jobs(model: TextModel, **overrides: int) -> TextGenJobs:
+    options = dict(max_batch=16, background_steps=4, background_admit=4, max_embedding_batch=8)
+    return TextGenJobs([model], **{**options, **overrides}, wake=lambda: None, log=logging.getLogger("tests.textgen"))
+
+
+def _drive(work) -> None:
+    for _ in work:
+        pass
+
+
+def test_a_request_answered_whole_hears_only_of_its_end_a_stream_of_every_step(model: TextModel) -> None:
+    """A busy background batch must not wake the event loop once per token per sequence."""
+    jobs = _jobs(model)
+    whole, streamed = [], []
+    params = SamplingParams(max_tokens=6, temperature=0.0, top_p=1.0, stop=(), seed=0)
+    prompt = model.tokenizer("a test", add_special_tokens=False)["input_ids"]
+    jobs.submit(model, prompt, params, Lane.BACKGROUND, whole.append, shared=False, every_step=False)
+    jobs.submit(model, prompt, params, Lane.BACKGROUND, streamed.append, shared=False)
+    with torch.inference_mode():
+        while (work := jobs.take(Lane.BACKGROUND)) is not None:
+            _drive(work)
+    assert [s.completion_tokens for s in whole] == [0, 6] and whole[-1].finish_reason == "length"
+    assert [s.completion_tokens for s in streamed] == [0, 1, 2, 3, 4, 5, 6]
+    assert whole[-1].text == streamed[-1].text
+
+
+def test_one_background_prefill_admits_at_most_the_set_number_of_sequences(model: TextModel) -> None:
+    """A prefill is a device step an interactive arrival waits for; many newcomers join in turns."""
+    jobs = _jobs(model, background_admit=3)
+    params = SamplingParams(max_tokens=4, temperature=0.0, top_p=1.0, stop=(), seed=0)
+    for i in range(8):
+        prompt = model.tokenizer(f"a test {i}", add_special_tokens=False)["input_ids"]
+        jobs.submit(model, prompt, params, Lane.BACKGROUND, lambda _: None, shared=False)
+    joined = []
+    with torch.inference_mode():
+        for _ in range(3):
+            waiting = jobs.stats().waiting_background
+            _drive(jobs.take(Lane.BACKGROUND))  # each unit: a prefill, while sequences wait to join
+            joined.append(waiting - jobs.stats().waiting_background)
+    assert joined == [3, 3, 2]
+    assert jobs.stats().active_background == 8
+
+
+def test_background_work_on_the_event_loop_waits_while_an_interactive_request_is_on_the_device() -> None:
+    async def scenario() -> None:
+        gate = LaneGate()
+        await gate.turn(Lane.BACKGROUND)  # nothing interactive in flight: at once
+        with gate.holding(Lane.INTERACTIVE):
+            with gate.holding(Lane.INTERACTIVE):
+                deferred = asyncio.ensure_future(gate.turn(Lane.BACKGROUND))
+                await gate.turn(Lane.INTERACTIVE)  # an interactive request never waits
+                for _ in range(10):
+                    await asyncio.sleep(0)
+                assert not deferred.done()
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not deferred.done()  # one interactive request still on the device
+        await asyncio.wait_for(deferred, 5)
+
+    asyncio.run(scenario())
+
+
+def test_background_work_waits_out_the_grace_after_interactive_work(model: TextModel) -> None:
+    """runtime.interactive_grace_ms: the next interactive request finds the device free."""
+    owner = DeviceOwner([], logging.getLogger("tests.textgen"), interactive_grace_s=3600.0)
+    jobs = TextGenJobs([model], max_batch=16, background_steps=4, background_admit=4, max_embedding_batch=8,
+                       wake=owner.wake, log=logging.getLogger("tests.textgen"))
+    owner.add(jobs)
+    params = SamplingParams(max_tokens=3, temperature=0.0, top_p=1.0, stop=(), seed=0)
+    prompt = model.tokenizer("a test", add_special_tokens=False)["input_ids"]
+
+    def interactive() -> threading.Event:
+        ended = threading.Event()
+        jobs.submit(model, prompt, params, Lane.INTERACTIVE, lambda s: s.finish_reason and ended.set(), shared=False)
+        return ended
+
+    jobs.submit(model, prompt, params, Lane.BACKGROUND, lambda _: None, shared=False)
+    first = interactive()  # queued beside the background one: runs first
+    owner.start()
+    try:
+        assert first.wait(60)
+        for _ in range(2):  # each within the grace after the one before
+            assert interactive().wait(60)
+        stats = jobs.stats()
+        assert (stats.completed_interactive, stats.waiting_background, stats.active_background) == (3, 1, 0)
+    finally:
+        jobs.close(RuntimeError("test over"))
+        owner.stop(30)

@@ -133,3 +133,17 @@ def test_a_migration_that_fails_midway_is_rolled_back_whole(tmp_path, monkeypatc
         assert "extra" not in columns
         assert con.execute("SELECT name FROM tasks WHERE id = ?", [task_id]).fetchall() == [("kept",)]
     assert tables(path) == before and "half_done" not in before
+
+
+def test_the_store_opens_duckdb_with_the_configured_memory_limit(tmp_path):
+    """DuckDB's default (80% of the machine) let its cache grow with every large batch."""
+    from dropwire.local_emulator.settings import SettingsError, load_settings
+
+    settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(tmp_path), "DROPWIRE_DATABASE__MEMORY_LIMIT": "32MB",
+                                      "DROPWIRE_DATABASE__THREADS": "1"})
+    with Store.open(tmp_path / "db.duckdb", database=settings.database) as store:
+        assert store.query("SELECT current_setting('memory_limit'), current_setting('threads')") == [("30.5 MiB", 1)]
+    with Store.open(tmp_path / "db.duckdb") as store:  # the default
+        assert store.query("SELECT current_setting('memory_limit')") == [("61.0 MiB",)]
+    with pytest.raises(SettingsError, match="database.memory_limit must be a size like '64MB'"):
+        load_settings(environ={"DROPWIRE_DATA_DIR": str(tmp_path), "DROPWIRE_DATABASE__MEMORY_LIMIT": "lots"})
