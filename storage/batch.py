@@ -90,6 +90,7 @@ class Batch:
             writes.append((spec, [row for row, new in images.values() if new], spec.insert_statement))
             writes.append((spec, [row for row, new in images.values() if not new], spec.update_statement))
         script, views = ["BEGIN TRANSACTION"], []
+        _finish_reads(con)
         try:
             for spec, rows, statement in writes:
                 if rows:
@@ -109,10 +110,18 @@ class Batch:
             con.execute("COMMIT")
 
 
+def _finish_reads(con: duckdb.DuckDBPyConnection) -> None:
+    """An operation's read on the writer's connection may leave its result unfetched (a
+    `fetchone()` never sees the end); DuckDB 2 then refuses `register()` on that connection
+    with "unfinished result from execute()", which failed the whole group commit."""
+    con.complete()
+
+
 def prepare_scans(con: duckdb.DuckDBPyConnection) -> None:
     """Scan one tiny frame, writing nothing: DuckDB's first scan of a frame in a process
     imports pyarrow and sets up its Arrow scan (~0.5 s), a cost for opening the store to pay
     rather than the first write that waits for a commit."""
+    _finish_reads(con)
     con.register("_dropwire_warm_up", _frame(TableSpec("warm_up", (("at", EPOCH),), timestamps=frozenset({"at"})), [(0.0,)]))
     try:
         con.execute("SELECT count(*) FROM _dropwire_warm_up").fetchall()

@@ -363,3 +363,17 @@ def test_a_waiting_claim_is_woken_by_the_commit_that_makes_a_task_ready(db):
         waiting.join(30)
         assert not waiting.is_alive(), "the waiting claim was not woken by the enqueue"
         assert [task.id for task in got] == [task_id]
+
+
+def test_a_read_left_unfetched_by_an_operation_does_not_fail_its_group_commit(store):
+    """An operation reading with fetchone() on the writer's connection (as the outbox's
+    delivery mark does) and, in the same cycle, rows staged for the commit: DuckDB refuses to
+    scan the staged frame while that result is unfinished unless the writer finishes it."""
+
+    def read_then_stage(batch, now):
+        assert store.writer.connection.execute("SELECT id FROM tasks").fetchone() is not None
+        return store.queue._op_enqueue([store.queue.tasks.encode(TaskSpec(name="after-a-read"))], batch, now)
+
+    store.queue.enqueue_many([TaskSpec(name="first"), TaskSpec(name="second")])
+    store.writer.submit(read_then_stage).result(timeout=30)
+    assert store.query("SELECT count(*) FROM tasks WHERE name = 'after-a-read'") == [(1,)]
