@@ -91,13 +91,13 @@ class SequenceJob:
         self.tokens.append(token)
         searched = len(self.text)
         self._detokenize()
-        for stop in self.params.stop:
-            at = self.text.find(stop, max(0, searched - len(stop) + 1))
-            if at >= 0:
-                self.text = self.text[:at]
-                self.finish_reason = "stop"
-                self._published = self.text
-                return
+        # The earliest of the stops that occur ends the text (one token may hold several).
+        found = [at for stop in self.params.stop if (at := self.text.find(stop, max(0, searched - len(stop) + 1))) >= 0]
+        if found:
+            self.text = self.text[:min(found)]
+            self.finish_reason = "stop"
+            self._published = self.text
+            return
         if len(self.tokens) >= self.params.max_tokens:
             self._flush()
             self.finish_reason = "length"

@@ -291,7 +291,9 @@ def test_a_direct_request_through_the_gateway_spends_the_same_quota_and_gets_429
     answer = refused.value.response
     assert answer.status_code == 429 and 20 <= int(answer.headers["retry-after"]) <= 30
     error = answer.json()
-    assert error["error"] == "quota_exceeded" and error["details"]["limit"] == "requests_per_minute"
+    # OpenAI's error object under /v1 (what its clients read), the details beside it.
+    assert refused.value.code == "quota_exceeded" and error["error"]["code"] == "quota_exceeded"
+    assert error["details"]["limit"] == "requests_per_minute"
     assert upstream.answered["direct two"] == 0
     # Batch lines wait for the same budget: the one request above is counted.
     assert api(emulator).get(f"/api/v1/quota/usage/{SERVICE}").json()["requests_today"] == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dropwire.runtime.device import DeviceOwner, Lane
@@ -75,6 +75,7 @@ def test_a_sequence_computes_the_same_whoever_shares_its_batch(model: TextModel,
 @settings(max_examples=60, deadline=None)
 @given(tokens=st.lists(st.integers(min_value=1, max_value=299), min_size=1, max_size=40),
        stops=st.lists(st.text(alphabet="aest ", min_size=1, max_size=3), max_size=3))
+@example(tokens=[282], stops=["e", " "])  # one token (" ends") holding two stops: the earliest ends the text
 def test_published_text_only_grows_and_never_shows_a_stop_sequence(model: TextModel, tokens: list[int], stops: list[str]) -> None:
     sequence = job(model, "a", max_tokens=len(tokens), stop=tuple(stops))
     shown = [""]
