@@ -19,7 +19,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
-from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, NotReady
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
 from dropwire.functions.batches.settings import BatchSettings
@@ -46,11 +46,6 @@ FINISHED = frozenset({"succeeded", "dead"})
 class NotAuthorized(DropwireError):
     http_status = 401
     code = "not_authorized"
-
-
-class NotReady(DropwireError):
-    http_status = 503
-    code = "not_ready"
 
 
 class TooLarge(DropwireError):

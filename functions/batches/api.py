@@ -36,14 +36,11 @@ from dropwire.functions.batches.handlers import (
 from dropwire.functions.batches.settings import batch_settings
 from dropwire.functions.batches.states import PARKED, TERMINAL, BatchState as B, openai_status
 from dropwire.functions.batches.upload import Received, receive
-from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, invoke_and_wait
 from dropwire.runtime.openapi import error_responses, upload_operation
 from dropwire.runtime.textgen.errors import openai_exception_handlers
 from dropwire.storage.errors import Conflict, DropwireError
 
-# A write waits this long for the handler it fires; past it the answer is 503 (ask again).
-MAX_WAIT_S = 60.0
-POLL_S = 0.02
 PURPOSES = ("batch",)
 MAX_LIST = 100
 # OpenAI's bounds for expires_after[seconds] (one hour to thirty days).
@@ -52,7 +49,7 @@ EXPIRY_BOUNDS = (3600, 30 * 86400)
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIST, description="items per page")]
 
 READ = error_responses(400, 404, *GATEWAY_ERRORS)
-# A change waits for its handler: 409 when the handler refused it, 503 (ask again) past MAX_WAIT_S.
+# A change waits for its handler: 409 when the handler refused it, 503 (ask again) past the wait.
 CHANGE = error_responses(400, 404, 409, *GATEWAY_ERRORS)
 FILE_UPLOAD = upload_operation(
     "OpenAI's file upload: the JSONL batch input in field 'file', its purpose, and optionally when it expires",
@@ -65,11 +62,6 @@ FILE_UPLOAD = upload_operation(
 
 class InvalidRequest(DropwireError):
     code = "invalid_request_error"
-
-
-class NotReady(DropwireError):
-    http_status = 503
-    code = "not_ready"
 
 
 class NotCancellable(Conflict):
@@ -94,17 +86,7 @@ def build_router(ports: ApiPorts) -> Router:
     query = ports.store.query
 
     def run(function: str, body: Any) -> Any:
-        """Invoke an HTTP-triggered function and wait for it; its refusal is a 409 with its message."""
-        task_id = ports.invoke(function, msgspec.to_builtins(body))
-        deadline = time.monotonic() + MAX_WAIT_S
-        while time.monotonic() < deadline:
-            status = ports.store.queue.task(task_id)
-            if status.status == "succeeded":
-                return status.result
-            if status.status == "dead":
-                raise HandlerRefused(status.last_error or f"{function} refused the request", task_id=task_id)
-            time.sleep(POLL_S)
-        raise NotReady(f"{function} did not finish within {MAX_WAIT_S:.0f}s; see GET /tasks/{task_id}", task_id=task_id)
+        return invoke_and_wait(ports, function, msgspec.to_builtins(body))
 
     # ------------------------------------------------------------ files
 

@@ -5,11 +5,12 @@ reads committed state, and invokes HTTP-triggered functions."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from dropwire.functions.platform.objects import ObjectStore
-from dropwire.storage.errors import Conflict
+from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.records import EntitySnapshot, TaskStatus, TransitionRecord
 
 if TYPE_CHECKING:
@@ -64,13 +65,20 @@ class HandlerRefused(Conflict):
     code = "refused_by_handler"
 
 
+class NotReady(DropwireError):
+    """No answer yet (the handler did not finish within the wait): ask again."""
+
+    http_status = 503
+    code = "not_ready"
+
+
+#: How often a waiting API looks at its task.
+POLL_SECONDS = 0.02
+
+
 def invoke_and_wait(ports: ApiPorts, function: str, body: Any, max_wait_seconds: float = 60.0) -> Any:
     """Invoke an HTTP-triggered function and wait for its result; its refusal is a 409 with
     its message, no answer within the wait a 503 (ask again)."""
-    import time
-
-    from dropwire.storage.errors import DropwireError
-
     task_id = ports.invoke(function, body)
     deadline = time.monotonic() + max_wait_seconds
     while time.monotonic() < deadline:
@@ -79,11 +87,8 @@ def invoke_and_wait(ports: ApiPorts, function: str, body: Any, max_wait_seconds:
             return status.result
         if status.status == "dead":
             raise HandlerRefused(status.last_error or f"{function} refused the request", task_id=task_id)
-        time.sleep(0.02)
-    error = DropwireError(f"{function} did not finish within {max_wait_seconds:.0f}s; see GET /tasks/{task_id}",
-                          task_id=task_id)
-    error.http_status, error.code = 503, "not_ready"
-    raise error
+        time.sleep(POLL_SECONDS)
+    raise NotReady(f"{function} did not finish within {max_wait_seconds:.0f}s; see GET /tasks/{task_id}", task_id=task_id)
 
 
 ApiFactory = Callable[[ApiPorts], "Router"]
