@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
 import typing
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import httpx
 import openai
 import pytest
 from openai import BaseModel
 
 from dropwire.local_emulator.emulator import Emulator
 from tests.batches.upstream import Upstream
-from tests.conftest import wait_for
+from tests.conftest import DROPWIRE, REPO, wait_for
 from tests.platform.conftest import emulator_settings
+from tests.runtime.conftest import free_port, runtime_env
 
 TOKEN = "batch-test-token"
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -92,3 +97,44 @@ def assert_openai_shape(raw: Any, model: type[BaseModel]) -> None:
                     walk(item, typing.get_args(inner)[0], f"{where}[{index}]")
 
     walk(raw, model, model.__name__)
+
+
+class TextgenRuntime:
+    """`dropwire runtime serve` with text generation on its test model, on a fixed port so it
+    can be restarted; `textgen__*` keywords set its text-generation settings (a rate limit)."""
+
+    def __init__(self, data_dir: Path, **textgen: object) -> None:
+        self.data_dir, self.port = data_dir, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = runtime_env(data_dir, self.port, textgen=True, **textgen)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "TextgenRuntime":
+        log = (self.data_dir / f"runtime-{self.port}.log").open("a")
+        self.process = subprocess.Popen([*DROPWIRE, "runtime", "serve"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                        env=self.env)
+        wait_for(self.healthy, timeout=180, interval=0.2, what="the runtime's /health")
+        return self
+
+    def healthy(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, "the runtime exited"
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def textgen_stats(self) -> dict:
+        return httpx.get(f"{self.url}/stats", timeout=10).json()["textgen"]
+
+    def metrics(self) -> dict[str, float]:
+        found = {}
+        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                found[name] = float(value)
+        return found
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(60)

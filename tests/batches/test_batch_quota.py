@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -19,11 +17,10 @@ import openai
 import pytest
 
 from dropwire.local_emulator.emulator import Emulator
-from tests.batches.conftest import TOKEN, batch_env, finished, read_lines, upload
+from tests.batches.conftest import TOKEN, TextgenRuntime, batch_env, finished, read_lines, upload
 from tests.batches.upstream import chat_line
 from tests.conftest import DROPWIRE, REPO, wait_for
 from tests.platform.conftest import emulator_settings
-from tests.runtime.conftest import free_port, runtime_env
 
 pytestmark = pytest.mark.slow
 MODEL = "dropwire-tiny"
@@ -52,47 +49,9 @@ def api(emulator: Emulator) -> httpx.Client:
 # ---------------------------------------------------------------- the runtime as a rate-limited upstream
 
 
-class LimitedRuntime:
-    """`dropwire runtime serve` with text generation and its /v1 rate limit set."""
-
-    def __init__(self, data_dir: Path, limit: int, window_s: float) -> None:
-        self.data_dir, self.port = data_dir, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = runtime_env(data_dir, self.port, textgen=True, textgen__rate_limit_requests=limit,
-                               textgen__rate_limit_window_s=window_s)
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "LimitedRuntime":
-        log = (self.data_dir / f"runtime-{self.port}.log").open("a")
-        self.process = subprocess.Popen([*DROPWIRE, "runtime", "serve"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                        env=self.env)
-        wait_for(self.healthy, timeout=180, interval=0.2, what="the runtime's /health")
-        return self
-
-    def healthy(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, "the runtime exited"
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def metrics(self) -> dict[str, float]:
-        found = {}
-        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                found[name] = float(value)
-        return found
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(60)
-
-
 @pytest.fixture(scope="module")
-def limited_runtime(tmp_path_factory) -> Iterator[LimitedRuntime]:
-    runtime = LimitedRuntime(tmp_path_factory.mktemp("runtime"), limit=4, window_s=3).start()
+def limited_runtime(tmp_path_factory) -> Iterator[TextgenRuntime]:
+    runtime = TextgenRuntime(tmp_path_factory.mktemp("runtime"), textgen__rate_limit_requests=4, textgen__rate_limit_window_s=3).start()
     yield runtime
     runtime.stop()
 

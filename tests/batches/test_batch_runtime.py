@@ -7,59 +7,24 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import openai
 import pytest
 
 from dropwire.local_emulator.emulator import Emulator
-from tests.batches.conftest import TOKEN, finished, read_lines, upload
-from tests.conftest import DROPWIRE, REPO, wait_for
+from tests.batches.conftest import TOKEN, TextgenRuntime, finished, read_lines, upload
+from tests.conftest import wait_for
 from tests.platform.conftest import emulator_settings
-from tests.runtime.conftest import free_port, runtime_env
 
 pytestmark = pytest.mark.slow
 MODEL = "dropwire-tiny"
 
 
-class Runtime:
-    """`dropwire runtime serve` with text generation, on a fixed port so it can be restarted."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "Runtime":
-        log = (self.data_dir / f"runtime-{self.port}.log").open("a")
-        self.process = subprocess.Popen([*DROPWIRE, "runtime", "serve"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                        env=runtime_env(self.data_dir, self.port, textgen=True))
-        wait_for(self.healthy, timeout=180, interval=0.2, what="the runtime's /health")
-        return self
-
-    def healthy(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, "the runtime exited"
-        try:
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def textgen_stats(self) -> dict:
-        return httpx.get(f"{self.url}/stats", timeout=10).json()["textgen"]
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(60)
-
-
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory) -> Iterator[Runtime]:
-    process = Runtime(tmp_path_factory.mktemp("runtime")).start()
+def runtime(tmp_path_factory) -> Iterator[TextgenRuntime]:
+    process = TextgenRuntime(tmp_path_factory.mktemp("runtime")).start()
     yield process
     process.stop()
 
@@ -70,7 +35,7 @@ def chat(custom_id: str, prompt: str, max_tokens: int = 12) -> dict:
                      "temperature": 0}}
 
 
-def emulator_on(runtime: Runtime, data_dir: Path, **env: str) -> tuple[Emulator, openai.OpenAI]:
+def emulator_on(runtime: TextgenRuntime, data_dir: Path, **env: str) -> tuple[Emulator, openai.OpenAI]:
     settings = emulator_settings(data_dir, DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions",
                                  DROPWIRE_HTTP__API_TOKENS=json.dumps([TOKEN]), DROPWIRE_RUNTIME__PORT=str(runtime.port),
                                  DROPWIRE_BATCHES__SAVE_EVERY_SECONDS="0.1", **env)
@@ -111,7 +76,7 @@ def test_a_batch_on_the_runtime_with_an_interactive_request_answered_first(runti
 
 
 def test_kill_9_of_the_runtime_mid_batch_resumes_with_exact_counts(tmp_path):
-    runtime = Runtime(tmp_path).start()
+    runtime = TextgenRuntime(tmp_path).start()
     emulator, client = emulator_on(runtime, tmp_path / "data", DROPWIRE_BATCHES__CHUNK_LINES="10",
                                    DROPWIRE_BATCHES__RETRY_BASE_SECONDS="0.2", DROPWIRE_BATCHES__RETRY_MAX_SECONDS="2")
     try:
