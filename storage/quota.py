@@ -19,6 +19,7 @@ Promises:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -38,6 +39,7 @@ UPSTREAM = TableSpec("quota_upstream", (("service", STRING), ("metric", STRING),
                                         ("reset_at", EPOCH), ("observed_at", EPOCH)),
                      key=("service", "metric"), timestamps=frozenset({"reset_at", "observed_at"}))
 DAY, MINUTE = 86400.0, 60.0
+log = logging.getLogger("dropwire.quota")
 _GCRA = GCRA()
 
 
@@ -51,6 +53,11 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True):
     cost_per_day_usd: float = 0.0
     #: Requests admitted at once before GCRA paces them (1: evenly spaced, never above the rate).
     request_burst: int = 1
+
+    @property
+    def unlimited(self) -> bool:
+        return not (self.requests_per_minute or self.tokens_per_minute or self.requests_per_day or self.tokens_per_day
+                    or self.cost_per_day_usd)
 
 
 class Observation(msgspec.Struct, kw_only=True, frozen=True):
@@ -67,6 +74,8 @@ class Grant(msgspec.Struct, kw_only=True, frozen=True):
     minute: float
     tokens: int
     cost_usd: float
+    #: Counted durably before the request went out (a service with limits), else write-behind.
+    durable: bool = True
 
 
 def _minute(now: float) -> float:
@@ -99,24 +108,51 @@ class Quota(Facet):
     # ------------------------------------------------------------------ writes
 
     def acquire(self, service: str, limits: Limits, *, tokens: int = 0, cost_usd: float = 0.0) -> Grant:
-        """Admit one request of about `tokens` tokens and `cost_usd`, or raise QuotaExceeded."""
+        """Admit one request of about `tokens` tokens and `cost_usd`, or raise QuotaExceeded.
+
+        A service without limits, while its upstream has not said how much is left, cannot refuse,
+        so it is counted write-behind (in the next group commit, not waited for): a metered call
+        there costs no commit on its path; a kill -9 may forget that last commit's counts."""
+        now = time.time()
+        if limits.unlimited and not self._upstream_limits(service, now):
+            minute = _minute(now)
+            self._behind(lambda batch, at: self._count(service, minute, tokens, cost_usd, batch, at))
+            return Grant(service=service, minute=minute, tokens=tokens, cost_usd=cost_usd, durable=False)
         return self.writer.call(lambda batch, now: self._op_acquire(service, limits, tokens, cost_usd, batch, now))
 
     def settle(self, grant: Grant, *, sent: bool, input_tokens: int = 0, output_tokens: int = 0,
                cost_usd: float = 0.0) -> None:
         """What the admitted request really cost; `sent=False`: it never reached the upstream."""
-        self.writer.call(lambda batch, now: self._op_settle(grant, sent, input_tokens, output_tokens, cost_usd, batch))
+        op = lambda batch, now: self._op_settle(grant, sent, input_tokens, output_tokens, cost_usd, batch)  # noqa: E731
+        if grant.durable:
+            self.writer.call(op)
+        else:
+            self._behind(op)
+
+    def _behind(self, op) -> None:
+        """Submit without waiting; a failure is logged (nobody waits to hear it)."""
+        def logged(future) -> None:
+            if future.exception() is not None:
+                log.error("quota: a write-behind count failed: %s", future.exception())
+        self.writer.submit(op).add_done_callback(logged)
 
     def observe(self, service: str, observations: list[Observation]) -> None:
         """The upstream's own word on its limits (x-ratelimit-*, Retry-After), kept until its reset."""
         self.writer.call(lambda batch, now: self._op_observe(service, observations, batch, now))
 
-    def _op_acquire(self, service: str, limits: Limits, tokens: int, cost: float, batch: Batch, now: float) -> Grant:
+    def _upstream_limits(self, service: str, now: float) -> bool:
+        return any(seen.remaining is not None and seen.reset_at > now
+                   for (name, _), seen in list(self._upstream.items()) if name == service)
+
+    def _check_upstream(self, service: str, tokens: int, now: float) -> None:
         for metric, need in (("requests", 1), ("tokens", tokens)):
             seen = self._upstream.get((service, metric))
             if seen is not None and seen.remaining is not None and seen.reset_at > now and seen.remaining < max(need, 1):
                 raise QuotaExceeded(f"{service}: the upstream has {seen.remaining} {metric} left until it resets",
                                     service=service, limit=f"upstream_{metric}", wait=seen.reset_at - now)
+
+    def _op_acquire(self, service: str, limits: Limits, tokens: int, cost: float, batch: Batch, now: float) -> Grant:
+        self._check_upstream(service, tokens, now)
         day = _day(now)
         requests_today, tokens_today, cost_today = self._today(service, day)
         until_tomorrow = day + DAY - now
@@ -142,13 +178,17 @@ class Quota(Facet):
             new = (service, name) not in self._tat
             self._tat[(service, name)] = tat
             batch.add(LIMITER, (service, name, tat, now), new=new)
+        minute = _minute(now)
+        self._count(service, minute, tokens, cost, batch, now)
+        return Grant(service=service, minute=minute, tokens=tokens, cost_usd=cost)
+
+    def _count(self, service: str, minute: float, tokens: int, cost: float, batch: Batch, now: float) -> None:
+        """One admitted request: its minute's usage, and what the upstream said is left spent locally."""
         for metric, spent in (("requests", 1), ("tokens", tokens)):
             seen = self._upstream.get((service, metric))
             if seen is not None and seen.remaining is not None and seen.reset_at > now:
                 self._upstream[(service, metric)] = msgspec.structs.replace(seen, remaining=max(0, seen.remaining - spent))
-        minute = _minute(now)
         self._add(service, minute, [1, tokens, 0, 0, cost], batch)
-        return Grant(service=service, minute=minute, tokens=tokens, cost_usd=cost)
 
     def _op_settle(self, grant: Grant, sent: bool, input_tokens: int, output_tokens: int, cost: float,
                    batch: Batch) -> None:

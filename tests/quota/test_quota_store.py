@@ -120,3 +120,27 @@ def test_a_clock_moved_forward_lets_woken_work_through_at_the_rate_not_all_at_on
         with pytest.raises(QuotaExceeded) as paced:
             store.quota.acquire("up", Limits(requests_per_minute=60))
         assert paced.value.limit == "requests_per_minute" and 0 < paced.value.wait <= 1.0
+
+
+def test_a_service_without_limits_is_counted_without_waiting_for_a_commit(tmp_path):
+    """While the writer is held, a request to a service with no limits (and no word from its
+    upstream) is admitted at once and counted in the next commit; one with limits waits."""
+    import threading
+
+    with Store.open(tmp_path / "db.duckdb") as store:
+        held, release = threading.Event(), threading.Event()
+
+        def hold(batch, now):
+            held.set()
+            release.wait(30)
+
+        store.writer.submit(hold)
+        assert held.wait(10)
+        try:
+            grant = store.quota.acquire("free", Limits(), tokens=7)  # returns with the writer held
+            store.quota.settle(grant, sent=True, input_tokens=3, output_tokens=2)
+            assert not grant.durable
+        finally:
+            release.set()
+        store.quota.acquire("limited", Limits(requests_per_day=5))  # waits for its commit, after the counts above
+        assert store.query("SELECT requests, tokens FROM quota_usage WHERE service = 'free'") == [(1, 5)]
