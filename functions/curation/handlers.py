@@ -114,6 +114,10 @@ def _decode(data: Any, kind: type, where: str) -> Any:
         raise PermanentTaskError(f"{where}: {exc} (expected {EXPECTED[kind]})") from None
 
 
+# A batch whose lines partly failed for good is reviewed on the lines that succeeded.
+EXPORTABLE = (BatchState.COMPLETED, BatchState.PARTIALLY_PROCESSED)
+
+
 def export_id_of(batch_id: str, schema_name: str) -> str:
     return "cx-" + hashlib.sha256(f"{batch_id}:{schema_name}".encode()).hexdigest()[:16]
 
@@ -148,7 +152,7 @@ def batch_output_written(event: ObjectEvent, context: HandlerContext) -> dict:
             raise RuntimeError(f"{event.key}: its batch was not committed finished within "
                                f"{settings.batch_settle_seconds} s (curation.batch_settle_seconds)")
         time.sleep(0.1)
-    if state != BatchState.COMPLETED:
+    if state not in EXPORTABLE:
         return {"batch": batch_id, "skipped": f"the batch is {state}"}
     metadata = batch_reads.batch(context.state.query, batch_id).metadata or {}
     if not metadata.get("curation_schema"):
@@ -181,8 +185,9 @@ def export(context: HandlerContext, settings: CurationSettings, request: ExportR
         info = batch_reads.batch(query, request.batch_id)
     except NotFound as exc:
         raise PermanentTaskError(exc.message) from None
-    if batch_state != BatchState.COMPLETED or info.output_file_id is None:
-        raise PermanentTaskError(f"batch {request.batch_id} is {batch_state}; only a completed batch is exported")
+    if batch_state not in EXPORTABLE or info.output_file_id is None:
+        raise PermanentTaskError(f"batch {request.batch_id} is {batch_state}; only a completed batch (or one "
+                                 "partially processed: its lines that succeeded) is exported")
     export_id = export_id_of(request.batch_id, name)
     source, output = batch_reads.file(query, info.input_file_id), batch_reads.file(query, info.output_file_id)
     with context.objects.open(source.bucket, source.key) as stream:

@@ -210,3 +210,22 @@ def test_an_import_whose_answer_is_lost_is_not_sent_again(tmp_path, upstream, la
     finally:
         emulator.stop()
         proxy.stop()
+
+
+def test_a_batch_partially_processed_is_exported_with_the_lines_that_succeeded(tmp_path, upstream):
+    """Lines the upstream refuses for good (400) leave the batch partially_processed: it is
+    still exported by itself, and only the lines that have an answer become tasks."""
+    emulator = start(tmp_path / "data", upstream, None)
+    try:
+        bucket = emulator.settings.bucket_path
+        drop(bucket, "batches/mixed.json", {"endpoint": "/v1/chat/completions", "metadata": {"curation_schema": "sentiment"}})
+        drop(bucket, "batches/mixed.jsonl", [*reviews(3), chat_line("bad", "fail this positive one")])
+        batch_id = wait_for(lambda: (emulator.store.query("SELECT id FROM batches WHERE name = 'mixed'") or [[None]])[0][0],
+                            timeout=60, what="batch mixed to be created")
+        reach(emulator, "batch", batch_id, "partially_processed")
+        export_id = export_id_of(batch_id, "sentiment")
+        reach(emulator, "curation_export", export_id, "exported")
+        written = json.loads((bucket / f"curation-exports/{export_id}/tasks.json").read_text())
+        assert sorted(task["data"]["custom_id"] for task in written) == ["r0", "r1", "r2"]
+    finally:
+        emulator.stop()
