@@ -48,4 +48,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .dropwire .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LABEL_STUDIO_VENV) .dropwire .pytest_cache .hypothesis
