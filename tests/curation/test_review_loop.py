@@ -16,7 +16,8 @@ from dropwire.functions.curation.core.reviewed import evaluation_config
 from dropwire.functions.curation.handlers import export_id_of
 from dropwire.functions.curation.schemas import FreeText
 from dropwire.local_emulator.emulator import Emulator
-from tests.batches.test_batch_runtime import MODEL, Runtime, chat
+from tests.batches.conftest import TextgenRuntime
+from tests.batches.test_batch_runtime import MODEL, chat
 from tests.curation.conftest import LabelStudioServer
 from tests.conftest import wait_for
 from tests.curation.test_export_flow import drop, reach
@@ -27,8 +28,8 @@ CORRECTED = "What the reviewer wrote instead."
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory) -> Iterator[Runtime]:
-    process = Runtime(tmp_path_factory.mktemp("runtime")).start()
+def runtime(tmp_path_factory) -> Iterator[TextgenRuntime]:
+    process = TextgenRuntime(tmp_path_factory.mktemp("runtime")).start()
     yield process
     process.stop()
 
