@@ -214,9 +214,12 @@ class Quota(Facet):
         self._stored.add(key)
 
     def _today(self, service: str, day: float) -> tuple[int, int, float]:
+        # The day's minutes looked up one by one: a bounded 1,440 lookups, where a scan of every
+        # minute held would grow with the process's uptime (the writer thread pays it per request).
         requests = tokens = 0
         cost = 0.0
-        for (name, minute), row in self._usage.items():
-            if name == service and day <= minute < day + DAY:
+        for index in range(int(DAY // MINUTE)):
+            row = self._usage.get((service, day + index * MINUTE))
+            if row is not None:
                 requests, tokens, cost = requests + row[0], tokens + row[1], cost + row[4]
         return requests, tokens, cost
