@@ -31,7 +31,7 @@ from dropwire.storage.records import (
     TaskSpec,
     TaskStatus,
 )
-from dropwire.storage.quota import Grant, Limits, Observation
+from dropwire.storage.quota import Grant, Limits, Observation, Usage
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control")
@@ -82,6 +82,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "quota.acquire": (lambda store, **kw: store.quota.acquire(**kw), {"limits": Limits}),
     "quota.settle": (lambda store, **kw: store.quota.settle(**kw), {"grant": Grant}),
     "quota.observe": (lambda store, **kw: store.quota.observe(**kw), {"observations": list[Observation]}),
+    "quota.count": (lambda store, **kw: store.quota.count(**kw), {"usage": list[Usage]}),
     "queue.wake": (lambda store, **kw: store.queue.wake(**kw), {}),
 }
 
@@ -388,6 +389,9 @@ class _RemoteQuota:
 
     def observe(self, service: str, observations: list[Observation]) -> None:
         self._call("quota.observe", service=service, observations=observations)
+
+    def count(self, service: str, usage: list[Usage]) -> bool:
+        return self._call("quota.count", bool, service=service, usage=usage)
 
 
 class _RemoteOutbox:

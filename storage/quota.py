@@ -8,6 +8,9 @@ Promises:
   requests, tokens and cost (UTC), and the per-minute rates, which are pyrate-limiter's GCRA
   (one theoretical arrival time per rate, kept in `quota_limiter`): a refused request spends
   nothing under any limit.
+- `count(service, usage)` adds what requests to a service without limits already spent, counted
+  by the caller (a batch chunk's requests, one call per save, not two per request), and says
+  whether the upstream has since told of limits (then each request is admitted again).
 - `settle(grant, ...)` corrects the grant's minute with the upstream's own token count and
   the real cost, or takes the request back when it never reached the upstream (a 429, no
   answer), so a line run again after a refusal is not counted twice.
@@ -69,6 +72,17 @@ class Observation(msgspec.Struct, kw_only=True, frozen=True):
     reset_at: float
 
 
+class Usage(msgspec.Struct, kw_only=True, frozen=True):
+    """What requests of one minute spent, counted by their caller (`count`)."""
+
+    minute: float
+    requests: int
+    tokens: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
 class Grant(msgspec.Struct, kw_only=True, frozen=True):
     service: str
     minute: float
@@ -128,6 +142,15 @@ class Quota(Facet):
             self.writer.call(op)
         else:
             self._behind(op)
+
+    def count(self, service: str, usage: list[Usage]) -> bool:
+        """Usage of a service without limits, spent already (nothing could refuse it), counted
+        write-behind like `acquire` there. True: its upstream has told of limits since, so the
+        caller admits each request again."""
+        if usage:
+            self._behind(lambda batch, at: [self._add(service, _minute(row.minute), [
+                row.requests, row.tokens, row.input_tokens, row.output_tokens, row.cost_usd], batch) for row in usage])
+        return self._upstream_limits(service, time.time())
 
     def _behind(self, op) -> None:
         """Submit without waiting; a failure is logged (nobody waits to hear it)."""

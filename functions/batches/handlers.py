@@ -518,8 +518,8 @@ class _Saver:
     """Finished lines, saved every few lines or fractions of a second (durable when saved),
     each save a heartbeat of this worker."""
 
-    def __init__(self, context: HandlerContext, settings: BatchSettings, batch_id: str, chunk: int) -> None:
-        self.context, self.settings, self.batch_id, self.chunk = context, settings, batch_id, chunk
+    def __init__(self, context: HandlerContext, settings: BatchSettings, batch_id: str, chunk: int, meter: Meter) -> None:
+        self.context, self.settings, self.batch_id, self.chunk, self.meter = context, settings, batch_id, chunk, meter
         self.pending: list[LineRow] = []
         self.saved_at = time.monotonic()
         self.done = 0
@@ -541,6 +541,7 @@ class _Saver:
         self.context.records.record("batches.line_results", LineResults(
             batch_id=self.batch_id, worker=self.worker, pid=os.getpid(), host=socket.gethostname(), chunk=self.chunk,
             lines_done=self.done, lines=self.pending))
+        self.meter.flush()  # the saved lines' usage, counted with their save
         self.pending = []
         self.saved_at = time.monotonic()
 
@@ -548,12 +549,13 @@ class _Saver:
 async def _run_lines(context: HandlerContext, settings: BatchSettings, info: reads.BatchInfo, plan: ChunkPlan,
                      done: set[int]) -> str | QuotaExceeded:
     source = reads.file(_query(context), info.input_file_id, expired_too=True)
-    saver = _Saver(context, settings, info.id, plan.chunk)
+    meter = Meter(context.quota, quota_settings(context.config), settings.quota_service, tally=True)
+    saver = _Saver(context, settings, info.id, plan.chunk, meter)
     backend = LineBackend(base_url(context, settings), upstreams=settings.upstream_urls(),
                           api_key=settings.upstream_api_token, timeout_seconds=settings.request_timeout_seconds,
                           max_attempts=settings.max_attempts, retry_base_seconds=settings.retry_base_seconds,
                           retry_max_seconds=settings.retry_max_seconds, max_connections=settings.concurrency,
-                          meter=Meter(context.quota, quota_settings(context.config), settings.quota_service))
+                          meter=meter)
 
     unreachable: list[str] = []
     exceeded: list[QuotaExceeded] = []
@@ -614,6 +616,7 @@ async def _run_lines(context: HandlerContext, settings: BatchSettings, info: rea
         for task in running:
             task.cancel()
         await backend.aclose()
+        meter.flush()  # requests answered but not saved (the chunk stopped) were sent all the same
     if stopped == B.SUSPENDED:
         return B.SUSPENDED
     return "stopped" if stopped else "sliced" if sliced else "completed"
