@@ -1,8 +1,8 @@
 """The batch-inference tables (migration 0006) as a store facet (`store.batches`).
 
 Promises:
-- `record(op, payload)` stages the named operation's rows (OPS: files registered or deleted,
-  batches created, validated or given their outputs, line results with the worker's
+- `record(op, payload)` stages the named operation's rows (OPS: files registered, deleted or
+  their bytes removed, batches created, validated or given their outputs, line results with the worker's
   heartbeat, chunk marks, benchmark figures) into the writer's group commit, and returns
   once they are durable. It is the only write: handlers reach it through their context's
   `records` port, in the control plane or over its socket; there is no arbitrary SQL.
@@ -72,6 +72,12 @@ class FileRow(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class FileDeleted(msgspec.Struct, kw_only=True, frozen=True):
+    id: str
+
+
+class FileBytesRemoved(msgspec.Struct, kw_only=True, frozen=True):
+    """The file's bytes are gone from the bucket (it is deleted too, if it was not yet)."""
+
     id: str
 
 
@@ -161,6 +167,11 @@ def _delete_file(row: FileDeleted, batch: Batch, now: float) -> None:
     batch.execute("UPDATE batch_files SET deleted_at = to_timestamp(?) WHERE id = ? AND deleted_at IS NULL", (now, row.id))
 
 
+def _bytes_removed(row: FileBytesRemoved, batch: Batch, now: float) -> None:
+    batch.execute("UPDATE batch_files SET deleted_at = coalesce(deleted_at, to_timestamp(?)), removed_at = to_timestamp(?) "
+                  "WHERE id = ? AND removed_at IS NULL", (now, now, row.id))
+
+
 def _add_batch(row: BatchRow, batch: Batch, now: float) -> None:
     batch.add(BATCHES, (row.id, row.input_file_id, row.endpoint, row.completion_window, _json(row.metadata), row.source,
                           row.name, row.retried_from, row.created_at, row.expires_at))
@@ -204,6 +215,7 @@ def _benchmark(row: Benchmark, batch: Batch, now: float) -> None:
 OPS: dict[str, tuple[type, Callable[[Any, Batch, float], None]]] = {
     "batches.add_file": (FileRow, _add_file),
     "batches.delete_file": (FileDeleted, _delete_file),
+    "batches.file_bytes_removed": (FileBytesRemoved, _bytes_removed),
     "batches.add_batch": (BatchRow, _add_batch),
     "batches.validated": (Validated, _validated),
     "batches.outputs": (Outputs, _outputs),

@@ -65,6 +65,7 @@ from dropwire.storage.batches import (
     BatchRow,
     Benchmark,
     ChunkDone,
+    FileBytesRemoved,
     FileDeleted,
     FileRow,
     LineResults,
@@ -89,9 +90,10 @@ VALIDATE_FUNCTION = "batches-validate"
 CHUNK_FUNCTION = "batches-chunk"
 FINALIZE_FUNCTION = "batches-finalize"
 RESUME_FUNCTION = "batches-resume"
-EXPIRE_FUNCTION = "batches-expire-files"
-# How often the bytes of expired files are removed (they read as gone from the moment they expire).
-EXPIRY_SWEEP_S = 600.0
+REMOVE_FILES_FUNCTION = "batches-remove-files"
+# How often the bytes of files deleted or expired are removed where they could not go at once
+# (a running batch's input); such files read as gone from the moment they are deleted or expire.
+REMOVE_FILES_SWEEP_S = 600.0
 CHUNK_TIMEOUT_S = 6 * 3600.0
 CHUNK_MAX_ATTEMPTS = 5
 STEP_TIMEOUT_S = 1800.0
@@ -175,8 +177,8 @@ def register(functions: FunctionRegistry) -> None:
                        max_attempts=CHUNK_MAX_ATTEMPTS)(run_chunk)
     functions.function(FINALIZE_FUNCTION, on=[OnQueue()], outputs=outputs, timeout_seconds=STEP_TIMEOUT_S)(finalize_batch)
     functions.function(RESUME_FUNCTION, on=[OnQueue()], timeout_seconds=60)(resume_chunk)
-    functions.function(EXPIRE_FUNCTION, on=[OnSchedule(name=EXPIRE_FUNCTION, every_seconds=EXPIRY_SWEEP_S)],
-                       timeout_seconds=STEP_TIMEOUT_S)(remove_expired_files)
+    functions.function(REMOVE_FILES_FUNCTION, on=[OnSchedule(name=REMOVE_FILES_FUNCTION, every_seconds=REMOVE_FILES_SWEEP_S)],
+                       timeout_seconds=STEP_TIMEOUT_S)(remove_gone_files)
 
 
 def _query(context: HandlerContext):
@@ -214,23 +216,28 @@ def change_file(event: HttpEvent, context: HandlerContext) -> dict:
     change = _body(event, NewFile | DeleteFile)
     if isinstance(change, DeleteFile):
         reads.file(_query(context), change.id)  # 404 when unknown or already deleted
-        context.records.record("batches.delete_file", FileDeleted(id=change.id))
-        return {"deleted": change.id}
+        context.records.record("batches.delete_file", FileDeleted(id=change.id))  # gone for the API from here on
+        # Its bytes now, unless a batch still running reads them (then the sweep, once it ends).
+        return {"deleted": change.id, "bytes_removed": _remove_bytes(context, change.id) == 1}
     context.records.record("batches.add_file", FileRow(
         id=change.id, filename=change.filename, purpose=change.purpose, bytes=change.bytes, bucket=BUCKET, key=change.key,
         created_at=change.created_at, expires_at=change.expires_at))
     return {"file": change.id}
 
 
-def remove_expired_files(event: ScheduledEvent, context: HandlerContext) -> dict:
-    """The bytes of files past their expires_at (OpenAI's expires_after), and their rows
-    marked deleted; the input of a batch still running stays until the batch ends."""
+def remove_gone_files(event: ScheduledEvent, context: HandlerContext) -> dict:
+    """The bytes of files deleted or past their expires_at (OpenAI's expires_after), their
+    rows marked deleted; the input of a batch still running stays until the batch ends."""
+    return {"removed": _remove_bytes(context)}
+
+
+def _remove_bytes(context: HandlerContext, file_id: str | None = None) -> int:
     removed = 0
-    for file_id, bucket, key in reads.expired_files(_query(context), UNFINISHED):
+    for gone_id, bucket, key in reads.removable_files(_query(context), UNFINISHED, file_id):
         context.objects.delete(bucket, key)  # bytes first: a crash here leaves a row the next sweep finishes
-        context.records.record("batches.delete_file", FileDeleted(id=file_id))
+        context.records.record("batches.file_bytes_removed", FileBytesRemoved(id=gone_id))
         removed += 1
-    return {"removed": removed}
+    return removed
 
 
 def create_batch(event: HttpEvent, context: HandlerContext) -> dict:
@@ -361,7 +368,7 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     if state != B.VALIDATING:
         return {"batch": batch_id, "skipped": state}
     info = reads.batch(query, batch_id)
-    source = reads.file(query, info.input_file_id, expired_too=True)
+    source = reads.input_file(query, info.input_file_id)
     known = set(settings.models) or served_models(base_url(context, settings), settings.upstream_urls(),
                                                   settings.upstream_api_token)
     with context.objects.open(source.bucket, source.key) as stream:
@@ -548,7 +555,7 @@ class _Saver:
 
 async def _run_lines(context: HandlerContext, settings: BatchSettings, info: reads.BatchInfo, plan: ChunkPlan,
                      done: set[int]) -> str | QuotaExceeded:
-    source = reads.file(_query(context), info.input_file_id, expired_too=True)
+    source = reads.input_file(_query(context), info.input_file_id)
     meter = Meter(context.quota, quota_settings(context.config), settings.quota_service, tally=True)
     saver = _Saver(context, settings, info.id, plan.chunk, meter)
     backend = LineBackend(base_url(context, settings), upstreams=settings.upstream_urls(),
@@ -626,7 +633,7 @@ def _fill_not_run(context: HandlerContext, info: reads.BatchInfo, plan: ChunkPla
                   message: str) -> int:
     """Save every request with no stored outcome (of one chunk, or of the whole batch) as a
     line that never ran, with `code`."""
-    source = reads.file(_query(context), info.input_file_id, expired_too=True)
+    source = reads.input_file(_query(context), info.input_file_id)
     filled: list[LineRow] = []
     count = 0
 

@@ -92,12 +92,21 @@ _LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR epoch(expires_at) > epoch
 
 
 def file(query: Query, file_id: str, *, expired_too: bool = False) -> FileInfo:
-    """A file that exists, is not deleted and (unless `expired_too`: the input of a batch
-    already running) has not expired, else UnknownFile."""
+    """A file that exists, is not deleted and (unless `expired_too`: the input of an old batch
+    retried) has not expired, else UnknownFile."""
     live = "deleted_at IS NULL" if expired_too else _LIVE
     rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE id = ? AND {live}", [file_id])
     if not rows:
         raise UnknownFile(f"no file with id {file_id!r}", file_id=file_id)
+    return _file(rows[0])
+
+
+def input_file(query: Query, file_id: str) -> FileInfo:
+    """The input of a batch that has not ended: read while its bytes are stored, even when
+    deleted or expired meanwhile (they stay until the batch ends), else UnknownFile."""
+    rows = query(f"SELECT {_FILE_COLUMNS} FROM batch_files WHERE id = ? AND removed_at IS NULL", [file_id])
+    if not rows:
+        raise UnknownFile(f"the bytes of file {file_id!r} are gone", file_id=file_id)
     return _file(rows[0])
 
 
@@ -115,14 +124,16 @@ def files(query: Query, *, purpose: str | None, limit: int, newest_first: bool, 
     return [_file(row) for row in rows]
 
 
-def expired_files(query: Query, unfinished: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    """(id, bucket, key) of files past their expires_at whose bytes are still stored, but for
-    the input of a batch still in one of the `unfinished` states (its lines read it)."""
+def removable_files(query: Query, unfinished: tuple[str, ...], file_id: str | None = None) -> list[tuple[str, str, str]]:
+    """(id, bucket, key) of files deleted or past their expires_at whose bytes are still
+    stored (of all, or of `file_id`), but for the input of a batch still in one of the
+    `unfinished` states (its lines read it)."""
     marks = ", ".join("?" for _ in unfinished)
-    return query("SELECT f.id, f.bucket, f.\"key\" FROM batch_files f WHERE f.deleted_at IS NULL AND f.expires_at IS NOT NULL "
-                 "AND epoch(f.expires_at) <= epoch(now()) AND NOT EXISTS (SELECT 1 FROM batches b JOIN entity_states s "
-                 f"ON s.kind = ? AND s.entity_id = b.id WHERE b.input_file_id = f.id AND s.state IN ({marks})) "
-                 "ORDER BY f.expires_at", [KIND, *unfinished])
+    return query("SELECT f.id, f.bucket, f.\"key\" FROM batch_files f WHERE f.removed_at IS NULL "
+                 "AND (f.deleted_at IS NOT NULL OR epoch(f.expires_at) <= epoch(now())) AND (? IS NULL OR f.id = ?) "
+                 "AND NOT EXISTS (SELECT 1 FROM batches b JOIN entity_states s ON s.kind = ? AND s.entity_id = b.id "
+                 f"WHERE b.input_file_id = f.id AND s.state IN ({marks})) ORDER BY coalesce(f.deleted_at, f.expires_at)",
+                 [file_id, file_id, KIND, *unfinished])
 
 
 def batch(query: Query, batch_id: str) -> BatchInfo:

@@ -243,12 +243,41 @@ def test_expires_after_is_bounded_and_an_expired_file_is_gone_then_swept(start_b
     stored = emulator.settings.bucket_path / key
     assert stored.exists()  # until the sweep
 
-    swept = httpx.post(f"http://127.0.0.1:{port}/schedules/batches-expire-files/run", headers=auth)
+    swept = httpx.post(f"http://127.0.0.1:{port}/schedules/batches-remove-files/run", headers=auth)
     assert swept.status_code == 202
     wait_for(lambda: not stored.exists(), timeout=30, what="the sweep to remove the expired file's bytes")
     wait_for(lambda: emulator.store.query("SELECT deleted_at IS NOT NULL FROM batch_files WHERE id = 'file-old'")
              == [(True,)], timeout=30, what="the expired file's row marked deleted")
     assert (emulator.settings.bucket_path / "batch-files" / f"{kept.id}.jsonl").exists()  # not expired: kept
+
+
+def test_a_deleted_file_loses_its_bytes_but_a_running_batch_reads_its_input_to_the_end(start_batches):
+    emulator, client = start_batches(DROPWIRE_BATCHES__CONCURRENCY="1")
+    port, auth = emulator.settings.http.port, {"Authorization": f"Bearer {client.api_key}"}
+    stored = lambda file_id: emulator.settings.bucket_path / "batch-files" / f"{file_id}.jsonl"  # noqa: E731
+    source = upload(client, [chat_line(f"s{i}", f"slow {i}") for i in range(6)])
+    batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
+    finished(client, batch.id, states=("in_progress",))
+
+    other = upload(client, [chat_line("x", "hello")], name="other.jsonl")
+    assert stored(other.id).exists()
+    assert client.files.delete(other.id).deleted
+    assert not stored(other.id).exists()  # no batch reads it: its bytes go with it
+
+    assert client.files.delete(source.id).deleted  # the running batch's input
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(source.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.delete(source.id)
+    assert stored(source.id).exists()  # kept while the batch reads it
+    done = finished(client, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 6
+    assert [line["custom_id"] for line in read_lines(client, done.output_file_id)] == [f"s{i}" for i in range(6)]
+
+    assert httpx.post(f"http://127.0.0.1:{port}/schedules/batches-remove-files/run", headers=auth).status_code == 202
+    wait_for(lambda: not stored(source.id).exists(), timeout=30, what="the sweep to remove the ended batch's input")
+    wait_for(lambda: emulator.store.query("SELECT count(*) FROM batch_files WHERE removed_at IS NULL AND deleted_at "
+                                          "IS NOT NULL")[0][0] == 0, timeout=30, what="both rows marked removed")
 
 
 def test_an_upload_past_the_gateways_own_limit_is_refused_naming_the_file_limit(start_batches):
