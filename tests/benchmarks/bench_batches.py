@@ -2,9 +2,11 @@
 
 1. platform overhead: N lines through the Batch API (official client: upload, create, wait
    for completed, download the output) on a running `dropwire emulate`, against the same
-   lines sent by the line backend directly in one process with the same concurrency, both to
-   the same OpenAI-compatible server in its own process (answers at once, so what is
-   measured is the platform: queue, chunks, durable saves of every line, output assembly);
+   lines sent by the line backend directly in one process with the same concurrency (the
+   issue's baseline), and split over as many processes as the platform's workers (its
+   parallelism without it), all to the same OpenAI-compatible server in its own process
+   (answers at once, so what is measured is the platform: queue, chunks, durable saves of
+   every line, metering, output assembly);
 2. interactive p99 through the gateway to the real runtime (`dropwire runtime serve`, its
    embedded test model on this machine's CPU) while a 10,000-line batch runs on its
    background lane, against the same requests with the runtime idle;
@@ -107,11 +109,11 @@ def _run_batch(client: openai.OpenAI, content: bytes, timeout: float = 3600.0) -
     return time.perf_counter() - started, batch
 
 
-async def _direct(base_url: str, content: bytes, out: Path) -> float:
+async def _direct(base_url: str, content: bytes, out: Path, concurrency: int = CONCURRENCY * WORKERS) -> float:
     """The same lines through the line backend in one process: no queue, no saves, one file out."""
     started = time.perf_counter()
-    backend = LineBackend(base_url, max_connections=CONCURRENCY * WORKERS)
-    semaphore = asyncio.Semaphore(CONCURRENCY * WORKERS)
+    backend = LineBackend(base_url, max_connections=concurrency)
+    semaphore = asyncio.Semaphore(concurrency)
     lines = [json.loads(raw) for raw in content.splitlines()]
 
     async def one(item: dict) -> bytes:
@@ -125,6 +127,29 @@ async def _direct(base_url: str, content: bytes, out: Path) -> float:
     return time.perf_counter() - started
 
 
+def _direct_share(base_url: str, content: bytes, out: Path, start_at: float) -> float:
+    """One process's share of the lines, started at `start_at` (after every process is up); the
+    epoch time it ended."""
+    time.sleep(max(0.0, start_at - time.time()))
+    asyncio.run(_direct(base_url, content, out, CONCURRENCY))
+    return time.time()
+
+
+def _direct_processes(base_url: str, content: bytes, root: Path) -> float:
+    """The lines split over WORKERS processes with CONCURRENCY each, as the platform runs them:
+    the platform's parallelism without the platform."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    lines = content.splitlines(keepends=True)
+    shares = [b"".join(lines[i::WORKERS]) for i in range(WORKERS)]
+    with ProcessPoolExecutor(WORKERS) as pool:
+        list(pool.map(time.sleep, [0.0] * WORKERS))  # the processes are up before the clock starts
+        start_at = time.time() + 1.0
+        ends = list(pool.map(_direct_share, [base_url] * WORKERS, shares,
+                             [root / f"direct-{i}.jsonl" for i in range(WORKERS)], [start_at] * WORKERS))
+    return max(ends) - start_at
+
+
 def overhead(root: Path) -> None:
     up_port, http_port = free_port(), free_port()
     upstream = _upstream(up_port)
@@ -136,10 +161,14 @@ def overhead(root: Path) -> None:
         content = b"".join(_line(i) for i in range(LINES))
         platform, batch = _run_batch(client, content)
         direct = asyncio.run(_direct(base, content, root / "direct.jsonl"))
+        spread = _direct_processes(base, content, root)
         assert batch.request_counts.completed == LINES, batch.request_counts
-        print(f"{'lines':>7} {'Batch API s':>12} {'direct s':>9} {'API lines/s':>12} {'direct lines/s':>15} {'overhead':>9}")
-        print(f"{LINES:>7,} {platform:>12.2f} {direct:>9.2f} {LINES / platform:>12.0f} {LINES / direct:>15.0f} "
-              f"{(platform / direct - 1) * 100:>8.0f}%", flush=True)
+        print(f"{LINES:,} lines; Batch API {platform:.2f} s ({LINES / platform:.0f} lines/s), {WORKERS} workers x "
+              f"{CONCURRENCY} lines in flight")
+        print(f"{'baseline: the line backend directly':>48} {'s':>7} {'lines/s':>8} {'overhead':>9}")
+        for name, seconds in (("in one process (the issue's baseline)", direct),
+                              (f"in {WORKERS} processes (the platform's parallelism)", spread)):
+            print(f"{name:>48} {seconds:>7.2f} {LINES / seconds:>8.0f} {(platform / seconds - 1) * 100:>8.0f}%", flush=True)
     finally:
         _stop(emulator)
         upstream.terminate()
