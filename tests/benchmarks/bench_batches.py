@@ -291,6 +291,17 @@ def memory(root: Path) -> None:
               "the file's size", flush=True)
         print(f"  of which the control plane (store, gateway): {base_own / 1024:.0f} -> {peak_own / 1024:.0f} MiB; "
               f"handler processes: {base_children / 1024:.0f} -> {peak_children / 1024:.0f} MiB", flush=True)
+        from dropwire.local_emulator.control import ControlClient
+        from dropwire.local_emulator.settings import load_settings
+
+        settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(data)})
+        store = ControlClient(settings.control_socket_path, settings.control_key())
+        try:
+            (held, limit), = store.query("SELECT sum(memory_usage_bytes), current_setting('memory_limit') FROM duckdb_memory()")
+        finally:
+            store.close()
+        print(f"  DuckDB's own memory at the end: {held / 2**20:.0f} MiB (its memory_limit, database.memory_limit: {limit}); "
+              "what it caches is bounded by that limit, not by the file", flush=True)
     finally:
         _stop(emulator)
         upstream.terminate()
