@@ -108,6 +108,8 @@ class Quota(Facet):
         self._stored: set[tuple[str, float]] = set()
         self._tat: dict[tuple[str, str], int] = {}
         self._upstream: dict[tuple[str, str], Observation] = {}
+        # Minutes before this are no longer held (what a restart would not reload either).
+        self._held_from = 0.0
 
     def load(self, con, *, restart_grace: bool) -> None:
         since = _day(time.time()) - DAY
@@ -115,9 +117,20 @@ class Quota(Facet):
             "SELECT service, epoch(minute), requests, tokens, input_tokens, output_tokens, cost_usd FROM quota_usage "
             "WHERE minute >= to_timestamp(?)", [since]).fetchall()}
         self._stored = set(self._usage)
+        self._held_from = since
         self._tat = {(s, r): tat for s, r, tat in con.execute("SELECT service, rate, tat_us FROM quota_limiter").fetchall()}
         self._upstream = {(s, m): Observation(metric=m, limit=l, remaining=r, reset_at=at) for s, m, l, r, at in con.execute(
             'SELECT service, metric, "limit", remaining, epoch(reset_at) FROM quota_upstream').fetchall()}
+
+    def begin_cycle(self, now: float) -> None:
+        """Once the day turns, forget the minutes of the day before yesterday: the usage held
+        stays two days, as a restart reloads it, not everything since the process started."""
+        since = _day(now) - DAY
+        if since > self._held_from:
+            self._held_from = since
+            for key in [key for key in self._usage if key[1] < since]:
+                del self._usage[key]
+                self._stored.discard(key)
 
     # ------------------------------------------------------------------ writes
 
@@ -228,6 +241,11 @@ class Quota(Facet):
             batch.add(UPSTREAM, (service, seen.metric, seen.limit, seen.remaining, seen.reset_at, now), new=new)
 
     def _add(self, service: str, minute: float, delta: list, batch: Batch) -> None:
+        if minute < self._held_from:
+            # A settle days late (no request lives that long): its stored row is not held, and
+            # writing one anew would collide with it; the day it belongs to is over.
+            log.warning("quota: a count for %s at minute %s, before the usage held, is dropped", service, minute)
+            return
         key = (service, minute)
         row = self._usage.setdefault(key, [0, 0, 0, 0, 0.0])
         for i, value in enumerate(delta):

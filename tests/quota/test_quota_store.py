@@ -144,3 +144,13 @@ def test_a_service_without_limits_is_counted_without_waiting_for_a_commit(tmp_pa
             release.set()
         store.quota.acquire("limited", Limits(requests_per_day=5))  # waits for its commit, after the counts above
         assert store.query("SELECT requests, tokens FROM quota_usage WHERE service = 'free'") == [(1, 5)]
+
+
+def test_usage_older_than_two_days_is_let_go_and_a_count_that_late_is_dropped_not_a_failed_commit(tmp_path):
+    """The facet holds two days of minutes (what a restart reloads), not all since it started;
+    a settle for a minute no longer held would collide with its stored row, so it is dropped."""
+    with Store.open(tmp_path / "db.duckdb") as store:
+        grant = store.quota.acquire("up", Limits(requests_per_day=100), tokens=5)
+        store.writer.call(lambda batch, now: store.quota.begin_cycle(now + 3 * 86400))  # the day turned, thrice
+        store.quota.settle(grant, sent=True, input_tokens=10, output_tokens=10)  # commits: nothing failed
+        assert store.query("SELECT requests, tokens FROM quota_usage WHERE service = 'up'") == [(1, 5)]
