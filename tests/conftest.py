@@ -58,12 +58,23 @@ def run_cli(dropwire_env: dict[str, str]) -> Callable[..., subprocess.CompletedP
     return run
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> object:
-    """Poll until `condition()` is truthy; fail the test with `what` if it never is."""
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+             what: str | Callable[[], str] = "condition") -> object:
+    """Poll until `condition()` is truthy; fail the test with `what` if it never is (a callable
+    `what` is asked at the failure, so it tells how things stand then, not when the wait began)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
+
+
+def unfinished_tasks(query: Callable[..., list]) -> str:
+    """The queue's tasks that have not succeeded, for a failed wait's message: what is queued,
+    running, retrying or dead, with its last error."""
+    rows = query("SELECT id, name, status, attempts, left(coalesce(last_error, ''), 300) FROM tasks "
+                 "WHERE status <> 'succeeded' ORDER BY id")
+    return "; ".join(f"#{i} {name} {status} after {attempts} attempt(s) {error}".rstrip() for i, name, status, attempts, error
+                     in rows) or "none"

@@ -18,7 +18,7 @@ import pytest
 from dropwire.functions.curation.handlers import export_id_of
 from dropwire.local_emulator.emulator import Emulator
 from tests.batches.upstream import MODEL, Upstream, chat_line
-from tests.conftest import wait_for
+from tests.conftest import unfinished_tasks, wait_for
 from tests.curation.conftest import LabelStudioServer
 from tests.curation.proxy import LossyProxy
 from tests.platform.conftest import emulator_settings, free_port
@@ -65,7 +65,8 @@ def state(emulator: Emulator, kind: str, entity_id: str) -> str | None:
 
 def reach(emulator: Emulator, kind: str, entity_id: str, wanted: str, timeout: float = 90) -> None:
     wait_for(lambda: state(emulator, kind, entity_id) == wanted, timeout=timeout, interval=0.1,
-             what=f"{kind} {entity_id} to reach {wanted} (it is {state(emulator, kind, entity_id)})")
+             what=lambda: f"{kind} {entity_id} to reach {wanted} (it is {state(emulator, kind, entity_id)}; tasks not "
+                          f"succeeded: {unfinished_tasks(emulator.store.query)})")
 
 
 def run_batch(emulator: Emulator, name: str, lines: list[dict], metadata: dict[str, str] | None = None) -> str:

@@ -52,7 +52,7 @@ def reach(http: httpx.Client, path: str, wanted: str) -> dict:
         last.update(http.get(f"{path}/state").json())  # a 404 error body until the entity exists
         return last.get("state") == wanted
 
-    wait_for(there, timeout=60, what=f"{path} to reach {wanted} (it is {last.get('state')})")
+    wait_for(there, timeout=60, what=lambda: f"{path} to reach {wanted} (it is {last.get('state')})")
     return last
 
 

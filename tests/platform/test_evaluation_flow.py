@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from dropwire.functions.evaluation.core import QualityReport
-from tests.conftest import wait_for
+from tests.conftest import unfinished_tasks, wait_for
 from tests.evaluation.conftest import EXPECTED_FIELD_F1, FIELDS, GOOD_ROWS, HEADER
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,8 @@ def state(emulator, kind: str, entity_id: str) -> str | None:
 
 def reach(emulator, kind: str, entity_id: str, wanted: str) -> None:
     wait_for(lambda: state(emulator, kind, entity_id) == wanted, timeout=40,
-             what=f"{kind} {entity_id} to reach {wanted} (it is {state(emulator, kind, entity_id)})")
+             what=lambda: f"{kind} {entity_id} to reach {wanted} (it is {state(emulator, kind, entity_id)}; tasks not "
+                          f"succeeded: {unfinished_tasks(emulator.store.query)})")
 
 
 def test_use_case_config_and_three_models_progress_independently(start_emulator):

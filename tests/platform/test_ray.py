@@ -26,7 +26,7 @@ from ray import cluster_utils  # noqa: E402
 
 from dropwire.local_emulator.emulator import Emulator  # noqa: E402
 from dropwire.local_emulator.ray_executor import RayExecutor  # noqa: E402
-from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, wait_for  # noqa: E402
+from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, unfinished_tasks, wait_for  # noqa: E402
 from tests.platform.conftest import emulator_settings, free_port  # noqa: E402
 from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket  # noqa: E402
 
@@ -107,7 +107,8 @@ class Flow:
 
     def reach(self, kind: str, entity_id: str, wanted: str, timeout: float = 120) -> None:
         wait_for(lambda: self.state(kind, entity_id) == wanted, timeout=timeout,
-                 what=f"{kind} {entity_id} to reach {wanted} (it is {self.state(kind, entity_id)})")
+                 what=lambda: f"{kind} {entity_id} to reach {wanted} (it is {self.state(kind, entity_id)}; tasks not "
+                              f"succeeded: {unfinished_tasks(self.emulator.store.query)})")
 
     def put(self, key: str, body: str) -> None:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body.encode())

@@ -14,7 +14,7 @@ import pytest
 from dropwire.functions.evaluation.core.samples import sample_config, sample_dataset
 from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.settings import load_settings
-from tests.conftest import DROPWIRE, REPO, wait_for
+from tests.conftest import DROPWIRE, REPO, unfinished_tasks, wait_for
 from tests.platform.conftest import free_port
 from tests.platform.test_evaluation_flow import drop
 
@@ -70,7 +70,8 @@ def test_the_evaluation_flow_completes_on_two_worker_processes_one_killed_mid_st
 
         def reach(kind: str, entity_id: str, wanted: str, timeout: float = 120) -> None:
             wait_for(lambda: state(kind, entity_id) == wanted, timeout=timeout,
-                     what=f"{kind} {entity_id} to reach {wanted} (it is {state(kind, entity_id)})")
+                     what=lambda: f"{kind} {entity_id} to reach {wanted} (it is {state(kind, entity_id)}; tasks not "
+                                  f"succeeded: {unfinished_tasks(client.query)})")
 
         bucket = data_dir / "bucket"
         drop(bucket, "use-cases/inv/use-case.json", json.dumps({"name": "Invoices", "team_email": "team@example.com"}))
