@@ -43,7 +43,8 @@ def state(emulator, kind: str, entity_id: str) -> str | None:
 
 
 def reach(emulator, kind: str, entity_id: str, wanted: str) -> None:
-    wait_for(lambda: state(emulator, kind, entity_id) == wanted, timeout=40,
+    # A bound on a hang, not a speed test: CI's loaded 2 cores once took over 40 s here.
+    wait_for(lambda: state(emulator, kind, entity_id) == wanted, timeout=90,
              what=lambda: f"{kind} {entity_id} to reach {wanted} (it is {state(emulator, kind, entity_id)}; tasks not "
                           f"succeeded: {unfinished_tasks(emulator.store.query)})")
 
