@@ -53,6 +53,7 @@ class Limits(msgspec.Struct, kw_only=True, frozen=True):
     tokens_per_minute: int = 0
     requests_per_day: int = 0
     tokens_per_day: int = 0
+    #: The UTC day's cost budget.
     cost_per_day_usd: float = 0.0
     #: Requests admitted at once before GCRA paces them (1: evenly spaced, never above the rate).
     request_burst: int = 1

@@ -10,17 +10,11 @@ import msgspec
 from dropwire.storage.quota import Limits
 
 
-class ServiceQuota(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """One metered service (e.g. the batch upstream); 0 means no limit of that kind."""
+class ServiceQuota(Limits, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One metered service (e.g. the batch upstream): its limits as the store applies them
+    (storage/quota.py Limits; 0 means no limit of that kind, the daily cost budget from
+    `prices`), and how a request is priced and counted before its answer."""
 
-    requests_per_minute: int = 0
-    tokens_per_minute: int = 0
-    requests_per_day: int = 0
-    tokens_per_day: int = 0
-    # The daily cost budget (UTC day), from `prices`.
-    cost_per_day_usd: float = 0.0
-    # Requests let through at once before the rate paces them (1: evenly spaced).
-    request_burst: int = 1
     # Tokens a request is counted for before its answer tells: its max_tokens (or this
     # when it names none) plus about one token per 4 characters of its body.
     default_max_tokens: int = 256
@@ -28,9 +22,8 @@ class ServiceQuota(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     prices: dict[str, list[float]] = {}
 
     def limits(self) -> Limits:
-        return Limits(requests_per_minute=self.requests_per_minute, tokens_per_minute=self.tokens_per_minute,
-                      requests_per_day=self.requests_per_day, tokens_per_day=self.tokens_per_day,
-                      cost_per_day_usd=self.cost_per_day_usd, request_burst=self.request_burst)
+        """The limits alone: what the store is sent."""
+        return Limits(**{name: getattr(self, name) for name in Limits.__struct_fields__})
 
     def price(self, model: str) -> tuple[float, float]:
         found = self.prices.get(model) or self.prices.get("*") or [0.0, 0.0]
