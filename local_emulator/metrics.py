@@ -21,27 +21,24 @@ class GatewayCollector(Collector):
     def __init__(self, query: Query, quota: QuotaSettings) -> None:
         self.query, self.quota = query, quota
 
+    def _grouped(self, family: type, name: str, documentation: str, labels: list[str], sql: str) -> Any:
+        """One metric family from a query whose rows are its label values then a count."""
+        metric = family(name, documentation, labels=labels)
+        for *values, count in self.query(sql, []):
+            metric.add_metric(list(values), count)
+        return metric
+
     def collect(self) -> Iterator[Any]:
-        depth = GaugeMetricFamily("dropwire_queue_tasks", "Tasks by task name and status", labels=["task", "status"])
-        for name, status, count in self.query("SELECT name, status, count(*) FROM tasks GROUP BY name, status", []):
-            depth.add_metric([name, status], count)
-        yield depth
-        calls = CounterMetricFamily("dropwire_invocations", "Handler attempts by function and outcome",
-                                    labels=["function", "outcome"])
-        for function, outcome, count in self.query(
-                "SELECT function, outcome, count(*) FROM invocations GROUP BY function, outcome", []):
-            calls.add_metric([function, outcome], count)
-        yield calls
-        lines = CounterMetricFamily("dropwire_batch_lines", "Batch lines saved, by outcome", labels=["status"])
-        for status, count in self.query(
-                "SELECT CASE WHEN status_code BETWEEN 200 AND 299 THEN 'completed' ELSE 'failed' END, count(*) "
-                "FROM batch_lines GROUP BY 1", []):
-            lines.add_metric([status], count)
-        yield lines
-        flows = GaugeMetricFamily("dropwire_workflows", "Workflows by kind and state", labels=["kind", "state"])
-        for kind, state, count in self.query("SELECT kind, state, count(*) FROM entity_states GROUP BY kind, state", []):
-            flows.add_metric([kind, state], count)
-        yield flows
+        yield self._grouped(GaugeMetricFamily, "dropwire_queue_tasks", "Tasks by task name and status", ["task", "status"],
+                            "SELECT name, status, count(*) FROM tasks GROUP BY name, status")
+        yield self._grouped(CounterMetricFamily, "dropwire_invocations", "Handler attempts by function and outcome",
+                            ["function", "outcome"],
+                            "SELECT function, outcome, count(*) FROM invocations GROUP BY function, outcome")
+        yield self._grouped(CounterMetricFamily, "dropwire_batch_lines", "Batch lines saved, by outcome", ["status"],
+                            "SELECT CASE WHEN status_code BETWEEN 200 AND 299 THEN 'completed' ELSE 'failed' END, "
+                            "count(*) FROM batch_lines GROUP BY 1")
+        yield self._grouped(GaugeMetricFamily, "dropwire_workflows", "Workflows by kind and state", ["kind", "state"],
+                            "SELECT kind, state, count(*) FROM entity_states GROUP BY kind, state")
         remaining = GaugeMetricFamily("dropwire_quota_remaining", "What is left of each limit in its current window",
                                       labels=["service", "limit"])
         used = GaugeMetricFamily("dropwire_quota_used", "What is spent of each limit in its current window",

@@ -34,13 +34,9 @@ class RuntimeCollector(Collector):
         done.add_metric(["forecast", "interactive"], scheduler.computed_interactive)
         done.add_metric(["forecast", "background"], scheduler.computed_background)
         if stats.textgen is not None:
-            text = stats.textgen
-            waiting.add_metric(["textgen", "interactive"], text.waiting_interactive)
-            waiting.add_metric(["textgen", "background"], text.waiting_background)
-            active.add_metric(["textgen", "interactive"], text.active_interactive)
-            active.add_metric(["textgen", "background"], text.active_background)
-            done.add_metric(["textgen", "interactive"], text.completed_interactive)
-            done.add_metric(["textgen", "background"], text.completed_background)
+            for lane in ("interactive", "background"):
+                for family, stat in ((waiting, "waiting"), (active, "active"), (done, "completed")):
+                    family.add_metric(["textgen", lane], getattr(stats.textgen, f"{stat}_{lane}"))
         yield from (waiting, active, done)
         hits = CounterMetricFamily("dropwire_runtime_cache_hits", "Cache hits", labels=["cache"])
         misses = CounterMetricFamily("dropwire_runtime_cache_misses", "Cache misses", labels=["cache"])
