@@ -45,8 +45,15 @@ class BatchSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     heartbeat_alive_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.chunk_lines < 1 or self.max_lines < 1 or self.max_bytes < 1:
-            raise ValueError("batches.chunk_lines, max_lines and max_bytes must be positive")
+        for name in ("chunk_lines", "max_lines", "max_bytes", "concurrency", "save_every_lines", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"batches.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("slice_seconds", "save_every_seconds", "request_timeout_seconds", "heartbeat_alive_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"batches.{name} must be more than 0 seconds, got {getattr(self, name)}")
+        if self.retry_base_seconds < 0 or self.retry_max_seconds < self.retry_base_seconds:
+            raise ValueError(f"batches.retry_base_seconds ({self.retry_base_seconds}) must be >= 0 and at most "
+                             f"batches.retry_max_seconds ({self.retry_max_seconds})")
         if not self.completion_windows or any(window_seconds(w) is None for w in self.completion_windows):
             raise ValueError(f"batches.completion_windows must be durations like '24h' or '90s', got {self.completion_windows}")
         for entry in self.upstreams:

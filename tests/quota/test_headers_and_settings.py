@@ -73,6 +73,10 @@ def test_malformed_or_contradictory_headers_are_ignored_and_logged_once(caplog):
     ({"DROPWIRE_QUOTA__MAX_PARK_SECONDS": "0"}, "quota.max_park_seconds"),
     ({"DROPWIRE_QUOTA__SERVICES": "{not json"}, "DROPWIRE_QUOTA__SERVICES must be a JSON object"),
     ({"DROPWIRE_RUNTIME__TEXTGEN__RATE_LIMIT_WINDOW_S": "0"}, "rate_limit_window_s"),
+    # A chunk with no line in flight would wait forever; no save interval would save on every line.
+    ({"DROPWIRE_BATCHES__CONCURRENCY": "0"}, "batches.concurrency must be at least 1, got 0"),
+    ({"DROPWIRE_BATCHES__SAVE_EVERY_SECONDS": "0"}, "batches.save_every_seconds must be more than 0 seconds"),
+    ({"DROPWIRE_BATCHES__RETRY_MAX_SECONDS": "0.1"}, "batches.retry_base_seconds (0.5) must be >= 0 and at most"),
 ])
 def test_limits_that_make_no_sense_are_refused_naming_the_setting(variables, named):
     with pytest.raises(SettingsError) as refused:
