@@ -41,9 +41,18 @@ SCHEDULE_RUNS = TableSpec(
 )
 
 
+def printable(key: str) -> str:
+    """A key as text that can be shown and stored anywhere: the bytes of a name that is not
+    UTF-8 (which Python holds as surrogates) as \\x escapes."""
+    try:
+        return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (e.g. from JSON)
+        return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _failed(receipt: ObjectReceipt, reason: str) -> Admission:
-    return Admission(outcome="failed", reason=f"{receipt.bucket}/{receipt.key} could not be admitted for "
-                                              f"{receipt.function}: {reason}")
+    return Admission(outcome="failed", reason=printable(f"{receipt.bucket}/{receipt.key} could not be admitted for "
+                                                        f"{receipt.function}: {reason}"))
 
 
 def sequencer_before(a: str, b: str) -> bool:
