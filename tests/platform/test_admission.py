@@ -5,6 +5,10 @@ and knows what was done, and a source that cannot admit events says so in /healt
 
 from __future__ import annotations
 
+import json
+import os
+
+import httpx
 import pytest
 
 from dropwire.local_emulator.emulator import Emulator
@@ -64,3 +68,47 @@ def test_after_queue_cleanup_ids_are_not_reused_and_the_catch_up_admits_what_arr
 
 def _functions_env() -> dict[str, str]:
     return {"DROPWIRE_FUNCTIONS": "tests.platform.sample_functions:functions"}
+
+
+def metric(http, line_start: str) -> float | None:
+    for line in http.get("/metrics", headers=TOKEN).text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+TOKEN = {"Authorization": "Bearer s3cret"}
+
+
+def test_a_file_that_cannot_be_admitted_holds_up_no_other_and_shows_in_health_and_metrics(data_dir):
+    """A file whose name is not UTF-8 among files dropped while the emulator was down: the
+    catch-up routes them together; the others are handled, the one is named in /health
+    (503 source_degraded; its key only to a caller with a token) and counted in /metrics
+    until it is renamed."""
+    settings = emulator_settings(data_dir, DROPWIRE_HTTP__API_TOKENS='["s3cret"]')
+    incoming = settings.bucket_path / "incoming"
+    incoming.mkdir(parents=True)
+    for name in (b"1.csv", b"bad\xff.csv", b"2.csv"):
+        with open(os.path.join(bytes(incoming), name), "wb") as file:
+            file.write(b"x")
+
+    with Emulator(settings) as emulator, httpx.Client(base_url=f"http://127.0.0.1:{settings.http.port}") as http:
+        wait_for(lambda: succeeded(emulator, "incoming/1.csv") and succeeded(emulator, "incoming/2.csv"),
+                 what=lambda: f"the good files to be handled; unfinished: {unfinished_tasks(emulator.store.query)}")
+        wait_for(lambda: http.get("/health").status_code == 503, what="/health to say degraded")
+        anyone = http.get("/health").json()
+        assert anyone["error"] == "source_degraded" and "folder: 1 event(s) not admitted since" in anyone["message"]
+        (source,) = anyone["details"]["sources"]
+        assert (source["source"], source["not_admitted"], source["failures"]) == ("folder", 1, 1)
+        assert "events" not in source and "bad" not in json.dumps(anyone)  # open to anyone: no keys
+        (event,) = http.get("/health", headers=TOKEN).json()["details"]["sources"][0]["events"]
+        assert event["key"] == "incoming/bad\\xff.csv" and "is not UTF-8" in event["error"]
+        assert metric(http, 'dropwire_events_not_admitted{source="folder"}') == 1
+        assert metric(http, 'dropwire_event_admission_failures_total{source="folder"}') == 1
+
+        os.rename(os.path.join(bytes(incoming), b"bad\xff.csv"), incoming / "renamed.csv")
+        wait_for(lambda: succeeded(emulator, "incoming/renamed.csv"), what="the renamed file to be handled")
+        wait_for(lambda: http.get("/health").status_code == 200, what="/health to be ok again")
+        assert http.get("/health").json() == {"status": "ok"}
+        assert metric(http, 'dropwire_events_not_admitted{source="folder"}') == 0
+        assert metric(http, 'dropwire_event_admission_failures_total{source="folder"}') == 1
