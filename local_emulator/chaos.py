@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import random
 import threading
 import time
 from typing import Callable
 
 from dropwire.functions.platform.registry import ObjectEvent
+
+log = logging.getLogger("dropwire.chaos")
 
 
 class Chaos:
@@ -57,4 +60,7 @@ class Chaos:
                     if self._stopping:
                         return
                     self._wake.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-            self.route([event])
+            try:
+                self.route([event])
+            except Exception as exc:  # the router recorded it in its health; this thread goes on
+                log.error("chaos: %s/%s could not be routed: %s", event.bucket, event.key, exc)

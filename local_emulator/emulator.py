@@ -90,10 +90,13 @@ class Emulator:
                           max_delay_seconds=self.chaos_settings.max_delay_seconds, seed=self.chaos_settings.seed)
             self._stops.append(chaos.close)
             route = chaos.submit
+        # Both sources route through the router, which keeps their admission health (/health, /metrics).
         if not settings.events.bucket_s3:  # the bucket is the local folder
+            self.router.health.expect("folder")
             folder = FolderSource(settings.bucket_path, settings.events.bucket, route, settings.events.settle_seconds).start()
             self._stops.append(folder.stop)
         if settings.events.sqs_queue_url:
+            self.router.health.expect("sqs")
             sqs = boto3.client("sqs", region_name=settings.events.aws_region,
                                endpoint_url=settings.events.s3_endpoint_url or None)
             self._stops.append(SqsSource(sqs, settings.events.sqs_queue_url, route, settings.events.sqs_wait_seconds,

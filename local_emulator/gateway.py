@@ -27,7 +27,7 @@ from dropwire.functions.quota.meter import Meter
 from dropwire.functions.quota.settings import quota_settings
 from dropwire.local_emulator import metrics
 from dropwire.local_emulator.inference_proxy import build_inference_proxy
-from dropwire.local_emulator.router import EventRouter
+from dropwire.local_emulator.router import EventRouter, SourceHealth
 from dropwire.local_emulator.scheduler import Scheduler
 from dropwire.runtime.http_errors import exception_handlers
 from dropwire.runtime.http_options import complete_allow_header
@@ -51,6 +51,41 @@ class NotAuthorized(DropwireError):
 class TooLarge(DropwireError):
     http_status = 413
     code = "upload_too_large"
+
+
+HEALTH_503 = ("not ready (not_ready: the state store is not answering), or an event source cannot admit "
+              "events (source_degraded: files or messages wait and are retried; details name the source, "
+              "how many, since when)")
+
+
+class SourceDegraded(DropwireError):
+    """An event source has events it could not admit: the platform is up, but those files (or
+    messages) are not being processed until they are."""
+
+    http_status = 503
+    code = "source_degraded"
+
+    @classmethod
+    def of(cls, degraded: list[SourceHealth], *, detailed: bool) -> "SourceDegraded":
+        said = "; ".join(f"{s.source}: {len(s.failing)} event(s) not admitted since {_iso(s.failing[0].since)}"
+                         for s in degraded)
+        sources = []
+        for source in degraded:
+            entry: dict[str, Any] = {"source": source.source, "not_admitted": len(source.failing),
+                                     "since": _iso(source.failing[0].since), "failures": source.failures}
+            if detailed:
+                entry["events"] = [{"bucket": f.bucket, "key": f.key, "error": f.error, "since": _iso(f.since),
+                                    "attempts": f.attempts} for f in source.failing[:HEALTH_EVENTS]]
+            sources.append(entry)
+        return cls(f"degraded: an event source cannot admit events ({said}); they are retried", sources=sources)
+
+
+#: The failing events /health names per source (the oldest); the count covers them all.
+HEALTH_EVENTS = 20
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 class Accepted(msgspec.Struct):
@@ -106,23 +141,32 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
     """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers);
     `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to."""
 
+    def has_token(request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and any(hmac.compare_digest(token, t) for t in api_tokens)
+
     async def require_token(request: Request) -> None:
         if not api_tokens or request.url.path in ALWAYS_OPEN:
             return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, t) for t in api_tokens):
+        if not has_token(request):
             raise NotAuthorized("a valid bearer token is required: send 'Authorization: Bearer <token>'"
-                                if header else "missing 'Authorization: Bearer <token>' header")
+                                if request.headers.get("authorization") else "missing 'Authorization: Bearer <token>' header")
 
-    @get("/health", sync_to_thread=True)
-    def health() -> Health:
-        """Liveness and readiness for a load balancer, open to anyone: so it says nothing else."""
+    @get("/health", sync_to_thread=True, responses=error_responses(503, meanings={503: HEALTH_503}))
+    def health(request: Request) -> Health:
+        """Liveness and readiness for a load balancer, open to anyone: so it says nothing else,
+        but for an event source that cannot admit events (503 source_degraded: which source,
+        how many events, since when; their keys and errors only with a valid token, or with
+        no tokens configured)."""
         try:
             store.queue.stats()  # the store answers reads: ready
         except Exception as exc:  # whatever the cause, not ready; the cause goes to the log, not to anyone asking
             log.warning("/health: not ready: %s: %s", type(exc).__name__, exc)
             raise NotReady("not ready: the state store is not answering") from None
+        degraded = [source for source in router.health.sources() if source.degraded]
+        if degraded:
+            raise SourceDegraded.of(degraded, detailed=not api_tokens or has_token(request))
         return Health(status="ok")
 
     def enqueue_http(name: str, body: Any) -> int:
@@ -206,8 +250,9 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
 
     @get("/metrics", sync_to_thread=True, media_type=metrics.CONTENT_TYPE, responses=error_responses(*GATEWAY_ERRORS))
     def prometheus_metrics() -> Response[bytes]:
-        """Prometheus scrape: queue depth, invocations, batch lines, workflows, quota left."""
-        return Response(metrics.metrics_text(store.query, quota), media_type=metrics.CONTENT_TYPE)
+        """Prometheus scrape: queue depth, invocations, batch lines, workflows, quota left, events
+        each source could not admit."""
+        return Response(metrics.metrics_text(store.query, quota, router.health), media_type=metrics.CONTENT_TYPE)
 
     ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, config=config or {},
                      wake=store.queue.wake)

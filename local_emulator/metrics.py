@@ -1,6 +1,8 @@
 """GET /metrics on the gateway (Prometheus text format, prometheus-client), read from the
 committed state at each scrape: queue depth by task and status, invocations by outcome,
-batch lines by status, workflows by kind and state, and each metered service's quota left."""
+batch lines by status, workflows by kind and state, and each metered service's quota left;
+and, from the event router's memory (since the process started), each event source's events
+that could not be admitted: every failure counted, and those failing now."""
 
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ from prometheus_client.registry import Collector
 
 from dropwire.functions.quota import reads as quota_reads
 from dropwire.functions.quota.settings import QuotaSettings
+from dropwire.local_emulator.router import AdmissionHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Query = Callable[[str, list], list[tuple]]
 
 
 class GatewayCollector(Collector):
-    def __init__(self, query: Query, quota: QuotaSettings) -> None:
-        self.query, self.quota = query, quota
+    def __init__(self, query: Query, quota: QuotaSettings, admission: AdmissionHealth | None = None) -> None:
+        self.query, self.quota, self.admission = query, quota, admission
 
     def _grouped(self, family: type, name: str, documentation: str, labels: list[str], sql: str) -> Any:
         """One metric family from a query whose rows are its label values then a count."""
@@ -52,9 +55,23 @@ class GatewayCollector(Collector):
                 if seen.remaining is not None:
                     remaining.add_metric([service, f"upstream_{seen.metric}"], seen.remaining)
         yield from (remaining, used)
+        if self.admission is not None:
+            yield from self._admission(self.admission)
+
+    @staticmethod
+    def _admission(admission: AdmissionHealth) -> Iterator[Any]:
+        failures = CounterMetricFamily("dropwire_event_admission_failures",
+                                       "Object events a source could not admit, every attempt counted", labels=["source"])
+        failing = GaugeMetricFamily("dropwire_events_not_admitted",
+                                    "Object events a source could not admit and that have not been admitted since",
+                                    labels=["source"])
+        for source in admission.sources():
+            failures.add_metric([source.source], source.failures)
+            failing.add_metric([source.source], len(source.failing))
+        yield from (failures, failing)
 
 
-def metrics_text(query: Query, quota: QuotaSettings) -> bytes:
+def metrics_text(query: Query, quota: QuotaSettings, admission: AdmissionHealth | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(query, quota))
+    registry.register(GatewayCollector(query, quota, admission))
     return generate_latest(registry)

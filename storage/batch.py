@@ -101,13 +101,25 @@ class Batch:
             if not self.statements:
                 script.append("COMMIT")
             con.execute(";\n".join(script))
+            if self.statements:
+                for sql, params in self.statements:
+                    con.execute(sql, params)
+                con.execute("COMMIT")
+        except BaseException:
+            # Roll back first: in an aborted transaction unregister() fails too, and its
+            # "Current transaction is aborted" would replace the error that names the row.
+            _roll_back(con)
+            raise
         finally:
             for view in views:
                 con.unregister(view)
-        if self.statements:
-            for sql, params in self.statements:
-                con.execute(sql, params)
-            con.execute("COMMIT")
+
+
+def _roll_back(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # the failure came before BEGIN: no transaction to end
 
 
 def _finish_reads(con: duckdb.DuckDBPyConnection) -> None:

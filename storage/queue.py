@@ -13,7 +13,8 @@ Promises:
   effects. A completion, failure or release with a stale token is refused (`StaleLease`):
   that work must not commit.
 - A dead letter can be replayed once, as a new task with fresh attempts; `cleanup` deletes
-  finished tasks (succeeded, or dead and replayed) older than N days with their attempts.
+  finished tasks (succeeded, or dead and replayed) older than N days with their attempts;
+  their ids are never given again, and their object receipts still refuse a duplicate.
 - Reads (`task`, `stats`, `dead_letters`, `dead_letter`) see committed data only.
 """
 
@@ -386,6 +387,7 @@ class Queue(Facet):
                 batch.execute("DELETE FROM task_attempts WHERE task_id IN (SELECT unnest(?::BIGINT[]))", (ids,))
                 batch.execute("DELETE FROM dead_letters WHERE task_id IN (SELECT unnest(?::BIGINT[]))", (ids,))
                 batch.execute("DELETE FROM tasks WHERE id IN (SELECT unnest(?::BIGINT[]))", (ids,))
+                self.tasks.stage_high_water(batch)  # their ids stay given
                 for _, key in doomed:
                     if key is not None:
                         self.tasks.index.by_key.pop(key, None)

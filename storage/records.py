@@ -182,7 +182,7 @@ class ObjectReceipt(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Admission(msgspec.Struct, kw_only=True, frozen=True):
-    #: accepted | duplicate | stale
+    #: accepted | duplicate | stale | failed (not admitted: `reason` says why, with the key)
     outcome: str
     task_id: int | None = None
     reason: str = ""

@@ -5,7 +5,9 @@ the same for all.
 Promises:
 - `encode` refuses, in the caller's thread, a task the store does not know (when it was
   opened with `known_tasks`), a `max_attempts` below 1, or arguments that are not JSON.
-- `plan` gives each new task the next id; a task whose idempotency key was used before (by a
+- `plan` gives each new task the next id, above every id ever given: a finished task deleted
+  by `queue cleanup` leaves its id in `id_high_water` (`stage_high_water`, in the deleting
+  transaction), so ids are never reused, across deletes and restarts; a task whose idempotency key was used before (by a
   live or finished task, or earlier in the same plan) is not planned again: the first one
   stands for it.
 - The view (`index`) holds every live (queued, running, retrying) task and every key used;
@@ -38,6 +40,8 @@ TASKS = TableSpec(
     timestamps=frozenset({"not_before", "claimed_at", "lease_expires", "created_at", "updated_at", "finished_at"}),
     immutable=frozenset({"name", "args", "priority", "max_attempts", "idempotency_key", "on_dead", "on_retry", "created_at"}),
 )
+
+ID_HIGH_WATER = TableSpec("id_high_water", (("name", STRING), ("last_id", INT64)), key=("name",))
 
 #: A task checked and its arguments encoded as JSON, ready to plan.
 EncodedTask = tuple[TaskSpec, str]
@@ -86,10 +90,17 @@ class LiveTasks(Facet):
             "SELECT idempotency_key, id FROM tasks WHERE idempotency_key IS NOT NULL AND status NOT IN ('queued', 'running', 'retrying')"
         ).fetchall():
             self.index.by_key[key] = task_id
-        self._next_id = (con.execute("SELECT max(id) FROM tasks").fetchone()[0] or 0) + 1
+        self._next_id = con.execute(
+            "SELECT greatest((SELECT coalesce(max(id), 0) FROM tasks), "
+            "(SELECT coalesce(max(last_id), 0) FROM id_high_water WHERE name = 'tasks')) + 1").fetchone()[0]
 
     def begin_cycle(self, now: float) -> None:
         self.index.promote_due(now)
+
+    def stage_high_water(self, batch: Batch) -> None:
+        """Keep the highest id given so far (with what this cycle planned), for a cycle that
+        deletes tasks: max(id) of what is left would hand their ids out again."""
+        batch.add(ID_HIGH_WATER, ("tasks", self._next_id - 1))
 
     def next_deadline(self) -> float | None:
         return self.index.next_deadline()
@@ -105,7 +116,7 @@ class LiveTasks(Facet):
                 self.encode(follow_up)
         try:
             return spec, _json.encode(spec.args).decode()
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, msgspec.EncodeError, UnicodeEncodeError) as exc:  # e.g. a key that is not UTF-8
             raise DropwireError(f"arguments of task {spec.name!r} cannot be encoded as JSON: {exc}", task=spec.name) from None
 
     def plan(self, encoded: list[EncodedTask], now: float) -> list[tuple[LiveTask | FinishedRef, bool]]:

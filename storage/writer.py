@@ -7,8 +7,11 @@ Promises:
   future resolves only after that commit (with its result), or with its own refusal (a
   `DropwireError` it raised). An operation must check everything before it stages or changes
   a view, so a refused one leaves no trace.
-- An operation that fails unexpectedly (a bug) or a commit that fails fails every operation of
-  the cycle; nothing of it is written, and every facet reloads its view from what is committed.
+- A commit that fails writes nothing of its cycle, and every facet reloads its view from what
+  is committed. One operation cannot fail the others grouped with it: when a commit of several
+  operations fails (a row that cannot be written), or one raises unexpectedly (a bug), the
+  others run again, each in a commit of its own, so only the one at fault fails. A failure of
+  the file itself (I/O, out of memory) fails every operation of the cycle at once.
 - `cursor()` reads committed data only (one cursor per thread).
 
 A facet (`Facet`) is one concern's operations and reads over this writer; it registers itself,
@@ -44,6 +47,11 @@ _STOP = object()
 class StoreWriteFailed(DropwireError):
     http_status = 503
     code = "store_write_failed"
+
+
+#: Failures of the file or the engine, not of any operation's rows: running the operations
+#: again one by one would only fail each of them once more (and reload the views each time).
+_NOT_A_ROW = (duckdb.IOException, duckdb.FatalException, duckdb.OutOfMemoryException, duckdb.InternalException)
 
 
 class Facet:
@@ -154,11 +162,11 @@ class Writer:
                 pass
             self._cycle(ops)
 
-    def _cycle(self, ops: list[tuple[Operation, Future]]) -> None:
+    def _cycle(self, ops: list[tuple[Operation, Future]], *, isolate: bool = True) -> None:
         now = time.time()
         batch = Batch()
         outcomes: list[tuple[Future, Any, BaseException | None]] = []
-        broken = False
+        broken: list[tuple[Operation, Future]] = []
         for facet in self._facets:
             facet.begin_cycle(now)
         for op, future in ops:
@@ -169,7 +177,7 @@ class Writer:
             except Exception as exc:  # a bug: a view may be half-changed, so drop the batch
                 log.exception("store operation failed unexpectedly; the batch is rolled back")
                 outcomes.append((future, None, exc))
-                broken = True
+                broken.append((op, future))
         if not broken:
             for facet in self._facets:
                 facet.end_cycle(batch, now)
@@ -182,6 +190,9 @@ class Writer:
             if self._in_transaction():
                 self._con.execute("ROLLBACK")
             self._load(restart_grace=False)
+            if isolate and len(ops) > 1 and not isinstance(exc, _NOT_A_ROW):
+                self._isolate(ops, broken, outcomes, exc)
+                return
             failure = exc if isinstance(exc, DropwireError) else StoreWriteFailed(f"writing to {self.path} failed, nothing was written: {exc}")
             for future, _, own in outcomes:
                 future.set_exception(own or failure)
@@ -193,6 +204,20 @@ class Writer:
                 future.set_exception(exc)
         for facet in self._facets:
             facet.committed()
+
+    def _isolate(self, ops: list[tuple[Operation, Future]], broken: list[tuple[Operation, Future]],
+                 outcomes: list[tuple[Future, Any, BaseException | None]], exc: Exception) -> None:
+        """One operation's rows (or its bug) must not fail the others it was grouped with: the
+        operations that raised a bug fail with it, and every other one runs again on its own,
+        against the views reloaded from what is committed, so only the one at fault fails."""
+        own = {id(future): error for future, _, error in outcomes}
+        for op, future in broken:
+            future.set_exception(own[id(future)])
+        rest = [item for item in ops if item not in broken]
+        log.warning("a group commit of %d operation(s) failed (%s: %s); running %d of them again one by one",
+                    len(ops), type(exc).__name__, exc, len(rest))
+        for item in rest:
+            self._cycle([item], isolate=False)
 
     def _in_transaction(self) -> bool:
         try:

@@ -14,6 +14,7 @@ from urllib.parse import quote_plus, unquote_plus
 import msgspec
 
 from dropwire.functions.platform.registry import ObjectEvent
+from dropwire.local_emulator.router import NotAdmitted
 from dropwire.storage.errors import DropwireError
 
 log = logging.getLogger("dropwire.sources.s3")
@@ -97,8 +98,10 @@ def example_notification(bucket: str, key: str, size: int, etag: str, event_name
 
 class SqsSource:
     """Long-polls an SQS queue of S3 notifications. A message is deleted only after all its
-    events were routed (their invocations durably queued); one that is not an S3 event is
-    logged and deleted so it cannot come back forever."""
+    events were routed (their invocations durably queued); one with an event that could not
+    be admitted stays queued (it comes back once its visibility timeout ends, and again until
+    SQS moves it to the queue's dead-letter queue, if one is set); one that is not an S3 event
+    is logged and deleted so it cannot come back forever."""
 
     def __init__(self, client, queue_url: str, route: Callable[[list[ObjectEvent]], object], wait_seconds: int = 1,
                  bucket_names: dict[str, str] | None = None) -> None:
@@ -131,19 +134,29 @@ class SqsSource:
             self._handle(reply.get("Messages", []))
 
     def _handle(self, messages: list[dict]) -> None:
-        """Route the events of all received messages together, then delete the messages."""
-        events = []
+        """Route the events of all received messages together, then delete the messages whose
+        events were all admitted; one with an event that was not stays queued and comes back."""
+        events, of_message = [], []
         for message in messages:
             try:
-                events.extend(msgspec.structs.replace(e, bucket=self.bucket_names.get(e.bucket, e.bucket))
-                              for e in parse_notification(message["Body"], source="sqs"))
+                found = [msgspec.structs.replace(e, bucket=self.bucket_names.get(e.bucket, e.bucket))
+                         for e in parse_notification(message["Body"], source="sqs")]
             except MalformedEvent as exc:
                 log.error("deleting SQS message %s: %s", message.get("MessageId"), exc.message)
+                found = []
+            events.extend(found)
+            of_message.append(found)
+        kept: list[dict] = []
         try:
             if events:
                 self.route(events)
+        except NotAdmitted as exc:
+            failed = {id(event) for event in exc.events}
+            kept = [m for m, found in zip(messages, of_message) if any(id(e) in failed for e in found)]
+            log.error("%d SQS message(s) stay queued (they will be received again): %s", len(kept), exc.message)
         except DropwireError as exc:
             log.error("%d SQS message(s) stay queued (they will be retried): %s", len(messages), exc.message)
             return
         for message in messages:
-            self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            if message not in kept:
+                self.client.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -144,3 +144,37 @@ def test_an_sqs_message_is_deleted_only_after_its_invocations_are_queued(moto, t
         assert working.deletes == [1]
         assert store.query("SELECT name, json_extract_string(args, '$.event.key') FROM tasks") == [("fn:measure", "incoming/a.csv")]
     assert "Messages" not in sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=0)
+
+
+def test_a_message_with_an_event_that_could_not_be_admitted_stays_queued_and_the_others_go(moto, tmp_path):
+    import boto3
+
+    from dropwire.local_emulator.router import EventRouter
+    from dropwire.local_emulator.sources.s3 import SqsSource
+    from dropwire.storage.store import Store
+    from tests.platform.sample_functions import functions
+
+    sqs = boto3.client("sqs", endpoint_url=moto, region_name="us-east-1")
+    queue_url = sqs.create_queue(QueueName="events", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+    for bucket, key in (("local", "incoming/a.csv"), ("uploads", "in/b.csv"), ("local", "incoming/c.csv")):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(example_notification(bucket, key, 3, f"etag-{key}")))
+    # The store knows no task for s3_measure (its worker is not deployed): b's event is refused, a's and c's are not.
+    with Store.open(tmp_path / "db.duckdb", known_tasks=["fn:measure"]) as store:
+        router = EventRouter(functions, store.receipts, store.queue, hop_limit=16)
+        routed: list[list[str]] = []
+        source = SqsSource(DeleteLog(sqs, store), queue_url,
+                           lambda events: (routed.append([e.key for e in events]), router.route(events))[1],
+                           wait_seconds=1).start()
+        try:
+            wait_for(lambda: sum("in/b.csv" in keys for keys in routed) >= 3 and store.query(
+                "SELECT count(*) FROM object_receipts")[0][0] == 2, what="b's message to come back after failing")
+        finally:
+            source.stop()
+        assert sorted(k for (k,) in store.query('SELECT "key" FROM object_receipts')) == ["incoming/a.csv", "incoming/c.csv"]
+        (health,) = router.health.sources()
+        assert health.source == "sqs" and health.failures >= 3
+        (failing,) = health.failing
+        assert (failing.bucket, failing.key) == ("uploads", "in/b.csv") and "unknown task 'fn:s3_measure'" in failing.error
+    # Only b's message is left: a's and c's were deleted once their invocations were queued.
+    left = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    assert [json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in left] == ["in/b.csv"]

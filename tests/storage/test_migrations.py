@@ -35,7 +35,7 @@ def test_downgrade_then_upgrade_round_trips(tmp_path):
     with connect(path) as con:
         migrate.upgrade(con)
         undone = migrate.downgrade(con, 1)
-        assert [m.name for m in undone] == ["file_bytes_removed", "curation", "quota", "batches", "task_on_retry",
+        assert [m.name for m in undone] == ["task_id_high_water", "file_bytes_removed", "curation", "quota", "batches", "task_on_retry",
                                             "notifications", "platform", "queue"]
         assert migrate.current_version(con) == 1
     assert "tasks" not in tables(path) and "state_history" in tables(path)
