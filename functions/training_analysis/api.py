@@ -19,6 +19,7 @@ the field, in the one error body."""
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import re
 import threading
 import time
@@ -48,7 +49,10 @@ FINISHED = ("succeeded", "dead")
 ANALYSIS_TASKS = (f"fn:{ANALYZE_FUNCTION}", f"fn:{FILE_FUNCTION}")
 REQUEST_ID = re.compile(r"ta-(\d{1,18})")
 PLOT = re.compile(r"[a-z0-9_-]{1,64}\.png")
-MEDIA = {".md": "text/markdown; charset=utf-8", ".html": "text/html; charset=utf-8"}
+# Litestar appends "; charset=utf-8" to a text/* media type itself.
+MEDIA = {".md": "text/markdown", ".html": "text/html"}
+# Plots drawn only from metrics a run may not log: why one is absent.
+OPTIONAL_PLOTS = {"optimizer.png": "the run logged no learning rate or gradient norm"}
 
 
 class ValidationFailed(DropwireError):
@@ -258,8 +262,17 @@ class _Analyses:
     def plot(self, request_id: str, name: str) -> bytes:
         data = self._read(result_key(request_id, f"plots/{name}")) if PLOT.fullmatch(name) else None
         if data is None:
-            raise AnalysisNotFound(f"analysis {request_id} has no plot {name!r}", request_id=request_id, plot=name)
+            self._task(request_id)  # an unknown analysis is named as such
+            have = self._plots(request_id)
+            why = f" ({OPTIONAL_PLOTS[name]})" if name in OPTIONAL_PLOTS else ""
+            raise AnalysisNotFound(f"analysis {request_id} has no plot {name!r}{why}; its plots: {have}",
+                                   request_id=request_id, plot=name, plots=have)
         return data
+
+    def _plots(self, request_id: str) -> list[str]:
+        fs, root = self.ports.objects.filesystem(BUCKET)
+        folder = posixpath.join(root, result_key(request_id, "plots"))
+        return sorted(posixpath.basename(p) for p in fs.glob(posixpath.join(folder, "*.png")))
 
     def history(self, run_id: str | None, limit: int) -> list[AnalysisSummary]:
         out = []

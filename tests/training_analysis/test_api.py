@@ -231,3 +231,27 @@ def test_openapi_says_what_each_endpoint_answers(http):
     assert "requestBody" in analyze
     assert {"/api/v1/analyses/{request_id}/status", "/api/v1/analyses/{request_id}/result",
             "/api/v1/knowledge/query"} <= set(paths)
+
+
+def test_a_report_is_served_with_one_charset_and_lists_only_the_plots_it_has(gateway, http, mlflow_runs):
+    """A run that logged losses only (no learning rate, no gradient norm) gets a loss plot and
+    no optimizer plot: the report links only what exists, and asking for the other says why
+    and what there is. Each report format is served with its media type and one charset."""
+    where, _ = mlflow_runs
+    mlflow = MlflowClient(where.uri)
+    run = mlflow.create_run(mlflow.get_experiment_by_name("analysis-tests").experiment_id, run_name="losses-only")
+    for step in range(20):
+        mlflow.log_metric(run.info.run_id, "train_loss", 1.0 / (step + 1), step=step)
+        mlflow.log_metric(run.info.run_id, "val_loss", 1.1 / (step + 1), step=step)
+    mlflow.set_terminated(run.info.run_id)
+    with client_for(gateway) as client:
+        results = {form: client.analyze(run.info.run_id, where.uri, {"report_format": form}) for form in ("html", "markdown")}
+    for form, media in (("html", "text/html; charset=utf-8"), ("markdown", "text/markdown; charset=utf-8")):
+        report = http.get(f"/api/v1/analyses/{results[form].request_id}/report")
+        assert report.status_code == 200 and report.headers["content-type"] == media
+        assert "plots/loss.png" in report.text and "optimizer.png" not in report.text
+    plots = f"/api/v1/analyses/{results['html'].request_id}/plots"
+    assert http.get(f"{plots}/loss.png").content.startswith(b"\x89PNG")
+    body = error(http.get(f"{plots}/optimizer.png"), 404, "ANALYSIS_NOT_FOUND")
+    assert body["details"]["plots"] == ["loss.png"]
+    assert "learning rate or gradient norm" in body["message"], body
