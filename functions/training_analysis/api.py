@@ -35,7 +35,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.training_analysis.core.knowledge import CacheStats, KnowledgeBase, KnowledgeQuery, KnowledgeResponse
-from dropwire.functions.training_analysis.core.mlflow_reader import MlflowUnavailable, RunNotFound
+from dropwire.functions.training_analysis.core.mlflow_reader import MlflowUnavailable, RunNotFound, check_tracking_uri
 from dropwire.functions.training_analysis.core.model import AnalysisOptions, AnalysisResult, AnalysisStatus, ErrorInfo
 from dropwire.functions.training_analysis.handlers import ANALYZE_FUNCTION, BUCKET, FILE_FUNCTION, analysis_id, result_key
 from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
@@ -191,6 +191,7 @@ class _Analyses:
             if not value.strip():
                 raise ValidationFailed(f"Invalid request: field '{field}' must not be empty", field=field,
                                        constraint="non-empty", provided=value)
+        check_tracking_uri(request.mlflow_tracking_uri)
         body = {"run_id": request.run_id, "mlflow_tracking_uri": request.mlflow_tracking_uri,
                 "analysis_options": msgspec.to_builtins(request.analysis_options),
                 "mlflow_timeout_seconds": self.settings.mlflow_timeout_seconds}

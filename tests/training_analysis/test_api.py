@@ -255,3 +255,16 @@ def test_a_report_is_served_with_one_charset_and_lists_only_the_plots_it_has(gat
     body = error(http.get(f"{plots}/optimizer.png"), 404, "ANALYSIS_NOT_FOUND")
     assert body["details"]["plots"] == ["loss.png"]
     assert "learning rate or gradient norm" in body["message"], body
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "./mlruns", "/srv/mlruns", "file:///srv/mlruns"])
+def test_a_tracking_uri_that_names_mlflows_retired_file_store_is_400_naming_the_accepted_forms(gateway, http, uri):
+    """A bare word or a path is MLflow's file store, which MLflow 3 refuses: the caller's
+    mistake, answered at once naming the field and what is accepted, with no analysis queued."""
+    emulator, _ = gateway
+    count = "SELECT count(*) FROM tasks WHERE name = 'fn:training-analysis'"
+    before = emulator.store.query(count)[0][0]
+    body = error(http.post("/api/v1/analyze", json={"run_id": "abc", "mlflow_tracking_uri": uri}), 400, "VALIDATION_ERROR")
+    assert body["details"]["field"] == "mlflow_tracking_uri" and body["details"]["provided"] == uri
+    assert "http://" in body["message"] and "sqlite:///" in body["message"], body
+    assert emulator.store.query(count)[0][0] == before
