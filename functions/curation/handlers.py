@@ -215,6 +215,16 @@ def export(context: HandlerContext, settings: CurationSettings, request: ExportR
         raise PermanentTaskError(f"batch {request.batch_id} is {batch_state}; only a completed batch (or one "
                                  "partially processed: its lines that succeeded) is exported")
     export_id = export_id_of(request.batch_id, name)
+    if request.evaluate_use_case is None and request.evaluate_model is None:
+        # A re-export keeps what it does not name: the target a first export (or the batch's
+        # metadata) gave stays, or reviews pulled after it would no longer be evaluated.
+        try:
+            before = reads.export(query, export_id)
+        except NotFound:
+            before = None
+        if before is not None:
+            request = msgspec.structs.replace(request, evaluate_use_case=before.evaluate_use_case,
+                                              evaluate_model=before.evaluate_model)
     source, output = batch_reads.file(query, info.input_file_id), batch_reads.file(query, info.output_file_id)
     with context.objects.open(source.bucket, source.key) as stream:
         texts = prompt_texts(stream)

@@ -263,3 +263,32 @@ def test_batches_named_as_users_name_them_reach_review_with_titles_label_studio_
         assert label_studio.project(export_id_of(dropped, "support_topics"))["title"].startswith("dropwire support")
     finally:
         emulator.stop()
+
+
+def test_a_re_export_that_names_no_evaluation_target_keeps_the_one_the_batch_gave(tmp_path, upstream, label_studio):
+    """The batch's metadata names the use case and model its reviews are evaluated for; the
+    export asked for again by a request file naming neither keeps them, so a review pulled
+    after is still written where the evaluation workflow reads it."""
+    emulator = start(tmp_path / "data", upstream, label_studio)
+    try:
+        batch_id = run_batch(emulator, "graded", reviews(2), {"curation_schema": "sentiment",
+                                                              "curation_use_case": "shop", "curation_model": "m1"})
+        export_id = export_id_of(batch_id, "sentiment")
+        reach(emulator, "curation_export", export_id, "imported")
+        drop(emulator.settings.bucket_path, "curation/again.json", {"batch_id": batch_id, "schema": "sentiment"})
+        wait_for(lambda: [t for t, _ in history(emulator, export_id)].count("import") == 2, timeout=60,
+                 what="the second export to be imported")
+        assert emulator.store.query("SELECT evaluate_use_case, evaluate_model FROM curation_exports WHERE id = ?",
+                                    [export_id]) == [("shop", "m1")]
+
+        [task, _] = label_studio.tasks(label_studio.project(export_id)["id"])
+        with label_studio.api() as api:
+            assert api.post(f"/api/tasks/{task['id']}/annotations", json={"was_cancelled": False, "result": [
+                {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["positive"]}}]}
+            ).status_code == 201
+        with httpx.Client(base_url=f"http://127.0.0.1:{emulator.settings.http.port}", timeout=90) as gateway:
+            pulled = gateway.post("/functions/curation-pull/invoke", params={"wait": 60}, json={"export_id": export_id})
+        assert pulled.json()["result"]["written"] == [f"curation-datasets/{export_id}/dataset.csv",
+                                                     "use-cases/shop/models/m1/dataset.csv"], pulled.text
+    finally:
+        emulator.stop()
