@@ -76,7 +76,7 @@ def test_a_batch_through_the_official_client(start_batches, upstream):
 
 
 def test_validation_names_every_problem_with_its_line(start_batches):
-    _, client = start_batches()
+    emulator, client = start_batches()
     lines = [chat_line("a", "one"), chat_line("b", "two"), chat_line("a", "three"),
              chat_line("c", "four", url="/v1/embeddings"), {"custom_id": "d", "method": "GET", "url": "/v1/chat/completions",
                                                             "body": {"model": "echo-1"}},
@@ -92,6 +92,9 @@ def test_validation_names_every_problem_with_its_line(start_batches):
                      ("missing_custom_id", 6, "custom_id"), ("missing_model", 7, "body.model"),
                      ("unknown_model", 8, "body.model")]
     assert "line 3 repeats custom_id 'a' of line 1" in done.errors.data[0].message
+    # The same problems beside where its output would have gone.
+    written = emulator.settings.bucket_path / "batch-outputs" / batch.id / "validation-errors.jsonl"
+    assert [json.loads(line) for line in written.read_text().splitlines()] == [e.to_dict() for e in done.errors.data]
 
 
 def test_bad_input_gets_clear_errors(start_batches):
