@@ -268,3 +268,17 @@ def test_a_tracking_uri_that_names_mlflows_retired_file_store_is_400_naming_the_
     assert body["details"]["field"] == "mlflow_tracking_uri" and body["details"]["provided"] == uri
     assert "http://" in body["message"] and "sqlite:///" in body["message"], body
     assert emulator.store.query(count)[0][0] == before
+
+
+def test_a_dropped_request_with_a_file_store_uri_fails_its_analysis_once_naming_the_field(gateway, http):
+    emulator, _ = gateway
+    key = "training-runs/bare/word.request.json"
+    assert http.put(f"/buckets/local/objects/{key}", content=json.dumps(
+        {"run_id": "bare-word-run", "mlflow_tracking_uri": "mlruns"})).status_code == 201
+    done = wait_for(lambda: [a for a in http.get("/api/v1/analyses", params={"run_id": "bare-word-run"}).json()
+                             if a["status"] == "failed"], timeout=90, what="the dropped request's analysis to fail")
+    result = http.get(f"/api/v1/analyses/{done[0]['request_id']}/result").json()
+    assert result["error"]["error"] == "VALIDATION_ERROR" and "mlflow_tracking_uri" in result["error"]["message"]
+    attempts = emulator.store.query("SELECT attempts FROM tasks WHERE name = 'fn:training-analysis-file' AND args::VARCHAR "
+                                    "LIKE ?", [f"%{key}%"])
+    assert attempts == [(1,)]
