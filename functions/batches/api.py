@@ -64,6 +64,17 @@ class InvalidRequest(DropwireError):
     code = "invalid_request_error"
 
 
+class OverLimit(DropwireError):
+    """A file past batches.max_lines or max_bytes (its code names which)."""
+
+    http_status = 413
+    code = "too_many_lines"
+
+
+# A file refused for one of these is over a limit (413), not malformed (400).
+LIMIT_CODES = ("too_many_lines", "file_too_large")
+
+
 class NotCancellable(Conflict):
     code = "batch_not_cancellable"
 
@@ -118,8 +129,14 @@ def build_router(ports: ApiPorts) -> Router:
             problems = check_upload(stream, max_lines=settings.max_lines, max_bytes=settings.max_bytes)
         filename = received.filename or "input.jsonl"
         if problems:
-            raise InvalidRequest(f"{filename}: " + "; ".join(p.message for p in problems),
-                                 errors=msgspec.json.encode(problems).decode())
+            message = f"{filename}: " + "; ".join(p.message for p in problems)
+            errors = msgspec.to_builtins(problems)  # a list in details, not JSON inside JSON
+            limit = next((p for p in problems if p.code in LIMIT_CODES), None)
+            if limit is None:
+                raise InvalidRequest(message, param="file", errors=errors)
+            refused = OverLimit(message, param="file", errors=errors)
+            refused.code = limit.code
+            raise refused
         now = time.time()
         run(FILES_FUNCTION, {"action": "add", "id": file_id, "filename": filename, "purpose": purpose,
                              "bytes": received.size, "key": key, "created_at": now,

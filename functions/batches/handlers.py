@@ -6,8 +6,8 @@ assembled from the saved lines in input order.
     batches/<name>.json    optional, written first: {"endpoint", "completion_window", "metadata"}
 
 Its output lands as ``batch-outputs/<name>.output.jsonl`` (and ``.errors.jsonl`` when a line
-failed); a batch made through the API (functions/batches/api.py) gets
-``batch-outputs/<batch id>/output.jsonl``. No trigger watches either prefix. The API's
+failed, ``.validation-errors.jsonl`` when the file failed validation); a batch made through
+the API (functions/batches/api.py) gets ``batch-outputs/<batch id>/output.jsonl``. No trigger watches either prefix. The API's
 writes (files registered or deleted, batches created, cancelled or retried) are HTTP-triggered
 functions here, so every change goes through a handler and the store.
 
@@ -172,7 +172,7 @@ def register(functions: FunctionRegistry) -> None:
                        timeout_seconds=STEP_TIMEOUT_S)(retry_batch)
     functions.function(DROP_FUNCTION, on=[OnUpload(bucket=BUCKET, prefix=DROP_PREFIX, suffix=".jsonl")],
                        timeout_seconds=60)(batch_dropped)
-    functions.function(VALIDATE_FUNCTION, on=[OnQueue()], timeout_seconds=STEP_TIMEOUT_S)(validate_batch)
+    functions.function(VALIDATE_FUNCTION, on=[OnQueue()], outputs=outputs, timeout_seconds=STEP_TIMEOUT_S)(validate_batch)
     functions.function(CHUNK_FUNCTION, on=[OnQueue()], timeout_seconds=CHUNK_TIMEOUT_S,
                        max_attempts=CHUNK_MAX_ATTEMPTS)(run_chunk)
     functions.function(FINALIZE_FUNCTION, on=[OnQueue()], outputs=outputs, timeout_seconds=STEP_TIMEOUT_S)(finalize_batch)
@@ -381,12 +381,14 @@ def validate_batch(event: HttpEvent, context: HandlerContext) -> dict:
     context.records.record("batches.validated", Validated(id=batch_id, model=plan.model, total=plan.total,
                                                           chunks=len(plan.chunks), errors=errors))
     if plan.errors:
-        context.state.transition(KIND, batch_id, trigger="validation_failed",
-                                 reason=f"{len(plan.errors)} problem(s) in {source.filename}",
-                                 metadata={"errors": errors[:20]})
-        _notify(context, batch_id, B.FAILED, f"{len(plan.errors)} problem(s) in the input file, e.g. "
-                                             f"{plan.errors[0].message}")
-        return {"batch": batch_id, "errors": len(plan.errors)}
+        # Where the user looks for the output: every problem with its line, one JSON object each.
+        key = validation_errors_key(info)
+        context.outputs.write_stream(BUCKET, key, (msgspec.json.encode(e) + b"\n" for e in plan.errors))
+        said = f"{len(plan.errors)} problem(s) in {source.filename}, each with its line in {key}"
+        context.state.transition(KIND, batch_id, trigger="validation_failed", reason=said,
+                                 metadata={"errors": errors[:20], "errors_key": key})
+        _notify(context, batch_id, B.FAILED, f"{said}; the first: {plan.errors[0].message}")
+        return {"batch": batch_id, "errors": len(plan.errors), "errors_key": key}
     context.state.transition(KIND, batch_id, trigger="validated",
                              reason=f"{plan.total} requests in {len(plan.chunks)} chunk(s)",
                              metadata={"total": plan.total, "chunks": len(plan.chunks), "model": plan.model})
@@ -667,6 +669,13 @@ def output_keys(info: reads.BatchInfo) -> tuple[str, str]:
     if info.source == "file" and info.name:
         return f"{OUTPUT_PREFIX}{info.name}.output.jsonl", f"{OUTPUT_PREFIX}{info.name}.errors.jsonl"
     return f"{OUTPUT_PREFIX}{info.id}/output.jsonl", f"{OUTPUT_PREFIX}{info.id}/errors.jsonl"
+
+
+def validation_errors_key(info: reads.BatchInfo) -> str:
+    """Beside where the output would have gone (the per-line error file is OpenAI's shape, this
+    one holds validation's problems: code, message, line, param)."""
+    output_key, _ = output_keys(info)
+    return output_key.removesuffix("output.jsonl") + "validation-errors.jsonl"
 
 
 def finalize_batch(event: HttpEvent, context: HandlerContext) -> dict:

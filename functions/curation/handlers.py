@@ -122,6 +122,32 @@ def export_id_of(batch_id: str, schema_name: str) -> str:
     return "cx-" + hashlib.sha256(f"{batch_id}:{schema_name}".encode()).hexdigest()[:16]
 
 
+# Label Studio refuses a project title longer than this (400, "no more than 50 characters").
+TITLE_MAX = 50
+ELLIPSIS = "…"
+
+
+def project_title(prefix: str, name: str, schema_name: str, export_id: str) -> str:
+    """`<prefix> <name> (<schema>) [<export id>]` within TITLE_MAX characters: the export id
+    whole (what finds the project again), the readable parts shortened, longest first, each
+    ending in an ellipsis where it was cut. A title that fits is left as it is, so a project
+    made before under it is found again."""
+    tail = f" [{export_id}]"
+    full = f"{prefix} {name} ({schema_name}){tail}"
+    if len(full) <= TITLE_MAX:
+        return full
+    parts = [prefix, name, schema_name]
+    room = max(0, TITLE_MAX - len(tail) - len(" ()") - (1 if prefix else 0))
+    # The longest part is cut one character at a time until they fit: short parts stay whole.
+    lengths = [len(p) for p in parts]
+    while sum(lengths) > room:
+        longest = max(range(3), key=lambda i: (lengths[i], i == 1))
+        lengths[longest] -= 1
+    cut = [p if len(p) <= n else (p[:n - 1] + ELLIPSIS if n else "") for p, n in zip(parts, lengths)]
+    readable = f"{cut[0]} {cut[1]} ({cut[2]})" if prefix else f"{cut[1]} ({cut[2]})"
+    return (readable + tail)[-TITLE_MAX:] if len(readable + tail) > TITLE_MAX else readable + tail
+
+
 # ---------------------------------------------------------------- the three ways an export starts
 
 
@@ -189,6 +215,16 @@ def export(context: HandlerContext, settings: CurationSettings, request: ExportR
         raise PermanentTaskError(f"batch {request.batch_id} is {batch_state}; only a completed batch (or one "
                                  "partially processed: its lines that succeeded) is exported")
     export_id = export_id_of(request.batch_id, name)
+    if request.evaluate_use_case is None and request.evaluate_model is None:
+        # A re-export keeps what it does not name: the target a first export (or the batch's
+        # metadata) gave stays, or reviews pulled after it would no longer be evaluated.
+        try:
+            before = reads.export(query, export_id)
+        except NotFound:
+            before = None
+        if before is not None:
+            request = msgspec.structs.replace(request, evaluate_use_case=before.evaluate_use_case,
+                                              evaluate_model=before.evaluate_model)
     source, output = batch_reads.file(query, info.input_file_id), batch_reads.file(query, info.output_file_id)
     with context.objects.open(source.bucket, source.key) as stream:
         texts = prompt_texts(stream)
@@ -202,7 +238,7 @@ def export(context: HandlerContext, settings: CurationSettings, request: ExportR
     context.outputs.write_bytes(BUCKET, f"{folder}label-config.xml", spec.label_config().encode())
     if problems:
         context.outputs.write_bytes(BUCKET, f"{folder}problems.json", json.dumps(problems, ensure_ascii=False).encode())
-    title = f"{settings.project_prefix} {info.name or info.id} ({name}) [{export_id}]"
+    title = project_title(settings.project_prefix, info.name or info.id, name, export_id)
     context.records.record("curation.export", ExportRow(
         id=export_id, batch_id=request.batch_id, schema_name=name, schema=msgspec.to_builtins(spec), project_title=title,
         export_key=key, tasks=len(built.tasks), problems=problems, failed_requests=len(built.failed_requests),

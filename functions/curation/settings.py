@@ -16,7 +16,8 @@ class CurationSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     # Empty URL: exports are written to the bucket only.
     label_studio_url: str = ""
     label_studio_token: str = ""
-    # Project titles: "<prefix> <batch name or id> (<schema>)".
+    # Project titles: "<prefix> <batch name or id> (<schema>) [<export id>]", the readable parts
+    # cut to fit Label Studio's 50 characters (handlers.project_title).
     project_prefix: str = "dropwire"
     # Named schemas besides the built-in free_text, e.g. {"sentiment": {"kind": "classification",
     # "labels": ["positive", "negative"]}} (JSON in the environment variable).

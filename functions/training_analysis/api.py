@@ -19,6 +19,7 @@ the field, in the one error body."""
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import re
 import threading
 import time
@@ -34,7 +35,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.training_analysis.core.knowledge import CacheStats, KnowledgeBase, KnowledgeQuery, KnowledgeResponse
-from dropwire.functions.training_analysis.core.mlflow_reader import MlflowUnavailable, RunNotFound
+from dropwire.functions.training_analysis.core.mlflow_reader import MlflowUnavailable, RunNotFound, check_tracking_uri
 from dropwire.functions.training_analysis.core.model import AnalysisOptions, AnalysisResult, AnalysisStatus, ErrorInfo
 from dropwire.functions.training_analysis.handlers import ANALYZE_FUNCTION, BUCKET, FILE_FUNCTION, analysis_id, result_key
 from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
@@ -48,7 +49,10 @@ FINISHED = ("succeeded", "dead")
 ANALYSIS_TASKS = (f"fn:{ANALYZE_FUNCTION}", f"fn:{FILE_FUNCTION}")
 REQUEST_ID = re.compile(r"ta-(\d{1,18})")
 PLOT = re.compile(r"[a-z0-9_-]{1,64}\.png")
-MEDIA = {".md": "text/markdown; charset=utf-8", ".html": "text/html; charset=utf-8"}
+# Litestar appends "; charset=utf-8" to a text/* media type itself.
+MEDIA = {".md": "text/markdown", ".html": "text/html"}
+# Plots drawn only from metrics a run may not log: why one is absent.
+OPTIONAL_PLOTS = {"optimizer.png": "the run logged no learning rate or gradient norm"}
 
 
 class ValidationFailed(DropwireError):
@@ -187,6 +191,7 @@ class _Analyses:
             if not value.strip():
                 raise ValidationFailed(f"Invalid request: field '{field}' must not be empty", field=field,
                                        constraint="non-empty", provided=value)
+        check_tracking_uri(request.mlflow_tracking_uri)
         body = {"run_id": request.run_id, "mlflow_tracking_uri": request.mlflow_tracking_uri,
                 "analysis_options": msgspec.to_builtins(request.analysis_options),
                 "mlflow_timeout_seconds": self.settings.mlflow_timeout_seconds}
@@ -258,8 +263,17 @@ class _Analyses:
     def plot(self, request_id: str, name: str) -> bytes:
         data = self._read(result_key(request_id, f"plots/{name}")) if PLOT.fullmatch(name) else None
         if data is None:
-            raise AnalysisNotFound(f"analysis {request_id} has no plot {name!r}", request_id=request_id, plot=name)
+            self._task(request_id)  # an unknown analysis is named as such
+            have = self._plots(request_id)
+            why = f" ({OPTIONAL_PLOTS[name]})" if name in OPTIONAL_PLOTS else ""
+            raise AnalysisNotFound(f"analysis {request_id} has no plot {name!r}{why}; its plots: {have}",
+                                   request_id=request_id, plot=name, plots=have)
         return data
+
+    def _plots(self, request_id: str) -> list[str]:
+        fs, root = self.ports.objects.filesystem(BUCKET)
+        folder = posixpath.join(root, result_key(request_id, "plots"))
+        return sorted(posixpath.basename(p) for p in fs.glob(posixpath.join(folder, "*.png")))
 
     def history(self, run_id: str | None, limit: int) -> list[AnalysisSummary]:
         out = []

@@ -41,6 +41,7 @@ from dropwire.functions.training_analysis.core.mlflow_reader import (
     METRICS_CSV,
     ArtifactInvalid,
     MlflowUnavailable,
+    TrackingUriInvalid,
     RunNotFound,
     read_run,
     run_from_files,
@@ -136,7 +137,7 @@ def _analyze(context: HandlerContext, request: AnalysisRequest, *, source: str, 
     try:
         run = (read_run(uri, request.run_id, timeout=request.mlflow_timeout_seconds) if files is None
                else run_from_files(request.run_id, uri, files))
-    except (MlflowUnavailable, RunNotFound, ArtifactInvalid) as exc:
+    except (MlflowUnavailable, RunNotFound, ArtifactInvalid, TrackingUriInvalid) as exc:
         result = AnalysisResult(request_id=request_id, run_id=request.run_id, tracking_uri=uri, status="failed",
                                 summary=exc.message, error=ErrorInfo(error=exc.code, message=exc.message,
                                                                      details={k: v for k, v in exc.details.items()}),

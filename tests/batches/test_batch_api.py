@@ -76,7 +76,7 @@ def test_a_batch_through_the_official_client(start_batches, upstream):
 
 
 def test_validation_names_every_problem_with_its_line(start_batches):
-    _, client = start_batches()
+    emulator, client = start_batches()
     lines = [chat_line("a", "one"), chat_line("b", "two"), chat_line("a", "three"),
              chat_line("c", "four", url="/v1/embeddings"), {"custom_id": "d", "method": "GET", "url": "/v1/chat/completions",
                                                             "body": {"model": "echo-1"}},
@@ -92,6 +92,9 @@ def test_validation_names_every_problem_with_its_line(start_batches):
                      ("missing_custom_id", 6, "custom_id"), ("missing_model", 7, "body.model"),
                      ("unknown_model", 8, "body.model")]
     assert "line 3 repeats custom_id 'a' of line 1" in done.errors.data[0].message
+    # The same problems beside where its output would have gone.
+    written = emulator.settings.bucket_path / "batch-outputs" / batch.id / "validation-errors.jsonl"
+    assert [json.loads(line) for line in written.read_text().splitlines()] == [e.to_dict() for e in done.errors.data]
 
 
 def test_bad_input_gets_clear_errors(start_batches):
@@ -286,4 +289,24 @@ def test_an_upload_past_the_gateways_own_limit_is_refused_naming_the_file_limit(
         upload(client, json.dumps(chat_line("x", "y" * 500)).encode() * 400)
     assert refused.value.status_code == 413 and refused.value.code == "file_too_large"
     assert "at most" in refused.value.message and "batches.max_bytes" in refused.value.message
+    assert not list((emulator.settings.bucket_path / "batch-files").glob("*"))
+
+
+def test_an_upload_over_max_lines_is_413_and_every_refusal_lists_its_problems_as_json(start_batches):
+    """Past batches.max_lines is 413 as the README and the OpenAPI document say (not 400);
+    each refusal's details.errors is a list of OpenAI's error objects, not JSON in a string."""
+    emulator, client = start_batches(DROPWIRE_BATCHES__MAX_LINES="3")
+    operation = httpx.get(f"http://127.0.0.1:{emulator.settings.http.port}/schema/openapi.json",
+                          headers={"Authorization": f"Bearer {client.api_key}"}, timeout=30).json()
+    assert "413" in operation["paths"]["/v1/files"]["post"]["responses"]
+    with pytest.raises(openai.APIStatusError) as too_many:
+        upload(client, [chat_line(f"r{i}", "hi") for i in range(5)])
+    assert too_many.value.status_code == 413 and too_many.value.code == "too_many_lines"
+    body = too_many.value.response.json()
+    assert body["details"]["errors"] == [{"code": "too_many_lines", "line": 4, "param": None, "message":
+                                          "the file has more than the limit of 3 requests (batches.max_lines)"}]
+    with pytest.raises(openai.BadRequestError) as malformed:
+        upload(client, b'{"custom_id": "x"}\nnot json\n[1]\n')
+    errors = malformed.value.response.json()["details"]["errors"]
+    assert [(e["code"], e["line"]) for e in errors] == [("invalid_json_line", 2), ("invalid_json_line", 3)]
     assert not list((emulator.settings.bucket_path / "batch-files").glob("*"))

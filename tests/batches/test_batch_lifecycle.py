@@ -59,6 +59,27 @@ def test_a_dropped_file_with_bad_options_is_refused_naming_the_file(start_batche
     assert "batches/bad.json" in dead[0].last_error and "window" in dead[0].last_error
 
 
+def test_a_dropped_file_that_fails_validation_leaves_every_problem_beside_its_output(start_batches):
+    """Where the output would have gone, a file of every problem with its line; the
+    notification says how many there are and where that file is."""
+    emulator, client = start_batches()
+    lines = [chat_line("a", "one"), chat_line("a", "two"), {"custom_id": "b", "method": "GET",
+                                                            "url": "/v1/chat/completions", "body": {"model": "echo-1"}}]
+    drop(emulator, "batches/weekly-tickets.jsonl", jsonl(lines) + b"not json\n" + jsonl([chat_line("c", "x", model="nope")]))
+    outputs = emulator.settings.bucket_path / "batch-outputs"
+    errors = outputs / "weekly-tickets.validation-errors.jsonl"
+    wait_for(errors.exists, timeout=60, what=f"{errors} to be written")
+    problems = [json.loads(line) for line in errors.read_text().splitlines()]
+    assert [(p["line"], p["code"]) for p in problems] == [(2, "duplicate_custom_id"), (3, "invalid_method"),
+                                                          (4, "invalid_json_line"), (5, "unknown_model")], problems
+    assert all(p["message"] for p in problems)
+    assert sorted(path.name for path in outputs.iterdir()) == ["weekly-tickets.validation-errors.jsonl"]
+    batch = finished(client, client.batches.list().data[0].id)
+    assert batch.status == "failed" and [e.line for e in batch.errors.data] == [2, 3, 4, 5]
+    [note] = [n for n in emulator.store.outbox.notifications() if n.kind == "batch.failed"]
+    assert "4 problem(s)" in note.body and "batch-outputs/weekly-tickets.validation-errors.jsonl" in note.body, note.body
+
+
 def test_cancel_mid_run_keeps_finished_lines_and_a_retry_runs_the_rest(start_batches, upstream):
     emulator, client = start_batches(**SLOW)
     lines = [chat_line(f"r{i}", f"slow line {i}") for i in range(30)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import openai
 import polars as pl
 import pytest
 
@@ -46,14 +47,14 @@ def drop(bucket: Path, key: str, content: dict | list | str) -> None:
 
 
 def start(data_dir: Path, upstream: Upstream, label_studio: LabelStudioServer | None, *, url: str | None = None,
-          token: str | None = None, **env: str) -> Emulator:
+          token: str | None = None, schemas: dict = SENTIMENT, **env: str) -> Emulator:
     curation = {}
     if label_studio is not None or url:
         curation = {"DROPWIRE_CURATION__LABEL_STUDIO_URL": url or label_studio.url,
                     "DROPWIRE_CURATION__LABEL_STUDIO_TOKEN": token or label_studio.token}
     return Emulator(emulator_settings(
         data_dir, DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions", DROPWIRE_BATCHES__BASE_URL=upstream.url,
-        DROPWIRE_BATCHES__SAVE_EVERY_SECONDS="0.05", DROPWIRE_CURATION__SCHEMAS=json.dumps(SENTIMENT),
+        DROPWIRE_BATCHES__SAVE_EVERY_SECONDS="0.05", DROPWIRE_CURATION__SCHEMAS=json.dumps(schemas),
         DROPWIRE_CURATION__RETRY_BASE_SECONDS="0.05", DROPWIRE_CURATION__RETRY_MAX_SECONDS="0.2",
         **curation, **env)).start()
 
@@ -228,5 +229,66 @@ def test_a_batch_partially_processed_is_exported_with_the_lines_that_succeeded(t
         reach(emulator, "curation_export", export_id, "exported")
         written = json.loads((bucket / f"curation-exports/{export_id}/tasks.json").read_text())
         assert sorted(task["data"]["custom_id"] for task in written) == ["r0", "r1", "r2"]
+    finally:
+        emulator.stop()
+
+
+TOPICS = {name: {"kind": "classification", "labels": ["billing", "shipping", "returns"]}
+          for name in ("support_topics", "topic")}
+TITLE_LIMIT = 50  # Label Studio refuses a longer project title (400)
+
+
+def test_batches_named_as_users_name_them_reach_review_with_titles_label_studio_accepts(tmp_path, upstream, label_studio):
+    """A batch dropped with an ordinary name and one made through the Batch API (named by its
+    id) are exported to Label Studio: each title fits its limit and carries the export id."""
+    emulator = start(tmp_path / "data", upstream, label_studio, schemas=TOPICS)
+    try:
+        lines = [chat_line(f"t{i}", f"a {topic} question") for i, topic in enumerate(("billing", "shipping", "returns"))]
+        dropped = run_batch(emulator, "support-tickets", lines, {"curation_schema": "support_topics"})
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{emulator.settings.http.port}/v1", api_key="unused",
+                               max_retries=0)
+        file = client.files.create(file=("tickets.jsonl", "".join(json.dumps(line) + "\n" for line in lines).encode()),
+                                   purpose="batch")
+        made = client.batches.create(input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                     metadata={"curation_schema": "topic"}).id
+        reach(emulator, "batch", made, "completed")
+        for batch_id, schema in ((dropped, "support_topics"), (made, "topic")):
+            export_id = export_id_of(batch_id, schema)
+            reach(emulator, "curation_export", export_id, "imported")
+            project = label_studio.project(export_id)
+            assert len(project["title"]) <= TITLE_LIMIT and f"[{export_id}]" in project["title"], project["title"]
+            assert sorted(t["data"]["custom_id"] for t in label_studio.tasks(project["id"])) == ["t0", "t1", "t2"]
+            assert emulator.store.query("SELECT project_title FROM curation_exports WHERE id = ?",
+                                        [export_id]) == [(project["title"],)]
+        assert label_studio.project(export_id_of(dropped, "support_topics"))["title"].startswith("dropwire support")
+    finally:
+        emulator.stop()
+
+
+def test_a_re_export_that_names_no_evaluation_target_keeps_the_one_the_batch_gave(tmp_path, upstream, label_studio):
+    """The batch's metadata names the use case and model its reviews are evaluated for; the
+    export asked for again by a request file naming neither keeps them, so a review pulled
+    after is still written where the evaluation workflow reads it."""
+    emulator = start(tmp_path / "data", upstream, label_studio)
+    try:
+        batch_id = run_batch(emulator, "graded", reviews(2), {"curation_schema": "sentiment",
+                                                              "curation_use_case": "shop", "curation_model": "m1"})
+        export_id = export_id_of(batch_id, "sentiment")
+        reach(emulator, "curation_export", export_id, "imported")
+        drop(emulator.settings.bucket_path, "curation/again.json", {"batch_id": batch_id, "schema": "sentiment"})
+        wait_for(lambda: [t for t, _ in history(emulator, export_id)].count("import") == 2, timeout=60,
+                 what="the second export to be imported")
+        assert emulator.store.query("SELECT evaluate_use_case, evaluate_model FROM curation_exports WHERE id = ?",
+                                    [export_id]) == [("shop", "m1")]
+
+        [task, _] = label_studio.tasks(label_studio.project(export_id)["id"])
+        with label_studio.api() as api:
+            assert api.post(f"/api/tasks/{task['id']}/annotations", json={"was_cancelled": False, "result": [
+                {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["positive"]}}]}
+            ).status_code == 201
+        with httpx.Client(base_url=f"http://127.0.0.1:{emulator.settings.http.port}", timeout=90) as gateway:
+            pulled = gateway.post("/functions/curation-pull/invoke", params={"wait": 60}, json={"export_id": export_id})
+        assert pulled.json()["result"]["written"] == [f"curation-datasets/{export_id}/dataset.csv",
+                                                     "use-cases/shop/models/m1/dataset.csv"], pulled.text
     finally:
         emulator.stop()

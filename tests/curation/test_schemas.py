@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from dropwire.functions.curation.core.label_config import LabelConfig
 from dropwire.functions.curation.core.label_studio import import_chunks
 from dropwire.functions.curation.core.reviewed import dataset_rows
 from dropwire.functions.curation.core.tasks import build_tasks
+from dropwire.functions.curation.handlers import ELLIPSIS, TITLE_MAX, export_id_of, project_title
 from dropwire.functions.curation.schemas import (
     Classification,
     Extraction,
@@ -119,3 +120,35 @@ def test_batch_lines_become_tasks_and_reviews_become_truth_columns():
     assert rows == [{"record_id": "a", "total_true": "12.50", "total_pred": "12.5", "currency_true": "EUR",
                      "currency_pred": "EUR"}]
     assert dataset_rows(spec, annotated, {"a": prediction["result"]})[1] == fingerprint
+
+
+
+@given(prefix=st.text(max_size=60), name=st.text(min_size=1, max_size=300), schema=st.text(min_size=1, max_size=80),
+       batch=st.text(min_size=1, max_size=40))
+@example(prefix="dropwire", name="support-tickets", schema="support_topics", batch="batch_1")
+@example(prefix="dropwire", name="batch_9b67bbb8a4764de296ec1092", schema="topic", batch="batch_9b67bbb8a4764de296ec1092")
+def test_a_project_title_fits_label_studios_limit_and_keeps_the_export_id(prefix, name, schema, batch):
+    export_id = export_id_of(batch, schema)
+    title = project_title(prefix, name, schema, export_id)
+    full = f"{prefix} {name} ({schema}) [{export_id}]"
+    assert len(title) <= TITLE_MAX and title.endswith(f" [{export_id}]"), title
+    if len(full) <= TITLE_MAX:
+        assert title == full  # a title that fitted before is the same, so its project is found again
+    else:
+        assert len(title) == TITLE_MAX, "cut no more than it must"
+
+
+def _kept(part: str, whole: str) -> bool:
+    return part == whole or (part.endswith(ELLIPSIS) and whole.startswith(part[:-1]))
+
+
+@given(prefix=st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True), name=st.text(min_size=1, max_size=300),
+       schema=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,60}", fullmatch=True))
+@example(prefix="dropwire", name="support-tickets", schema="support_topics")
+def test_a_shortened_title_keeps_the_beginning_of_each_part(prefix, name, schema):
+    export_id = export_id_of("batch_1", schema)
+    title = project_title(prefix, name, schema, export_id)
+    readable = title[:-len(f" [{export_id}]")]
+    head, _, rest = readable.partition(" ")
+    middle, _, tail = rest.rpartition(" (")
+    assert _kept(head, prefix) and _kept(middle, name) and tail.endswith(")") and _kept(tail[:-1], schema), title

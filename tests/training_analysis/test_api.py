@@ -231,3 +231,54 @@ def test_openapi_says_what_each_endpoint_answers(http):
     assert "requestBody" in analyze
     assert {"/api/v1/analyses/{request_id}/status", "/api/v1/analyses/{request_id}/result",
             "/api/v1/knowledge/query"} <= set(paths)
+
+
+def test_a_report_is_served_with_one_charset_and_lists_only_the_plots_it_has(gateway, http, mlflow_runs):
+    """A run that logged losses only (no learning rate, no gradient norm) gets a loss plot and
+    no optimizer plot: the report links only what exists, and asking for the other says why
+    and what there is. Each report format is served with its media type and one charset."""
+    where, _ = mlflow_runs
+    mlflow = MlflowClient(where.uri)
+    run = mlflow.create_run(mlflow.get_experiment_by_name("analysis-tests").experiment_id, run_name="losses-only")
+    for step in range(20):
+        mlflow.log_metric(run.info.run_id, "train_loss", 1.0 / (step + 1), step=step)
+        mlflow.log_metric(run.info.run_id, "val_loss", 1.1 / (step + 1), step=step)
+    mlflow.set_terminated(run.info.run_id)
+    with client_for(gateway) as client:
+        results = {form: client.analyze(run.info.run_id, where.uri, {"report_format": form}) for form in ("html", "markdown")}
+    for form, media in (("html", "text/html; charset=utf-8"), ("markdown", "text/markdown; charset=utf-8")):
+        report = http.get(f"/api/v1/analyses/{results[form].request_id}/report")
+        assert report.status_code == 200 and report.headers["content-type"] == media
+        assert "plots/loss.png" in report.text and "optimizer.png" not in report.text
+    plots = f"/api/v1/analyses/{results['html'].request_id}/plots"
+    assert http.get(f"{plots}/loss.png").content.startswith(b"\x89PNG")
+    body = error(http.get(f"{plots}/optimizer.png"), 404, "ANALYSIS_NOT_FOUND")
+    assert body["details"]["plots"] == ["loss.png"]
+    assert "learning rate or gradient norm" in body["message"], body
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "./mlruns", "/srv/mlruns", "file:///srv/mlruns"])
+def test_a_tracking_uri_that_names_mlflows_retired_file_store_is_400_naming_the_accepted_forms(gateway, http, uri):
+    """A bare word or a path is MLflow's file store, which MLflow 3 refuses: the caller's
+    mistake, answered at once naming the field and what is accepted, with no analysis queued."""
+    emulator, _ = gateway
+    count = "SELECT count(*) FROM tasks WHERE name = 'fn:training-analysis'"
+    before = emulator.store.query(count)[0][0]
+    body = error(http.post("/api/v1/analyze", json={"run_id": "abc", "mlflow_tracking_uri": uri}), 400, "VALIDATION_ERROR")
+    assert body["details"]["field"] == "mlflow_tracking_uri" and body["details"]["provided"] == uri
+    assert "http://" in body["message"] and "sqlite:///" in body["message"], body
+    assert emulator.store.query(count)[0][0] == before
+
+
+def test_a_dropped_request_with_a_file_store_uri_fails_its_analysis_once_naming_the_field(gateway, http):
+    emulator, _ = gateway
+    key = "training-runs/bare/word.request.json"
+    assert http.put(f"/buckets/local/objects/{key}", content=json.dumps(
+        {"run_id": "bare-word-run", "mlflow_tracking_uri": "mlruns"})).status_code == 201
+    done = wait_for(lambda: [a for a in http.get("/api/v1/analyses", params={"run_id": "bare-word-run"}).json()
+                             if a["status"] == "failed"], timeout=90, what="the dropped request's analysis to fail")
+    result = http.get(f"/api/v1/analyses/{done[0]['request_id']}/result").json()
+    assert result["error"]["error"] == "VALIDATION_ERROR" and "mlflow_tracking_uri" in result["error"]["message"]
+    attempts = emulator.store.query("SELECT attempts FROM tasks WHERE name = 'fn:training-analysis-file' AND args::VARCHAR "
+                                    "LIKE ?", [f"%{key}%"])
+    assert attempts == [(1,)]

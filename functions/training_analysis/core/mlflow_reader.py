@@ -6,6 +6,7 @@ an unknown run are errors of their own (503 and 404 over HTTP)."""
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -38,6 +39,32 @@ class ArtifactInvalid(DropwireError):
     code = "ARTIFACT_INVALID"
 
 
+class TrackingUriInvalid(DropwireError):
+    code = "VALIDATION_ERROR"
+
+
+# What MLflow 3 reads a run from: a tracking server, a database store, Databricks. A bare word
+# or a path is its file store, which it refuses unless MLFLOW_ALLOW_FILE_STORE is set.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+ACCEPTED_FORMS = "http://host:port or https://... (a tracking server), sqlite:///path/mlflow.db, postgresql://..., mysql://..., " \
+                 "mssql://... or databricks"
+
+
+def check_tracking_uri(tracking_uri: str) -> None:
+    """TrackingUriInvalid (a 400) for a URI no MLflow store answers: checked before an
+    analysis is queued, since retrying it cannot help."""
+    scheme = urlparse(tracking_uri).scheme.split("+")[0].lower()
+    if scheme in TRACKING_SCHEMES or tracking_uri in ("databricks", "databricks-uc"):
+        return
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+        return
+    said = ("a bare word or path is MLflow's file store, which MLflow 3 refuses" if scheme in ("", "file")
+            else f"scheme {scheme!r} is no MLflow store")
+    raise TrackingUriInvalid(f"Invalid request: field 'mlflow_tracking_uri' is {tracking_uri!r}: {said}; expected "
+                             f"{ACCEPTED_FORMS}", field="mlflow_tracking_uri", constraint=f"one of {ACCEPTED_FORMS}",
+                             provided=tracking_uri)
+
+
 def unavailable(tracking_uri: str, timeout: float, cause: str) -> MlflowUnavailable:
     return MlflowUnavailable(f"Unable to connect to MLflow tracking server at {tracking_uri}: {cause}",
                              tracking_uri=tracking_uri, timeout=timeout,
@@ -62,6 +89,7 @@ def read_run(tracking_uri: str, run_id: str, *, timeout: float = 10.0) -> RunDat
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    check_tracking_uri(tracking_uri)
     probe(tracking_uri, timeout)
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
