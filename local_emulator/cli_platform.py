@@ -129,7 +129,9 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
         if not outcome.ok:
             if not outcome.on_purpose:  # a crash: where it happened matters
                 console.print(outcome.traceback or "", highlight=False)
-            raise DropwireError(f"function {function!r} failed: {outcome.error}")
+            if outcome.waits_for is not None:  # nothing waits here: run it again once that is there
+                raise DropwireError(f"function {function!r} cannot run yet: {outcome.error}")
+            raise DropwireError(f"function {function!r} {'refused' if outcome.refused else 'failed'}: {outcome.error}")
         applied = store.states.apply(outcome.effects)
     console.print_json(json.dumps({"result": outcome.result, "transitions": len(applied.transitions),
                                    "tasks": applied.task_ids}, default=str))

@@ -126,6 +126,29 @@ def queue_status(task_id: int) -> None:
         _print_json(store.queue.task(task_id))
 
 
+@queue_app.command("invocations")
+def queue_invocations(
+    function: Optional[str] = typer.Option(None, "--function", help="Only this function's runs."),
+    outcome: Optional[str] = typer.Option(None, "--outcome",
+                                          help="Only this outcome: succeeded, failed, timed_out, waiting, refused."),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000, help="How many, newest first."),
+) -> None:
+    """Handler runs, newest first, each with its outcome and message: a refusal (the user's
+    mistake, never a dead letter) or a wait (its prerequisite not there yet) says why."""
+    with store_access(current_settings()) as store:
+        rows = store.query(
+            "SELECT task_id, attempt, function, outcome, epoch(started_at), error FROM invocations "
+            "WHERE (? IS NULL OR function = ?) AND (? IS NULL OR outcome = ?) ORDER BY started_at DESC LIMIT ?",
+            [function, function, outcome, outcome, limit])
+    if not rows:
+        console.print("no invocations" + (f" with outcome {outcome}" if outcome else ""))
+    # One record per block: the message (file names, commands) is printed whole, never cut.
+    for task_id, attempt, name, result, started, error in rows:
+        console.print(f"task {task_id} attempt {attempt}  {name}  {result}  {_when(started)}", highlight=False)
+        if error:
+            console.print(f"  {error}", highlight=False, soft_wrap=True)
+
+
 @queue_app.command("cleanup")
 def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days", help="Age of finished tasks to delete.")) -> None:
     """Delete finished tasks older than N days."""

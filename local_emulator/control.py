@@ -30,6 +30,7 @@ from dropwire.storage.records import (
     QueueStats,
     TaskSpec,
     TaskStatus,
+    WaitFor,
 )
 from dropwire.storage.quota import Grant, Limits, Observation, Usage
 from dropwire.storage.store import Store
@@ -63,6 +64,9 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
                                                  for e in store.queue.complete_many(done, wait=True)], {"done": list[Done]}),
     "queue.fail": (lambda store, **kw: store.queue.fail(**kw, wait=True), {"invocation": InvocationRecord | None}),
     "queue.release": (lambda store, **kw: store.queue.release(**kw), {}),
+    "queue.wait_for": (lambda store, **kw: store.queue.wait_for(**kw, wait=True),
+                       {"waits_for": WaitFor, "invocation": InvocationRecord | None}),
+    "queue.refuse": (lambda store, **kw: store.queue.refuse(**kw, wait=True), {"invocation": InvocationRecord | None}),
     "queue.enqueue": (lambda store, **kw: store.queue.enqueue(**kw), {"spec": TaskSpec}),
     "queue.task": (lambda store, **kw: store.queue.task(**kw), {}),
     "queue.stats": (lambda store: store.queue.stats(), {}),
@@ -307,6 +311,16 @@ class _RemoteQueue:
 
     def release(self, task_id: int, token: int) -> None:
         self._call("queue.release", task_id=task_id, token=token)
+
+    def wait_for(self, task_id: int, token: int, *, error: str, waits_for: WaitFor,
+                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
+        return _maybe_future(wait, lambda: self._call("queue.wait_for", task_id=task_id, token=token, error=error,
+                                                      waits_for=waits_for, invocation=invocation))
+
+    def refuse(self, task_id: int, token: int, *, error: str, invocation: InvocationRecord | None = None,
+               wait: bool = True) -> Any:
+        return _maybe_future(wait, lambda: self._call("queue.refuse", task_id=task_id, token=token, error=error,
+                                                      invocation=invocation))
 
     def enqueue(self, spec: TaskSpec) -> int:
         return self._call("queue.enqueue", int, spec=spec)

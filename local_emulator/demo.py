@@ -74,8 +74,12 @@ class DemoRun:
                 return state
             time.sleep(0.05)
         letters = [f"{d.name}: {d.last_error}" for d in self.store.queue.dead_letters()]
+        # Refused and waiting uploads are no dead letters, but as likely to be why.
+        held = [f"{name} {status}: {error}" for name, status, error in self.store.query(
+            "SELECT name, status, last_error FROM tasks WHERE status IN ('refused', 'waiting') ORDER BY id")]
         raise DropwireError(f"{kind} {entity_id} did not reach {' or '.join(states)} within {WAIT_S:.0f}s "
-                            f"(it is {self.state(kind, entity_id)}); dead letters: {letters or 'none'}")
+                            f"(it is {self.state(kind, entity_id)}); dead letters: {letters or 'none'}; "
+                            f"refused or waiting: {held or 'none'}")
 
     def model_key(self, model: str, name: str) -> str:
         return f"{SOURCE_PREFIX}{self.use_case}/models/{model}/{name}"

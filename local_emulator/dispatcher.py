@@ -12,7 +12,15 @@ from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 from dropwire.functions.platform.registry import FunctionRegistry, FunctionSpec, Invocation
-from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskContext, TaskFailed, TaskRegistry
+from dropwire.functions.platform.tasks import (
+    Completion,
+    NotYet,
+    PermanentTaskError,
+    Refused,
+    TaskContext,
+    TaskFailed,
+    TaskRegistry,
+)
 from dropwire.local_emulator.control_plane import start_pool
 from dropwire.local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerTimeout, Outcome, Request, Sandbox
 from dropwire.local_emulator.settings import Settings
@@ -48,6 +56,12 @@ def _invoke(spec: FunctionSpec, runner: Runner, invocation: Invocation, context:
         raise TaskFailed(exc.message, invocation=record("timed_out", exc.message)) from None
     except HandlerCrashed as exc:
         raise TaskFailed(exc.message, invocation=record("failed", exc.message)) from None
+    if outcome.waits_for is not None:
+        waits = outcome.waits_for
+        raise NotYet(outcome.error or "a prerequisite is not there yet", kind=waits.kind, entity_id=waits.entity_id,
+                     version=waits.seen_version, invocation=record("waiting", outcome.error))
+    if outcome.refused:
+        raise Refused(outcome.error or "the handler refused the request", invocation=record("refused", outcome.error))
     if not outcome.ok:
         failed = TaskFailed if outcome.retryable else PermanentTaskError
         raise failed(outcome.error or "the handler failed", traceback=outcome.traceback,

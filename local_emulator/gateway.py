@@ -35,12 +35,13 @@ from dropwire.runtime.openapi import assets_router, error_responses, openapi_con
 from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
 from dropwire.storage.store import Store
+from dropwire.storage.task_index import FINISHED as FINISHED_STATUSES
 
 log = logging.getLogger("dropwire.gateway")
 
 ALWAYS_OPEN = frozenset({"/health"})
 RAW_OBJECT = upload_operation("the object's bytes, stored as they are", multipart=False)
-FINISHED = frozenset({"succeeded", "dead"})
+FINISHED = frozenset(FINISHED_STATUSES)
 
 
 class NotAuthorized(DropwireError):
@@ -111,6 +112,10 @@ class Health(msgspec.Struct):
 
 
 class InvocationRow(msgspec.Struct):
+    """One run of a handler. `outcome`: succeeded, failed, timed_out, waiting (its
+    prerequisite was not there yet; `error` says which) or refused (the user's mistake;
+    `error` is the handler's message; never a dead letter)."""
+
     task_id: int
     attempt: int
     function: str
@@ -229,10 +234,13 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return Accepted(task_id=new_id, status_url=f"/tasks/{new_id}")
 
     @get("/invocations", sync_to_thread=True, responses=error_responses(400, *GATEWAY_ERRORS))
-    def invocations(function: FromQuery[str | None] = None, limit: FromQuery[int] = 50) -> list[InvocationRow]:
+    def invocations(function: FromQuery[str | None] = None, outcome: FromQuery[str | None] = None,
+                    limit: FromQuery[int] = 50) -> list[InvocationRow]:
+        """The latest handler runs, newest first; `outcome=refused` lists the users' mistakes."""
         rows = store.query(
             "SELECT task_id, attempt, function, source, started_at, duration_ms, outcome, error, event FROM invocations "
-            "WHERE ? IS NULL OR function = ? ORDER BY started_at DESC LIMIT ?", [function, function, max(1, min(limit, 1000))])
+            "WHERE (? IS NULL OR function = ?) AND (? IS NULL OR outcome = ?) ORDER BY started_at DESC LIMIT ?",
+            [function, function, outcome, outcome, max(1, min(limit, 1000))])
         return [InvocationRow(task_id=t, attempt=a, function=f, source=s, started_at=str(at), duration_ms=d, outcome=o,
                               error=e, event=msgspec.json.decode(ev)) for t, a, f, s, at, d, o, e, ev in rows]
 

@@ -20,9 +20,9 @@ import msgspec
 from dropwire.functions.platform.context import DomainRecords, HandlerContext, QuotaPort, StateChanges, StateReader
 from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
 from dropwire.functions.platform.registry import FunctionSpec, Invocation, load_functions
-from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.platform.tasks import NotYet, PermanentTaskError, Refused
 from dropwire.storage.errors import DropwireError
-from dropwire.storage.records import Effects
+from dropwire.storage.records import Effects, WaitFor
 
 log = logging.getLogger("dropwire.sandbox")
 
@@ -54,6 +54,10 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
     # True when the handler refused on purpose (it raised a DropwireError): its message says
     # why, so a person needs no traceback; a crash (any other exception) keeps it.
     on_purpose: bool = False
+    # The handler raised Refused (the user's mistake: final, not a dead letter) or NotYet (its
+    # prerequisite is not there yet: the task waits for this entity).
+    refused: bool = False
+    waits_for: WaitFor | None = None
 
 
 def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
@@ -76,6 +80,9 @@ def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: 
     try:
         result = spec.handler(invocation.event, context)
         return Outcome(ok=True, result=result, effects=context.state.effects())
+    except (NotYet, Refused) as exc:  # outcomes on purpose, not failures: the message is all a person needs
+        return Outcome(ok=False, error=exc.message, retryable=False, on_purpose=True, refused=isinstance(exc, Refused),
+                       waits_for=exc.waits_for if isinstance(exc, NotYet) else None)
     except Exception as exc:
         message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
         return Outcome(ok=False, error=message, traceback=traceback.format_exc(),

@@ -21,13 +21,15 @@ import msgspec
 from dropwire.functions.platform.tasks import (
     Completion,
     ExecutorLost,
+    NotYet,
     PermanentTaskError,
+    Refused,
     TaskContext,
     TaskFailed,
     TaskRegistry,
 )
 from dropwire.storage.errors import DropwireError, StaleLease
-from dropwire.storage.records import ClaimedTask, Done, InvocationRecord
+from dropwire.storage.records import ClaimedTask, Done, InvocationRecord, WaitFor
 
 log = logging.getLogger("dropwire.workers")
 
@@ -44,6 +46,12 @@ class QueueBackend(Protocol):
              retryable: bool = True, invocation: InvocationRecord | None = None, wait: bool = True) -> Any: ...
 
     def release(self, task_id: int, token: int) -> None: ...
+
+    def wait_for(self, task_id: int, token: int, *, error: str, waits_for: WaitFor,
+                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any: ...
+
+    def refuse(self, task_id: int, token: int, *, error: str, invocation: InvocationRecord | None = None,
+               wait: bool = True) -> Any: ...
 
 
 class WorkerPool:
@@ -193,6 +201,16 @@ class WorkerPool:
             outcome = registered.fn(args, context)
         except ExecutorLost:
             raise
+        except NotYet as exc:  # not a failure: the task waits for its prerequisite
+            self._observe(time.perf_counter() - started)
+            self._watch(self.backend.wait_for(task.id, task.token, error=exc.message, waits_for=exc.waits_for,
+                                              invocation=exc.invocation, wait=False), [task])
+            return None
+        except Refused as exc:  # the user's mistake: final, never a dead letter
+            self._observe(time.perf_counter() - started)
+            self._watch(self.backend.refuse(task.id, task.token, error=exc.message, invocation=exc.invocation,
+                                            wait=False), [task])
+            return None
         except Exception as exc:
             self._observe(time.perf_counter() - started)
             failed = exc if isinstance(exc, TaskFailed) else None

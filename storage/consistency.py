@@ -8,7 +8,7 @@ import duckdb
 
 from dropwire.storage.state_machine import StateMachine, machine_registry
 
-_TASK_STATUSES = ("queued", "running", "retrying", "succeeded", "dead")
+_TASK_STATUSES = ("queued", "running", "retrying", "waiting", "succeeded", "dead", "refused")
 
 
 def check(con: duckdb.DuckDBPyConnection, machines: Iterable[StateMachine]) -> list[str]:

@@ -12,8 +12,13 @@ Promises:
   or the failure cannot be retried, moves the task to the dead letters with its on-dead
   effects. A completion, failure or release with a stale token is refused (`StaleLease`):
   that work must not commit.
+- `wait_for` parks a task whose prerequisite is not there yet (not a failure, the attempt not
+  counted): it runs again as soon as a change of the entity it waits for commits (or at once
+  if one committed while it ran), else when its backoff ends; once it has waited
+  `wait_max_seconds` since it was queued it is refused with the same message. `refuse`
+  ends a task the user's mistake stopped (final, status refused): never a dead letter.
 - A dead letter can be replayed once, as a new task with fresh attempts; `cleanup` deletes
-  finished tasks (succeeded, or dead and replayed) older than N days with their attempts;
+  finished tasks (succeeded, refused, or dead and replayed) older than N days with their attempts;
   their ids are never given again, and their object receipts still refuse a duplicate.
 - Reads (`task`, `stats`, `dead_letters`, `dead_letter`) see committed data only.
 """
@@ -43,10 +48,21 @@ from dropwire.storage.records import (
     TaskAttempt,
     TaskSpec,
     TaskStatus,
+    WaitFor,
 )
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.states import States
-from dropwire.storage.task_index import DEAD, QUEUED, RETRYING, RUNNING, SUCCEEDED, LiveTask
+from dropwire.storage.task_index import (
+    CLAIMABLE,
+    DEAD,
+    QUEUED,
+    REFUSED,
+    RETRYING,
+    RUNNING,
+    SUCCEEDED,
+    WAITING,
+    LiveTask,
+)
 from dropwire.storage.tasks import TASKS, EncodedTask, LiveTasks
 from dropwire.storage.writer import Facet, Writer
 
@@ -82,6 +98,7 @@ class Queue(Facet):
         self.settings = settings
         self.tasks = tasks
         self.states = states
+        states.changed = self._prerequisite_changed
         self._work = threading.Condition()
         self._work_generation = 0
         self._next_token = 1
@@ -130,7 +147,7 @@ class Queue(Facet):
         def op(batch: Batch, now: float) -> int:
             moved = 0
             for task in list(self.tasks.index.live.values()):
-                if (task.status in (QUEUED, RETRYING) and task.idempotency_key
+                if (task.status in CLAIMABLE and task.idempotency_key
                         and task.idempotency_key.startswith(key_prefix)):
                     task.not_before = now
                     self.tasks.index.schedule(task)  # the old heap entry goes stale (lazy deletion)
@@ -281,6 +298,69 @@ class Queue(Facet):
                                     _json.encode(invocation.event).decode(), task.worker, invocation.started_at,
                                     invocation.duration_ms, invocation.outcome, invocation.error))
 
+    def wait_for(self, task_id: int, token: int, *, error: str, waits_for: WaitFor,
+                 invocation: InvocationRecord | None = None, wait: bool = True) -> Any:
+        """A task whose prerequisite is not there yet (`error` says which, `waits_for` names it)
+        waits for it: see the module's promises. Returns the task's new status."""
+
+        def op(batch: Batch, now: float) -> str:
+            task = self._leased(task_id, token, "park")
+            give_up = task.created_at + self.settings.wait_max_seconds
+            entity = (waits_for.kind, waits_for.entity_id)
+            if now >= give_up:
+                waiters = self.tasks.index.waiting.get(entity)
+                if waiters is not None:
+                    waiters.discard(task.id)
+                refusal = f"{error} (waited {now - task.created_at:.0f}s for it)"
+                if invocation is not None:
+                    self._log_invocation(task, msgspec.structs.replace(invocation, outcome=REFUSED, error=refusal), batch)
+                return self._settle_refusal(task, refusal, batch, now)
+            self._log_invocation(task, invocation, batch)
+            task.status, task.attempts, task.waits, task.last_error = WAITING, task.attempts - 1, task.waits + 1, error
+            task.worker = task.lease_expires = task.claimed_at = None
+            if self.states.version_now(*entity) != waits_for.seen_version:
+                task.not_before = now  # it changed while the handler ran: look again now
+            else:
+                task.not_before = min(now + self.backoff_seconds(task.waits), give_up)
+                self.tasks.index.waiting.setdefault(entity, set()).add(task.id)
+            self.tasks.index.schedule(task)
+            batch.add(TASKS, task.row(now))
+            return WAITING
+
+        future = self.writer.submit(op)
+        return future.result() if wait else future
+
+    def _prerequisite_changed(self, entity: tuple[str, str], batch: Batch, now: float) -> None:
+        """A change of `entity` is staged: the tasks waiting for it run again once it commits
+        (the next cycle promotes them, after this one's commit)."""
+        index = self.tasks.index
+        for task_id in index.waiting.pop(entity, ()):
+            task = index.live.get(task_id)
+            if task is not None and task.status == WAITING:
+                task.not_before = now
+                index.schedule(task)
+                batch.add(TASKS, task.row(now))
+
+    def refuse(self, task_id: int, token: int, *, error: str, invocation: InvocationRecord | None = None,
+               wait: bool = True) -> Any:
+        """The handler refused what the user asked (a retry in the wrong state, an upload that
+        is not taken now): final, with its message; no retry, no dead letter, no on-dead effects."""
+
+        def op(batch: Batch, now: float) -> str:
+            task = self._leased(task_id, token, "refuse")
+            self._log_invocation(task, invocation, batch)
+            return self._settle_refusal(task, error, batch, now)
+
+        future = self.writer.submit(op)
+        return future.result() if wait else future
+
+    def _settle_refusal(self, task: LiveTask, error: str, batch: Batch, now: float) -> str:
+        task.status, task.last_error, task.lease_expires = REFUSED, error, None
+        batch.add(TASKS, task.row(now, finished_at=now))
+        self.tasks.index.forget(task)
+        log.info("task %s (%s) refused: %s", task.id, task.name, error)
+        return REFUSED
+
     def release(self, task_id: int, token: int) -> None:
         """Give back a claimed task that was never started; the attempt is not counted."""
 
@@ -379,7 +459,8 @@ class Queue(Facet):
             cutoff = now - older_than_days * 86400
             doomed = self.writer.connection.execute(
                 "SELECT t.id, t.idempotency_key FROM tasks t LEFT JOIN dead_letters d ON d.task_id = t.id "
-                "WHERE t.finished_at < to_timestamp(?) AND (t.status = 'succeeded' OR (t.status = 'dead' AND d.replayed_task_id IS NOT NULL))",
+                "WHERE t.finished_at < to_timestamp(?) AND (t.status IN ('succeeded', 'refused') "
+                "OR (t.status = 'dead' AND d.replayed_task_id IS NOT NULL))",
                 [cutoff],
             ).fetchall()
             if doomed:

@@ -123,6 +123,8 @@ class TaskAttempt(msgspec.Struct, kw_only=True, frozen=True):
 class TaskStatus(msgspec.Struct, kw_only=True, frozen=True):
     id: int
     name: str
+    #: queued | running | retrying | waiting (for a prerequisite; last_error says which) |
+    #: succeeded | dead (in the dead letters) | refused (the user's mistake; last_error says why)
     status: str
     args: Any
     priority: int
@@ -167,6 +169,15 @@ class InvocationRecord(msgspec.Struct, kw_only=True, frozen=True):
     duration_ms: float
     outcome: str
     error: str | None = None
+
+
+class WaitFor(msgspec.Struct, kw_only=True, frozen=True):
+    """The entity a task waits for (its prerequisite not there yet) and the version it saw (0:
+    none yet): any committed change of it runs the task again at once."""
+
+    kind: str
+    entity_id: str
+    seen_version: int = 0
 
 
 class ObjectReceipt(msgspec.Struct, kw_only=True, frozen=True):

@@ -45,6 +45,10 @@ class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     max_attempts: int = 5
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
+    # How long after it was queued a task may wait for its prerequisite (e.g. a config whose
+    # use case has not landed yet): re-run when that commits, else re-checked with the
+    # backoff above; past this it is refused with the handler's message.
+    wait_max_seconds: float = 600.0
     # Largest number of operations one group commit takes.
     max_batch: int = 2000
     # Longest the writer sleeps before looking for expired leases and due tasks.
@@ -57,3 +61,5 @@ class QueueSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
             raise ValueError("queue.max_prefetch, max_attempts and max_batch must be at least 1")
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("queue.heartbeat_seconds must be shorter than queue.lease_seconds")
+        if self.wait_max_seconds < 0:
+            raise ValueError("queue.wait_max_seconds must be 0 or more (0: a missing prerequisite is refused at once)")

@@ -69,6 +69,9 @@ class States(Facet):
         self.tasks = tasks
         self.outbox = outbox
         self._entities: dict[tuple[str, str], _Entity] = {}
+        #: Told of each entity a staged operation creates or moves, in the writer's thread
+        #: (the queue runs the tasks waiting for it again).
+        self.changed: Callable[[tuple[str, str], Batch, float], None] | None = None
 
     def load(self, con: duckdb.DuckDBPyConnection, *, restart_grace: bool) -> None:
         self._entities = {
@@ -77,6 +80,12 @@ class States(Facet):
                 "SELECT kind, entity_id, state, version, previous_state, epoch(created_at) FROM entity_states"
             ).fetchall()
         }
+
+    def version_now(self, kind: str, entity_id: str) -> int:
+        """The entity's version in the writer's view, staged changes included (0: no such
+        entity). For the writer's thread only."""
+        entity = self._entities.get((kind, entity_id))
+        return entity.version if entity is not None else 0
 
     def machine(self, kind: str) -> StateMachine:
         try:
@@ -178,6 +187,9 @@ class States(Facet):
             task_ids.append(task.id)
         for row in notification_rows:
             self.outbox.stage(row, batch)
+        if self.changed is not None:
+            for key in overlay:
+                self.changed(key, batch, now)
         return Applied(transitions=records, task_ids=task_ids)
 
     # ------------------------------------------------------------------ reads (committed data only)

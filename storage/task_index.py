@@ -8,6 +8,13 @@ import heapq
 from dataclasses import dataclass
 
 QUEUED, RUNNING, RETRYING, SUCCEEDED, DEAD = "queued", "running", "retrying", "succeeded", "dead"
+#: Waiting for a prerequisite (another file's effect) to commit; refused: a user's mistake
+#: (final, never a dead letter).
+WAITING, REFUSED = "waiting", "refused"
+#: Statuses a task may be claimed from when due.
+CLAIMABLE = (QUEUED, RETRYING, WAITING)
+LIVE = (*CLAIMABLE, RUNNING)
+FINISHED = (SUCCEEDED, DEAD, REFUSED)
 
 
 @dataclass(slots=True)
@@ -29,6 +36,9 @@ class LiveTask:
     last_error: str | None = None
     on_dead: str | None = None
     on_retry: str | None = None
+    #: How many times it waited for a prerequisite since it was loaded (in memory only: the
+    #: backoff of its re-checks starts over after a restart).
+    waits: int = 0
 
     def row(self, now: float, *, result: str | None = None, finished_at: float | None = None) -> tuple:
         """The task's image in the `tasks` table (column order of tasks.TASKS)."""
@@ -46,6 +56,9 @@ class TaskIndex:
         self._ready: dict[str, list[tuple[int, int]]] = {}
         self._delayed: list[tuple[float, int]] = []
         self._leases: list[tuple[float, int, int]] = []
+        #: (kind, entity id) -> ids of tasks waiting for a change of that entity (in memory only:
+        #: after a restart a waiting task is re-run by its backoff, then waits here again).
+        self.waiting: dict[tuple[str, str], set[int]] = {}
 
     def add(self, task: LiveTask) -> None:
         self.live[task.id] = task
@@ -54,7 +67,7 @@ class TaskIndex:
         self.schedule(task)
 
     def schedule(self, task: LiveTask) -> None:
-        """Put a queued/retrying task where a claim will find it, or a running one under its lease."""
+        """Put a queued/retrying/waiting task where a claim will find it, or a running one under its lease."""
         if task.status == RUNNING:
             heapq.heappush(self._leases, (task.lease_expires, task.id, task.token))
         else:
@@ -67,7 +80,7 @@ class TaskIndex:
         while self._delayed and self._delayed[0][0] <= now:
             not_before, task_id = heapq.heappop(self._delayed)
             task = self.live.get(task_id)
-            if task is not None and task.status in (QUEUED, RETRYING) and task.not_before == not_before:
+            if task is not None and task.status in CLAIMABLE and task.not_before == not_before:
                 # Higher priority first, then oldest id first.
                 heapq.heappush(self._ready.setdefault(task.name, []), (-task.priority, task.id))
 
@@ -77,7 +90,7 @@ class TaskIndex:
             heap = self._ready[name]
             while heap:
                 task = self.live.get(heap[0][1])
-                if task is not None and task.status in (QUEUED, RETRYING) and -heap[0][0] == task.priority:
+                if task is not None and task.status in CLAIMABLE and -heap[0][0] == task.priority:
                     break
                 heapq.heappop(heap)  # stale entry
             if heap and (best is None or heap[0] < best):

@@ -10,7 +10,7 @@ Promises:
   transaction), so ids are never reused, across deletes and restarts; a task whose idempotency key was used before (by a
   live or finished task, or earlier in the same plan) is not planned again: the first one
   stands for it.
-- The view (`index`) holds every live (queued, running, retrying) task and every key used;
+- The view (`index`) holds every live (queued, running, retrying, waiting) task and every key used;
   on opening, a running task's lease is extended by one full lease (heartbeats live in
   memory only, so its worker gets time to report in).
 """
@@ -71,12 +71,12 @@ class LiveTasks(Facet):
         now = time.time()
         # A task written "later" than now means the clock was moved back since: keep its
         # remaining delay as if the clock had run on, rather than park it for the jump too.
-        ahead = dict(con.execute("SELECT id, epoch(updated_at) - ? FROM tasks WHERE status IN ('queued', 'retrying') "
+        ahead = dict(con.execute("SELECT id, epoch(updated_at) - ? FROM tasks WHERE status IN ('queued', 'retrying', 'waiting') "
                                  "AND updated_at > to_timestamp(?)", [now, now]).fetchall())
         for row in con.execute(
             "SELECT id, name, args, priority, status, attempts, max_attempts, epoch(not_before), epoch(created_at), "
             "epoch(claimed_at), epoch(lease_expires), token, worker, idempotency_key, last_error, on_dead, on_retry "
-            "FROM tasks WHERE status IN ('queued', 'running', 'retrying')"
+            "FROM tasks WHERE status IN ('queued', 'running', 'retrying', 'waiting')"
         ).fetchall():
             task = LiveTask(*row)
             if task.id in ahead:
@@ -87,7 +87,7 @@ class LiveTasks(Facet):
                 task.lease_expires = max(task.lease_expires or 0.0, now + self.settings.lease_seconds)
             self.index.add(task)
         for (key, task_id) in con.execute(
-            "SELECT idempotency_key, id FROM tasks WHERE idempotency_key IS NOT NULL AND status NOT IN ('queued', 'running', 'retrying')"
+            "SELECT idempotency_key, id FROM tasks WHERE idempotency_key IS NOT NULL AND status NOT IN ('queued', 'running', 'retrying', 'waiting')"
         ).fetchall():
             self.index.by_key[key] = task_id
         self._next_id = con.execute(

@@ -44,7 +44,9 @@ from dropwire.storage.records import EntitySnapshot, TransitionRecord
 # A write waits for its handlers at most this long; past it the answer is 202 with where they are.
 MAX_WAIT_S = 60.0
 POLL_S = 0.05
-FINISHED = ("succeeded", "dead")
+FINISHED = ("succeeded", "refused", "dead")
+# A handler waiting for another file will not finish while a request waits: answered as it stands.
+SETTLED = (*FINISHED, "waiting")
 MAX_ID = 100
 # Ids become folder names in the bucket: no "/", no "." or ".." segments, no hidden names
 # (the folder source ignores those).
@@ -98,7 +100,8 @@ class HandlerRun(msgspec.Struct, kw_only=True):
 
     function: str
     task_id: int
-    #: queued | running | retrying | succeeded | dead
+    #: queued | running | retrying | waiting (for a file not there yet; `error` says which) |
+    #: succeeded | refused (the user's mistake; `error` says why) | dead
     status: str
     status_url: str
     result: Any = None
@@ -404,11 +407,12 @@ class _Evaluation:
             "ORDER BY received_at, function", [self.ports.bucket, key, since])
 
     async def follow(self, fired: Callable[[], list[tuple[str, int]]], wait: float) -> list[HandlerRun]:
-        """The handler runs `fired` names, polled until all finished or `wait` seconds passed."""
+        """The handler runs `fired` names, polled until all finished (or wait for another file) or
+        `wait` seconds passed."""
         deadline = time.monotonic() + wait
         while True:
             runs = await sync_to_thread(self._runs, fired)
-            if (runs and all(r.status in FINISHED for r in runs)) or time.monotonic() >= deadline:
+            if (runs and all(r.status in SETTLED for r in runs)) or time.monotonic() >= deadline:
                 return runs
             await asyncio.sleep(POLL_S)
 
@@ -423,9 +427,11 @@ class _Evaluation:
     def answer(self, kind: str, entity_id: str, shown_id: str, runs: list[HandlerRun], *, key: str | None = None,
                url: str | None = None) -> Response[Accepted]:
         for run in runs:
-            if run.status == "dead":
+            if run.status in ("refused", "dead"):
+                # A refusal is the user's to fix; only a real failure is in the dead letters.
+                where = {"dead_letter": f"/dead-letters/{run.task_id}"} if run.status == "dead" else {}
                 raise HandlerRefused(run.error or f"{run.function} failed", function=run.function, task_id=run.task_id,
-                                     dead_letter=f"/dead-letters/{run.task_id}", **({"key": key} if key else {}))
+                                     **where, **({"key": key} if key else {}))
         done = bool(runs) and all(r.status in FINISHED for r in runs)
         body = Accepted(id=shown_id, state=self.state_of(kind, entity_id), state_url=_state_url(kind, entity_id),
                         key=key, url=url, handlers=runs)

@@ -58,7 +58,7 @@ from dropwire.functions.evaluation.core import (
     write_results,
 )
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue, OnUpload, Output
-from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.platform.tasks import NotYet, PermanentTaskError, Refused
 from dropwire.functions.evaluation.states import ModelEvaluationState as M
 from dropwire.functions.evaluation.states import UseCaseState as U
 from dropwire.storage.errors import NotFound
@@ -96,6 +96,9 @@ DATA_LAYOUT = "use-cases/<use case>/models/<model>/dataset|predictions.csv|.parq
 # A new config may be uploaded in these use-case states; a dataset only once one is valid.
 CONFIG_ACCEPTED_IN = (U.AWAITING_CONFIG, U.CONFIG_INVALID, U.CONFIG_VALIDATED)
 DATASET_NEEDS_USE_CASE_IN = (U.CONFIG_VALIDATED, U.QUALITY_CHECK_RUNNING, U.QUALITY_CHECK_PASSED, U.QUALITY_CHECK_FAILED)
+# States a use case passes through on its way there: an upload that finds one waits (files
+# dropped together arrive in any order), where any other state refuses it.
+USE_CASE_ON_ITS_WAY = (U.TEMPLATE_GENERATION, U.TEMPLATE_SENT, U.CONFIG_RECEIVED, U.CONFIG_VALIDATION_RUNNING)
 DATASET_ACCEPTED_IN = (M.REGISTERED, M.AWAITING_DATA_FIX, M.EVALUATION_COMPLETED, M.EVALUATION_FAILED)
 
 T = TypeVar("T")
@@ -156,8 +159,8 @@ def use_case_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     about = _decode(context, event, UseCaseFile)
     state = _state_or_none(context, "use_case", use_case)
     if state is not None:
-        raise PermanentTaskError(f"{event.key}: use case {use_case!r} already exists (state {state}); "
-                                 "a use case is registered once")
+        raise Refused(f"{event.key}: use case {use_case!r} already exists (state {state}); "
+                      "a use case is registered once")
     template = context.outputs.write_bytes(BUCKET, f"{TEMPLATES_PREFIX}{use_case}/config-template.yaml",
                                            render_template(use_case).encode())
     metadata = _file(event) | {"name": about.name, "team_email": about.team_email}
@@ -178,7 +181,7 @@ def use_case_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
 def config_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     use_case = _parse_key(event, CONFIG_KEY, "use-cases/<use case>/config.yaml|.yml|.json")["uc"]
     state, version = _require(context, "use_case", use_case, CONFIG_ACCEPTED_IN, event,
-                              f"upload {SOURCE_PREFIX}{use_case}/use-case.json first")
+                              f"upload {SOURCE_PREFIX}{use_case}/use-case.json first", waits_in=USE_CASE_ON_ITS_WAY)
     team = _created_with(context, "use_case", use_case, UseCaseFile)
     source = f"{event.bucket}/{event.key}"
     with context.objects.open(event.bucket, event.key) as stream:
@@ -224,12 +227,12 @@ def model_registered(event: ObjectEvent, context: HandlerContext) -> dict:
     try:
         context.state.current("use_case", use_case)
     except NotFound:
-        raise PermanentTaskError(f"{event.key}: use case {use_case!r} does not exist; upload "
-                                 f"{SOURCE_PREFIX}{use_case}/use-case.json first") from None
+        raise NotYet(f"{event.key}: use case {use_case!r} does not exist; upload "
+                     f"{SOURCE_PREFIX}{use_case}/use-case.json first", kind="use_case", entity_id=use_case) from None
     state = _state_or_none(context, "model", model_id)
     if state is not None:
-        raise PermanentTaskError(f"{event.key}: model {model_id!r} is already registered (state {state}); "
-                                 "register a new version under a new model folder")
+        raise Refused(f"{event.key}: model {model_id!r} is already registered (state {state}); "
+                      "register a new version under a new model folder")
     context.state.create("model", model_id, reason=f"{posixpath.basename(event.key)} uploaded",
                          metadata=_file(event) | {"use_case": use_case, "name": about.name, "version": about.version})
     return {"model": model_id, "name": about.name, "version": about.version}
@@ -242,18 +245,20 @@ def dataset_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     use_case, folder_name, role = parts["uc"], parts["model"], parts["role"]
     model_id = f"{use_case}/{folder_name}"
     _require(context, "use_case", use_case, DATASET_NEEDS_USE_CASE_IN, event,
-             f"upload a valid {SOURCE_PREFIX}{use_case}/config.yaml, then the dataset again")
+             f"upload a valid {SOURCE_PREFIX}{use_case}/config.yaml, then the dataset again",
+             waits_in=(U.AWAITING_CONFIG, *USE_CASE_ON_ITS_WAY),
+             waiting_hint=f"upload {SOURCE_PREFIX}{use_case}/use-case.json and a valid config.yaml first")
     config = _valid_config(context, use_case)
     if role == "predictions" and config.layout == "single":
-        raise PermanentTaskError(f"{event.key}: use case {use_case!r} has layout single: upload one file, dataset.<ext>, "
-                                 "with truth and prediction columns (predictions.<ext> is for layout separate)")
+        raise Refused(f"{event.key}: use case {use_case!r} has layout single: upload one file, dataset.<ext>, "
+                      "with truth and prediction columns (predictions.<ext> is for layout separate)")
     covering = _check_covering(context, model_id, event)
     if covering is not None:
         # Another upload's check started after this file was written, so it reads this content.
         return {"model": model_id, "covered_by_check_started_at": covering}
     _, version = _require(context, "model", model_id, DATASET_ACCEPTED_IN, event,
-                          f"upload {SOURCE_PREFIX}{use_case}/models/{folder_name}/register.json first, "
-                          "or upload again when the running check has finished")
+                          "upload again when the running check has finished",
+                          waiting_hint=f"upload {SOURCE_PREFIX}{use_case}/models/{folder_name}/register.json first")
     files = {role: event.key}
     if config.layout == "separate":
         other = "predictions" if role == "dataset" else "dataset"
@@ -364,9 +369,10 @@ def retry_evaluation(event: HttpEvent, context: HandlerContext) -> dict:
     try:
         ref = msgspec.convert(event.body, ModelRef)
     except msgspec.ValidationError as exc:
-        raise PermanentTaskError(f"{RETRY_FUNCTION} takes a JSON body {{\"use_case\": ..., \"model\": ...}}: {exc}") from None
+        raise Refused(f"{RETRY_FUNCTION} takes a JSON body {{\"use_case\": ..., \"model\": ...}}: {exc}") from None
     model_id = f"{ref.use_case}/{ref.model}"
-    _, version = _require_model(context, model_id, (M.EVALUATION_FAILED,), RETRY_FUNCTION)
+    # Asked by a person: a model that is not there or not failed is their mistake, refused.
+    _, version = _require_model(context, model_id, (M.EVALUATION_FAILED,), RETRY_FUNCTION, refusal=Refused)
     team = _created_with(context, "use_case", ref.use_case, UseCaseFile)
     context.state.transition("model", model_id, trigger="retry", expected_version=version,
                              reason="retry asked over HTTP", metadata={"requested_at": event.received_at})
@@ -510,16 +516,16 @@ def _model_of(event: ObjectEvent | HttpEvent, context: HandlerContext) -> tuple[
     return use_case, folder_name, f"{use_case}/{folder_name}"
 
 
-def _require_model(context: HandlerContext, model_id: str, states: tuple[str, ...], step: str) -> tuple[str, int]:
+def _require_model(context: HandlerContext, model_id: str, states: tuple[str, ...], step: str,
+                   refusal: type[PermanentTaskError | Refused] = PermanentTaskError) -> tuple[str, int]:
     try:
         state, version = context.state.current("model", model_id)
     except NotFound:
-        raise PermanentTaskError(f"{step}: model {model_id!r} does not exist") from None
+        raise refusal(f"{step}: model {model_id!r} does not exist") from None
     if state not in states:
         hint = (f"; retry it with POST /api/use-cases/{model_id.replace('/', '/models/', 1)}/retry"
                 if state == M.EVALUATION_FAILED and step != RETRY_FUNCTION else "")
-        raise PermanentTaskError(f"{step}: model {model_id!r} is {state}; this step runs only in "
-                                 f"{', '.join(states)}{hint}")
+        raise refusal(f"{step}: model {model_id!r} is {state}; this step runs only in {', '.join(states)}{hint}")
     return state, version
 
 
@@ -544,7 +550,7 @@ def _written_through(context: HandlerContext, folder: str, write) -> dict[str, s
 def _parse_key(event: ObjectEvent, pattern: re.Pattern[str], layout: str) -> dict[str, str]:
     match = pattern.fullmatch(event.key)
     if match is None:
-        raise PermanentTaskError(f"{event.bucket}/{event.key} does not follow the bucket layout: expected {layout}")
+        raise Refused(f"{event.bucket}/{event.key} does not follow the bucket layout: expected {layout}")
     return match.groupdict()
 
 
@@ -555,20 +561,24 @@ def _decode(context: HandlerContext, event: ObjectEvent, type_: type[T]) -> T:
         return msgspec.json.decode(data, type=type_)
     except msgspec.DecodeError as exc:
         fields = ", ".join(type_.__struct_fields__)  # type: ignore[attr-defined]
-        raise PermanentTaskError(f"{event.bucket}/{event.key} is not valid: {exc} (expected a JSON object with "
-                                 f"{fields})") from None
+        raise Refused(f"{event.bucket}/{event.key} is not valid: {exc} (expected a JSON object with {fields})") from None
 
 
 def _require(context: HandlerContext, kind: str, entity_id: str, states: tuple[str, ...], event: ObjectEvent,
-             hint: str) -> tuple[str, int]:
-    """(state, version) of the entity, or a permanent error naming the file, the entity and what to do."""
+             hint: str, *, waits_in: tuple[str, ...] = (), waiting_hint: str | None = None) -> tuple[str, int]:
+    """(state, version) of the entity when it is in one of `states`. Missing, or in one of
+    `waits_in` (on its way there), the upload waits for it (NotYet, with `waiting_hint`); in
+    any other state it is refused. Both name the file, the entity and what to do."""
     try:
         state, version = context.state.current(kind, entity_id)
     except NotFound:
-        raise PermanentTaskError(f"{event.key}: {kind} {entity_id!r} does not exist; {hint}") from None
+        raise NotYet(f"{event.key}: {kind} {entity_id!r} does not exist; {waiting_hint or hint}",
+                     kind=kind, entity_id=entity_id) from None
     if state not in states:
-        raise PermanentTaskError(f"{event.key}: {kind} {entity_id!r} is {state}, and this upload is taken only in "
-                                 f"{', '.join(states)}; {hint}")
+        message = f"{event.key}: {kind} {entity_id!r} is {state}, and this upload is taken only in {', '.join(states)}"
+        if state in waits_in:
+            raise NotYet(f"{message}; {waiting_hint or hint}", kind=kind, entity_id=entity_id, version=version)
+        raise Refused(f"{message}; {hint}")
     return state, version
 
 

@@ -60,7 +60,7 @@ class ApiPorts:
 
 class HandlerRefused(Conflict):
     """A write an API stored (or a change it asked for) was refused by the handler it fired;
-    the handler's own message says why (the task is in the dead letters)."""
+    the handler's own message says why (the task is refused, or in the dead letters)."""
 
     code = "refused_by_handler"
 
@@ -85,7 +85,7 @@ def invoke_and_wait(ports: ApiPorts, function: str, body: Any, max_wait_seconds:
         status = ports.store.queue.task(task_id)
         if status.status == "succeeded":
             return status.result
-        if status.status == "dead":
+        if status.status in ("refused", "dead"):
             raise HandlerRefused(status.last_error or f"{function} refused the request", task_id=task_id)
         time.sleep(POLL_SECONDS)
     raise NotReady(f"{function} did not finish within {max_wait_seconds:.0f}s; see GET /tasks/{task_id}", task_id=task_id)

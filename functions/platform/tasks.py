@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 import msgspec
 
 from dropwire.storage.errors import DropwireError
-from dropwire.storage.records import Effects, InvocationRecord
+from dropwire.storage.records import Effects, InvocationRecord, WaitFor
 
 T = TypeVar("T")
 
@@ -54,6 +54,31 @@ class PermanentTaskError(TaskFailed):
     the dead letters."""
 
     retryable = False
+
+
+class Refused(TaskFailed):
+    """The handler refuses what the user asked, and says why: a retry in the wrong state, an
+    upload not taken in this state, a file that breaks the layout. The user's to fix, so it is
+    final and never a dead letter: the task ends `refused`, its invocation records the message."""
+
+    code = "refused"
+    retryable = False
+
+
+class NotYet(TaskFailed):
+    """The handler's prerequisite is not there yet (e.g. a config whose use case has not
+    landed): not a failure. The task waits and runs again once a change of the entity it waits
+    for commits (or its re-check with backoff comes), for at most queue.wait_max_seconds; then
+    it is refused with this same message. `version` is the entity's version the handler saw
+    (0: it does not exist), so a change that committed while the handler ran is not missed."""
+
+    code = "not_yet"
+    retryable = False
+
+    def __init__(self, message: str, *, kind: str, entity_id: str, version: int = 0,
+                 invocation: InvocationRecord | None = None) -> None:
+        super().__init__(message, invocation=invocation)
+        self.waits_for = WaitFor(kind=kind, entity_id=entity_id, seen_version=version)
 
 
 @dataclass(frozen=True)

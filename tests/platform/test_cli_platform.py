@@ -94,12 +94,21 @@ def test_invoke_prints_one_line_for_a_refusal_and_the_traceback_only_for_a_crash
     (data_dir / "bucket" / key).write_text(json.dumps({"name": "Invoices", "team_email": "team@example.com"}))
     event = s3_event_file(run_cli, catalog, tmp_path / "use-case.json", "local", key)
     assert run_cli("invoke", "evaluation-use-case", "--event", event, env=catalog).returncode == 0
-    # The second registration is refused on purpose (PermanentTaskError): its message is the whole story.
+    # The second registration is refused on purpose (Refused): its message is the whole story.
     again = run_cli("invoke", "evaluation-use-case", "--event", event, env=catalog)
     assert again.returncode == 1 and "Traceback" not in again.stdout + again.stderr
-    assert again.stderr.startswith("error: function 'evaluation-use-case' failed: use-cases/invoices/use-case.json: "
+    assert again.stderr.startswith("error: function 'evaluation-use-case' refused: use-cases/invoices/use-case.json: "
                                    "use case 'invoices' already exists")
     assert again.stdout == ""
+    # A prerequisite not there yet: nothing waits in a one-off run, so it says to run it later.
+    ghost = "use-cases/ghost/config.json"
+    (data_dir / "bucket" / "use-cases" / "ghost").mkdir(parents=True)
+    (data_dir / "bucket" / ghost).write_text(json.dumps({"use_case": "ghost", "fields": []}))
+    early = run_cli("invoke", "evaluation-config", "--event",
+                    s3_event_file(run_cli, catalog, tmp_path / "config.json", "local", ghost), env=catalog)
+    assert early.returncode == 1 and "Traceback" not in early.stdout + early.stderr
+    assert early.stderr.startswith("error: function 'evaluation-config' cannot run yet: use-cases/ghost/config.json: "
+                                   "use_case 'ghost' does not exist; upload use-cases/ghost/use-case.json first")
     # A crash (any other exception) keeps its traceback, then the one error line.
     (data_dir / "bucket" / "broken").mkdir()
     (data_dir / "bucket" / "broken" / "x.csv").write_text("1")

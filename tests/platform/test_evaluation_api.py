@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Iterator
 
 import httpx
@@ -221,15 +222,17 @@ def test_bad_input_gets_a_clear_message_in_the_one_error_shape(http):
                                 "unsupported_format")["message"]
     error(http.post(f"{uc}/upload-config", params={"format": "toml"}, content=b"x = 1"), 415, "unsupported_format")
 
-    # A dataset for a model that is not registered: the handler refuses it, and a waiting
-    # caller gets the handler's own message, the one in the dead letters.
-    refused = error(http.post(f"{uc}/models/ghost/upload-dataset", params=WAIT,
-                              files={"file": ("data.csv", csv([HEADER, *GOOD_ROWS]))}), 409, "refused_by_handler")
-    assert "model 'receipts/ghost' does not exist" in refused["message"]
-    assert "use-cases/receipts/models/ghost/register.json" in refused["message"]
-    assert refused["details"]["function"] == "evaluation-dataset"
-    letter = http.get(refused["details"]["dead_letter"]).json()
-    assert letter["last_error"] == refused["message"]
+    # A dataset for a model that is not registered yet: its handler waits for the model (its
+    # register.json may come next), and a waiting caller is answered at once with why.
+    started = time.monotonic()
+    waiting = http.post(f"{uc}/models/ghost/upload-dataset", params=WAIT,
+                        files={"file": ("data.csv", csv([HEADER, *GOOD_ROWS]))})
+    assert waiting.status_code == 202 and time.monotonic() - started < WAIT["wait"] / 2, waiting.text
+    (run,) = waiting.json()["handlers"]
+    assert (run["function"], run["status"]) == ("evaluation-dataset", "waiting")
+    assert "model 'receipts/ghost' does not exist" in run["error"]
+    assert "upload use-cases/receipts/models/ghost/register.json first" in run["error"]
+    assert run["task_id"] not in [letter["task_id"] for letter in http.get("/dead-letters").json()]
 
 
 def test_layout_separate_over_http_predictions_then_truth(http):

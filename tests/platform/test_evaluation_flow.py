@@ -166,7 +166,7 @@ def _tasks_of(emulator, function: str) -> list[tuple[str, str, dict | None, str 
 
 def _settled(emulator, function: str, count: int) -> bool:
     tasks = _tasks_of(emulator, function)
-    return len(tasks) >= count and all(status in ("succeeded", "dead") for _, status, _, _ in tasks)
+    return len(tasks) >= count and all(status in ("succeeded", "refused", "dead") for _, status, _, _ in tasks)
 
 
 def test_separate_layout_waits_for_both_files_and_joins_them_on_the_record_id(start_emulator):
@@ -234,7 +234,7 @@ def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry
     emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
     refused = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
-    assert refused.json()["status"] == "dead"
+    assert refused.json()["status"] == "refused"
     assert "is REGISTERED; this step runs only in EVALUATION_FAILED" in refused.json()["last_error"]
     # The API's retry route answers the handler's refusal with 409 and its message.
     api = http.post("/api/use-cases/invoices/models/alpha/retry", params={"wait": 30})
@@ -278,7 +278,7 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
     drop(bucket, "use-cases/invoices/models/alpha/predictions.csv", csv([HEADER, *GOOD_ROWS]))
     wait_for(lambda: _settled(emulator, "evaluation-dataset", 1), what="the predictions upload to be handled")
     (_, status, _, error), = _tasks_of(emulator, "evaluation-dataset")
-    assert status == "dead" and "has layout single: upload one file, dataset.<ext>" in error
+    assert status == "refused" and "has layout single: upload one file, dataset.<ext>" in error
 
     frame = pl.DataFrame({c: [r[i] for r in GOOD_ROWS] for i, c in enumerate(HEADER)})
     staged = tmp_path / "staged"
@@ -292,7 +292,7 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
         answers = list(pool.map(lambda item: http.put(f"/buckets/local/objects/use-cases/invoices/models/alpha/dataset.{item[0]}",
                                                       content=item[1]), bodies.items()))
     assert [a.status_code for a in answers] == [201, 201, 201]
-    wait_for(lambda: _settled(emulator, "evaluation-dataset", 4) and emulator.store.queue.stats().by_status.keys() <= {"succeeded", "dead"},
+    wait_for(lambda: _settled(emulator, "evaluation-dataset", 4) and emulator.store.queue.stats().by_status.keys() <= {"succeeded", "refused"},
              timeout=60, what="every upload and check to finish")
 
     uploads = {key: (status, result, error) for key, status, result, error in _tasks_of(emulator, "evaluation-dataset")
@@ -307,8 +307,8 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
     for key, (status, result, error) in uploads.items():
         if status == "succeeded":
             assert key in checked, (key, result)
-        else:
-            assert status == "dead" and key not in checked, (key, status, error)
+        else:  # the user's to upload again, so a refusal, not a dead letter
+            assert status == "refused" and key not in checked, (key, status, error)
             assert "upload again when the running check has finished" in error, error
     assert set(checked) == {key for key, (status, _, _) in uploads.items() if status == "succeeded"}
     assert history[-1].to_state == "EVALUATION_COMPLETED"

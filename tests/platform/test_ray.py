@@ -154,6 +154,28 @@ def test_the_evaluation_workflow_runs_every_handler_on_ray(ray_cluster, moto, tm
     assert "is consistent" in db_check(tmp_path / "data")
 
 
+def test_files_put_in_reverse_order_wait_for_each_other_on_ray_and_a_mistake_is_refused(ray_cluster, moto, tmp_path):
+    """S3 never promised order: each file whose prerequisite has not landed waits for it (its
+    Ray task's NotYet reaches the control plane), and a second use-case.json is refused."""
+    from dropwire.functions.evaluation.core.samples import sample_config, sample_dataset
+
+    settings = s3_settings(tmp_path / "data", ray_cluster, moto, "order-data")
+    with Emulator(settings, serve_http=False) as emulator:
+        flow = Flow(emulator, moto, "order-data")
+        flow.put("use-cases/rev/models/m/dataset.csv", sample_dataset(50, error_rate=0.1, seed=5).write_csv())
+        flow.put("use-cases/rev/models/m/register.json", json.dumps({"name": "m", "version": "1"}))
+        flow.put("use-cases/rev/config.json", json.dumps(sample_config("rev")))
+        flow.put("use-cases/rev/use-case.json", json.dumps({"name": "rev", "team_email": "team@example.com"}))
+        flow.reach("model", "rev/m", "EVALUATION_COMPLETED")
+        assert flow.state("use_case", "rev") == "CONFIG_VALIDATED"
+        flow.put("use-cases/rev/use-case.json", json.dumps({"name": "rev again", "team_email": "team@example.com"}))
+        refused = wait_for(lambda: emulator.store.query("SELECT error FROM invocations WHERE outcome = 'refused'"),
+                           what="the second use-case.json to be refused")
+        assert refused == [("use-cases/rev/use-case.json: use case 'rev' already exists (state CONFIG_VALIDATED); "
+                            "a use case is registered once",)]
+        assert emulator.store.queue.dead_letters() == []
+
+
 def test_a_worker_node_killed_mid_step_is_a_failed_attempt_and_the_effect_commits_once(ray_cluster, moto, tmp_path):
     from dropwire.functions.evaluation.core.samples import sample_dataset
 
