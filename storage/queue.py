@@ -450,7 +450,7 @@ class Queue(Facet):
         return new_id
 
     def cleanup(self, older_than_days: float) -> int:
-        """Delete finished tasks (succeeded, or dead and already replayed) older than N days,
+        """Delete finished tasks (succeeded, refused, or dead and already replayed) older than N days,
         with their attempts. Returns how many tasks went."""
         if older_than_days < 0:
             raise DropwireError(f"older_than_days must not be negative, got {older_than_days}")
