@@ -69,6 +69,8 @@ def print_records(columns: Sequence[Column], rows: Sequence[Sequence[str]], *, t
         return
     if title:
         out.print(Text(title, style="italic"))
+    if not rows:  # no record to head a block: the names still say what was asked
+        out.print(Text.assemble(("columns: ", "dim"), ", ".join(str(column.header) for column in columns)))
     for row in rows:
         out.print(Text.assemble((f"{columns[0].header} ", "dim"), (row[0], "bold")))
         line = Text("  ")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,6 +21,8 @@ from tests.batches.conftest import batch_env, jsonl
 from tests.batches.upstream import Upstream, chat_line
 from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, wait_for
 from tests.platform.conftest import emulator_settings
+
+pytestmark = pytest.mark.slow
 
 USE_CASE = "invoice-extraction-for-the-finance-team"
 DEAD_TASK = "evaluation-quality-check-by-hand"
@@ -130,3 +133,31 @@ def test_at_120_columns_a_list_that_fits_is_a_table_with_its_headers_and_nothing
     row = next(line for line in printed.splitlines() if USE_CASE in line)
     assert [cell.strip() for cell in row.split("│")[1:-1]][:3] == ["use_case", USE_CASE, "AWAITING_CONFIG"]
     assert_whole(printed, [USE_CASE, "partially_processed 1"], width=120)
+
+
+def test_the_demos_suggested_commands_print_whole_at_80_columns_and_run_as_printed(listed, tmp_path):
+    from dropwire.local_emulator import cli_context
+    from dropwire.local_emulator.demo import look_further, print_look_further
+    from dropwire.local_emulator.settings import load_settings
+
+    settings = load_settings(environ=listed.env)
+    console, width = cli_context.console, cli_context.console.width
+    console.width = 80  # the CLI's own console, as `dropwire demo` prints on an 80-column terminal
+    try:
+        with console.capture() as captured:
+            print_look_further(settings, USE_CASE, console)
+    finally:
+        console.width = width
+    printed = [line.strip().split("  # ")[0] for line in captured.get().splitlines()[1:]]
+    suggested = [command for command, _ in look_further(settings, USE_CASE)]
+    assert printed == suggested, captured.get()
+    # Each runs as printed, from a shell with the venv's bin on PATH (`source .venv/bin/activate`);
+    # the long-running servers are asked for their --help instead.
+    shell = {**listed.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "80"}
+    for command in suggested:
+        server = command.startswith(("dropwire emulate", "mlflow ui"))
+        ran = subprocess.run(["bash", "-c", " ".join(command.split()[:2]) + " --help" if server else command], env=shell,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, (command, ran.stdout, ran.stderr)
+        if command.startswith("dropwire db query"):
+            assert_whole(ran.stdout, [USE_CASE, "AWAITING_CONFIG"])
