@@ -117,6 +117,8 @@ LISTS: dict[str, tuple[tuple[str, ...], Callable[[Listed], list[str]]]] = {
     "notifications list": (("notifications", "list"), lambda data: data.ids(NOTIFIED) + ["status", "attempts"]),
     "workflow status": (("workflow", "status"), lambda data: ["use_case", USE_CASE, "AWAITING_CONFIG"]),
     "db query": (("db", "query", FILES), lambda data: data.ids(FILES)),
+    "schedule list": (("schedule", "list"), lambda data: ["training-analysis-knowledge-version", "training-analysis-reanalyse",
+                                                          "batches-remove-files"]),
 }
 
 
