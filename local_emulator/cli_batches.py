@@ -3,20 +3,13 @@ plane when there is one): batches, the workers running their lines, throughput f
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import typer
-from rich.table import Table
 
 from dropwire.functions.batches import reads
-from dropwire.local_emulator.cli_context import console, current_settings
+from dropwire.local_emulator.cli_context import console, current_settings, print_records, when, whole
 from dropwire.local_emulator.control_plane import store_access
 
 batches_app = typer.Typer(help="Batch inference: batches, their workers and benchmark figures.", no_args_is_help=True)
-
-
-def _when(epoch: float | None) -> str:
-    return "" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @batches_app.command("list")
@@ -24,11 +17,14 @@ def batches_list(limit: int = typer.Option(20, "--limit", help="How many, newest
     """Batches with their status and request counts."""
     with store_access(current_settings()) as store:
         found = [reads.batch_object(store.query, batch_id) for batch_id in reads.batch_ids(store.query, limit=limit, after=None)]
-    table = Table("batch", "status", "endpoint", "model", "total", "completed", "failed", "created", "output file")
-    for b in found:
-        table.add_row(b.id, b.status, b.endpoint, b.model or "", str(b.request_counts.total), str(b.request_counts.completed),
-                      str(b.request_counts.failed), _when(b.created_at), b.output_file_id or "")
-    console.print(table if found else "no batches")
+    if not found:
+        console.print("no batches")
+        return
+    print_records([whole("batch"), whole("status"), whole("requests"), whole("output file"), whole("error file"), whole("model"),
+                   whole("endpoint"), whole("created")],
+                  [[b.id, b.status, f"{b.request_counts.total} total, {b.request_counts.completed} completed, "
+                    f"{b.request_counts.failed} failed", b.output_file_id or "", b.error_file_id or "", b.model or "", b.endpoint,
+                    when(b.created_at)] for b in found])
 
 
 @batches_app.command("workers")
@@ -37,10 +33,12 @@ def batches_workers() -> None:
     settings = current_settings()
     with store_access(settings) as store:
         found = reads.workers(store.query, settings.batches.heartbeat_alive_seconds)
-    table = Table("worker", "alive", "last beat", "batch", "chunk", "lines saved")
-    for w in found:
-        table.add_row(w.worker, "yes" if w.alive else "no", _when(w.last_beat), w.batch_id, str(w.chunk), str(w.lines_done))
-    console.print(table if found else "no worker has run batch lines")
+    if not found:
+        console.print("no worker has run batch lines")
+        return
+    print_records([whole("worker"), whole("alive"), whole("last beat"), whole("batch"), whole("chunk"), whole("lines saved")],
+                  [[w.worker, "yes" if w.alive else "no", when(w.last_beat), w.batch_id, str(w.chunk), str(w.lines_done)]
+                   for w in found])
 
 
 @batches_app.command("benchmarks")
@@ -50,8 +48,10 @@ def batches_benchmarks(by: str = typer.Option("batch", "--by", help="batch (each
         raise typer.BadParameter("--by is 'batch' or 'model'")
     with store_access(current_settings()) as store:
         found = reads.benchmarks(store.query, by_model=by == "model")
-    table = Table(by, "model", "batches", "lines", "failed", "tokens", "duration s", "lines/s", "tokens/s")
-    for f in found:
-        table.add_row(f.name, f.model, str(f.batches), str(f.lines), str(f.failed), str(f.tokens), f"{f.duration_s:.2f}",
-                      f"{f.lines_per_s:.1f}", f"{f.tokens_per_s:.1f}")
-    console.print(table if found else "no finished batches yet")
+    if not found:
+        console.print("no finished batches yet")
+        return
+    print_records([whole(by), whole("model"), whole("batches"), whole("lines"), whole("failed"), whole("tokens"),
+                   whole("duration s"), whole("lines/s"), whole("tokens/s")],
+                  [[f.name, f.model, str(f.batches), str(f.lines), str(f.failed), str(f.tokens), f"{f.duration_s:.2f}",
+                    f"{f.lines_per_s:.1f}", f"{f.tokens_per_s:.1f}"] for f in found])

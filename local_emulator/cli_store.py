@@ -5,22 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import msgspec
 import typer
-from rich.table import Table
 
 from dropwire.functions.machines import MACHINES
-from dropwire.local_emulator.cli_context import console, current_settings
+from dropwire.local_emulator.cli_context import console, current_settings, print_records, prose, when, whole
 from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
 from dropwire.storage import consistency, migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DropwireError
-from dropwire.storage.read_only_query import run_read_only_query
+from dropwire.storage.read_only_query import run_read_only_table
 
 
 log = logging.getLogger("dropwire.worker")
@@ -97,16 +95,15 @@ def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed 
     client = ControlClient.try_connect(settings.control_socket_path, settings.control_key())
     if client is not None:
         try:
-            rows = client.query(sql)
+            names, rows = client.query_table(sql)
         finally:
             client.close()
     else:  # a stopped database: opened read-only, so even DuckDB itself cannot write it
         with connect(settings.database_path, read_only=True) as con:
-            rows = run_read_only_query(con, sql)
-    table = Table(*[f"{i}" for i in range(len(rows[0]))] if rows else ["(no rows)"], show_header=False)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
+            names, rows = run_read_only_table(con, sql)
+    # Any column may hold an id or a path, so none is cut; a result too wide is one block per row.
+    print_records([whole(name) for name in names], [["" if v is None else str(v) for v in row] for row in rows])
+    console.print(f"{len(rows)} row(s)" if rows else "no rows")
 
 
 # ---------------------------------------------------------------- queue
@@ -165,11 +162,12 @@ def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed de
     """Dead letters waiting for attention."""
     with store_access(current_settings()) as store:
         letters = store.queue.dead_letters(include_replayed=all_)
-    table = Table("task", "name", "attempts", "died", "last error", "replayed as")
-    for letter in letters:
-        table.add_row(str(letter.task_id), letter.name, str(letter.attempts), letter.died_at[:19],
-                      (letter.last_error or "")[:80], str(letter.replayed_task_id or ""))
-    console.print(table if letters else "no dead letters")
+    if not letters:
+        console.print("no dead letters")
+        return
+    print_records([whole("task"), whole("name"), whole("attempts"), whole("died"), whole("replayed as"), prose("last error")],
+                  [[str(letter.task_id), letter.name, str(letter.attempts), letter.died_at[:19],
+                    str(letter.replayed_task_id or ""), letter.last_error or ""] for letter in letters])
 
 
 @dlq_app.command("show")
@@ -198,16 +196,14 @@ def notifications_list(
     """Notifications with where their delivery stands."""
     with store_access(current_settings()) as store:
         found = store.outbox.notifications(status, limit)
-    table = Table("id", "kind", "status", "attempts", "entity", "subject", "created", "e-mailed", "webhook", "last error")
-    for n in found:
-        table.add_row(str(n.id), n.kind, n.status, str(n.attempts), f"{n.entity_kind}/{n.entity_id}" if n.entity_kind else "",
-                      n.subject[:60], _when(n.created_at), _when(n.email_sent_at), _when(n.webhook_sent_at),
-                      (n.last_error or "")[:80])
-    console.print(table if found else "no notifications")
-
-
-def _when(epoch: float | None) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if epoch is not None else ""
+    if not found:
+        console.print("no notifications")
+        return
+    print_records([whole("id"), whole("kind"), whole("status"), whole("attempts"), whole("entity"), whole("created"),
+                   whole("e-mailed"), whole("webhook"), prose("subject"), prose("last error")],
+                  [[str(n.id), n.kind, n.status, str(n.attempts), f"{n.entity_kind}/{n.entity_id}" if n.entity_kind else "",
+                    when(n.created_at), when(n.email_sent_at), when(n.webhook_sent_at), n.subject, n.last_error or ""]
+                   for n in found])
 
 
 # ---------------------------------------------------------------- processes

@@ -8,13 +8,12 @@ import json
 
 import msgspec
 import typer
-from rich.table import Table
 
 from dropwire.functions.machines import MACHINES
 from dropwire.functions.quota import reads as quota_reads
 from dropwire.functions.workflow import reads
 from dropwire.functions.workflow.handlers import QUOTA_RESUMES
-from dropwire.local_emulator.cli_context import console, current_settings
+from dropwire.local_emulator.cli_context import console, current_settings, print_records, prose, whole
 from dropwire.local_emulator.control_plane import store_access
 from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.records import Effects, TransitionRequest
@@ -28,13 +27,13 @@ def workflow_status() -> None:
     """Counts by state per workflow kind, and the one waiting longest."""
     with store_access(current_settings()) as store:
         found = reads.status(store.query, MACHINES)
-    table = Table("kind", "by state", "oldest waiting", "state", "waiting s")
+    rows = []
     for kind in found.kinds:
         waiting = kind.oldest_waiting
-        table.add_row(kind.kind, ", ".join(f"{s} {n}" for s, n in kind.counts.items()) or "none",
-                      waiting.entity_id if waiting else "", waiting.state if waiting else "",
-                      f"{waiting.waiting_seconds:.0f}" if waiting else "")
-    console.print(table)
+        rows.append([kind.kind, waiting.entity_id if waiting else "", waiting.state if waiting else "",
+                     f"{waiting.waiting_seconds:.0f}" if waiting else "",
+                     ", ".join(f"{s} {n}" for s, n in kind.counts.items()) or "none"])
+    print_records([whole("kind"), whole("oldest waiting"), whole("state"), whole("waiting s"), prose("by state")], rows)
 
 
 def _move(store, kind: str, entity_id: str, trigger: str, reason: str) -> tuple[str, int]:

@@ -82,6 +82,7 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "outbox.notifications": (lambda store, **kw: store.outbox.notifications(**kw), {}),
     "export": (lambda store, directory: str(store.export(directory)), {}),
     "query": (lambda store, **kw: store.query(**kw), {}),
+    "query_table": (lambda store, **kw: store.query_table(**kw), {}),
     "records.record": (lambda store, **kw: store.records.record(**kw), {}),
     "quota.acquire": (lambda store, **kw: store.quota.acquire(**kw), {"limits": Limits}),
     "quota.settle": (lambda store, **kw: store.quota.settle(**kw), {"grant": Grant}),
@@ -280,6 +281,10 @@ class ControlClient:
 
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         return [tuple(row) for row in self._call("query", list, sql=sql, params=list(params))]
+
+    def query_table(self, sql: str, params: list | tuple = ()) -> tuple[list[str], list[tuple]]:
+        columns, rows = self._call("query_table", list, sql=sql, params=list(params))
+        return columns, [tuple(row) for row in rows]
 
 
 class _RemoteQueue:

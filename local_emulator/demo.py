@@ -17,11 +17,11 @@ import msgspec
 import polars as pl
 from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
 
 from dropwire.functions.evaluation.core import QualityReport
 from dropwire.functions.evaluation.core.samples import sample_config, sample_dataset
 from dropwire.functions.evaluation.handlers import SOURCE_PREFIX, results_prefix
+from dropwire.local_emulator.cli_context import print_records, prose, whole
 from dropwire.local_emulator.demo_batch import DemoRuntime, run_batch
 from dropwire.local_emulator.emulator import Emulator
 from dropwire.local_emulator.settings import Settings
@@ -87,12 +87,11 @@ class DemoRun:
 
 def run_demo(settings: Settings, console: Console, settings_file: Path | None = None) -> None:
     use_case = f"invoices-{datetime.now():%Y%m%d-%H%M%S}"
-    console.print(Panel.fit(
-        f"dropwire demo: the evaluation workflow on generated invoice-extraction data,\n"
-        f"then a batch on the runtime's tiny test model\n"
-        f"bucket {settings.events.bucket}: {_local(settings.object_roots()[settings.events.bucket])}\n"
-        f"database: {settings.database_path}\n"
-        f"MLflow: {settings.mlflow_uri}", title="dropwire"))
+    console.print(Panel.fit("dropwire demo: the evaluation workflow on generated invoice-extraction data,\n"
+                            "then a batch on the runtime's tiny test model", title="dropwire"), soft_wrap=False)
+    # Paths outside the panel: a panel breaks a long line, and a path must copy whole.
+    console.print(f"bucket {settings.events.bucket}: {_local(settings.object_roots()[settings.events.bucket])}\n"
+                  f"database: {settings.database_path}\nMLflow: {settings.mlflow_uri}", highlight=False)
     # The runtime starts first: it builds its test model while the evaluation part runs.
     with DemoRuntime(settings, settings_file) as runtime, Emulator(runtime.settings, serve_http=False) as emulator:
         run = DemoRun(emulator, use_case, console)
@@ -154,43 +153,41 @@ def _show_issues(run: DemoRun, model: str) -> None:
     key = f"{results_prefix(run.use_case, model, MODELS[model][0])}quality-report.json"
     with run.emulator.objects.open(run.bucket, key) as stream:
         report = msgspec.json.decode(stream.read(), type=QualityReport)
-    table = Table("column", "rows", "what is wrong (the report has every row)", title=f"quality issues of {model}'s first dataset "
-                  f"(all in {_local(run.emulator.objects.url(run.bucket, key))})", title_justify="left")
-    for issue in report.errors:
-        table.add_row(issue.column or "", str(issue.row_count), issue.message.split(": ", 1)[-1])
-    run.console.print(table)
+    run.console.print(f"quality issues of {model}'s first dataset (all of them in "
+                      f"{_local(run.emulator.objects.url(run.bucket, key))}):", highlight=False)
+    print_records([whole("column"), whole("rows"), prose("what is wrong (the report has every row)")],
+                  [[issue.column or "", str(issue.row_count), issue.message.split(": ", 1)[-1]] for issue in report.errors],
+                  out=run.console)
 
 
 def _summary(run: DemoRun) -> dict[str, str]:
-    table = Table("model", "state", "records", "micro F1", "accuracy", "all fields right",
-                  title=f"use case {run.use_case}: {run.state('use_case', run.use_case)}", title_justify="left")
-    table.columns[0].no_wrap = table.columns[1].no_wrap = True
+    rows: list[list[str]] = []
     states: dict[str, str] = {}
     where: list[str] = []
     for model, (version, _, _) in MODELS.items():
         snapshot = run.store.states.snapshot("model", f"{run.use_case}/{model}")
         states[model] = snapshot.state
         if snapshot.state != "EVALUATION_COMPLETED":
-            table.add_row(model, snapshot.state, "still at work", "", "", "")
+            rows.append([model, snapshot.state, "", "", "", ""])  # still at work
             continue
         done = snapshot.history[-1].metadata
-        table.add_row(model, snapshot.state, f"{done['records']:,}", f"{done['micro']['f1']:.3f}",
-                      f"{done['micro']['accuracy']:.3f}", f"{done['records_all_matched']:.1%}")
+        rows.append([model, snapshot.state, f"{done['records']:,}", f"{done['micro']['f1']:.3f}",
+                     f"{done['micro']['accuracy']:.3f}", f"{done['records_all_matched']:.1%}"])
         where.append(f"  {model} {version}: report {_local(done['report'])}\n    MLflow run {done['mlflow_run_id']} "
                      f"(experiment dropwire-evaluation/{run.use_case})")
     run.console.print()
-    run.console.print(table)
+    # Short headers, so the table fits 80 columns; the title says what they are.
+    print_records([whole("model"), whole("state"), whole("records"), whole("F1"), whole("accuracy"), whole("all right")],
+                  rows, title=f"use case {run.use_case}: {run.state('use_case', run.use_case)} (F1 and accuracy micro-"
+                  "averaged over fields; all right: records with every field right)", out=run.console)
     run.console.print("Excel reports (summary, per field, mismatches) and MLflow runs:\n" + "\n".join(where),
                       highlight=False)
 
     second = list(MODELS)[1]
-    history = Table("seq", "state", "trigger", "by", "why", title=f"history of {second}: failed the check, fixed, "
-                    "evaluated", title_justify="left")
-    for column in history.columns[1:3]:
-        column.no_wrap = True
-    for record in run.store.states.history("model", f"{run.use_case}/{second}"):
-        history.add_row(str(record.seq), record.to_state, record.trigger, record.triggered_by, record.reason or "")
-    run.console.print(history)
+    print_records([whole("seq"), whole("state"), whole("by"), prose("why")],  # the trigger: in state_history
+                  [[str(record.seq), record.to_state, record.triggered_by, record.reason or ""]
+                   for record in run.store.states.history("model", f"{run.use_case}/{second}")],
+                  title=f"history of {second}: failed the check, fixed, evaluated", out=run.console)
     kinds = run.store.query("SELECT kind, count(*) FROM notifications WHERE entity_id LIKE ? OR entity_id = ? "
                             "GROUP BY kind ORDER BY kind", [f"{run.use_case}/%", run.use_case])
     run.console.print("notifications (outbox; .eml files in " f"{run.emulator.settings.outbox_path}): "
@@ -214,14 +211,29 @@ def _after_stop(settings: Settings, use_case: str, states: dict[str, str], conso
         else:
             console.print(f"[bold]{model}[/] was {state} at the summary and is {later[model]} now: its next step "
                           "waits in the queue (durably), and `dropwire emulate` carries on from there.", highlight=False)
-    console.print(f"queue now: {waiting}\n\nLook further (after `source .venv/bin/activate`):\n"
-                  f"  dropwire emulate                   # the platform, with the HTTP API on "
-                  f"http://{settings.http.host}:{settings.http.port}/api\n"
-                  f"  dropwire db query \"SELECT entity_id, seq, to_state, reason FROM state_history "
-                  f"WHERE entity_id LIKE '{use_case}%' ORDER BY entity_id, seq\"\n"
-                  f"  dropwire batches list              # the batch, its counts and output file\n"
-                  f"  dropwire notifications list | dropwire dlq list | dropwire db check\n"
-                  f"  mlflow ui --backend-store-uri {settings.mlflow_uri}", highlight=False)
+    console.print(f"queue now: {waiting}\n", highlight=False)
+    print_look_further(settings, use_case, console)
+
+
+def print_look_further(settings: Settings, use_case: str, console: Console) -> None:
+    console.print("Look further (after `source .venv/bin/activate`), one command a line:", highlight=False)
+    for command, what in look_further(settings, use_case):
+        console.print(f"  {command}  # {what}", highlight=False)
+
+
+def look_further(settings: Settings, use_case: str) -> list[tuple[str, str]]:
+    """(command, what it shows) for after the demo; each is printed on a line of its own, whole,
+    to be copied and run as it is."""
+    return [
+        ("dropwire emulate", f"the platform, with the HTTP API on http://{settings.http.host}:{settings.http.port}/api"),
+        (f"dropwire db query \"SELECT entity_id, seq, to_state, reason FROM state_history WHERE entity_id LIKE "
+         f"'{use_case}%' ORDER BY entity_id, seq\"", "every transition of the use case and its models"),
+        ("dropwire batches list", "the batch, its counts and output file"),
+        ("dropwire notifications list", "what was sent, and how"),
+        ("dropwire dlq list", "tasks that spent their attempts"),
+        ("dropwire db check", "the database's consistency"),
+        (f"mlflow ui --backend-store-uri {settings.mlflow_uri}", "the evaluation runs"),
+    ]
 
 
 def _local(url: str) -> str:

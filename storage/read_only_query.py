@@ -25,6 +25,13 @@ class QueryRefused(DropwireError):
 
 def run_read_only_query(con: duckdb.DuckDBPyConnection, sql: str, params: list | tuple = ()) -> list[tuple]:
     """Rows of one SELECT over what `con` has committed; anything that could write is refused."""
+    return run_read_only_table(con, sql, params)[1]
+
+
+def run_read_only_table(con: duckdb.DuckDBPyConnection, sql: str,
+                        params: list | tuple = ()) -> tuple[list[str], list[tuple]]:
+    """(column names, rows) of one SELECT, as run_read_only_query: a result shown to a person
+    is read by its header, an empty one too."""
     cursor = con.cursor()
     try:
         try:
@@ -37,7 +44,8 @@ def run_read_only_query(con: duckdb.DuckDBPyConnection, sql: str, params: list |
                                + (", ".join(k.name for k in kinds) or "nothing"), statements=[k.name for k in kinds])
         cursor.execute("BEGIN TRANSACTION READ ONLY")
         try:
-            return cursor.execute(sql, params).fetchall()
+            rows = cursor.execute(sql, params).fetchall()
+            return [column[0] for column in cursor.description], rows
         except duckdb.Error as exc:  # a write attempt included: DuckDB names the read-only mode that refused it
             raise DropwireError(f"the query failed and changed nothing: {exc}") from None
         finally:

@@ -43,7 +43,7 @@ from dropwire.storage.outbox import Outbox
 from dropwire.storage.queue import Queue
 from dropwire.storage.quota import Quota
 from dropwire.storage.receipts import Receipts
-from dropwire.storage.read_only_query import run_read_only_query
+from dropwire.storage.read_only_query import run_read_only_query, run_read_only_table
 from dropwire.storage.settings import DatabaseSettings, QueueSettings
 from dropwire.storage.state_machine import StateMachine
 from dropwire.storage.states import States
@@ -117,6 +117,10 @@ class Store:
         read_only_query): writes must go through the writer thread, whose views would
         otherwise silently go out of step."""
         return run_read_only_query(self.writer.cursor(), sql, params)
+
+    def query_table(self, sql: str, params: list | tuple = ()) -> tuple[list[str], list[tuple]]:
+        """query's column names and rows, for a person to read (`dropwire db query`)."""
+        return run_read_only_table(self.writer.cursor(), sql, params)
 
     def export(self, directory: Path | str) -> Path:
         """Write a consistent snapshot of every table as Parquet (readable by DuckDB and polars)."""

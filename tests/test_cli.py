@@ -116,3 +116,20 @@ def test_db_export_is_read_back_by_duckdb(run_cli, data_dir, tmp_path):
         assert con.execute("SELECT count(*) FROM read_parquet(?)", [str(target / "state_history.parquet")]).fetchone() == (1,)
     again = run_cli("db", "export", str(target))
     assert again.returncode == 1 and "is not empty; choose a new one" in again.stderr
+
+
+def test_db_query_prints_the_column_names_and_says_when_no_row_matched(run_cli):
+    """A result is read by its header: the query's own column names, also over an empty result."""
+    assert run_cli("db", "upgrade").returncode == 0
+    empty = run_cli("db", "query", "SELECT id, name AS task_name, status FROM tasks")
+    assert empty.returncode == 0, empty.stderr
+    assert ["id", "task_name", "status"] in _rows(empty.stdout), empty.stdout
+    assert "no rows" in empty.stdout
+    counted = run_cli("db", "query", "SELECT count(*) AS n, 'x' AS label FROM tasks")
+    assert _rows(counted.stdout) == [["n", "label"], ["0", "x"]], counted.stdout
+
+
+def _rows(printed: str) -> list[list[str]]:
+    """The cells of each line of a printed table (header included), without its rules."""
+    return [[cell.strip() for cell in re.split(r"[│┃]", line)[1:-1]] for line in printed.splitlines()
+            if line.startswith(("│", "┃"))]
