@@ -16,7 +16,7 @@ from dropwire.functions.platform.objects import ObjectStore
 from dropwire.functions.platform.registry import (FunctionSpec, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue,
                                                   OnSchedule, ScheduledEvent, load_functions)
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.control_plane import stop_on_signals, store_access
+from dropwire.local_emulator.control_plane import read_access, stop_on_signals, store_access
 from dropwire.local_emulator.dispatcher import handler_config
 from dropwire.local_emulator.emulator import ChaosSettings, Emulator
 from dropwire.local_emulator.router import EventRouter
@@ -149,7 +149,7 @@ def reprocess(function: str, bucket: str, key: str) -> None:
 def schedule_list() -> None:
     """Every schedule with its trigger and last run."""
     settings = current_settings()
-    with store_access(settings) as store:
+    with read_access(settings) as store:
         for schedule, spec in load_functions(settings.functions).schedules():
             last = store.query("SELECT last_fire FROM schedule_runs WHERE schedule = ?", [schedule.name])
             when = schedule.cron or f"every {schedule.every_seconds}s"

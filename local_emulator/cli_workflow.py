@@ -15,7 +15,7 @@ from dropwire.functions.quota import reads as quota_reads
 from dropwire.functions.workflow import reads
 from dropwire.functions.workflow.handlers import QUOTA_RESUMES
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.control_plane import store_access
+from dropwire.local_emulator.control_plane import read_access, store_access
 from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.records import Effects, TransitionRequest
 
@@ -26,7 +26,7 @@ quota_app = typer.Typer(help="Quotas of metered services.", no_args_is_help=True
 @workflow_app.command("status")
 def workflow_status() -> None:
     """Counts by state per workflow kind, and the one waiting longest."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         found = reads.status(store.query, MACHINES)
     table = Table("kind", "by state", "oldest waiting", "state", "waiting s")
     for kind in found.kinds:
@@ -90,6 +90,6 @@ def workflow_resume_quota(kind: str = typer.Option("batch", "--kind"),
 def quota_usage(service: str) -> None:
     """Limits, used and remaining, cost today, the upstream's word, the last 24 hours (JSON)."""
     settings = current_settings()
-    with store_access(settings) as store:
+    with read_access(settings) as store:
         usage = quota_reads.usage(store.query, service, settings.quota)
     console.print_json(json.dumps(msgspec.to_builtins(usage)))
