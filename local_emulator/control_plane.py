@@ -89,7 +89,8 @@ def run_control_plane(settings: Settings, registry: TaskRegistry, stop: threadin
     in order: workers finish or release their tasks, the socket closes, the store commits
     what it has and closes."""
     store = open_store(settings, registry)
-    server = ControlServer(store, settings.control_socket_path, settings.control_key(), settings.control_tcp).start()
+    server = ControlServer(store, settings.control_socket_path, settings.control_key(), settings.control_tcp,
+                           settings.domain_config()).start()
     pool = start_pool(settings, store.queue, registry, "local") if registry.names() else None
     log.info("control plane up: database %s, %s, %d local worker(s)", settings.database_path, server.listening,
              settings.queue.workers if pool else 0)

@@ -71,7 +71,8 @@ class Emulator:
         self.store = open_store(settings, self.workers.tasks)
         self._stops.append(self.store.close)
         prepare_tracking_store(settings.mlflow_uri)
-        server = ControlServer(self.store, settings.control_socket_path, settings.control_key(), settings.control_tcp).start()
+        server = ControlServer(self.store, settings.control_socket_path, settings.control_key(), settings.control_tcp,
+                               settings.domain_config()).start()
         self._stops.append(server.close)
         log.info("control plane on %s", server.listening)
         self._stops.append(self.workers.stop)

@@ -22,9 +22,8 @@ from litestar.params import Body, FromPath, FromQuery, JSONBody
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, NotReady
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
-from dropwire.functions.batches.settings import BatchSettings
 from dropwire.functions.quota.meter import Meter
-from dropwire.functions.quota.settings import quota_settings
+from dropwire.functions.quota.settings import metered_service, quota_settings
 from dropwire.local_emulator import metrics
 from dropwire.local_emulator.inference_proxy import build_inference_proxy
 from dropwire.local_emulator.router import EventRouter
@@ -213,9 +212,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
                      wake=store.queue.wake)
     forwarding, on_shutdown = [], []
     if inference_url:
-        service = (config or {}).get("batches", {}).get("quota_service", BatchSettings().quota_service)
         proxy, close_proxy = build_inference_proxy(inference_url, inference_timeout_seconds,
-                                                   Meter(store.quota, quota, service))
+                                                   Meter(store.quota, quota, metered_service(config or {})))
         forwarding.append(proxy)
         on_shutdown.append(close_proxy)
     return Litestar(

@@ -39,6 +39,9 @@ def test_every_route_but_health_needs_a_bearer_token(start_emulator):
     for docs in ("/schema/openapi.json", "/schema/swagger"):
         assert_error_shape(http.get(docs), 401, "not_authorized")
     assert http.get("/tasks/stats", headers=TOKEN).status_code == 200
+    # The service batches are metered under is known before its first request.
+    usage = http.get("/api/v1/quota/usage/batch-upstream", headers=TOKEN)
+    assert usage.status_code == 200 and (usage.json()["limits"], usage.json()["requests_today"]) == ([], 0), usage.text
 
 
 def test_cleanup_reprocess_and_schedule_runs_over_http(start_emulator):
