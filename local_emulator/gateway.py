@@ -3,7 +3,7 @@ bucket, then the ordinary event path fires: one path, not two), and operate the 
 The HTTP APIs the function registry carries (e.g. the evaluation API under /api) are mounted
 beside them, built from ports: the bucket, a read-only view of the state, and invoke.
 OpenAPI at /schema (interactive docs at /schema/swagger). With API tokens configured, every
-endpoint but /health needs a bearer token."""
+endpoint but /health (and the docs, with open_docs) needs a bearer token."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.scheduler import Scheduler
 from dropwire.runtime.http_errors import exception_handlers
 from dropwire.runtime.http_options import complete_allow_header
-from dropwire.runtime.openapi import assets_router, error_responses, openapi_config, upload_operation
+from dropwire.runtime.openapi import DOCS_PATH, NO_TOKEN, assets_router, error_responses, openapi_config, upload_operation
 from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
 from dropwire.storage.store import Store
@@ -101,12 +101,17 @@ def _key_as_sent(request: Request, key: str) -> str:
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
                   scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int,
                   config: dict[str, Any] | None = None, inference_url: str | None = None,
-                  inference_timeout_seconds: float = 120.0) -> Litestar:
+                  inference_timeout_seconds: float = 120.0, open_docs: bool = True) -> Litestar:
     """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers);
-    `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to."""
+    `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to;
+    `open_docs`: the docs page, its assets and the OpenAPI document need no token."""
+    openapi = openapi_config("dropwire gateway", "0.1.0", bearer=bool(api_tokens))
+
+    def is_open(path: str) -> bool:
+        return path in ALWAYS_OPEN or (open_docs and (path == DOCS_PATH or path.startswith(f"{DOCS_PATH}/")))
 
     async def require_token(request: Request) -> None:
-        if not api_tokens or request.url.path in ALWAYS_OPEN:
+        if not api_tokens or is_open(request.url.path):
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -114,7 +119,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
             raise NotAuthorized("a valid bearer token is required: send 'Authorization: Bearer <token>'"
                                 if header else "missing 'Authorization: Bearer <token>' header")
 
-    @get("/health", sync_to_thread=True)
+    @get("/health", sync_to_thread=True, security=NO_TOKEN)
     def health() -> Health:
         """Liveness and readiness for a load balancer, open to anyone: so it says nothing else."""
         try:
@@ -226,6 +231,6 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
             lambda: TooLarge(f"upload exceeds the limit of {max_upload_bytes} bytes")),
         request_max_body_size=max_upload_bytes,
         before_send=[complete_allow_header],
-        openapi_config=openapi_config("dropwire gateway", "0.1.0"),
+        openapi_config=openapi,
         logging_config=None,
     )

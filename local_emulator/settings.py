@@ -71,6 +71,10 @@ class HttpSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     port: int = 8700
     # When set, every endpoint but /health needs "Authorization: Bearer <one of these>".
     api_tokens: list[str] = []
+    # The docs page (/schema/swagger), its assets and the OpenAPI document open without a
+    # token, so a browser (which sends none) can show them; they hold no data, only the routes
+    # of this version. false: they need the token as every route does.
+    open_docs: bool = True
     max_upload_bytes: int = 256 * 1024 * 1024
 
 
