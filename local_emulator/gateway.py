@@ -19,7 +19,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
-from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, NotReady
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused, NotReady
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
 from dropwire.functions.quota.meter import Meter
@@ -39,7 +39,6 @@ log = logging.getLogger("dropwire.gateway")
 
 ALWAYS_OPEN = frozenset({"/health"})
 RAW_OBJECT = upload_operation("the object's bytes, stored as they are", multipart=False)
-FINISHED = frozenset({"succeeded", "dead"})
 
 
 class NotAuthorized(DropwireError):
@@ -129,26 +128,37 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
             raise NotReady("not ready: the state store is not answering") from None
         return Health(status="ok")
 
+    # What invoke can run: naming the others would only send a caller to another 404.
+    invocable = sorted(f.name for f in functions if any(isinstance(t, OnHttp) for t in f.triggers))
+
     def enqueue_http(name: str, body: Any) -> int:
         if name not in {f.name for f in functions}:
-            raise NotFound(f"no function named {name!r}; registered: {sorted(f.name for f in functions)}")
+            raise NotFound(f"no function named {name!r}; functions with an HTTP trigger: {invocable}")
         spec = functions.get(name)
-        if not any(isinstance(t, OnHttp) for t in spec.triggers):
-            raise NotFound(f"function {name!r} has no HTTP trigger")
+        if name not in invocable:
+            raise NotFound(f"function {name!r} has no HTTP trigger; functions with an HTTP trigger: {invocable}")
         event = HttpEvent(body=body, received_at=datetime.now(timezone.utc).isoformat())
         return store.queue.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
                                             max_attempts=spec.max_attempts))
 
     @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True,
-          responses=error_responses(400, 404, 413, *GATEWAY_ERRORS))
+          responses=error_responses(400, 404, 409, 413, *GATEWAY_ERRORS, meanings={
+              409: "With ?wait: the function failed on its last attempt; the message is its error (the "
+                   "tracebacks are in GET /tasks/{id})."}))
     def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
                wait: FromQuery[float] = 0.0) -> Accepted | TaskStatus:
         task_id = enqueue_http(name, data)
         deadline = time.monotonic() + min(wait, 300.0)
         while wait and time.monotonic() < deadline:
             status = store.queue.task(task_id)
-            if status.status in FINISHED:
-                return status
+            if status.status == "dead":
+                raise HandlerRefused(f"function {name!r} failed after {status.attempts} attempt(s): {status.last_error}; "
+                                     f"its attempts and tracebacks: GET /tasks/{task_id}",
+                                     task_id=task_id, status_url=f"/tasks/{task_id}")
+            if status.status == "succeeded":
+                # An earlier attempt's traceback is for the operator (GET /tasks/{id}), not the caller.
+                return msgspec.structs.replace(status, history=[msgspec.structs.replace(attempt, traceback=None)
+                                                                for attempt in status.history])
             time.sleep(0.02)
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 

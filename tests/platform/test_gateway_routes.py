@@ -96,3 +96,26 @@ def test_cleanup_reprocess_and_schedule_runs_over_http(start_emulator):
     # The interactive docs page is served.
     docs = http.get("/schema/swagger")
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html") and "swagger" in docs.text.lower()
+
+
+def test_http_trigger_errors_name_what_can_be_invoked_and_keep_tracebacks_out_of_the_body(start_emulator):
+    emulator, http = start_emulator()
+    http_functions = "['add', 'crash', 'escape', 'sleepy']"  # the sample functions with an HTTP trigger
+    unknown = assert_error_shape(http.post("/functions/nope/invoke", json={}), 404, "not_found")
+    assert unknown["message"] == f"no function named 'nope'; functions with an HTTP trigger: {http_functions}"
+    untriggered = assert_error_shape(http.post("/functions/measure/invoke", json={}), 404, "not_found")
+    assert untriggered["message"] == (f"function 'measure' has no HTTP trigger; functions with an HTTP trigger: "
+                                      f"{http_functions}")
+    # Reprocess names an unknown function as invoke does.
+    gone = assert_error_shape(http.post("/reprocess", json={"function": "nope", "bucket": "local", "key": "a.csv"}),
+                              404, "not_found")
+    assert gone["message"].startswith("no function named 'nope'")
+    # A handler that raises on every attempt: the waiting caller gets the one error shape with
+    # the error itself; the traceback stays with the task's attempts.
+    failed = http.post("/functions/add/invoke", params={"wait": 30}, json={})
+    body = assert_error_shape(failed, 409, "refused_by_handler")
+    assert "Traceback" not in failed.text and ("TypeError" in body["message"] or "KeyError" in body["message"]), body
+    task_id = int(body["details"]["task_id"])
+    assert body["details"]["status_url"] == f"/tasks/{task_id}" and f"GET /tasks/{task_id}" in body["message"]
+    attempts = http.get(f"/tasks/{task_id}").json()["history"]
+    assert attempts and all("Traceback" in attempt["traceback"] for attempt in attempts)
