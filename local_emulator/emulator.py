@@ -41,6 +41,13 @@ class ChaosSettings:
     max_delay_seconds: float = 0.0
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("duplicate", "reorder"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"chaos {name} must be a probability from 0 to 1, got {getattr(self, name)}")
+        if self.max_delay_seconds < 0:
+            raise ValueError(f"chaos max_delay_seconds must be 0 or more, got {self.max_delay_seconds}")
+
     @property
     def active(self) -> bool:
         return bool(self.duplicate or self.reorder or self.max_delay_seconds)

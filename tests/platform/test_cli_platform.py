@@ -186,3 +186,29 @@ def test_quota_usage_shows_the_limits_the_running_control_plane_has(platform_env
     stopped = run_cli("quota", "usage", "batch-upstream", env=platform_env)
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(stopped.stdout)["limits"] == [] and json.loads(stopped.stdout)["requests_today"] == 0
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--chaos-duplicate", "2", "less than or equal to 1"), ("--chaos-reorder", "-0.5", "greater than or equal to 0"),
+    ("--chaos-delay-ms", "-1", "greater than or equal to 0"),
+])
+def test_emulate_refuses_chaos_outside_its_range_naming_the_option(platform_env, data_dir, option, value, expected):
+    process = subprocess.Popen([*DROPWIRE, "emulate", option, value], env=platform_env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+        pytest.fail(f"emulate {option} {value} started instead of refusing the value")
+    assert process.returncode == 2, stderr
+    assert f"Invalid value for '{option}'" in stderr and expected in stderr, stderr
+    assert list(data_dir.iterdir()) == []  # nothing started
+
+
+def test_chaos_settings_outside_their_range_are_refused_naming_the_field():
+    from dropwire.local_emulator.emulator import ChaosSettings
+
+    for field, value in (("duplicate", 2.0), ("reorder", -0.1), ("max_delay_seconds", -1.0)):
+        with pytest.raises(ValueError, match=f"chaos {field} must be"):
+            ChaosSettings(**{field: value})
