@@ -178,7 +178,9 @@ def use_case_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
 def config_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     use_case = _parse_key(event, CONFIG_KEY, "use-cases/<use case>/config.yaml|.yml|.json")["uc"]
     state, version = _require(context, "use_case", use_case, CONFIG_ACCEPTED_IN, event,
-                              f"upload {SOURCE_PREFIX}{use_case}/use-case.json first")
+                              missing=f"upload {SOURCE_PREFIX}{use_case}/use-case.json first",
+                              otherwise="its config is fixed once its models' data is checked against it; for another "
+                                        "config, register a new use case under a new folder")
     team = _created_with(context, "use_case", use_case, UseCaseFile)
     source = f"{event.bucket}/{event.key}"
     with context.objects.open(event.bucket, event.key) as stream:
@@ -242,7 +244,9 @@ def dataset_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     use_case, folder_name, role = parts["uc"], parts["model"], parts["role"]
     model_id = f"{use_case}/{folder_name}"
     _require(context, "use_case", use_case, DATASET_NEEDS_USE_CASE_IN, event,
-             f"upload a valid {SOURCE_PREFIX}{use_case}/config.yaml, then the dataset again")
+             missing=f"upload {SOURCE_PREFIX}{use_case}/use-case.json first, then its config and the model's "
+                     "register.json, then the dataset again",
+             otherwise=f"upload a valid {SOURCE_PREFIX}{use_case}/config.yaml, then the dataset again")
     config = _valid_config(context, use_case)
     if role == "predictions" and config.layout == "single":
         raise PermanentTaskError(f"{event.key}: use case {use_case!r} has layout single: upload one file, dataset.<ext>, "
@@ -252,8 +256,9 @@ def dataset_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
         # Another upload's check started after this file was written, so it reads this content.
         return {"model": model_id, "covered_by_check_started_at": covering}
     _, version = _require(context, "model", model_id, DATASET_ACCEPTED_IN, event,
-                          f"upload {SOURCE_PREFIX}{use_case}/models/{folder_name}/register.json first, "
-                          "or upload again when the running check has finished")
+                          missing=f"upload {SOURCE_PREFIX}{use_case}/models/{folder_name}/register.json first, "
+                                  "then the dataset again",
+                          otherwise="upload again when the running check has finished (and the evaluation it starts)")
     files = {role: event.key}
     if config.layout == "separate":
         other = "predictions" if role == "dataset" else "dataset"
@@ -559,16 +564,24 @@ def _decode(context: HandlerContext, event: ObjectEvent, type_: type[T]) -> T:
                                  f"{fields})") from None
 
 
-def _require(context: HandlerContext, kind: str, entity_id: str, states: tuple[str, ...], event: ObjectEvent,
-             hint: str) -> tuple[str, int]:
-    """(state, version) of the entity, or a permanent error naming the file, the entity and what to do."""
+def _require(context: HandlerContext, kind: str, entity_id: str, states: tuple[str, ...], event: ObjectEvent, *,
+             missing: str, otherwise: str) -> tuple[str, int]:
+    """(state, version) of the entity, or a permanent error naming the file, the entity and the
+    next step: `missing` where it does not exist, else the step its state calls for (`otherwise`
+    where no state shared by every kind says more)."""
     try:
         state, version = context.state.current(kind, entity_id)
     except NotFound:
-        raise PermanentTaskError(f"{event.key}: {kind} {entity_id!r} does not exist; {hint}") from None
+        raise PermanentTaskError(f"{event.key}: {kind} {entity_id!r} does not exist; {missing}") from None
     if state not in states:
+        if state == "SUSPENDED":
+            step = f"resume it first (dropwire workflow resume {kind} {entity_id}), then upload the file again"
+        elif state in ("ARCHIVED", "CANCELLED"):
+            step = f"a {kind} {state.lower()} takes no more uploads"
+        else:
+            step = otherwise
         raise PermanentTaskError(f"{event.key}: {kind} {entity_id!r} is {state}, and this upload is taken only in "
-                                 f"{', '.join(states)}; {hint}")
+                                 f"{', '.join(states)}; {step}")
     return state, version
 
 
