@@ -7,7 +7,7 @@ import typer
 
 from dropwire.functions.batches import reads
 from dropwire.local_emulator.cli_context import console, current_settings, print_records, when, whole
-from dropwire.local_emulator.control_plane import store_access
+from dropwire.local_emulator.control_plane import read_access
 
 batches_app = typer.Typer(help="Batch inference: batches, their workers and benchmark figures.", no_args_is_help=True)
 
@@ -15,7 +15,7 @@ batches_app = typer.Typer(help="Batch inference: batches, their workers and benc
 @batches_app.command("list")
 def batches_list(limit: int = typer.Option(20, "--limit", help="How many, newest first.")) -> None:
     """Batches with their status and request counts."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         found = [reads.batch_object(store.query, batch_id) for batch_id in reads.batch_ids(store.query, limit=limit, after=None)]
     if not found:
         console.print("no batches")
@@ -31,7 +31,7 @@ def batches_list(limit: int = typer.Option(20, "--limit", help="How many, newest
 def batches_workers() -> None:
     """Workers that ran batch lines: alive or not, and when they last beat."""
     settings = current_settings()
-    with store_access(settings) as store:
+    with read_access(settings) as store:
         found = reads.workers(store.query, settings.batches.heartbeat_alive_seconds)
     if not found:
         console.print("no worker has run batch lines")
@@ -46,7 +46,7 @@ def batches_benchmarks(by: str = typer.Option("batch", "--by", help="batch (each
     """Lines/s, tokens/s and duration per finished batch or per model (table batch_benchmarks)."""
     if by not in ("batch", "model"):
         raise typer.BadParameter("--by is 'batch' or 'model'")
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         found = reads.benchmarks(store.query, by_model=by == "model")
     if not found:
         console.print("no finished batches yet")

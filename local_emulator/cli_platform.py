@@ -16,7 +16,7 @@ from dropwire.functions.platform.objects import ObjectStore
 from dropwire.functions.platform.registry import (FunctionSpec, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue,
                                                   OnSchedule, ScheduledEvent, load_functions)
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.control_plane import stop_on_signals, store_access
+from dropwire.local_emulator.control_plane import read_access, stop_on_signals, store_access
 from dropwire.local_emulator.dispatcher import handler_config
 from dropwire.local_emulator.emulator import ChaosSettings, Emulator
 from dropwire.local_emulator.router import EventRouter
@@ -32,9 +32,10 @@ def emulate(
     s3_endpoint: str = typer.Option("", help="S3/SQS endpoint URL (e.g. a moto server); default: the settings."),
     bucket: list[str] = typer.Option([], "--s3-bucket", help="S3 bucket to serve (repeatable)."),
     sqs_queue_url: str = typer.Option("", help="SQS queue that receives the buckets' notifications."),
-    chaos_duplicate: float = typer.Option(0.0, help="Probability that an event is delivered twice."),
-    chaos_reorder: float = typer.Option(0.0, help="Probability that an event is held back so later ones overtake it."),
-    chaos_delay_ms: float = typer.Option(0.0, help="Largest random delay added to each event."),
+    chaos_duplicate: float = typer.Option(0.0, min=0.0, max=1.0, help="Probability (0-1) that an event is delivered twice."),
+    chaos_reorder: float = typer.Option(0.0, min=0.0, max=1.0,
+                                        help="Probability (0-1) that an event is held back so later ones overtake it."),
+    chaos_delay_ms: float = typer.Option(0.0, min=0.0, help="Largest random delay added to each event."),
     chaos_seed: Optional[int] = typer.Option(None, help="Seed for repeatable chaos."),
     executor: str = typer.Option("", help="Where invocations run: local (handler processes) or ray; default: the settings."),
     ray_address: str = typer.Option("", help="Ray cluster address (host:port, ray://host:port); default: the settings."),
@@ -151,7 +152,7 @@ def reprocess(function: str, bucket: str, key: str) -> None:
 def schedule_list() -> None:
     """Every schedule with its trigger and last run."""
     settings = current_settings()
-    with store_access(settings) as store:
+    with read_access(settings) as store:
         for schedule, spec in load_functions(settings.functions).schedules():
             last = store.query("SELECT last_fire FROM schedule_runs WHERE schedule = ?", [schedule.name])
             when = schedule.cron or f"every {schedule.every_seconds}s"

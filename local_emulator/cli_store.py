@@ -14,7 +14,8 @@ import typer
 from dropwire.functions.machines import MACHINES
 from dropwire.local_emulator.cli_context import console, current_settings, print_records, prose, when, whole
 from dropwire.local_emulator.control import ControlClient
-from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
+from dropwire.local_emulator.control_plane import (read_access, require_database, run_control_plane,
+                                                   running_control_plane, start_pool, stop_on_signals, store_access)
 from dropwire.storage import consistency, migrate
 from dropwire.storage.database import connect
 from dropwire.storage.errors import DropwireError
@@ -40,6 +41,7 @@ def _print_json(value: object) -> None:
 def db_current() -> None:
     """Show the schema version and every applied migration."""
     settings = current_settings()
+    require_database(settings)
     with connect(settings.database_path, read_only=True) as con:
         applied = migrate.applied_migrations(con)
     version = applied[-1][0] if applied else 0
@@ -70,6 +72,7 @@ def db_downgrade(version: int = typer.Argument(..., help="The schema version to 
 def db_check() -> None:
     """Check the database: history contiguous and in step with current states, legal paths, sane tasks."""
     settings = current_settings()
+    require_database(settings)
     with connect(settings.database_path, read_only=True) as con:
         migrate.current_version(con)
         problems = consistency.check(con, MACHINES)
@@ -83,7 +86,7 @@ def db_check() -> None:
 @db_app.command("export")
 def db_export(directory: Path = typer.Argument(..., help="A new directory for the Parquet snapshot.")) -> None:
     """Write a consistent Parquet snapshot of every table (works while the control plane runs)."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         target = store.export(directory)
     console.print(f"exported to {target}; read it with duckdb (\"SELECT * FROM '{target}/state_history.parquet'\") or polars")
 
@@ -92,7 +95,8 @@ def db_export(directory: Path = typer.Argument(..., help="A new directory for th
 def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed state (works while the control plane runs).")) -> None:
     """Run one SELECT over the state database and print the rows; nothing can be changed."""
     settings = current_settings()
-    client = ControlClient.try_connect(settings.control_socket_path, settings.control_key())
+    require_database(settings)
+    client = running_control_plane(settings)
     if client is not None:
         try:
             names, rows = client.query_table(sql)
@@ -112,14 +116,14 @@ def db_query(sql: str = typer.Argument(..., help="SQL to run over the committed 
 @queue_app.command("stats")
 def queue_stats() -> None:
     """Counts by status and task name, oldest waiting age, attempts."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         _print_json(store.queue.stats())
 
 
 @queue_app.command("status")
 def queue_status(task_id: int) -> None:
     """One task: status, arguments, every attempt."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         _print_json(store.queue.task(task_id))
 
 
@@ -132,7 +136,7 @@ def queue_invocations(
 ) -> None:
     """Handler runs, newest first, each with its outcome and message: a refusal (the user's
     mistake, never a dead letter) or a wait (its prerequisite not there yet) says why."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         rows = store.query(
             "SELECT task_id, attempt, function, outcome, epoch(started_at), error FROM invocations "
             "WHERE (? IS NULL OR function = ?) AND (? IS NULL OR outcome = ?) ORDER BY started_at DESC LIMIT ?",
@@ -141,7 +145,7 @@ def queue_invocations(
         console.print("no invocations" + (f" with outcome {outcome}" if outcome else ""))
     # One record per block: the message (file names, commands) is printed whole, never cut.
     for task_id, attempt, name, result, started, error in rows:
-        console.print(f"task {task_id} attempt {attempt}  {name}  {result}  {_when(started)}", highlight=False)
+        console.print(f"task {task_id} attempt {attempt}  {name}  {result}  {when(started)}", highlight=False)
         if error:
             console.print(f"  {error}", highlight=False, soft_wrap=True)
 
@@ -160,7 +164,7 @@ def queue_cleanup(older_than_days: float = typer.Option(7.0, "--older-than-days"
 @dlq_app.command("list")
 def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed dead letters.")) -> None:
     """Dead letters waiting for attention."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         letters = store.queue.dead_letters(include_replayed=all_)
     if not letters:
         console.print("no dead letters")
@@ -173,7 +177,7 @@ def dlq_list(all_: bool = typer.Option(False, "--all", help="Include replayed de
 @dlq_app.command("show")
 def dlq_show(task_id: int) -> None:
     """One dead letter with its arguments and every attempt's error and traceback."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         _print_json(store.queue.dead_letter(task_id))
 
 
@@ -194,7 +198,7 @@ def notifications_list(
     limit: int = typer.Option(100, "--limit", help="How many, newest first."),
 ) -> None:
     """Notifications with where their delivery stands."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         found = store.outbox.notifications(status, limit)
     if not found:
         console.print("no notifications")

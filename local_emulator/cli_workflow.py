@@ -14,7 +14,8 @@ from dropwire.functions.quota import reads as quota_reads
 from dropwire.functions.workflow import reads
 from dropwire.functions.workflow.handlers import QUOTA_RESUMES
 from dropwire.local_emulator.cli_context import console, current_settings, print_records, prose, whole
-from dropwire.local_emulator.control_plane import store_access
+from dropwire.local_emulator.control import ControlClient
+from dropwire.local_emulator.control_plane import read_access, store_access
 from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.records import Effects, TransitionRequest
 
@@ -25,7 +26,7 @@ quota_app = typer.Typer(help="Quotas of metered services.", no_args_is_help=True
 @workflow_app.command("status")
 def workflow_status() -> None:
     """Counts by state per workflow kind, and the one waiting longest."""
-    with store_access(current_settings()) as store:
+    with read_access(current_settings()) as store:
         found = reads.status(store.query, MACHINES)
     rows = []
     for kind in found.kinds:
@@ -87,8 +88,12 @@ def workflow_resume_quota(kind: str = typer.Option("batch", "--kind"),
 
 @quota_app.command("usage")
 def quota_usage(service: str) -> None:
-    """Limits, used and remaining, cost today, the upstream's word, the last 24 hours (JSON)."""
+    """Limits, used and remaining, cost today, the upstream's word, the last 24 hours (JSON); the
+    limits are the running emulator's."""
     settings = current_settings()
-    with store_access(settings) as store:
-        usage = quota_reads.usage(store.query, service, settings.quota)
+    with read_access(settings) as store:
+        # A running control plane answers with the limits it runs with; a stopped database is
+        # read with this command's settings (nothing else knows them).
+        usage = (store.quota.usage(service) if isinstance(store, ControlClient)
+                 else quota_reads.configured_usage(store.query, service, settings.domain_config()))
     console.print_json(json.dumps(msgspec.to_builtins(usage)))

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import msgspec
 
+from dropwire.functions.quota import reads as quota_reads
 from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import (
     Applied,
@@ -93,10 +94,15 @@ _METHODS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
 
 
 class ControlServer:
-    """Serves the store on the Unix socket and, with ``tcp`` (host, port), on TCP as well."""
+    """Serves the store on the Unix socket and, with ``tcp`` (host, port), on TCP as well.
+    ``config``: the product's settings sections it runs with (Settings.domain_config), for the
+    answers that depend on them (a quota's limits), so a tool reports this process's, not its own."""
 
-    def __init__(self, store: Store, socket_path: Path, authkey: str, tcp: tuple[str, int] | None = None) -> None:
+    def __init__(self, store: Store, socket_path: Path, authkey: str, tcp: tuple[str, int] | None = None,
+                 config: dict[str, Any] | None = None) -> None:
         self.store = store
+        self._methods = {**_METHODS, "quota.usage": (
+            lambda store, service: quota_reads.configured_usage(store.query, service, config or {}), {})}
         self.socket_path = socket_path
         self._authkey = authkey.encode()
         socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,9 +187,9 @@ class ControlServer:
 
     def _dispatch(self, method: str, kwargs: dict[str, Any]) -> bytes:
         try:
-            if method not in _METHODS:
+            if method not in self._methods:
                 raise DropwireError(f"unknown control method {method!r}")
-            call, types = _METHODS[method]
+            call, types = self._methods[method]
             for name, kind in types.items():
                 if name in kwargs:
                     kwargs[name] = msgspec.convert(kwargs[name], kind)
@@ -411,6 +417,10 @@ class _RemoteQuota:
 
     def count(self, service: str, usage: list[Usage]) -> bool:
         return self._call("quota.count", bool, service=service, usage=usage)
+
+    def usage(self, service: str) -> quota_reads.QuotaUsage:
+        """A service's usage under the limits the control plane runs with."""
+        return self._call("quota.usage", quota_reads.QuotaUsage, service=service)
 
 
 class _RemoteOutbox:

@@ -14,6 +14,7 @@ from dropwire.functions.machines import MACHINES
 from dropwire.local_emulator.control import ControlClient, ControlServer
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.workers import WorkerPool
+from dropwire.storage.errors import DatabaseUnusable
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control_plane")
@@ -32,10 +33,39 @@ def start_pool(settings: Settings, backend, registry: TaskRegistry, name: str,
                       heartbeat_seconds=queue.heartbeat_seconds, name=name, thread_start=thread_start).start()
 
 
+def running_control_plane(settings: Settings) -> ControlClient | None:
+    """A client of the control plane running on this data dir, or None; creates nothing (no
+    key where none was made: then no control plane ever ran here)."""
+    key = settings.existing_control_key()
+    return None if key is None else ControlClient.try_connect(settings.control_socket_path, key)
+
+
+def require_database(settings: Settings) -> None:
+    """A command that only reads refuses where there is no database yet, creating nothing
+    (it would otherwise make an empty one and report it as empty)."""
+    path = settings.database_path.absolute()
+    if path.exists():
+        return
+    if settings.db_path:
+        where, fix = "with this db_path", "set DROPWIRE_DB_PATH to the database you mean"
+    else:
+        where, fix = f"with data dir {settings.data_path.absolute()}", "set DROPWIRE_DATA_DIR to the data dir that has one"
+    raise DatabaseUnusable(f"database {path} does not exist yet: nothing has run {where}; `dropwire emulate` "
+                           f"(or `dropwire demo`) there creates it, or {fix}", path=str(path))
+
+
+@contextlib.contextmanager
+def read_access(settings: Settings) -> Iterator[Store | ControlClient]:
+    """As store_access, for a command that only reads: no database is one clear error."""
+    require_database(settings)
+    with store_access(settings) as store:
+        yield store
+
+
 @contextlib.contextmanager
 def store_access(settings: Settings) -> Iterator[Store | ControlClient]:
     """The running control plane if there is one, else the database file opened directly."""
-    client = ControlClient.try_connect(settings.control_socket_path, settings.control_key())
+    client = running_control_plane(settings)
     if client is not None:
         try:
             yield client
@@ -59,7 +89,8 @@ def run_control_plane(settings: Settings, registry: TaskRegistry, stop: threadin
     in order: workers finish or release their tasks, the socket closes, the store commits
     what it has and closes."""
     store = open_store(settings, registry)
-    server = ControlServer(store, settings.control_socket_path, settings.control_key(), settings.control_tcp).start()
+    server = ControlServer(store, settings.control_socket_path, settings.control_key(), settings.control_tcp,
+                           settings.domain_config()).start()
     pool = start_pool(settings, store.queue, registry, "local") if registry.names() else None
     log.info("control plane up: database %s, %s, %d local worker(s)", settings.database_path, server.listening,
              settings.queue.workers if pool else 0)

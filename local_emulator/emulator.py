@@ -41,6 +41,13 @@ class ChaosSettings:
     max_delay_seconds: float = 0.0
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("duplicate", "reorder"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"chaos {name} must be a probability from 0 to 1, got {getattr(self, name)}")
+        if self.max_delay_seconds < 0:
+            raise ValueError(f"chaos max_delay_seconds must be 0 or more, got {self.max_delay_seconds}")
+
     @property
     def active(self) -> bool:
         return bool(self.duplicate or self.reorder or self.max_delay_seconds)
@@ -71,7 +78,8 @@ class Emulator:
         self.store = open_store(settings, self.workers.tasks)
         self._stops.append(self.store.close)
         prepare_tracking_store(settings.mlflow_uri)
-        server = ControlServer(self.store, settings.control_socket_path, settings.control_key(), settings.control_tcp).start()
+        server = ControlServer(self.store, settings.control_socket_path, settings.control_key(), settings.control_tcp,
+                               settings.domain_config()).start()
         self._stops.append(server.close)
         log.info("control plane on %s", server.listening)
         self._stops.append(self.workers.stop)
@@ -110,7 +118,7 @@ class Emulator:
         settings = self.settings
         app = build_gateway(self.store, self.functions, self.objects, settings.events.bucket, self.router, self.scheduler,
                             settings.http.api_tokens, settings.http.max_upload_bytes, settings.domain_config(),
-                            settings.inference_base_url, settings.runtime.request_timeout_s)
+                            settings.inference_base_url, settings.runtime.request_timeout_s, settings.http.open_docs)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                                                log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, name="dropwire-gateway", daemon=True)

@@ -3,7 +3,7 @@ bucket, then the ordinary event path fires: one path, not two), and operate the 
 The HTTP APIs the function registry carries (e.g. the evaluation API under /api) are mounted
 beside them, built from ports: the bucket, a read-only view of the state, and invoke.
 OpenAPI at /schema (interactive docs at /schema/swagger). With API tokens configured, every
-endpoint but /health needs a bearer token."""
+endpoint but /health (and the docs, with open_docs) needs a bearer token."""
 
 from __future__ import annotations
 
@@ -19,29 +19,26 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
-from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, NotReady
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused, NotReady
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
-from dropwire.functions.batches.settings import BatchSettings
 from dropwire.functions.quota.meter import Meter
-from dropwire.functions.quota.settings import quota_settings
+from dropwire.functions.quota.settings import metered_service, quota_settings
 from dropwire.local_emulator import metrics
 from dropwire.local_emulator.inference_proxy import build_inference_proxy
 from dropwire.local_emulator.router import EventRouter, SourceHealth
 from dropwire.local_emulator.scheduler import Scheduler
 from dropwire.runtime.http_errors import exception_handlers
 from dropwire.runtime.http_options import complete_allow_header
-from dropwire.runtime.openapi import assets_router, error_responses, openapi_config, upload_operation
+from dropwire.runtime.openapi import DOCS_PATH, NO_TOKEN, assets_router, error_responses, openapi_config, upload_operation
 from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
 from dropwire.storage.store import Store
-from dropwire.storage.task_index import FINISHED as FINISHED_STATUSES
 
 log = logging.getLogger("dropwire.gateway")
 
 ALWAYS_OPEN = frozenset({"/health"})
 RAW_OBJECT = upload_operation("the object's bytes, stored as they are", multipart=False)
-FINISHED = frozenset(FINISHED_STATUSES)
 
 
 class NotAuthorized(DropwireError):
@@ -142,9 +139,14 @@ def _key_as_sent(request: Request, key: str) -> str:
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
                   scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int,
                   config: dict[str, Any] | None = None, inference_url: str | None = None,
-                  inference_timeout_seconds: float = 120.0) -> Litestar:
+                  inference_timeout_seconds: float = 120.0, open_docs: bool = True) -> Litestar:
     """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers);
-    `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to."""
+    `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to;
+    `open_docs`: the docs page, its assets and the OpenAPI document need no token."""
+    openapi = openapi_config("dropwire gateway", "0.1.0", bearer=bool(api_tokens))
+
+    def is_open(path: str) -> bool:
+        return path in ALWAYS_OPEN or (open_docs and (path == DOCS_PATH or path.startswith(f"{DOCS_PATH}/")))
 
     def has_token(request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -152,13 +154,13 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         return scheme.lower() == "bearer" and any(hmac.compare_digest(token, t) for t in api_tokens)
 
     async def require_token(request: Request) -> None:
-        if not api_tokens or request.url.path in ALWAYS_OPEN:
+        if not api_tokens or is_open(request.url.path):
             return
         if not has_token(request):
             raise NotAuthorized("a valid bearer token is required: send 'Authorization: Bearer <token>'"
                                 if request.headers.get("authorization") else "missing 'Authorization: Bearer <token>' header")
 
-    @get("/health", sync_to_thread=True, responses=error_responses(503, meanings={503: HEALTH_503}))
+    @get("/health", sync_to_thread=True, security=NO_TOKEN, responses=error_responses(503, meanings={503: HEALTH_503}))
     def health(request: Request) -> Health:
         """Liveness and readiness for a load balancer, open to anyone: so it says nothing else,
         but for an event source that cannot admit events (503 source_degraded: which source,
@@ -174,26 +176,40 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
             raise SourceDegraded.of(degraded, detailed=not api_tokens or has_token(request))
         return Health(status="ok")
 
+    # What invoke can run: naming the others would only send a caller to another 404.
+    invocable = sorted(f.name for f in functions if any(isinstance(t, OnHttp) for t in f.triggers))
+
     def enqueue_http(name: str, body: Any) -> int:
         if name not in {f.name for f in functions}:
-            raise NotFound(f"no function named {name!r}; registered: {sorted(f.name for f in functions)}")
+            raise NotFound(f"no function named {name!r}; functions with an HTTP trigger: {invocable}")
         spec = functions.get(name)
-        if not any(isinstance(t, OnHttp) for t in spec.triggers):
-            raise NotFound(f"function {name!r} has no HTTP trigger")
+        if name not in invocable:
+            raise NotFound(f"function {name!r} has no HTTP trigger; functions with an HTTP trigger: {invocable}")
         event = HttpEvent(body=body, received_at=datetime.now(timezone.utc).isoformat())
         return store.queue.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
                                             max_attempts=spec.max_attempts))
 
     @post("/functions/{name:str}/invoke", status_code=202, sync_to_thread=True,
-          responses=error_responses(400, 404, 413, *GATEWAY_ERRORS))
+          responses=error_responses(400, 404, 409, 413, *GATEWAY_ERRORS, meanings={
+              409: "With ?wait: the function refused the request, or failed on its last attempt; the message is "
+                   "its error (the tracebacks are in GET /tasks/{id})."}))
     def invoke(name: FromPath[str], data: Annotated[Any, Body(description="JSON passed to the handler as event.body")],
                wait: FromQuery[float] = 0.0) -> Accepted | TaskStatus:
         task_id = enqueue_http(name, data)
         deadline = time.monotonic() + min(wait, 300.0)
         while wait and time.monotonic() < deadline:
             status = store.queue.task(task_id)
-            if status.status in FINISHED:
-                return status
+            if status.status == "refused":  # the handler's own word on the request: a user's mistake
+                raise HandlerRefused(f"function {name!r} refused it: {status.last_error}",
+                                     task_id=task_id, status_url=f"/tasks/{task_id}")
+            if status.status == "dead":
+                raise HandlerRefused(f"function {name!r} failed after {status.attempts} attempt(s): {status.last_error}; "
+                                     f"its attempts and tracebacks: GET /tasks/{task_id}",
+                                     task_id=task_id, status_url=f"/tasks/{task_id}")
+            if status.status == "succeeded":
+                # An earlier attempt's traceback is for the operator (GET /tasks/{id}), not the caller.
+                return msgspec.structs.replace(status, history=[msgspec.structs.replace(attempt, traceback=None)
+                                                                for attempt in status.history])
             time.sleep(0.02)
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
@@ -266,9 +282,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
                      wake=store.queue.wake)
     forwarding, on_shutdown = [], []
     if inference_url:
-        service = (config or {}).get("batches", {}).get("quota_service", BatchSettings().quota_service)
         proxy, close_proxy = build_inference_proxy(inference_url, inference_timeout_seconds,
-                                                   Meter(store.quota, quota, service))
+                                                   Meter(store.quota, quota, metered_service(config or {})))
         forwarding.append(proxy)
         on_shutdown.append(close_proxy)
     return Litestar(
@@ -281,6 +296,6 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
             lambda: TooLarge(f"upload exceeds the limit of {max_upload_bytes} bytes")),
         request_max_body_size=max_upload_bytes,
         before_send=[complete_allow_header],
-        openapi_config=openapi_config("dropwire gateway", "0.1.0"),
+        openapi_config=openapi,
         logging_config=None,
     )

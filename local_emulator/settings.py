@@ -71,6 +71,10 @@ class HttpSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     port: int = 8700
     # When set, every endpoint but /health needs "Authorization: Bearer <one of these>".
     api_tokens: list[str] = []
+    # The docs page (/schema/swagger), its assets and the OpenAPI document open without a
+    # token, so a browser (which sends none) can show them; they hold no data, only the routes
+    # of this version. false: they need the token as every route does.
+    open_docs: bool = True
     max_upload_bytes: int = 256 * 1024 * 1024
 
 
@@ -210,22 +214,30 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             client["endpoint_url"] = self.events.s3_endpoint_url
         return {"s3": {"client_kwargs": client}}
 
-    def control_key(self) -> str:
-        """The control socket's key: the configured one, else this data dir's own random key."""
+    def existing_control_key(self) -> str | None:
+        """The control socket's key if there is one; None where no control plane has made it
+        (so none runs here). Reading it creates nothing."""
         if self.control_authkey:
             return self.control_authkey
-        path = self.data_path / "control.key"
         try:
-            return path.read_text().strip()
+            return (self.data_path / "control.key").read_text().strip()
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = secrets.token_hex(32)
-            try:
-                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
-                    out.write(key)
-            except FileExistsError:  # another process made it first
-                return path.read_text().strip()
+            return None
+
+    def control_key(self) -> str:
+        """The control socket's key: the configured one, else this data dir's own random key."""
+        key = self.existing_control_key()
+        if key is not None:
             return key
+        path = self.data_path / "control.key"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(key)
+        except FileExistsError:  # another process made it first
+            return path.read_text().strip()
+        return key
 
     @property
     def runtime_url(self) -> str:

@@ -60,6 +60,12 @@ class ComputeFailed(DropwireError):
     code = "compute_failed"
 
 
+class PortUnavailable(DropwireError):
+    """runtime.host:runtime.port cannot be bound; `dropwire runtime serve` exits 1 before it loads anything."""
+
+    code = "port_unavailable"
+
+
 class ModelLoadError(DropwireError):
     """The configured model cannot be loaded; `dropwire runtime serve` exits non-zero."""
 

@@ -69,6 +69,9 @@ class RuntimeHost:
         self._accepting = True
         self._log.info("ready")
 
+    def log_listening(self, url: str) -> None:
+        self._log.info("listening on %s", url)
+
     async def shutdown(self) -> None:
         """The ordered shutdown; safe to call more than once."""
         if self._shutdown_started or not self._accepting:

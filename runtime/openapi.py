@@ -14,7 +14,8 @@ import swagger_ui
 from litestar import Router
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (Components, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema,
+                                   SecurityScheme)
 from litestar.static_files import create_static_files_router
 
 from dropwire.storage.errors import ErrorBody
@@ -35,7 +36,8 @@ ERROR_MEANINGS = {
     504: "Timed out waiting for the computation.",
 }
 
-ASSETS_PATH = "/schema/assets"
+DOCS_PATH = "/schema"
+ASSETS_PATH = f"{DOCS_PATH}/assets"
 SWAGGER_ASSETS = Path(swagger_ui.__file__).parent / "static"
 
 
@@ -75,14 +77,22 @@ def upload_operation(description: str, media_types: tuple[str, ...] = ("applicat
     return body_operation(description, content)
 
 
-def openapi_config(title: str, version: str) -> OpenAPIConfig:
+# Routes open to anyone say so with this (an empty requirement) beside a bearer-token app's default.
+NO_TOKEN: list[dict[str, list[str]]] = [{}]
+
+
+def openapi_config(title: str, version: str, *, bearer: bool = False) -> OpenAPIConfig:
     """/schema (the document) and /schema/swagger, whose script, styles and icon are served by
-    assets_router(): the page needs nothing off the machine."""
+    assets_router(): the page needs nothing off the machine. ``bearer``: every route needs a
+    bearer token (but those marked NO_TOKEN), which the page's Authorize button then takes."""
     swagger = SwaggerRenderPlugin(
         js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js", css_url=f"{ASSETS_PATH}/swagger-ui.css",
         standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
         favicon=f"<link rel='icon' type='image/png' href='{ASSETS_PATH}/favicon-32x32.png'>")
-    return OpenAPIConfig(title=title, version=version, render_plugins=[swagger])
+    if not bearer:
+        return OpenAPIConfig(title=title, version=version, path=DOCS_PATH, render_plugins=[swagger])
+    return OpenAPIConfig(title=title, version=version, path=DOCS_PATH, render_plugins=[swagger], security=[{"bearer": []}],
+                         components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}))
 
 
 def assets_router() -> Router:

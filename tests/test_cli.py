@@ -5,13 +5,14 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from dropwire.storage import migrate
-from tests.conftest import REPO
+from tests.conftest import DROPWIRE, REPO
 
 
 def test_settings_shows_effective_values_with_secrets_masked(run_cli, dropwire_env, data_dir):
@@ -133,3 +134,51 @@ def _rows(printed: str) -> list[list[str]]:
     """The cells of each line of a printed table (header included), without its rules."""
     return [[cell.strip() for cell in re.split(r"[│┃]", line)[1:-1]] for line in printed.splitlines()
             if line.startswith(("│", "┃"))]
+
+
+# Every command that only reads the database, with arguments that make it run. A command
+# added to the CLI must be named here or in WRITING (the test below fails otherwise).
+READ_ONLY = {
+    "db current": (), "db check": (), "db query": ("SELECT 1",), "db export": ("{tmp}/snapshot",),
+    "queue stats": (), "queue status": ("1",), "queue invocations": (), "dlq list": (), "dlq show": ("1",), "notifications list": (),
+    "batches list": (), "batches workers": (), "batches benchmarks": (), "workflow status": (),
+    "quota usage": ("batch-upstream",), "schedule list": (),
+}
+# Commands that write the database on purpose (or run a process that owns it), and two that
+# never open it.
+WRITING = {"db upgrade", "db downgrade", "queue cleanup", "dlq replay", "workflow suspend", "workflow resume",
+           "workflow resume-quota-exceeded", "schedule run", "invoke", "reprocess", "emulate", "control", "worker",
+           "demo", "runtime serve", "runtime serve-ray", "runtime train", "runtime make-default-model"}
+NO_DATABASE = {"settings", "events s3"}
+
+
+def test_every_command_is_classed_as_read_only_or_writing():
+    import typer.main
+
+    from dropwire.local_emulator.cli import app
+
+    def leaves(command, prefix=()):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from leaves(sub, (*prefix, name)) if hasattr(sub, "commands") else [" ".join((*prefix, name))]
+
+    assert set(leaves(typer.main.get_command(app))) == set(READ_ONLY) | WRITING | NO_DATABASE
+
+
+@pytest.mark.parametrize("command", sorted(READ_ONLY))
+def test_a_read_only_command_without_a_database_refuses_and_creates_nothing(command, dropwire_env, tmp_path):
+    """In a directory where nothing has run: one line naming the database and what to do,
+    exit 1, and no data dir, database or control key made."""
+    here = tmp_path / "fresh"
+    here.mkdir()
+    env = {k: v for k, v in dropwire_env.items() if k != "DROPWIRE_DATA_DIR"}  # the default: ./.dropwire
+    args = [a.format(tmp=tmp_path) for a in READ_ONLY[command]]
+    result = subprocess.run([*DROPWIRE, *command.split(), *args], env=env, cwd=here, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    database = here / ".dropwire/dropwire.duckdb"
+    assert result.stderr.splitlines() == [
+        f"error: database {database} does not exist yet: nothing has run with data dir {here / '.dropwire'}; "
+        "`dropwire emulate` (or `dropwire demo`) there creates it, or set DROPWIRE_DATA_DIR to the data dir that "
+        "has one"], result.stderr
+    assert result.stdout == ""
+    assert list(here.iterdir()) == [] and not (tmp_path / "snapshot").exists()

@@ -181,7 +181,10 @@ def use_case_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
 def config_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     use_case = _parse_key(event, CONFIG_KEY, "use-cases/<use case>/config.yaml|.yml|.json")["uc"]
     state, version = _require(context, "use_case", use_case, CONFIG_ACCEPTED_IN, event,
-                              f"upload {SOURCE_PREFIX}{use_case}/use-case.json first", waits_in=USE_CASE_ON_ITS_WAY)
+                              missing=f"upload {SOURCE_PREFIX}{use_case}/use-case.json first",
+                              otherwise="its config is fixed once its models' data is checked against it; for another "
+                                        "config, register a new use case under a new folder",
+                              waits_in=USE_CASE_ON_ITS_WAY)
     team = _created_with(context, "use_case", use_case, UseCaseFile)
     source = f"{event.bucket}/{event.key}"
     with context.objects.open(event.bucket, event.key) as stream:
@@ -245,9 +248,11 @@ def dataset_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
     use_case, folder_name, role = parts["uc"], parts["model"], parts["role"]
     model_id = f"{use_case}/{folder_name}"
     _require(context, "use_case", use_case, DATASET_NEEDS_USE_CASE_IN, event,
-             f"upload a valid {SOURCE_PREFIX}{use_case}/config.yaml, then the dataset again",
+             missing=f"upload {SOURCE_PREFIX}{use_case}/use-case.json first, then its config and the model's "
+                     "register.json, then the dataset again",
+             otherwise=f"upload a valid {SOURCE_PREFIX}{use_case}/config.yaml, then the dataset again",
              waits_in=(U.AWAITING_CONFIG, *USE_CASE_ON_ITS_WAY),
-             waiting_hint=f"upload {SOURCE_PREFIX}{use_case}/use-case.json and a valid config.yaml first")
+             waiting=f"upload {SOURCE_PREFIX}{use_case}/use-case.json and a valid config.yaml first")
     config = _valid_config(context, use_case)
     if role == "predictions" and config.layout == "single":
         raise Refused(f"{event.key}: use case {use_case!r} has layout single: upload one file, dataset.<ext>, "
@@ -257,8 +262,9 @@ def dataset_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
         # Another upload's check started after this file was written, so it reads this content.
         return {"model": model_id, "covered_by_check_started_at": covering}
     _, version = _require(context, "model", model_id, DATASET_ACCEPTED_IN, event,
-                          "upload again when the running check has finished",
-                          waiting_hint=f"upload {SOURCE_PREFIX}{use_case}/models/{folder_name}/register.json first")
+                          missing=f"upload {SOURCE_PREFIX}{use_case}/models/{folder_name}/register.json first, "
+                                  "then the dataset again",
+                          otherwise="upload again when the running check has finished (and the evaluation it starts)")
     files = {role: event.key}
     if config.layout == "separate":
         other = "predictions" if role == "dataset" else "dataset"
@@ -564,21 +570,28 @@ def _decode(context: HandlerContext, event: ObjectEvent, type_: type[T]) -> T:
         raise Refused(f"{event.bucket}/{event.key} is not valid: {exc} (expected a JSON object with {fields})") from None
 
 
-def _require(context: HandlerContext, kind: str, entity_id: str, states: tuple[str, ...], event: ObjectEvent,
-             hint: str, *, waits_in: tuple[str, ...] = (), waiting_hint: str | None = None) -> tuple[str, int]:
+def _require(context: HandlerContext, kind: str, entity_id: str, states: tuple[str, ...], event: ObjectEvent, *,
+             missing: str, otherwise: str, waits_in: tuple[str, ...] = (), waiting: str | None = None) -> tuple[str, int]:
     """(state, version) of the entity when it is in one of `states`. Missing, or in one of
-    `waits_in` (on its way there), the upload waits for it (NotYet, with `waiting_hint`); in
-    any other state it is refused. Both name the file, the entity and what to do."""
+    `waits_in` (on its way there), the upload waits for it (NotYet: `missing`, or `waiting`);
+    in any other state it is refused with the next step its state calls for (`otherwise` where
+    no state shared by every kind says more). Both name the file, the entity and what to do."""
     try:
         state, version = context.state.current(kind, entity_id)
     except NotFound:
-        raise NotYet(f"{event.key}: {kind} {entity_id!r} does not exist; {waiting_hint or hint}",
+        raise NotYet(f"{event.key}: {kind} {entity_id!r} does not exist; {missing}",
                      kind=kind, entity_id=entity_id) from None
     if state not in states:
         message = f"{event.key}: {kind} {entity_id!r} is {state}, and this upload is taken only in {', '.join(states)}"
         if state in waits_in:
-            raise NotYet(f"{message}; {waiting_hint or hint}", kind=kind, entity_id=entity_id, version=version)
-        raise Refused(f"{message}; {hint}")
+            raise NotYet(f"{message}; {waiting or missing}", kind=kind, entity_id=entity_id, version=version)
+        if state == "SUSPENDED":
+            step = f"resume it first (dropwire workflow resume {kind} {entity_id}), then upload the file again"
+        elif state in ("ARCHIVED", "CANCELLED"):
+            step = f"a {kind} {state.lower()} takes no more uploads"
+        else:
+            step = otherwise
+        raise Refused(f"{message}; {step}")
     return state, version
 
 

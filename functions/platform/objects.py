@@ -36,8 +36,9 @@ def check_key(key: str) -> str:
         raise InvalidKey(f"object key {key!r} contains control characters")
     if not unicodedata.is_normalized("NFC", key):
         nfc = unicodedata.normalize("NFC", key)
+        # The key escaped (its two spellings print alike), the name to use as it prints.
         raise InvalidKey(f"object key {ascii(key)} is not in Unicode NFC form, the one form dropwire keeps keys in "
-                         f"(so that one name is one object); rename it to {ascii(nfc)}, which prints the same",
+                         f"(so that one name is one object); rename it to '{nfc}', which prints the same",
                          key=key, nfc=nfc)
     if key.startswith("/"):
         raise InvalidKey(f"object key {key!r} is an absolute path; keys are relative to the bucket")

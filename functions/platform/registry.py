@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgspec
 
 from dropwire.functions.platform.tasks import load_named
-from dropwire.storage.errors import DropwireError
+from dropwire.storage.errors import DropwireError, NotFound
 
 if TYPE_CHECKING:
     from dropwire.functions.platform.api_ports import ApiFactory
@@ -221,7 +221,7 @@ class FunctionRegistry:
         try:
             return self._functions[name]
         except KeyError:
-            raise DropwireError(f"no function named {name!r}; registered: {sorted(self._functions)}") from None
+            raise NotFound(f"no function named {name!r}; registered: {sorted(self._functions)}") from None
 
     def __iter__(self):
         return iter(self._functions.values())

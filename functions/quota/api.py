@@ -8,15 +8,12 @@ from litestar.params import FromPath
 
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.quota import reads
-from dropwire.functions.quota.settings import quota_settings
 from dropwire.runtime.openapi import error_responses
 
 
 def build_router(ports: ApiPorts) -> Router:
-    settings = quota_settings(ports.config)
-
     @get("/quota/usage/{service:str}", sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
     def quota_usage(service: FromPath[str]) -> reads.QuotaUsage:
-        return reads.usage(ports.store.query, service, settings)
+        return reads.configured_usage(ports.store.query, service, ports.config)
 
     return Router("/api/v1", route_handlers=[quota_usage], tags=["quota"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import msgspec
 
-from dropwire.functions.quota.settings import QuotaSettings
+from dropwire.functions.quota.settings import QuotaSettings, metered_service, quota_settings
 from dropwire.storage.errors import NotFound
 
 Query = Callable[[str, list], list[tuple]]
@@ -51,14 +51,21 @@ class QuotaUsage(msgspec.Struct, kw_only=True, frozen=True):
     last_24h: list[HourUsage]
 
 
-def known_services(query: Query, settings: QuotaSettings) -> list[str]:
+def known_services(query: Query, settings: QuotaSettings, metered: tuple[str, ...] = ()) -> list[str]:
+    """Services used, configured, or ``metered`` (those the product meters, used yet or not)."""
     used = {row[0] for row in query("SELECT DISTINCT service FROM quota_usage", [])}
-    return sorted(used | set(settings.services))
+    return sorted(used | set(settings.services) | set(metered))
 
 
-def usage(query: Query, service: str, settings: QuotaSettings, now: float | None = None) -> QuotaUsage:
+def configured_usage(query: Query, service: str, config: dict[str, Any]) -> QuotaUsage:
+    """`usage` under the quota and batches sections of the product's settings (domain_config)."""
+    return usage(query, service, quota_settings(config), metered=(metered_service(config),))
+
+
+def usage(query: Query, service: str, settings: QuotaSettings, now: float | None = None,
+          metered: tuple[str, ...] = ()) -> QuotaUsage:
     now = time.time() if now is None else now
-    known = known_services(query, settings)
+    known = known_services(query, settings, metered)
     if service not in known:
         raise NotFound(f"no metered service {service!r}; known: {known} (configure one under quota.services)",
                        service=service)

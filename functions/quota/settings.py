@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from dropwire.functions.batches.settings import BatchSettings
 from dropwire.storage.quota import Limits
 
 
@@ -86,3 +87,9 @@ class QuotaSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
 
 def quota_settings(config: dict[str, Any]) -> QuotaSettings:
     return msgspec.convert(config.get("quota", {}), QuotaSettings)
+
+
+def metered_service(config: dict[str, Any]) -> str:
+    """The service batch lines and direct /v1 requests are metered under (batches.quota_service):
+    known before its first request, limits or not."""
+    return config.get("batches", {}).get("quota_service", BatchSettings().quota_service)

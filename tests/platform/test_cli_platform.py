@@ -165,3 +165,59 @@ def test_emulate_chaos_flags_duplicate_and_delay_events_and_receipts_absorb_them
         emulator.send_signal(signal.SIGINT)
         code = emulator.wait(timeout=60)
     assert code == 0, log.read_text()
+
+
+def test_quota_usage_shows_the_limits_the_running_control_plane_has(platform_env, run_cli, tmp_path):
+    """The CLI's own environment names no limits: what it shows is what the emulator runs
+    with. The service batches are metered under answers before its first request."""
+    log = tmp_path / "emulate.log"
+    limits = {"batch-upstream": {"requests_per_minute": 60}, "other-upstream": {"requests_per_day": 1000}}
+    emulator = subprocess.Popen([*DROPWIRE, "emulate"], env={**platform_env, "DROPWIRE_QUOTA__SERVICES": json.dumps(limits)},
+                                cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "dropwire is up" in log.read_text(), timeout=60, what="the emulator to start")
+        shown = {}
+        for service in ("batch-upstream", "other-upstream"):
+            result = run_cli("quota", "usage", service, env=platform_env)
+            assert result.returncode == 0, result.stderr
+            shown[service] = json.loads(result.stdout)
+        assert [(u["name"], u["limit"], u["used"]) for u in shown["batch-upstream"]["limits"]] == [
+            ("requests_per_minute", 60, 0)]
+        assert [(u["name"], u["limit"]) for u in shown["other-upstream"]["limits"]] == [("requests_per_day", 1000)]
+        assert shown["batch-upstream"]["requests_today"] == 0
+        unknown = run_cli("quota", "usage", "nowhere", env=platform_env)
+        assert unknown.returncode == 1
+        assert "no metered service 'nowhere'; known: ['batch-upstream', 'other-upstream']" in unknown.stderr
+    finally:
+        emulator.send_signal(signal.SIGINT)
+        assert emulator.wait(timeout=60) == 0, log.read_text()
+    # Stopped: the file is read with the CLI's settings; the metered service is still known.
+    stopped = run_cli("quota", "usage", "batch-upstream", env=platform_env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["limits"] == [] and json.loads(stopped.stdout)["requests_today"] == 0
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--chaos-duplicate", "2", "less than or equal to 1"), ("--chaos-reorder", "-0.5", "greater than or equal to 0"),
+    ("--chaos-delay-ms", "-1", "greater than or equal to 0"),
+])
+def test_emulate_refuses_chaos_outside_its_range_naming_the_option(platform_env, data_dir, option, value, expected):
+    process = subprocess.Popen([*DROPWIRE, "emulate", option, value], env=platform_env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+        pytest.fail(f"emulate {option} {value} started instead of refusing the value")
+    assert process.returncode == 2, stderr
+    assert f"Invalid value for '{option}'" in stderr and expected in stderr, stderr
+    assert list(data_dir.iterdir()) == []  # nothing started
+
+
+def test_chaos_settings_outside_their_range_are_refused_naming_the_field():
+    from dropwire.local_emulator.emulator import ChaosSettings
+
+    for field, value in (("duplicate", 2.0), ("reorder", -0.1), ("max_delay_seconds", -1.0)):
+        with pytest.raises(ValueError, match=f"chaos {field} must be"):
+            ChaosSettings(**{field: value})

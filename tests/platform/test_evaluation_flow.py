@@ -234,8 +234,8 @@ def test_a_crash_is_retried_through_RETRYING_then_fails_with_its_error_and_retry
     emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     bucket = _use_case_with_models(emulator, "invoices", {"use_case": "invoices", "fields": FIELDS}, ["alpha"])
     refused = http.post("/functions/evaluation-retry/invoke?wait=30", json={"use_case": "invoices", "model": "alpha"})
-    assert refused.json()["status"] == "refused"
-    assert "is REGISTERED; this step runs only in EVALUATION_FAILED" in refused.json()["last_error"]
+    assert refused.status_code == 409 and refused.json()["error"] == "refused_by_handler", refused.text
+    assert "is REGISTERED; this step runs only in EVALUATION_FAILED" in refused.json()["message"]
     # The API's retry route answers the handler's refusal with 409 and its message.
     api = http.post("/api/use-cases/invoices/models/alpha/retry", params={"wait": 30})
     assert api.status_code == 409 and api.json()["error"] == "refused_by_handler", api.text
@@ -321,3 +321,41 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
 
     with Store.open(path, MACHINES) as store:
         assert consistency.check(store.writer.cursor(), MACHINES) == []
+
+
+def refusal(emulator, key: str) -> str | None:
+    """The error of the failed invocation on the file at `key`, once there is one."""
+    rows = emulator.store.query("SELECT error FROM invocations WHERE outcome = 'failed' AND error LIKE ?", [f"{key}:%"])
+    return rows[0][0] if rows else None
+
+
+def test_a_refused_upload_names_the_step_it_is_missing(start_emulator):
+    """Each refusal's hint is the next step for the state the entity is in, not one hint for all."""
+    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
+    bucket = emulator.settings.bucket_path
+    refused = {}
+
+    def refused_with(key: str, content: str) -> str:
+        drop(bucket, key, content)
+        return wait_for(lambda: refusal(emulator, key), timeout=90, what=f"the refusal of {key}")
+
+    # No use case at all: register it first (not "upload a valid config.yaml").
+    refused["ghost"] = refused_with("use-cases/ghost/models/m1/dataset.csv", csv([HEADER, *GOOD_ROWS]))
+    assert refused["ghost"] == ("use-cases/ghost/models/m1/dataset.csv: use_case 'ghost' does not exist; upload "
+                                "use-cases/ghost/use-case.json first, then its config and the model's register.json, "
+                                "then the dataset again")
+    # A valid use case, but the model is not registered: register it (no word of a running check).
+    drop(bucket, "use-cases/invoices/use-case.json", json.dumps({"name": "Invoices", "team_email": "team@example.com"}))
+    reach(emulator, "use_case", "invoices", "AWAITING_CONFIG")
+    drop(bucket, "use-cases/invoices/config.yaml", VALID_CONFIG)
+    reach(emulator, "use_case", "invoices", "CONFIG_VALIDATED")
+    refused["model"] = refused_with("use-cases/invoices/models/nobody/dataset.csv", csv([HEADER, *GOOD_ROWS]))
+    assert refused["model"] == ("use-cases/invoices/models/nobody/dataset.csv: model 'invoices/nobody' does not exist; "
+                                "upload use-cases/invoices/models/nobody/register.json first, then the dataset again")
+    # A suspended use case: resume it (not "upload use-case.json first", which is refused once it exists).
+    held = http.post("/api/v1/workflow/use_case/invoices/suspend", json={"reason": "team away"})
+    assert held.status_code == 200, held.text
+    refused["held"] = refused_with("use-cases/invoices/config.json", VALID_CONFIG)
+    assert refused["held"].endswith("use_case 'invoices' is SUSPENDED, and this upload is taken only in AWAITING_CONFIG, "
+                                    "CONFIG_INVALID, CONFIG_VALIDATED; resume it first (dropwire workflow resume use_case "
+                                    "invoices), then upload the file again"), refused["held"]

@@ -67,9 +67,10 @@ def test_declared_outputs_hops_and_a_crashing_handler_in_the_emulator(start_emul
     bucket = emulator.settings.bucket_path
 
     # Writing outside the declared outputs fails the invocation; nothing lands there.
-    refused = http.post("/functions/escape/invoke", params={"wait": 30}, json={"key": "elsewhere/nope.txt"}).json()
-    assert refused["status"] == "dead"
-    assert "may not write local/elsewhere/nope.txt: it is outside the output prefixes" in refused["last_error"]
+    # (a waiting invoke answers a failed function with the one error shape, its last error the message)
+    refused = http.post("/functions/escape/invoke", params={"wait": 30}, json={"key": "elsewhere/nope.txt"})
+    assert refused.status_code == 409 and refused.json()["error"] == "refused_by_handler", refused.text
+    assert "may not write local/elsewhere/nope.txt: it is outside the output prefixes" in refused.json()["message"]
     assert (bucket / "allowed" / "ok.txt").exists() and not (bucket / "elsewhere").exists()
 
     # An outside upload is hop 0; the object its handler writes is hop 1, noted before it
@@ -83,9 +84,9 @@ def test_declared_outputs_hops_and_a_crashing_handler_in_the_emulator(start_emul
 
     # A handler that kills its own process costs its attempts, nothing else: the next
     # invocation runs in a fresh sandbox and the emulator keeps serving.
-    crashed = http.post("/functions/crash/invoke", params={"wait": 60}, json={}).json()
-    assert crashed["status"] == "dead" and crashed["attempts"] == 2
-    assert "died (exit code 70)" in crashed["last_error"]
+    crashed = http.post("/functions/crash/invoke", params={"wait": 60}, json={})
+    assert crashed.status_code == 409 and "failed after 2 attempt(s)" in crashed.json()["message"], crashed.text
+    assert "died (exit code 70)" in crashed.json()["message"]
     assert [outcome for outcome, _, _ in invocations(emulator, "crash")] == ["failed", "failed"]
     after = http.post("/functions/add/invoke", params={"wait": 30}, json={"numbers": [1, 2]}).json()
     assert after["status"] == "succeeded" and after["result"]["sum"] == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -85,3 +86,20 @@ def test_shutdown_with_requests_in_flight_answers_every_one(tmp_path: Path) -> N
     assert all(p >= 0 for p in positions) and positions == sorted(positions), log
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{runtime.url}/health", timeout=2)
+
+
+def test_a_taken_port_ends_the_process_before_it_says_ready(tmp_path: Path, tiny_model: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {**runtime_env(tmp_path, port, model_path=tiny_model), "COLUMNS": "1000"}
+        process = subprocess.run(
+            [*DROPWIRE, "runtime", "serve"], env=env, cwd=REPO, capture_output=True, text=True, timeout=90,
+        )
+    assert process.returncode == 1, process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: the runtime cannot listen on 127.0.0.1:{port}: the port is in use "
+                      "(stop what holds it or set DROPWIRE_RUNTIME__PORT)"], process.stderr
+    assert " ready" not in process.stderr and "starting: queues" not in process.stderr  # checked before the model
+    assert "Errno" not in process.stderr and "Traceback" not in process.stderr

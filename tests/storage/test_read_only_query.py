@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from dropwire.functions.evaluation.states import MACHINES
@@ -16,6 +19,7 @@ from dropwire.local_emulator.cli import app
 from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.settings import load_settings
 from dropwire.storage.errors import DropwireError
+from dropwire.storage.read_only_query import QueryRefused, run_read_only_query
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store
 from tests.conftest import DROPWIRE, REPO, wait_for
@@ -39,10 +43,13 @@ REFUSED = [
     ("SET threads = 1", "got SET"),
     ("SELECT 1; DROP TABLE tasks", "got SELECT, DROP"),
     ("", "got nothing"),
-    # SELECTs by DuckDB's parser that still write: DuckDB's read-only mode refuses them.
-    ("WITH gone AS (DELETE FROM tasks RETURNING id) SELECT * FROM gone", "read-only mode"),
-    ("WITH gone AS (DELETE FROM state_history RETURNING seq) SELECT count(*) FROM gone", "read-only mode"),
-    ("SELECT nextval('probe')", "read-only mode"),
+    # SELECTs by DuckDB's parser that still write: DuckDB's read-only mode refuses them, and
+    # the line names the write (not "SELECT", which DuckDB's own message names).
+    ("WITH gone AS (DELETE FROM tasks RETURNING id) SELECT * FROM gone",
+     "a query only reads; this one runs a DELETE inside its WITH clause (a data-modifying CTE)"),
+    ("WITH gone AS (DELETE FROM state_history RETURNING seq) SELECT count(*) FROM gone", "runs a DELETE inside"),
+    ("WITH u AS (UPDATE tasks SET priority = 9 RETURNING id) SELECT * FROM u", "runs an UPDATE inside"),
+    ("SELECT nextval('probe')", "a query only reads; this one calls nextval, which advances a sequence"),
 ]
 
 
@@ -111,9 +118,35 @@ def test_through_a_running_control_plane_nothing_gets_through(run_cli, dropwire_
         wait_for(answering, what="the control plane to answer on its socket")
         refuse_every_way(dropwire_env, out)
         refused = run_cli("db", "query", "WITH gone AS (DELETE FROM tasks RETURNING id) SELECT * FROM gone")
-        assert refused.returncode == 1 and "read-only mode" in refused.stderr
+        assert refused.returncode == 1 and "runs a DELETE inside its WITH clause" in refused.stderr
         assert "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
     finally:
         control.send_signal(signal.SIGTERM)
         assert control.wait(timeout=30) == 0, log.read_text()
     check_nothing_changed(run_cli, data_dir, before, out)
+
+
+WRITES = {"DELETE": "DELETE FROM tasks RETURNING id", "UPDATE": "UPDATE tasks SET priority = 1 RETURNING id",
+          "INSERT": "INSERT INTO tasks (id) VALUES (99) RETURNING id"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(st.sampled_from(sorted(WRITES)), min_size=1, max_size=3),
+       names=st.lists(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), min_size=3, max_size=3, unique=True),
+       read_only_file=st.booleans())
+def test_every_data_modifying_cte_is_refused_by_the_write_it_runs(kinds, names, read_only_file):
+    """Whatever writes a WITH clause carries, on a stopped file (opened read-only) or a live
+    connection (read-only transaction): refused naming each write, nothing changed."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "db.duckdb"
+        with duckdb.connect(str(path)) as con:
+            con.execute("CREATE TABLE tasks (id INTEGER, priority INTEGER); INSERT INTO tasks VALUES (1, 0)")
+        ctes = ", ".join(f'"{name}" AS ({WRITES[kind]})' for name, kind in zip(names, kinds))
+        sql = f'WITH {ctes} SELECT * FROM "{names[0]}"'
+        with duckdb.connect(str(path), read_only=read_only_file) as con:
+            with pytest.raises(QueryRefused) as refused:
+                run_read_only_query(con, sql)
+            assert con.execute("SELECT * FROM tasks").fetchall() == [(1, 0)]
+    message = refused.value.message
+    assert "inside its WITH clause" in message and "SELECT" not in message, message
+    assert all(f" {kind}" in message for kind in kinds), message
