@@ -102,9 +102,10 @@ def _key_as_sent(request: Request, key: str) -> str:
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
                   scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int,
                   config: dict[str, Any] | None = None, inference_url: str | None = None,
-                  inference_timeout_seconds: float = 120.0) -> Litestar:
+                  inference_timeout_seconds: float = 120.0, recovered: metrics.Recovered | None = None) -> Litestar:
     """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers);
-    `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to."""
+    `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to;
+    `recovered`: the folder source's count of files its reconciliation admitted."""
 
     async def require_token(request: Request) -> None:
         if not api_tokens or request.url.path in ALWAYS_OPEN:
@@ -207,7 +208,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
     @get("/metrics", sync_to_thread=True, media_type=metrics.CONTENT_TYPE, responses=error_responses(*GATEWAY_ERRORS))
     def prometheus_metrics() -> Response[bytes]:
         """Prometheus scrape: queue depth, invocations, batch lines, workflows, quota left."""
-        return Response(metrics.metrics_text(store.query, quota), media_type=metrics.CONTENT_TYPE)
+        return Response(metrics.metrics_text(store.query, quota, recovered), media_type=metrics.CONTENT_TYPE)
 
     ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, config=config or {},
                      wake=store.queue.wake)

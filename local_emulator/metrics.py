@@ -1,10 +1,12 @@
 """GET /metrics on the gateway (Prometheus text format, prometheus-client), read from the
 committed state at each scrape: queue depth by task and status, invocations by outcome,
-batch lines by status, workflows by kind and state, and each metered service's quota left."""
+batch lines by status, workflows by kind and state, and each metered service's quota left;
+and, from the running folder source, the files its reconciliation admitted (the watcher had
+not reported them)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -15,11 +17,13 @@ from dropwire.functions.quota.settings import QuotaSettings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Query = Callable[[str, list], list[tuple]]
+Recovered = Callable[[], Mapping[str, int]]
+RECONCILIATIONS = ("start", "overflow", "periodic")
 
 
 class GatewayCollector(Collector):
-    def __init__(self, query: Query, quota: QuotaSettings) -> None:
-        self.query, self.quota = query, quota
+    def __init__(self, query: Query, quota: QuotaSettings, recovered: Recovered | None = None) -> None:
+        self.query, self.quota, self.recovered = query, quota, recovered
 
     def _grouped(self, family: type, name: str, documentation: str, labels: list[str], sql: str) -> Any:
         """One metric family from a query whose rows are its label values then a count."""
@@ -52,9 +56,17 @@ class GatewayCollector(Collector):
                 if seen.remaining is not None:
                     remaining.add_metric([service, f"upstream_{seen.metric}"], seen.remaining)
         yield from (remaining, used)
+        if self.recovered is not None:
+            counts = dict(self.recovered())
+            recovered = CounterMetricFamily("dropwire_folder_recovered",
+                                            "Files of the folder bucket admitted by its reconciliation, not by a watch "
+                                            "event (one per function fired), by when it ran", labels=["reconciliation"])
+            for when in RECONCILIATIONS:
+                recovered.add_metric([when], counts.get(when, 0))
+            yield recovered
 
 
-def metrics_text(query: Query, quota: QuotaSettings) -> bytes:
+def metrics_text(query: Query, quota: QuotaSettings, recovered: Recovered | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(query, quota))
+    registry.register(GatewayCollector(query, quota, recovered))
     return generate_latest(registry)
