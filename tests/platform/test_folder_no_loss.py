@@ -212,3 +212,27 @@ def test_files_whose_events_the_kernel_dropped_are_reconciled_once_each(router, 
     receipts = admitted(store, "incoming/")
     assert set(receipts) == expected and set(receipts.values()) == {1}
     assert source.recovered["overflow"] > 0
+
+
+def test_a_change_the_watcher_is_not_told_of_is_admitted_by_the_periodic_reconciliation(start_emulator):
+    """truncate(2) by path changes a file without opening it, so without a close or a rename
+    (inotify reports only a modification, which says nothing of when it is complete): the
+    watcher never emits it,
+    as it never hears of a remote write on a network filesystem. The periodic
+    reconciliation admits the new version, and /metrics counts it."""
+    emulator, client = start_emulator(DROPWIRE_EVENTS__RECONCILE_SECONDS="0.3")
+    path = emulator.settings.bucket_path / "incoming" / "grown.csv"
+    drop(path)
+    wait_for(lambda: admitted(emulator, "incoming/") == {"incoming/grown.csv": 1}, what="the dropped file")
+    os.truncate(path, 100)
+    wait_for(lambda: admitted(emulator, "incoming/") == {"incoming/grown.csv": 2}, timeout=20,
+             what="the grown file's version admitted")
+    assert metric(client, "dropwire_folder_recovered_total", 'reconciliation="periodic"') == 1
+    time.sleep(1)  # two more rounds: what is admitted stays admitted once
+    assert admitted(emulator, "incoming/") == {"incoming/grown.csv": 2}
+    wait_for(lambda: len(emulator.store.query("SELECT 1 FROM invocations WHERE function = 'measure'")) == 2,
+             what="both versions handled")
+    sizes = [row[0] for row in emulator.store.query(
+        "SELECT json_extract(t.result, '$.bytes')::BIGINT FROM invocations i JOIN tasks t ON t.id = i.task_id "
+        "WHERE i.function = 'measure' ORDER BY i.started_at")]
+    assert sizes == [8, 100]
