@@ -4,8 +4,10 @@ made just before, an event that cannot be routed, files the watcher never saw.""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -21,7 +23,7 @@ from dropwire.local_emulator.emulator import Emulator
 from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.sources.folder import CLOSE_EVENTS, FolderSource
 from dropwire.local_emulator.sources.reconcile import Reconciler
-from tests.conftest import wait_for
+from tests.conftest import REPO, wait_for
 from tests.platform.conftest import emulator_settings
 
 pytestmark = pytest.mark.slow
@@ -236,3 +238,54 @@ def test_a_change_the_watcher_is_not_told_of_is_admitted_by_the_periodic_reconci
         "SELECT json_extract(t.result, '$.bytes')::BIGINT FROM invocations i JOIN tasks t ON t.id = i.task_id "
         "WHERE i.function = 'measure' ORDER BY i.started_at")]
     assert sizes == [8, 100]
+
+
+# The suite's size; the stress run sets 100 folders and 1000 files.
+STRESS_FOLDERS = int(os.environ.get("DROPWIRE_STRESS_FOLDERS", "20"))
+STRESS_FILES = int(os.environ.get("DROPWIRE_STRESS_FILES", "200"))
+
+
+def files_in(root: Path) -> int:
+    return sum(len([f for f in files if not f.startswith(".")]) for _, _, files in os.walk(root))
+
+
+@pytest.mark.skipif(not CLOSE_EVENTS, reason="close-after-write events are Linux's")
+def test_stress_every_file_dropped_any_way_is_admitted_once_and_read_whole(tmp_path):
+    """Files in new nested folders, made in random order and timing (mkdir -p trees, renames,
+    slow writes, folders built elsewhere and renamed in), with a restart in the middle: each
+    file has one receipt and one successful read of the whole document."""
+    seed = int(os.environ.get("DROPWIRE_STRESS_SEED", str(random.randrange(10**6))))
+    settings = emulator_settings(tmp_path / "data")
+    settings.bucket_path.mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    manifest = tmp_path / "manifest.json"
+    writer = subprocess.Popen([sys.executable, "-m", "tests.platform.folder_writer", str(settings.bucket_path),
+                               str(tmp_path / "outside"), "json-in/stress", str(seed), str(STRESS_FOLDERS),
+                               str(STRESS_FILES), str(manifest)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    emulator = Emulator(settings, serve_http=False).start()
+    try:
+        wait_for(lambda: files_in(settings.bucket_path) >= STRESS_FILES * 0.4 or writer.poll() is not None,
+                 timeout=120, what="the writer to be part-way")
+        emulator.stop()  # a restart in the middle, the writer going on
+        emulator = Emulator(settings, serve_http=False).start()
+        assert writer.wait(timeout=300) == 0, f"the writer failed (seed {seed})"
+        sizes = json.loads(manifest.read_text())
+        assert len(sizes) == STRESS_FILES
+
+        def handled() -> int:
+            return emulator.store.query("SELECT count(*) FROM invocations WHERE function = 'strict_json'")[0][0]
+
+        wait_for(lambda: handled() >= STRESS_FILES, timeout=240,
+                 what=lambda: f"{STRESS_FILES} files handled (seed {seed}); {handled()} are")
+        time.sleep(0.5)  # a duplicate would be handled by now
+        receipts = dict(emulator.store.query("SELECT \"key\", count(*) FROM object_receipts "
+                                             "WHERE function = 'strict_json' GROUP BY \"key\""))
+        outcomes = emulator.store.query("SELECT json_extract_string(event, '$.key'), outcome, error FROM invocations "
+                                        "WHERE function = 'strict_json' ORDER BY 1")
+    finally:
+        writer.kill()
+        emulator.stop()
+    assert sorted(receipts) == sorted(sizes), f"seed {seed}"
+    assert {k: n for k, n in receipts.items() if n != 1} == {}, f"seed {seed}: admitted more than once"
+    assert [row for row in outcomes if row[1] != "succeeded"] == [], f"seed {seed}: read half-way"
+    assert len(outcomes) == STRESS_FILES, f"seed {seed}"
