@@ -15,7 +15,6 @@ An event that cannot be routed is kept and routed again with backoff, never drop
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import queue
@@ -30,6 +29,7 @@ from typing import Callable
 
 import watchfiles
 
+from dropwire.functions.platform.objects import open_for_writing
 from dropwire.functions.platform.registry import ObjectEvent
 from dropwire.local_emulator.sources.reconcile import TEMPORARY_SUFFIXES, Found, ignored, version_of, walk
 from dropwire.storage.records import Admission
@@ -46,27 +46,6 @@ RETRY_MAX_SECONDS = 30.0
 # scan and the event) make one event, not two; receipts stop any that get past.
 REMEMBERED = 65536
 ROUTE_CHUNK = 5000  # events per route call: one group commit each
-
-
-def open_for_writing(path: str) -> bool | None:
-    """Whether some process has the file open for writing (the kernel refuses a read lease
-    then); None where a lease cannot tell (leases off, another user's file, some network
-    filesystems)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    else:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return False
-    finally:
-        os.close(fd)
 
 
 class FolderSource:

@@ -289,3 +289,29 @@ def test_stress_every_file_dropped_any_way_is_admitted_once_and_read_whole(tmp_p
     assert {k: n for k, n in receipts.items() if n != 1} == {}, f"seed {seed}: admitted more than once"
     assert [row for row in outcomes if row[1] != "succeeded"] == [], f"seed {seed}: read half-way"
     assert len(outcomes) == STRESS_FILES, f"seed {seed}"
+
+
+# Saves a JSON file, then saves it again in place at once, in pieces over a second (as an
+# editor that writes in place does): the first save's handler reads the second half-written.
+SAVED_TWICE = """
+import sys, time
+path = sys.argv[1]
+with open(path, "w") as out:
+    out.write('{"version": 1}')
+with open(path, "w") as out:
+    for piece in ('{"version": 2, ', '"owner": "ops", ', '"metric": "f1", ', '"labels": []}'):
+        out.write(piece)
+        out.flush()
+        time.sleep(0.25)
+"""
+
+
+def test_a_file_rewritten_while_its_handler_reads_it_is_read_again_not_failed(start_emulator):
+    emulator, _ = start_emulator()
+    folder = emulator.settings.bucket_path / "json-in"
+    folder.mkdir(parents=True)
+    key = "json-in/saved-twice.json"
+    assert subprocess.run([sys.executable, "-c", SAVED_TWICE, str(folder / "saved-twice.json")], timeout=30).returncode == 0
+    wait_for(lambda: len(invocations(emulator, "strict_json", key)) >= 2, what="both saves handled")
+    time.sleep(0.5)
+    assert invocations(emulator, "strict_json", key) == [("succeeded", None), ("succeeded", None)]
