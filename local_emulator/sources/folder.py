@@ -309,8 +309,8 @@ class FolderSource:
                 break
             if kind == "directory" and watch_tree is not None:
                 events.extend(self._found(found.path) for found in watch_tree(path))
-            elif kind == "file":
-                events.append(self._found(path, "periodic"))
+            elif kind == "file" and path not in self._awaiting_close and path not in self._pending:
+                events.append(self._found(path, "periodic"))  # (one the watcher follows is on its way)
         self._deliver(events)
 
     # ------------------------------------------------------------------ Linux: inotify

@@ -317,3 +317,25 @@ def test_a_file_rewritten_while_its_handler_reads_it_is_read_again_not_failed(st
     wait_for(lambda: len(invocations(emulator, "strict_json", key)) >= 2, what="both saves handled")
     time.sleep(0.5)
     assert invocations(emulator, "strict_json", key) == [("succeeded", None), ("succeeded", None)]
+
+
+@pytest.mark.skipif(not CLOSE_EVENTS, reason="close-after-write events are Linux's")
+def test_a_file_still_open_for_writing_is_not_taken_for_a_missed_one(router, tmp_path):
+    """A writer that pauses longer than the periodic reconciliation's grace: the file has no
+    receipt yet, but the watcher follows it; it fires once, at its close, and is no recovery."""
+    route, reconciler, store = router
+    bucket = tmp_path / "bucket"
+    (bucket / "incoming").mkdir(parents=True)
+    source = FolderSource(bucket, "local", route.route, unadmitted=reconciler.unadmitted, reconcile_seconds=0.2).start()
+    try:
+        with open(bucket / "incoming" / "slow.csv", "w") as out:
+            out.write("a,b\n")
+            out.flush()
+            time.sleep(2.5)  # past the grace (1 s), through several reconciliations
+            out.write("1,2\n")
+        wait_for(lambda: admitted(store, "incoming/") == {"incoming/slow.csv": 1}, what="the file at its close")
+        time.sleep(0.5)
+    finally:
+        source.stop()
+    assert admitted(store, "incoming/") == {"incoming/slow.csv": 1}
+    assert source.recovered["periodic"] == 0
