@@ -13,6 +13,7 @@ from rich.console import Console
 
 from dropwire.local_emulator import cli_context
 from dropwire.local_emulator.cli_batches import batches_app
+from dropwire.local_emulator.cli_bucket import bucket_app
 from dropwire.local_emulator.cli_context import console
 from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app
 from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
@@ -67,6 +68,7 @@ app.command("reprocess")(reprocess)
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(events_app, name="events")
 app.add_typer(batches_app, name="batches")
+app.add_typer(bucket_app, name="bucket")
 app.add_typer(workflow_app, name="workflow")
 app.add_typer(quota_app, name="quota")
 

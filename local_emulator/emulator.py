@@ -28,6 +28,7 @@ from dropwire.local_emulator.router import EventRouter
 from dropwire.local_emulator.scheduler import Scheduler
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.folder import FolderSource
+from dropwire.local_emulator.sources.reconcile import Reconciler
 from dropwire.local_emulator.sources.s3 import SqsSource
 from dropwire.storage.errors import DropwireError
 
@@ -90,8 +91,6 @@ class Emulator:
         self.router = EventRouter(self.functions, self.store.receipts, self.store.queue, settings.events.hop_limit)
         self.scheduler = Scheduler(self.functions, self.store.receipts).start()
         self._stops.append(self.scheduler.stop)
-        if self.serve_http:
-            self._start_gateway()
         route = self.router.route
         if self.chaos_settings.active:
             chaos = Chaos(route, duplicate=self.chaos_settings.duplicate, reorder=self.chaos_settings.reorder,
@@ -99,10 +98,18 @@ class Emulator:
             self._stops.append(chaos.close)
             route = chaos.submit
         # Both sources route through the router, which keeps their admission health (/health, /metrics).
+        self.folder = None
         if not settings.events.bucket_s3:  # the bucket is the local folder
             self.router.health.expect("folder")
-            folder = FolderSource(settings.bucket_path, settings.events.bucket, route, settings.events.settle_seconds).start()
-            self._stops.append(folder.stop)
+            reconciler = Reconciler(self.functions, self.store.query, settings.events.bucket, settings.data_path / "tmp")
+            self.folder = FolderSource(settings.bucket_path, settings.events.bucket, route, settings.events.settle_seconds,
+                                       unadmitted=reconciler.unadmitted,
+                                       reconcile_seconds=settings.events.reconcile_seconds)
+        if self.serve_http:
+            self._start_gateway()
+        if self.folder is not None:
+            self.folder.start()
+            self._stops.append(self.folder.stop)
         if settings.events.sqs_queue_url:
             self.router.health.expect("sqs")
             sqs = boto3.client("sqs", region_name=settings.events.aws_region,
@@ -118,7 +125,8 @@ class Emulator:
         settings = self.settings
         app = build_gateway(self.store, self.functions, self.objects, settings.events.bucket, self.router, self.scheduler,
                             settings.http.api_tokens, settings.http.max_upload_bytes, settings.domain_config(),
-                            settings.inference_base_url, settings.runtime.request_timeout_s, settings.http.open_docs)
+                            settings.inference_base_url, settings.runtime.request_timeout_s, settings.http.open_docs,
+                            recovered=(lambda: self.folder.recovered) if self.folder is not None else None)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                                                log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, name="dropwire-gateway", daemon=True)

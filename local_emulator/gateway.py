@@ -139,10 +139,12 @@ def _key_as_sent(request: Request, key: str) -> str:
 def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStore, bucket: str, router: EventRouter,
                   scheduler: Scheduler, api_tokens: list[str], max_upload_bytes: int,
                   config: dict[str, Any] | None = None, inference_url: str | None = None,
-                  inference_timeout_seconds: float = 120.0, open_docs: bool = True) -> Litestar:
+                  inference_timeout_seconds: float = 120.0, open_docs: bool = True,
+                  recovered: metrics.Recovered | None = None) -> Litestar:
     """`bucket`: where the mounted APIs write their uploads (the bucket whose events fire handlers);
     `inference_url`: the OpenAI-compatible runtime that direct /v1 inference requests go to;
-    `open_docs`: the docs page, its assets and the OpenAPI document need no token."""
+    `open_docs`: the docs page, its assets and the OpenAPI document need no token;
+    `recovered`: the folder source's count of files its reconciliation admitted."""
     openapi = openapi_config("dropwire gateway", "0.1.0", bearer=bool(api_tokens))
 
     def is_open(path: str) -> bool:
@@ -275,8 +277,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
     @get("/metrics", sync_to_thread=True, media_type=metrics.CONTENT_TYPE, responses=error_responses(*GATEWAY_ERRORS))
     def prometheus_metrics() -> Response[bytes]:
         """Prometheus scrape: queue depth, invocations, batch lines, workflows, quota left, events
-        each source could not admit."""
-        return Response(metrics.metrics_text(store.query, quota, router.health), media_type=metrics.CONTENT_TYPE)
+        each source could not admit, files the folder's reconciliation admitted."""
+        return Response(metrics.metrics_text(store.query, quota, router.health, recovered), media_type=metrics.CONTENT_TYPE)
 
     ports = ApiPorts(objects=objects, bucket=bucket, store=store, invoke=enqueue_http, config=config or {},
                      wake=store.queue.wake)

@@ -2,11 +2,13 @@
 committed state at each scrape: queue depth by task and status, invocations by outcome,
 batch lines by status, workflows by kind and state, and each metered service's quota left;
 and, from the event router's memory (since the process started), each event source's events
-that could not be admitted: every failure counted, and those failing now."""
+that could not be admitted: every failure counted, and those failing now; and, from the
+running folder source, the files its reconciliation admitted (the watcher had not reported
+them)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,11 +20,14 @@ from dropwire.local_emulator.router import AdmissionHealth
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Query = Callable[[str, list], list[tuple]]
+Recovered = Callable[[], Mapping[str, int]]
+RECONCILIATIONS = ("start", "overflow", "periodic")
 
 
 class GatewayCollector(Collector):
-    def __init__(self, query: Query, quota: QuotaSettings, admission: AdmissionHealth | None = None) -> None:
-        self.query, self.quota, self.admission = query, quota, admission
+    def __init__(self, query: Query, quota: QuotaSettings, admission: AdmissionHealth | None = None,
+                 recovered: Recovered | None = None) -> None:
+        self.query, self.quota, self.admission, self.recovered = query, quota, admission, recovered
 
     def _grouped(self, family: type, name: str, documentation: str, labels: list[str], sql: str) -> Any:
         """One metric family from a query whose rows are its label values then a count."""
@@ -57,6 +62,14 @@ class GatewayCollector(Collector):
         yield from (remaining, used)
         if self.admission is not None:
             yield from self._admission(self.admission)
+        if self.recovered is not None:
+            counts = dict(self.recovered())
+            recovered = CounterMetricFamily("dropwire_folder_recovered",
+                                            "Files of the folder bucket admitted by its reconciliation, not by a watch "
+                                            "event (one per function fired), by when it ran", labels=["reconciliation"])
+            for when in RECONCILIATIONS:
+                recovered.add_metric([when], counts.get(when, 0))
+            yield recovered
 
     @staticmethod
     def _admission(admission: AdmissionHealth) -> Iterator[Any]:
@@ -71,7 +84,8 @@ class GatewayCollector(Collector):
         yield from (failures, failing)
 
 
-def metrics_text(query: Query, quota: QuotaSettings, admission: AdmissionHealth | None = None) -> bytes:
+def metrics_text(query: Query, quota: QuotaSettings, admission: AdmissionHealth | None = None,
+                 recovered: Recovered | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(query, quota, admission))
+    registry.register(GatewayCollector(query, quota, admission, recovered))
     return generate_latest(registry)

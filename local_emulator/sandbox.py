@@ -19,7 +19,7 @@ import msgspec
 
 from dropwire.functions.platform.context import DomainRecords, HandlerContext, QuotaPort, StateChanges, StateReader
 from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
-from dropwire.functions.platform.registry import FunctionSpec, Invocation, load_functions
+from dropwire.functions.platform.registry import FunctionSpec, Invocation, ObjectEvent, load_functions
 from dropwire.functions.platform.tasks import NotYet, PermanentTaskError, Refused
 from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import Effects, WaitFor
@@ -60,33 +60,73 @@ class Outcome(msgspec.Struct, kw_only=True, frozen=True):
     waits_for: WaitFor | None = None
 
 
+# A handler that fails on an object that was being written meanwhile runs again on the
+# finished object, at most this many times, instead of failing on a half-read file.
+REREADS = 3
+
+
 def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: StateReader,
             note_output: Callable[[str, str, int, str, int], None], runtime_url: str, mlflow_tracking_uri: str,
             mlflow_artifact_location: str | None, records: DomainRecords, quota: QuotaPort,
             config: dict[str, Any]) -> Outcome:
     """Call the handler with its context; what it asked to change comes back as effects."""
     invocation = request.invocation
-    context = HandlerContext(
-        function=spec.name, task_id=request.task_id, attempt=request.attempt, max_attempts=request.max_attempts,
-        deadline=request.deadline, objects=objects,
-        outputs=ObjectWriter(objects, spec.may_write,
-                             lambda bucket, key: note_output(bucket, key, invocation.hop + 1, spec.name, request.task_id),
-                             spec.name),
-        state=StateChanges(reader, triggered_by=f"function:{spec.name}"),
-        runtime_url=runtime_url, mlflow_tracking_uri=mlflow_tracking_uri,
-        mlflow_artifact_location=mlflow_artifact_location, log=logging.getLogger(f"dropwire.fn.{spec.name}"),
-        records=records, quota=quota, config=config,
-    )
-    try:
-        result = spec.handler(invocation.event, context)
-        return Outcome(ok=True, result=result, effects=context.state.effects())
-    except (NotYet, Refused) as exc:  # outcomes on purpose, not failures: the message is all a person needs
-        return Outcome(ok=False, error=exc.message, retryable=False, on_purpose=True, refused=isinstance(exc, Refused),
-                       waits_for=exc.waits_for if isinstance(exc, NotYet) else None)
-    except Exception as exc:
-        message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
-        return Outcome(ok=False, error=message, traceback=traceback.format_exc(),
-                       retryable=not isinstance(exc, PermanentTaskError), on_purpose=isinstance(exc, DropwireError))
+    event = invocation.event
+    for reread in range(REREADS + 1):
+        before = objects.local_state(event.bucket, event.key) if isinstance(event, ObjectEvent) else None
+        context = HandlerContext(
+            function=spec.name, task_id=request.task_id, attempt=request.attempt, max_attempts=request.max_attempts,
+            deadline=request.deadline, objects=objects,
+            outputs=ObjectWriter(objects, spec.may_write,
+                                 lambda bucket, key: note_output(bucket, key, invocation.hop + 1, spec.name, request.task_id),
+                                 spec.name),
+            state=StateChanges(reader, triggered_by=f"function:{spec.name}"),
+            runtime_url=runtime_url, mlflow_tracking_uri=mlflow_tracking_uri,
+            mlflow_artifact_location=mlflow_artifact_location, log=logging.getLogger(f"dropwire.fn.{spec.name}"),
+            records=records, quota=quota, config=config,
+        )
+        try:
+            result = spec.handler(event, context)
+            return Outcome(ok=True, result=result, effects=context.state.effects())
+        except Exception as exc:
+            # Whatever the handler made of a half-written file (a crash, or a refusal of its
+            # truncated content), the finished file is what it must judge.
+            if before is not None and reread < REREADS and _finished_after_change(objects, event, before[0],
+                                                                                request.deadline):
+                log.info("%s/%s changed while function %s read it; reading the finished file again instead of "
+                         "failing", event.bucket, event.key, spec.name)
+                continue
+            if isinstance(exc, (NotYet, Refused)):  # outcomes on purpose, not failures: the message is all a person needs
+                return Outcome(ok=False, error=exc.message, retryable=False, on_purpose=True,
+                               refused=isinstance(exc, Refused), waits_for=exc.waits_for if isinstance(exc, NotYet) else None)
+            message = exc.message if isinstance(exc, DropwireError) else f"{type(exc).__name__}: {exc}"
+            return Outcome(ok=False, error=message, traceback=traceback.format_exc(),
+                           retryable=not isinstance(exc, PermanentTaskError), on_purpose=isinstance(exc, DropwireError))
+    raise AssertionError("unreachable: the last read returns")
+
+
+def _finished_after_change(objects: ObjectStore, event: ObjectEvent, read: str | None, deadline: float,
+                           still_seconds: float = 0.1) -> bool:
+    """Whether a local object changed since the handler began reading it (or is still being
+    written), and is finished now: no one has it open for writing and it holds still. Waits
+    for that until the handler's deadline is near."""
+    state = objects.local_state(event.bucket, event.key)
+    if state is None or state == (read, False) or state == (read, None):
+        return False  # not a local object, or untouched: the failure is the handler's own
+    while time.time() < deadline - 1.0:
+        version, writing = state
+        if version is None:
+            return False  # deleted meanwhile: nothing to read again
+        if not writing:
+            time.sleep(still_seconds)
+            later = objects.local_state(event.bucket, event.key)
+            if later is not None and later[0] == version and not later[1]:
+                return True
+            state = later or state
+            continue
+        time.sleep(0.05)
+        state = objects.local_state(event.bucket, event.key) or state
+    return False
 
 
 class ChildConfig(msgspec.Struct, frozen=True):

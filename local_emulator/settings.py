@@ -44,6 +44,11 @@ class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     # Elsewhere, and for files a scan finds (catch-up at start, a new directory's first
     # files), it counts as complete once its size and mtime hold still this long.
     settle_seconds: float = 0.02
+    # How often the folder is compared with the receipts (a walk and one query) and what no
+    # receipt covers is admitted: the net under the watcher, for what the kernel never
+    # reported (a network filesystem's remote writes). Also at start and after an overflow.
+    # 0 turns the periodic one off.
+    reconcile_seconds: float = 300.0
     # S3 (or an S3-compatible endpoint): the buckets to serve, and the SQS queue their
     # notifications go to. Credentials come from the usual AWS variables.
     s3_endpoint_url: str = ""
@@ -57,6 +62,8 @@ class EventSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     def __post_init__(self) -> None:
         if self.bucket_s3 and ("/" in self.bucket_s3 or self.bucket_s3.startswith("s3:")):
             raise ValueError(f"events.bucket_s3 is an S3 bucket name (like 'team-data'), got {self.bucket_s3!r}")
+        if self.reconcile_seconds < 0:
+            raise ValueError(f"events.reconcile_seconds must be 0 (off) or positive, got {self.reconcile_seconds}")
         if self.bucket_s3 and not self.sqs_queue_url:
             raise ValueError("events.bucket_s3 needs events.sqs_queue_url: the bucket's notifications arrive there")
 

@@ -142,7 +142,7 @@ READ_ONLY = {
     "db current": (), "db check": (), "db query": ("SELECT 1",), "db export": ("{tmp}/snapshot",),
     "queue stats": (), "queue status": ("1",), "queue invocations": (), "dlq list": (), "dlq show": ("1",), "notifications list": (),
     "batches list": (), "batches workers": (), "batches benchmarks": (), "workflow status": (),
-    "quota usage": ("batch-upstream",), "schedule list": (),
+    "quota usage": ("batch-upstream",), "schedule list": (), "bucket unadmitted": (),
 }
 # Commands that write the database on purpose (or run a process that owns it), and two that
 # never open it.

@@ -38,6 +38,7 @@ def test_environment_overrides_the_file_which_overrides_defaults(tmp_path):
     ({"DROPWIRE_EVENTS__BUCKET_S3": "s3://team-data", "DROPWIRE_EVENTS__SQS_QUEUE_URL": "http://q"},
      "events.bucket_s3 is an S3 bucket name"),
     ({"DROPWIRE_EVENTS__BUCKET_S3": "team-data"}, "events.bucket_s3 needs events.sqs_queue_url"),
+    ({"DROPWIRE_EVENTS__RECONCILE_SECONDS": "-1"}, r"events.reconcile_seconds must be 0 \(off\) or positive, got -1"),
     ({"DROPWIRE_CONTROL_TCP_PORT": "70000"}, "control_tcp_port is a TCP port"),
     ({"DROPWIRE_CONTROL_ADDRESS": "head-node"}, r"control_address is host:port \(a host name or IPv4 address\), got 'head-node'"),
     ({"DROPWIRE_CONTROL_ADDRESS": "head-node:0"}, "control_address is host:port"),

@@ -4,6 +4,7 @@ function's declared outputs and are noted (hop + 1) before the object appears.""
 
 from __future__ import annotations
 
+import os
 import posixpath
 import unicodedata
 import uuid
@@ -56,6 +57,33 @@ def url_to_fs(url: str, storage_options: dict[str, dict] | None = None) -> tuple
     return fsspec.core.url_to_fs(url, **(storage_options or {}).get(protocol, {}))
 
 
+def open_for_writing(path: str) -> bool | None:
+    """Whether some process has a local file open for writing (the kernel refuses a read
+    lease then); None where a lease cannot tell (not Linux, leases off, another user's file,
+    some network filesystems)."""
+    try:
+        import fcntl
+
+        lease = fcntl.F_SETLEASE  # Linux's
+    except (ImportError, AttributeError):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.fcntl(fd, lease, fcntl.F_RDLCK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.fcntl(fd, lease, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
 class ObjectStore:
     """`roots` maps a bucket name to a URL root: {"local": "file:///srv/bucket", "raw": "s3://raw"}."""
 
@@ -86,6 +114,22 @@ class ObjectStore:
         """A local file path for the object when the bucket is a local folder, else None."""
         fs, root = self.filesystem(bucket)
         return posixpath.join(root, check_key(key)) if "file" in fs.protocol else None
+
+    def local_state(self, bucket: str, key: str) -> tuple[str | None, bool | None] | None:
+        """For an object of a local folder: its version as the folder source names it
+        (mtime_ns-size; None when it is gone) and whether someone has it open for writing
+        (None: cannot tell). None for other stores."""
+        try:
+            path = self.local_path(bucket, key)
+        except DropwireError:
+            return None
+        if path is None:
+            return None
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None, False
+        return f"{stat.st_mtime_ns}-{stat.st_size}", open_for_writing(path)
 
     def modified(self, bucket: str, key: str) -> datetime | None:
         """When the object was last written, or None if there is no such object."""

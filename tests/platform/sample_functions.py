@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import time
 
+import msgspec
+
 from dropwire.functions.platform.context import HandlerContext
+from dropwire.functions.platform.tasks import PermanentTaskError
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, ScheduledEvent
 
 functions = FunctionRegistry()
@@ -22,6 +25,18 @@ def measure(event: ObjectEvent, context: HandlerContext) -> dict:
             total += len(chunk)
     context.outputs.write_bytes("local", f"measured/{event.key}.txt", f"{total}\n".encode())
     return {"key": event.key, "bytes": total, "hop": None}
+
+
+@functions.function("strict_json", on=[OnUpload(bucket="local", prefix="json-in/")], max_attempts=1)
+def strict_json(event: ObjectEvent, context: HandlerContext) -> dict:
+    """Fails for good on a file that is not one whole JSON document, as the product's use-case
+    and config handlers do: a file read half-way fails it."""
+    with context.objects.open(event.bucket, event.key) as stream:
+        data = stream.read()
+    try:
+        return {"fields": sorted(msgspec.json.decode(data))}
+    except msgspec.DecodeError as exc:
+        raise PermanentTaskError(f"{event.bucket}/{event.key} is not valid: {exc}") from None
 
 
 @functions.function("add", on=[OnHttp()], timeout_seconds=10)
