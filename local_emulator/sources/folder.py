@@ -31,6 +31,7 @@ import watchfiles
 
 from dropwire.functions.platform.objects import open_for_writing
 from dropwire.functions.platform.registry import ObjectEvent
+from dropwire.local_emulator.router import NotAdmitted
 from dropwire.local_emulator.sources.reconcile import TEMPORARY_SUFFIXES, Found, ignored, version_of, walk
 from dropwire.storage.records import Admission
 
@@ -203,30 +204,51 @@ class FolderSource:
 
     def _deliver(self, events: list[ObjectEvent | None]) -> None:
         """Route events, those a reconciliation found apart (to count them), in chunks. What
-        cannot be routed is held and routed again with backoff."""
+        cannot be routed is held and routed again with backoff; a later event of a held key
+        waits behind it (a key's events keep their order), other keys' events do not."""
         groups: dict[str | None, list[ObjectEvent]] = {}
         for event in events:
             if event is not None:
                 groups.setdefault(self._why.pop(self._prefix + event.key, None), []).append(event)
         for why, group in groups.items():
+            self._forget_held_removed(group)
             for start in range(0, len(group), ROUTE_CHUNK):
                 chunk = group[start:start + ROUTE_CHUNK]
-                if self._held:
-                    self._held.append((chunk, why))  # behind the held ones: a key's events keep their order
-                elif not self._route(chunk, why):
-                    self._held.append((chunk, why))
-                    self._retry_at = time.monotonic() + self.retry_seconds
+                held_keys = {e.key for held, _ in self._held for e in held}
+                behind = [e for e in chunk if e.key in held_keys]
+                if behind:
+                    self._held.append((behind, why))
+                left = self._route([e for e in chunk if e.key not in held_keys], why)
+                if left:
+                    if not self._held:
+                        self._retry_at = time.monotonic() + self.retry_seconds
+                    self._held.append((left, why))
 
-    def _route(self, events: list[ObjectEvent], why: str | None) -> bool:
+    def _forget_held_removed(self, events: list[ObjectEvent]) -> None:
+        """A file removed (or renamed away) while its creation is held: that creation is moot."""
+        removed = {e.key for e in events if e.event_name.startswith("ObjectRemoved")}
+        if removed and self._held:
+            self._held = [(kept, why) for held, why in self._held
+                          if (kept := [e for e in held if not (e.key in removed and e.event_name.startswith("ObjectCreated"))])]
+
+    def _route(self, events: list[ObjectEvent], why: str | None) -> list[ObjectEvent]:
+        """Route `events`; answers those that could not be routed (the others were)."""
+        if not events:
+            return []
+        left: list[ObjectEvent] = []
+        crash: BaseException | None = None  # an unexpected error's traceback goes to the log once
         try:
             admissions = self.emit(events)
+        except NotAdmitted as exc:  # the others were admitted: only these wait
+            admissions, left, error = exc.admissions, exc.events, exc.message
         except Exception as exc:
+            admissions, left, error, crash = None, events, str(exc), exc
+        if left:
             self._held_failures += 1
             if self._held_failures == 1 or self._held_failures % 10 == 0:
                 log.error("could not route %d event(s) of %s (first %s): %s; kept, and routed again with backoff "
-                          "(%d failed attempt(s) so far)", len(events), self.root, events[0].key, exc, self._held_failures,
-                          exc_info=self._held_failures == 1)
-            return False
+                          "(%d failed attempt(s) so far)", len(left), self.root, left[0].key, error, self._held_failures,
+                          exc_info=crash if self._held_failures == 1 else None)
         if why is not None and isinstance(admissions, list):
             accepted = sum(1 for a in admissions if isinstance(a, Admission) and a.outcome == "accepted")
             if accepted:
@@ -235,7 +257,7 @@ class FolderSource:
                 log.log(logging.INFO if why == "start" else logging.WARNING,
                         "reconciliation (%s) admitted %d file(s) of %s that had no receipt, first %s", why, accepted,
                         self.root, events[0].key)
-        return True
+        return left
 
     def _retry_held(self) -> None:
         if not self._held or time.monotonic() < self._retry_at:
@@ -243,7 +265,9 @@ class FolderSource:
         failures = self._held_failures
         while self._held:
             events, why = self._held[0]
-            if not self._route(events, why):
+            left = self._route(events, why)
+            if left:
+                self._held[0] = (left, why)
                 delay = min(RETRY_MAX_SECONDS, self.retry_seconds * 2 ** min(self._held_failures - 1, 16))
                 self._retry_at = time.monotonic() + delay
                 return

@@ -324,8 +324,10 @@ def test_concurrent_reuploads_of_one_model_one_check_at_a_time_and_a_valid_histo
 
 
 def refusal(emulator, key: str) -> str | None:
-    """The error of the failed invocation on the file at `key`, once there is one."""
-    rows = emulator.store.query("SELECT error FROM invocations WHERE outcome = 'failed' AND error LIKE ?", [f"{key}:%"])
+    """The message of the first refusal of the file at `key`, or of its wait for a prerequisite
+    (which names the same next step), once there is one."""
+    rows = emulator.store.query("SELECT error FROM invocations WHERE outcome IN ('refused', 'waiting') AND error LIKE ? "
+                                "ORDER BY started_at LIMIT 1", [f"{key}:%"])
     return rows[0][0] if rows else None
 
 
