@@ -73,6 +73,9 @@ app.add_typer(quota_app, name="quota")
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Client libraries log each request and credential lookup at INFO: nothing an operator acts on.
+    for chatty in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     mask_logs()  # no credentials of a URL in any log line
     try:
         app()

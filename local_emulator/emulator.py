@@ -12,10 +12,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import boto3
 import uvicorn
 
-from dropwire.functions.evaluation.core.tracking import prepare_tracking_store
 from dropwire.functions.platform.objects import ObjectStore
 from dropwire.functions.platform.registry import FunctionRegistry, load_functions
 from dropwire.local_emulator.chaos import Chaos
@@ -64,13 +62,16 @@ class Emulator:
 
     def _start(self) -> "Emulator":
         settings = self.settings
+        # What start loads, so a slow start is not silence; the heavy libraries wait for first use.
+        log.info("starting: database %s, %d worker(s) each loading the functions (%s)%s; MLflow, torch, transformers "
+                 "and bm25s load on first use", settings.database_path, settings.queue.workers, settings.functions,
+                 ", the HTTP gateway" if self.serve_http else "")
         self.objects = ObjectStore(settings.object_roots(), settings.storage_options())
         self.workers = FunctionWorkers(settings, self.functions)
         # The database lock first: an emulator started beside a running one stops here with
-        # one line, before it touches the MLflow store the other is using.
+        # one line. The MLflow store is opened (and a new one migrated) on first use, not here.
         self.store = open_store(settings, self.workers.tasks)
         self._stops.append(self.store.close)
-        prepare_tracking_store(settings.mlflow_uri)
         server = ControlServer(self.store, settings.control_socket_path, settings.control_key(), settings.control_tcp).start()
         self._stops.append(server.close)
         log.info("control plane on %s", server.listening)
@@ -94,6 +95,8 @@ class Emulator:
             folder = FolderSource(settings.bucket_path, settings.events.bucket, route, settings.events.settle_seconds).start()
             self._stops.append(folder.stop)
         if settings.events.sqs_queue_url:
+            import boto3  # only for S3 events: boto3 takes most of a second to import
+
             sqs = boto3.client("sqs", region_name=settings.events.aws_region,
                                endpoint_url=settings.events.s3_endpoint_url or None)
             self._stops.append(SqsSource(sqs, settings.events.sqs_queue_url, route, settings.events.sqs_wait_seconds,

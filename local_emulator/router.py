@@ -41,11 +41,14 @@ class EventRouter:
     def route(self, events: list[ObjectEvent]) -> list[Admission]:
         """Admit every (event, matching function) pair in one group commit."""
         wanted = [(event, self.functions.matching(event)) for event in events if self._safe(event)]
+        hops = self.admitter.hops_of(list({(e.bucket, e.key) for e, _ in wanted}))
         for event, matching in wanted:
             if not matching:
-                log.info("no function watches %s %s/%s; ignored", event.event_name, event.bucket, event.key)
+                # An upload nothing watches may be a misnamed file, worth a line; a handler's
+                # output that nothing watches is where it was written to be.
+                level = logging.DEBUG if hops.get((event.bucket, event.key), 0) else logging.INFO
+                log.log(level, "no function watches %s %s/%s; ignored", event.event_name, event.bucket, event.key)
         wanted = [(event, matching) for event, matching in wanted if matching]
-        hops = self.admitter.hops_of(list({(e.bucket, e.key) for e, _ in wanted}))
         offers, offered = [], []
         for event, matching in wanted:
             hop = hops.get((event.bucket, event.key), 0)
