@@ -8,9 +8,10 @@ from datetime import datetime, timezone
 import typer
 from rich.table import Table
 
-from dropwire.functions.batches import reads
-from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.control_plane import store_access
+from dropwire.local_emulator.cli_context import Lazy, console, current_settings
+
+reads = Lazy("dropwire.functions.batches.reads")
+store_access = Lazy("dropwire.local_emulator.control_plane", "store_access")
 
 batches_app = typer.Typer(help="Batch inference: batches, their workers and benchmark figures.", no_args_is_help=True)
 

@@ -13,14 +13,19 @@ import msgspec
 import typer
 from rich.table import Table
 
-from dropwire.functions.machines import MACHINES
-from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.control import ControlClient
-from dropwire.local_emulator.control_plane import run_control_plane, start_pool, stop_on_signals, store_access
-from dropwire.storage import consistency, migrate
-from dropwire.storage.database import connect
+from dropwire.local_emulator.cli_context import Lazy, console, current_settings
 from dropwire.storage.errors import DropwireError
-from dropwire.storage.read_only_query import run_read_only_query
+
+MACHINES = Lazy("dropwire.functions.machines", "MACHINES")
+ControlClient = Lazy("dropwire.local_emulator.control", "ControlClient")
+run_control_plane = Lazy("dropwire.local_emulator.control_plane", "run_control_plane")
+start_pool = Lazy("dropwire.local_emulator.control_plane", "start_pool")
+stop_on_signals = Lazy("dropwire.local_emulator.control_plane", "stop_on_signals")
+store_access = Lazy("dropwire.local_emulator.control_plane", "store_access")
+consistency = Lazy("dropwire.storage.consistency")
+migrate = Lazy("dropwire.storage.migrate")
+connect = Lazy("dropwire.storage.database", "connect")
+run_read_only_query = Lazy("dropwire.storage.read_only_query", "run_read_only_query")
 
 
 log = logging.getLogger("dropwire.worker")

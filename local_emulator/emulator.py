@@ -62,16 +62,17 @@ class Emulator:
 
     def _start(self) -> "Emulator":
         settings = self.settings
-        # What start loads, so a slow start is not silence; the heavy libraries wait for first use.
-        log.info("starting: database %s, %d worker(s) each loading the functions (%s)%s; MLflow, torch, transformers "
-                 "and bm25s load on first use", settings.database_path, settings.queue.workers, settings.functions,
-                 ", the HTTP gateway" if self.serve_http else "")
         self.objects = ObjectStore(settings.object_roots(), settings.storage_options())
         self.workers = FunctionWorkers(settings, self.functions)
         # The database lock first: an emulator started beside a running one stops here with
         # one line. The MLflow store is opened (and a new one migrated) on first use, not here.
         self.store = open_store(settings, self.workers.tasks)
         self._stops.append(self.store.close)
+        # What start loads, so a slow start is not silence (after the lock: a second emulator
+        # on this data dir says one line); the heavy libraries wait for their first use.
+        log.info("starting: database %s open; %d worker(s) each loading the functions (%s)%s; MLflow, torch, "
+                 "transformers and bm25s load on first use", settings.database_path, settings.queue.workers,
+                 settings.functions, ", the HTTP gateway" if self.serve_http else "")
         server = ControlServer(self.store, settings.control_socket_path, settings.control_key(), settings.control_tcp).start()
         self._stops.append(server.close)
         log.info("control plane on %s", server.listening)
