@@ -132,12 +132,12 @@ class KnowledgeBase:
             return self._index
 
     def _rank(self, request: KnowledgeQuery) -> list[KnowledgeItem]:
-        index = self._built()
+        bm25 = self._built()
         query = _tokens([request.query])[0]
-        known = [t for t in query if t in index.vocab_dict]
+        known = [t for t in query if t in bm25.vocab_dict]
         if not known:
             return []
-        documents, scores = index.retrieve([known], k=len(self._entries), show_progress=False)
+        documents, scores = bm25.retrieve([known], k=len(self._entries), show_progress=False)
         out = []
         for index, score in zip(documents[0], scores[0]):
             entry = self._entries[int(index)]
