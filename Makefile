@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIP_ARGS ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench mutate lint clean
+.PHONY: setup demo test test-fast bench mutate lint clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: $(STAMP)
 
 test: $(STAMP) $(LABEL_STUDIO_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit-run loop: unit and property tests only (tests/conftest.py --fast: no test marked slow,
+# and a test that starts a process or a server fails there, saying to mark it slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q --fast
 
 # make bench runs every benchmark; make bench BENCH="queue kde" runs those named.
 BENCH ?=

@@ -19,7 +19,6 @@ from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, re
 from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
 from dropwire.local_emulator.cli_workflow import quota_app, workflow_app
 from dropwire.local_emulator.runtime_cli import runtime_app
-from dropwire.local_emulator.settings import describe_settings
 from dropwire.local_emulator.redact import mask_logs
 from dropwire.storage.errors import DropwireError
 
@@ -43,6 +42,8 @@ def _root(
 @app.command("settings")
 def show_settings() -> None:
     """Show the effective settings (secrets masked)."""
+    from dropwire.local_emulator.settings import describe_settings
+
     console.print_json(json.dumps(describe_settings(cli_context.current_settings())))
 
 
@@ -75,6 +76,9 @@ app.add_typer(quota_app, name="quota")
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Client libraries log each request and credential lookup at INFO: nothing an operator acts on.
+    for chatty in ("httpx", "httpcore", "botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     mask_logs()  # no credentials of a URL in any log line
     try:
         app()

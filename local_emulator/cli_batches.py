@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import typer
 
-from dropwire.functions.batches import reads
-from dropwire.local_emulator.cli_context import console, current_settings, print_records, when, whole
-from dropwire.local_emulator.control_plane import read_access
+from dropwire.local_emulator.cli_context import Lazy, console, current_settings, print_records, when, whole
+
+reads = Lazy("dropwire.functions.batches.reads")
+read_access = Lazy("dropwire.local_emulator.control_plane", "read_access")
 
 batches_app = typer.Typer(help="Batch inference: batches, their workers and benchmark figures.", no_args_is_help=True)
 

@@ -4,16 +4,18 @@ are laid out on it."""
 
 from __future__ import annotations
 
+import importlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from dropwire.local_emulator.settings import Settings, load_settings
+if TYPE_CHECKING:
+    from dropwire.local_emulator.settings import Settings
 
 # soft_wrap: rich never breaks a printed line (an id, a path or a command stays whole, to be
 # copied); only tables and blocks lay themselves out to the terminal's width.
@@ -30,7 +32,39 @@ class CliState:
 state = CliState()
 
 
+class Lazy:
+    """A module, or one name in it, imported when first used: the sub-commands' modules name
+    what they use at the top, and `dropwire --help` loads none of it (the store, polars,
+    DuckDB, the gateway). Not for `except` or isinstance: those need the real class."""
+
+    def __init__(self, module: str, name: str = "") -> None:
+        self._module, self._name = module, name
+
+    def _target(self) -> Any:
+        found = importlib.import_module(self._module)
+        return getattr(found, self._name) if self._name else found
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target()(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._target(), attr)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._target()[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._target()
+
+    def __iter__(self):
+        return iter(self._target())
+
+
 def current_settings() -> Settings:
+    # Imported when a command runs: the settings bring the store's modules (polars, DuckDB),
+    # which `dropwire --help` has no use for.
+    from dropwire.local_emulator.settings import load_settings
+
     return load_settings(state.settings_file)
 
 

@@ -7,22 +7,19 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import msgspec
 import typer
 
-from dropwire.functions.platform.objects import ObjectStore
-from dropwire.functions.platform.registry import (FunctionSpec, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue,
-                                                  OnSchedule, ScheduledEvent, load_functions)
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.control_plane import read_access, stop_on_signals, store_access
-from dropwire.local_emulator.dispatcher import handler_config
-from dropwire.local_emulator.emulator import ChaosSettings, Emulator
-from dropwire.local_emulator.router import EventRouter
-from dropwire.local_emulator.sandbox import Request, execute
-from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
 from dropwire.storage.errors import DropwireError
+
+if TYPE_CHECKING:
+    from dropwire.functions.platform.registry import FunctionSpec, HttpEvent, ObjectEvent, ScheduledEvent
+
+# The platform's modules (the store, the gateway, the sources) are imported inside each
+# command, so that `dropwire --help` and the other commands do not load them.
 
 schedule_app = typer.Typer(help="Schedules: list them, fire one now.", no_args_is_help=True)
 events_app = typer.Typer(help="Print realistic events, for tests and for trying functions.", no_args_is_help=True)
@@ -41,6 +38,9 @@ def emulate(
     ray_address: str = typer.Option("", help="Ray cluster address (host:port, ray://host:port); default: the settings."),
 ) -> None:
     """Run the platform: folder (and S3) events, dispatcher, scheduler, HTTP gateway. Ctrl-C stops it cleanly."""
+    from dropwire.local_emulator.emulator import ChaosSettings, Emulator
+    from dropwire.local_emulator.control_plane import stop_on_signals
+
     logging.getLogger().setLevel(logging.INFO)
     settings = current_settings()
     events = settings.events
@@ -68,6 +68,9 @@ def emulate(
 def _load_event(path: Path) -> ObjectEvent | ScheduledEvent | HttpEvent:
     """An event file: an S3 notification (its first record), or an ObjectEvent, ScheduledEvent
     or HttpEvent as JSON."""
+    from dropwire.functions.platform.registry import HttpEvent, ObjectEvent, ScheduledEvent
+    from dropwire.local_emulator.sources.s3 import MalformedEvent, parse_notification
+
     raw = path.read_bytes()
     try:
         return parse_notification(raw, source="file")[0]
@@ -88,6 +91,8 @@ class UnwatchedEvent(DropwireError):
 def _refuse_unwatched(spec: FunctionSpec, event: ObjectEvent | ScheduledEvent | HttpEvent) -> None:
     """invoke commits what the handler asks for real, so it runs a handler only on an event
     its triggers would deliver; a follow-up step (OnQueue) gets whatever event its caller had."""
+    from dropwire.functions.platform.registry import ObjectEvent, OnHttp, OnQueue, OnSchedule, ScheduledEvent
+
     if any(isinstance(t, OnQueue) for t in spec.triggers):
         return
     if isinstance(event, ObjectEvent):
@@ -112,6 +117,12 @@ def _refuse_unwatched(spec: FunctionSpec, event: ObjectEvent | ScheduledEvent | 
 def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., "--event", exists=True, dir_okay=False)) -> None:
     """Run one handler once, in this process, on an event from a file its triggers would fire
     on; commit what it asks."""
+    from dropwire.functions.platform.objects import ObjectStore
+    from dropwire.functions.platform.registry import Invocation, ObjectEvent, load_functions
+    from dropwire.local_emulator.control_plane import store_access
+    from dropwire.local_emulator.dispatcher import handler_config
+    from dropwire.local_emulator.sandbox import Request, execute
+
     settings = current_settings()
     spec = load_functions(settings.functions).get(function)
     the_event = _load_event(event)
@@ -140,6 +151,11 @@ def invoke(function: str = typer.Argument(...), event: Path = typer.Option(..., 
 
 def reprocess(function: str, bucket: str, key: str) -> None:
     """Run FUNCTION again on BUCKET/KEY on purpose (receipts would otherwise drop it)."""
+    from dropwire.functions.platform.objects import ObjectStore
+    from dropwire.functions.platform.registry import load_functions
+    from dropwire.local_emulator.control_plane import store_access
+    from dropwire.local_emulator.router import EventRouter
+
     settings = current_settings()
     functions = load_functions(settings.functions)
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
@@ -151,6 +167,9 @@ def reprocess(function: str, bucket: str, key: str) -> None:
 @schedule_app.command("list")
 def schedule_list() -> None:
     """Every schedule with its trigger and last run."""
+    from dropwire.functions.platform.registry import load_functions
+    from dropwire.local_emulator.control_plane import read_access
+
     settings = current_settings()
     with read_access(settings) as store:
         for schedule, spec in load_functions(settings.functions).schedules():
@@ -162,6 +181,8 @@ def schedule_list() -> None:
 @schedule_app.command("run")
 def schedule_run(name: str) -> None:
     """Fire schedule NAME now."""
+    from dropwire.functions.platform.registry import load_functions
+    from dropwire.local_emulator.control_plane import store_access
     from dropwire.local_emulator.scheduler import Scheduler
 
     settings = current_settings()
@@ -177,4 +198,6 @@ def events_s3(
     version_id: Optional[str] = typer.Option(None),
 ) -> None:
     """Print an S3 event notification (URL-encoded key, sequencer, size, etag)."""
+    from dropwire.local_emulator.sources.s3 import example_notification
+
     print(json.dumps(example_notification(bucket, key, size, etag, event_name, version_id), indent=2))

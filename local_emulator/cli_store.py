@@ -11,15 +11,22 @@ from typing import Optional
 import msgspec
 import typer
 
-from dropwire.functions.machines import MACHINES
-from dropwire.local_emulator.cli_context import console, current_settings, print_records, prose, when, whole
-from dropwire.local_emulator.control import ControlClient
-from dropwire.local_emulator.control_plane import (read_access, require_database, run_control_plane,
-                                                   running_control_plane, start_pool, stop_on_signals, store_access)
-from dropwire.storage import consistency, migrate
-from dropwire.storage.database import connect
+from dropwire.local_emulator.cli_context import Lazy, console, current_settings, print_records, prose, when, whole
 from dropwire.storage.errors import DropwireError
-from dropwire.storage.read_only_query import run_read_only_table
+
+MACHINES = Lazy("dropwire.functions.machines", "MACHINES")
+ControlClient = Lazy("dropwire.local_emulator.control", "ControlClient")
+read_access = Lazy("dropwire.local_emulator.control_plane", "read_access")
+require_database = Lazy("dropwire.local_emulator.control_plane", "require_database")
+run_control_plane = Lazy("dropwire.local_emulator.control_plane", "run_control_plane")
+running_control_plane = Lazy("dropwire.local_emulator.control_plane", "running_control_plane")
+start_pool = Lazy("dropwire.local_emulator.control_plane", "start_pool")
+stop_on_signals = Lazy("dropwire.local_emulator.control_plane", "stop_on_signals")
+store_access = Lazy("dropwire.local_emulator.control_plane", "store_access")
+consistency = Lazy("dropwire.storage.consistency")
+migrate = Lazy("dropwire.storage.migrate")
+connect = Lazy("dropwire.storage.database", "connect")
+run_read_only_table = Lazy("dropwire.storage.read_only_query", "run_read_only_table")
 
 
 log = logging.getLogger("dropwire.worker")

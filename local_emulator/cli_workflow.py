@@ -9,15 +9,18 @@ import json
 import msgspec
 import typer
 
-from dropwire.functions.machines import MACHINES
-from dropwire.functions.quota import reads as quota_reads
-from dropwire.functions.workflow import reads
-from dropwire.functions.workflow.handlers import QUOTA_RESUMES
-from dropwire.local_emulator.cli_context import console, current_settings, print_records, prose, whole
-from dropwire.local_emulator.control import ControlClient
-from dropwire.local_emulator.control_plane import read_access, store_access
+from dropwire.local_emulator.cli_context import Lazy, console, current_settings, print_records, prose, whole
 from dropwire.storage.errors import Conflict, DropwireError
-from dropwire.storage.records import Effects, TransitionRequest
+
+MACHINES = Lazy("dropwire.functions.machines", "MACHINES")
+quota_reads = Lazy("dropwire.functions.quota.reads")
+reads = Lazy("dropwire.functions.workflow.reads")
+QUOTA_RESUMES = Lazy("dropwire.functions.workflow.handlers", "QUOTA_RESUMES")
+ControlClient = Lazy("dropwire.local_emulator.control", "ControlClient")
+read_access = Lazy("dropwire.local_emulator.control_plane", "read_access")
+store_access = Lazy("dropwire.local_emulator.control_plane", "store_access")
+Effects = Lazy("dropwire.storage.records", "Effects")
+TransitionRequest = Lazy("dropwire.storage.records", "TransitionRequest")
 
 workflow_app = typer.Typer(help="Workflows of every kind: status, suspend, resume.", no_args_is_help=True)
 quota_app = typer.Typer(help="Quotas of metered services.", no_args_is_help=True)

@@ -12,10 +12,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-import boto3
 import uvicorn
 
-from dropwire.functions.evaluation.core.tracking import prepare_tracking_store
 from dropwire.functions.platform.objects import ObjectStore
 from dropwire.functions.platform.registry import FunctionRegistry, load_functions
 from dropwire.local_emulator.chaos import Chaos
@@ -75,10 +73,14 @@ class Emulator:
         self.objects = ObjectStore(settings.object_roots(), settings.storage_options())
         self.workers = FunctionWorkers(settings, self.functions)
         # The database lock first: an emulator started beside a running one stops here with
-        # one line, before it touches the MLflow store the other is using.
+        # one line. The MLflow store is opened (and a new one migrated) on first use, not here.
         self.store = open_store(settings, self.workers.tasks)
         self._stops.append(self.store.close)
-        prepare_tracking_store(settings.mlflow_uri)
+        # What start loads, so a slow start is not silence (after the lock: a second emulator
+        # on this data dir says one line); the heavy libraries wait for their first use.
+        log.info("starting: database %s open; %d worker(s) each loading the functions (%s)%s; MLflow, torch, "
+                 "transformers and bm25s load on first use", settings.database_path, settings.queue.workers,
+                 settings.functions, ", the HTTP gateway" if self.serve_http else "")
         server = ControlServer(self.store, settings.control_socket_path, settings.control_key(), settings.control_tcp,
                                settings.domain_config()).start()
         self._stops.append(server.close)
@@ -112,6 +114,8 @@ class Emulator:
             self._stops.append(self.folder.stop)
         if settings.events.sqs_queue_url:
             self.router.health.expect("sqs")
+            import boto3  # only for S3 events: boto3 takes most of a second to import
+
             sqs = boto3.client("sqs", region_name=settings.events.aws_region,
                                endpoint_url=settings.events.s3_endpoint_url or None)
             self._stops.append(SqsSource(sqs, settings.events.sqs_queue_url, route, settings.events.sqs_wait_seconds,

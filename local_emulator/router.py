@@ -154,9 +154,6 @@ class EventRouter:
 
     def _route(self, events: list[ObjectEvent]) -> tuple[list[Admission], list[tuple[ObjectEvent, str]]]:
         wanted = [(event, self.functions.matching(event)) for event in events if self._safe(event)]
-        for event, matching in wanted:
-            if not matching:
-                log.info("no function watches %s %s/%s; ignored", event.event_name, event.bucket, event.key)
         failed: dict[int, tuple[ObjectEvent, str]] = {}  # one entry per event, whatever failed for it
         for event, matching in wanted:
             if matching and not _utf8(event.key):  # no row of the store can hold it: it alone fails
@@ -164,8 +161,14 @@ class EventRouter:
                                             "another encoding); rename the object to a UTF-8 name")
                 log.error("%s/%s from %s not admitted: %s", event.bucket, printable(event.key), event.source,
                           failed[id(event)][1])
+        hops = self.admitter.hops_of(list({(e.bucket, e.key) for e, _ in wanted if _utf8(e.key)}))
+        for event, matching in wanted:
+            if not matching:
+                # An upload nothing watches may be a misnamed file, worth a line; a handler's
+                # output that nothing watches is where it was written to be.
+                level = logging.DEBUG if hops.get((event.bucket, event.key), 0) else logging.INFO
+                log.log(level, "no function watches %s %s/%s; ignored", event.event_name, event.bucket, printable(event.key))
         wanted = [(event, matching) for event, matching in wanted if matching and id(event) not in failed]
-        hops = self.admitter.hops_of(list({(e.bucket, e.key) for e, _ in wanted}))
         offers, offered = [], []
         for event, matching in wanted:
             hop = hops.get((event.bucket, event.key), 0)

@@ -5,12 +5,15 @@ which would slow down every other `dropwire` command."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.settings import Settings
 from dropwire.storage.errors import DropwireError
+
+if TYPE_CHECKING:
+    from dropwire.local_emulator.settings import Settings
 
 runtime_app = typer.Typer(
     help="The forecast runtime: serve it, train and register a model, make the default model.",

@@ -30,10 +30,11 @@ def log_and_register(
 ) -> tuple[str, str]:
     """Log the run and register its artifacts as a new version: (run id, version)."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri)
+    from dropwire.functions.platform.tracking import tracking_client
+
+    client = tracking_client(tracking_uri)
     try:
         found = client.get_experiment_by_name(experiment)
         experiment_id = (
@@ -65,10 +66,11 @@ def log_and_register(
 def fetch_registered(*, tracking_uri: str, name: str, version: str) -> tuple[Path, str]:
     """Download a registered version's artifacts: (local weights path, resolved version)."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri)
+    from dropwire.functions.platform.tracking import tracking_client
+
+    client = tracking_client(tracking_uri)
     try:
         if version:
             found = client.get_model_version(name, version)

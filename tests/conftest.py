@@ -78,3 +78,59 @@ def unfinished_tasks(query: Callable[..., list]) -> str:
                  "WHERE status <> 'succeeded' ORDER BY id")
     return "; ".join(f"#{i} {name} {status} after {attempts} attempt(s) {error}".rstrip() for i, name, status, attempts, error
                      in rows) or "none"
+
+
+# --- The fast tier (`make test-fast`): unit and property tests, no subprocess or server. ---
+# Tests that use these fixtures start a server or a `dropwire` subprocess: slow, wherever they are.
+SERVER_FIXTURES = frozenset({"run_cli", "start_emulator", "start_batches", "upstream", "label_studio", "runtime",
+                             "client", "gateway", "lanes_runtime", "remote"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true",
+                     help="the fast tier: only tests not marked slow, and any of them that starts a process or a "
+                          "server fails, saying to mark it slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+    if not config.getoption("--fast"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.getoption("--fast"):
+        _refuse_processes_and_servers()
+
+
+def _refuse_processes_and_servers() -> None:
+    """In the fast tier, starting a process or listening on a socket fails the test at once (a
+    BaseException, so no `except Exception` in the code under test hides it): a server test
+    cannot slip into the tier unnoticed."""
+    import multiprocessing.process
+    import socket
+
+    def refuse(what: str) -> Callable[..., None]:
+        def refused(*args: object, **kwargs: object) -> None:
+            pytest.fail(f"the fast tier (make test-fast) runs no {what}: mark this test `@pytest.mark.slow` "
+                        f"(or its module: `pytestmark = pytest.mark.slow`)", pytrace=True)
+        return refused
+
+    popen = subprocess.Popen.__init__
+
+    def python_refused(self: subprocess.Popen, args: object, *rest: object, **kwargs: object) -> None:
+        # A Python subprocess is a dropwire command or a server; a system tool (uname) is not.
+        first = str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]
+        if first == sys.executable or "python" in Path(first).name or "dropwire" in first or "label-studio" in first:
+            refuse(f"Python subprocess ({first})")()
+        popen(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = python_refused  # type: ignore[method-assign]
+    multiprocessing.process.BaseProcess.start = refuse("child process")  # type: ignore[method-assign]
+    socket.socket.listen = refuse("server (a listening socket)")  # type: ignore[method-assign]

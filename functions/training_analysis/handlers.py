@@ -173,7 +173,7 @@ def _log_back(context: HandlerContext, request_id: str, uri: str, run_id: str, r
     import tempfile
     from pathlib import Path
 
-    from mlflow.tracking import MlflowClient
+    from dropwire.functions.platform.tracking import tracking_client
 
     try:
         with tempfile.TemporaryDirectory(prefix="dropwire-report-") as tmp:
@@ -183,7 +183,7 @@ def _log_back(context: HandlerContext, request_id: str, uri: str, run_id: str, r
             (folder / "result.json").write_bytes(msgspec.json.encode(result))
             for name, png in report.plots.items():
                 (folder / "plots" / name).write_bytes(png)
-            MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(folder), f"dropwire_analysis/{request_id}")
+            tracking_client(uri).log_artifacts(run_id, str(folder), f"dropwire_analysis/{request_id}")
     except Exception as exc:  # noqa: BLE001 - the analysis stands without the copy in MLflow
         context.log.warning("could not log analysis %s back to run %s: %s", request_id, run_id, exc)
         result.warnings.append(f"report not logged to the MLflow run: {type(exc).__name__}: {exc}")

@@ -133,6 +133,7 @@ with open(sys.argv[1], "w") as out:
 
 @pytest.mark.skipif(not CLOSE_EVENTS, reason="close-after-write events are Linux's")
 @pytest.mark.parametrize("close_events", [True], indirect=True, ids=["close-events"])
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_slow_writer_is_emitted_once_on_its_full_content(source):
     root, seen = source
     wait_for(lambda: keys(seen) == ["before.csv"], what="the catch-up event")

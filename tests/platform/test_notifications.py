@@ -96,6 +96,7 @@ def test_the_outbox_row_commits_with_its_change_or_not_at_all(store, tmp_path):
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 2
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_email_waits_for_smtp_then_is_delivered_once_with_its_attachment(store, tmp_path):
     report = tmp_path / "report.csv"
     report.write_text("metric,value\nmae,0.42\n")
@@ -193,6 +194,7 @@ def _webhook_server(answers: list[int]) -> ThreadingHTTPServer:
     return server
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_retry_repeats_only_the_channel_that_failed(store, tmp_path):
     """E-mail and webhook both configured: the webhook fails once (503) while the e-mail goes
     through; the retry posts the webhook again but does not send the e-mail a second time."""
@@ -221,6 +223,7 @@ def test_a_retry_repeats_only_the_channel_that_failed(store, tmp_path):
     assert len(inbox.messages) == 1 and len(_Hook.received) == 2
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_retry_does_not_post_a_delivered_webhook_again(store, tmp_path):
     """The other way round: the webhook is accepted while SMTP is down; once SMTP is up the
     retry sends the e-mail and leaves the webhook alone."""
@@ -251,6 +254,7 @@ def test_a_retry_does_not_post_a_delivered_webhook_again(store, tmp_path):
 
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_webhooks_are_signed_and_retried_until_accepted(store, tmp_path):
     _Hook.received, _Hook.answers = [], [503]
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)

@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
+import pytest
 from hypothesis import assume, given, strategies as st
 
 from dropwire.functions.evaluation.states import MACHINES
@@ -110,6 +111,7 @@ class _Refuses(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_failed_webhook_is_stored_and_logged_without_its_token(tmp_path, caplog):
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Refuses)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -26,6 +26,7 @@ def serve_expecting_failure(data_dir: Path, **runtime: object) -> subprocess.Pop
     )
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_model_that_cannot_load_ends_the_process(tmp_path: Path, tiny_model: Path) -> None:
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"this is not a state_dict")
@@ -44,6 +45,7 @@ def test_a_model_that_cannot_load_ends_the_process(tmp_path: Path, tiny_model: P
         assert "Uvicorn running" not in stderr  # the port never opened
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_shutdown_with_requests_in_flight_answers_every_one(tmp_path: Path) -> None:
     # No model configured: the first start trains the default one on generated data.
     runtime = start_runtime(

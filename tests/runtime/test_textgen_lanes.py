@@ -173,6 +173,7 @@ def test_identical_seeded_background_requests_share_one_computation(lanes_runtim
     assert status == 404 and refused["error"]["code"] == "model_not_found"
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_text_model_that_cannot_load_ends_the_start_with_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "not-a-model"
     empty.mkdir()

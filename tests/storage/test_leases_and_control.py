@@ -61,6 +61,7 @@ def test_a_heartbeat_extends_the_lease_past_its_first_end(tmp_path):
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_the_control_plane_refuses_a_wrong_key_and_keeps_serving(tmp_path, transport):
     socket_path = tmp_path / "control.sock"
     with Store.open(tmp_path / "db.duckdb", MACHINES) as store:
@@ -83,6 +84,7 @@ def test_the_control_plane_refuses_a_wrong_key_and_keeps_serving(tmp_path, trans
             server.close()
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_peer_that_never_answers_the_key_challenge_holds_up_nobody(tmp_path):
     import socket
     import threading
@@ -106,6 +108,7 @@ def test_a_peer_that_never_answers_the_key_challenge_holds_up_nobody(tmp_path):
             server.close()
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_taken_tcp_port_stops_the_control_plane_with_the_settings_to_change(tmp_path):
     import socket
 

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from dropwire.storage.store import Store
 from tests.conftest import REPO, SUBPROCESS_PYTHONPATH
 from tests.storage.admit_forever import offer
@@ -32,6 +34,7 @@ def test_receipts_and_their_tasks_survive_a_restart_and_still_refuse_duplicates_
         assert {name: store.query(sql)[0][0] for name, sql in ORPHANS.items()} == {name: 0 for name in ORPHANS}
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_kill_during_admissions_never_leaves_a_receipt_without_its_task_or_the_reverse(tmp_path):
     path = tmp_path / "crash.duckdb"
     writer = subprocess.Popen([sys.executable, "-m", "tests.storage.admit_forever", str(path)], cwd=REPO,

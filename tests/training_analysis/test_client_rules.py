@@ -46,6 +46,7 @@ def test_invalid_requests_fail_fast_without_a_request():
         TrainingAnalysisClient("http://127.0.0.1:9", fallback="ignore")
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_the_client_side_imports_neither_litestar_nor_duckdb():
     code = ("import sys\n"
             "for name in ('litestar', 'duckdb'):\n"

@@ -15,10 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+
 import msgspec
 from fsspec.implementations.local import LocalFileSystem
 
 from dropwire.functions.platform.objects import url_to_fs
+from dropwire.functions.platform.tracking import tracking_client
 
 from dropwire.functions.evaluation.core.metrics import EvaluationMetrics
 
@@ -43,15 +45,6 @@ def local_tracking_store(data_dir: str | os.PathLike) -> TrackingStore:
     return TrackingStore(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri())
 
 
-def prepare_tracking_store(tracking_uri: str) -> None:
-    """Create a SQLite store's schema once, before handler processes use it: MLflow migrates a
-    new SQLite database on first use, and two processes doing that at once break it."""
-    if tracking_uri.startswith("sqlite:"):
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
-
-
 def metric_key(*parts: str) -> str:
     """MLflow keys allow letters, digits, _ - . / and space; anything else in a field name becomes _."""
     return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
@@ -73,9 +66,8 @@ def log_evaluation_run(
     # Imported here: mlflow takes ~2 s to import, which every quality-check handler importing
     # this package would otherwise pay.
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=store.tracking_uri)
+    client = tracking_client(store.tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     experiment_id = (
         experiment.experiment_id

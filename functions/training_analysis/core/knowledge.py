@@ -5,13 +5,13 @@ with a confidence. Answers are cached with a TTL and a size bound, and the hit r
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import threading
 import time
 from importlib import resources
 from typing import Literal
 
-import bm25s
 import msgspec
 from cachetools import TTLCache
 
@@ -85,8 +85,18 @@ def shipped() -> KnowledgeFile:
     return msgspec.json.decode(raw, type=KnowledgeFile)
 
 
+@functools.cache
+def _bm25s():
+    """bm25s, imported on the first query (it and scipy under it take a second to import). It
+    sets its own logger to DEBUG on import; it goes back to the level the operator chose."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
+
+
 def _tokens(texts: list[str]) -> list[list[str]]:
-    return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+    return _bm25s().tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
 
 
 class KnowledgeBase:
@@ -95,8 +105,7 @@ class KnowledgeBase:
         self.source = source or shipped()
         self.version = self.source.version
         self._entries = self.source.entries
-        self._index = bm25s.BM25()
-        self._index.index(_tokens([f"{e.title} {' '.join(e.tags)} {e.content}" for e in self._entries]), show_progress=False)
+        self._index = None  # built on the first query, not when the gateway starts
         self._cache: TTLCache = TTLCache(maxsize=max_size, ttl=ttl_seconds, timer=clock)
         self._lock = threading.Lock()
         self._hits = self._misses = 0
@@ -114,12 +123,21 @@ class KnowledgeBase:
             self._cache[key] = answer
         return answer
 
+    def _built(self):
+        with self._lock:
+            if self._index is None:
+                index = _bm25s().BM25()
+                index.index(_tokens([f"{e.title} {' '.join(e.tags)} {e.content}" for e in self._entries]), show_progress=False)
+                self._index = index
+            return self._index
+
     def _rank(self, request: KnowledgeQuery) -> list[KnowledgeItem]:
+        bm25 = self._built()
         query = _tokens([request.query])[0]
-        known = [t for t in query if t in self._index.vocab_dict]
+        known = [t for t in query if t in bm25.vocab_dict]
         if not known:
             return []
-        documents, scores = self._index.retrieve([known], k=len(self._entries), show_progress=False)
+        documents, scores = bm25.retrieve([known], k=len(self._entries), show_progress=False)
         out = []
         for index, score in zip(documents[0], scores[0]):
             entry = self._entries[int(index)]

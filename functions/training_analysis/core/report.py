@@ -8,13 +8,8 @@ import html
 import io
 from dataclasses import dataclass
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display in a handler process
-import matplotlib.pyplot as plt  # noqa: E402
-
-from dropwire.functions.training_analysis.core import training  # noqa: E402
-from dropwire.functions.training_analysis.core.model import AnalysisOptions, AnalysisResult, RunData  # noqa: E402
+from dropwire.functions.training_analysis.core import training
+from dropwire.functions.training_analysis.core.model import AnalysisOptions, AnalysisResult, RunData
 
 # Points drawn per curve: an 800-pixel-wide plot shows no more, and drawing 10^5 costs seconds.
 MAX_PLOTTED = 1000
@@ -51,7 +46,18 @@ def _plots(result: AnalysisResult, run: RunData, options: AnalysisOptions) -> di
     return out
 
 
+def _pyplot():
+    """pyplot on the first plot, not when a handler process loads its functions (~1 s)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in a handler process
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _figure(series, result: AnalysisResult, ylabel: str) -> bytes:
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
     figure.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.12)  # fixed margins: one draw per PNG
     try:
