@@ -65,6 +65,8 @@ def test_the_secret_never_appears_and_the_rest_stays_readable(case):
 @given(urls())
 def test_dropwire_settings_shows_no_secret_of_any_url(case):
     url, secret, _ = case
+    # A secret that the settings print anyway (say `contro`, in control_socket) says nothing.
+    assume(secret not in json.dumps(describe_settings(load_settings(environ={}))))
     settings = load_settings(environ={"DROPWIRE_MLFLOW_TRACKING_URI": url, "DROPWIRE_EVENTS__S3_ENDPOINT_URL": url,
                                       "DROPWIRE_NOTIFY__WEBHOOK_URL": url, "DROPWIRE_NOTIFY__WEBHOOK_SECRET": "whsec"})
     shown = json.dumps(describe_settings(settings))
