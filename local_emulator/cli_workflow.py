@@ -16,7 +16,6 @@ MACHINES = Lazy("dropwire.functions.machines", "MACHINES")
 quota_reads = Lazy("dropwire.functions.quota.reads")
 reads = Lazy("dropwire.functions.workflow.reads")
 QUOTA_RESUMES = Lazy("dropwire.functions.workflow.handlers", "QUOTA_RESUMES")
-ControlClient = Lazy("dropwire.local_emulator.control", "ControlClient")
 read_access = Lazy("dropwire.local_emulator.control_plane", "read_access")
 store_access = Lazy("dropwire.local_emulator.control_plane", "store_access")
 Effects = Lazy("dropwire.storage.records", "Effects")
@@ -93,6 +92,8 @@ def workflow_resume_quota(kind: str = typer.Option("batch", "--kind"),
 def quota_usage(service: str) -> None:
     """Limits, used and remaining, cost today, the upstream's word, the last 24 hours (JSON); the
     limits are the running emulator's."""
+    from dropwire.local_emulator.control import ControlClient  # the real class: a Lazy is no isinstance target
+
     settings = current_settings()
     with read_access(settings) as store:
         # A running control plane answers with the limits it runs with; a stopped database is

@@ -115,9 +115,9 @@ def test_user_refusals_are_recorded_and_shown_but_never_dead_lettered(start_emul
 
     # A retry in the wrong state: refused with the handler's message, over the gateway and the API.
     retried = http.post("/functions/evaluation-retry/invoke", params={"wait": 30}, json={"use_case": "shop", "model": "m1"})
-    assert retried.json()["status"] == "refused", retried.text
+    assert retried.status_code == 409 and retried.json()["error"] == "refused_by_handler", retried.text
     wrong_state = "evaluation-retry: model 'shop/m1' is REGISTERED; this step runs only in EVALUATION_FAILED"
-    assert retried.json()["last_error"] == wrong_state
+    assert retried.json()["message"] == f"function 'evaluation-retry' refused it: {wrong_state}"
     api = http.post("/api/use-cases/shop/models/m1/retry", params={"wait": 30})
     assert api.status_code == 409 and api.json()["error"] == "refused_by_handler", api.text
     assert api.json()["message"] == wrong_state and "dead_letter" not in api.json()["details"]
