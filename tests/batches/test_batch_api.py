@@ -339,15 +339,23 @@ def test_a_users_mistakes_are_refused_with_their_message_never_dead_lettered(sta
                        headers=headers, timeout=60)
     assert shape.status_code == 409 and "refused it: the request body is not a NewBatch: " in shape.json()["message"]
     bad_body = shape.json()["message"].split("refused it: ", 1)[1]
+    # The workflow's hold, asked with a body of the wrong shape: the same.
+    hold = httpx.post(f"{base}/functions/workflow-suspend/invoke", params={"wait": 30}, json={"kind": "batch"},
+                      headers=headers, timeout=60)
+    assert hold.status_code == 409 and "refused it: the request body is not a Hold: " in hold.json()["message"], hold.text
+    bad_hold = hold.json()["message"].split("refused it: ", 1)[1]
 
-    statuses = emulator.store.query("SELECT name, status FROM tasks WHERE name IN (?, ?, ?) ORDER BY id",
-                                    ["fn:batches-retry", "fn:batches-cancel", "fn:batches-create"])
-    assert [s for _, s in statuses if _ != "fn:batches-create"] == ["refused", "refused"], statuses
+    statuses = emulator.store.query("SELECT name, status FROM tasks WHERE name IN (?, ?, ?, ?) ORDER BY id",
+                                    ["fn:batches-retry", "fn:batches-cancel", "fn:batches-create", "fn:workflow-suspend"])
+    # The first create made the batch; every ask after it was refused.
+    assert statuses == [("fn:batches-create", "succeeded"), ("fn:batches-retry", "refused"),
+                        ("fn:batches-cancel", "refused"), ("fn:batches-create", "refused"),
+                        ("fn:workflow-suspend", "refused")], statuses
     assert emulator.store.queue.dead_letters() == []
     env = {**dropwire_env, "DROPWIRE_DATA_DIR": str(emulator.settings.data_dir), "COLUMNS": "80"}
     assert run_cli("dlq", "list", env=env).stdout.strip() == "no dead letters"
     shown = run_cli("queue", "invocations", "--outcome", "refused", env=env)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    for message in (nothing, wrong_state, bad_body):
+    for message in (nothing, wrong_state, bad_body, bad_hold):
         assert f"  {message}" in lines, shown.stdout
