@@ -58,7 +58,7 @@ from dropwire.functions.platform.registry import (
     Output,
     ScheduledEvent,
 )
-from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.platform.tasks import PermanentTaskError, Refused
 from dropwire.functions.quota.meter import Meter
 from dropwire.functions.quota.settings import quota_settings
 from dropwire.storage.batches import (
@@ -192,10 +192,19 @@ def _step(function: str, body: Any, idempotency_key: str, **extra: Any) -> TaskS
 
 
 def _body(event: HttpEvent, kind: type) -> Any:
+    """A step's arguments, which the platform wrote itself: one that does not decode is a bug."""
     try:
         return msgspec.convert(event.body, kind)
     except msgspec.ValidationError as exc:
         raise PermanentTaskError(f"the request body is not a {kind.__name__}: {exc}") from None
+
+
+def _asked(event: HttpEvent, kind: type) -> Any:
+    """What a caller asked for: a body of the wrong shape is their mistake, refused."""
+    try:
+        return msgspec.convert(event.body, kind)
+    except msgspec.ValidationError as exc:
+        raise Refused(f"the request body is not a {kind.__name__}: {exc}") from None
 
 
 def _hash(*parts: str) -> str:
@@ -213,9 +222,12 @@ def _state(context: HandlerContext, batch_id: str) -> str | None:
 
 
 def change_file(event: HttpEvent, context: HandlerContext) -> dict:
-    change = _body(event, NewFile | DeleteFile)
+    change = _asked(event, NewFile | DeleteFile)
     if isinstance(change, DeleteFile):
-        reads.file(_query(context), change.id)  # 404 when unknown or already deleted
+        try:
+            reads.file(_query(context), change.id)
+        except NotFound as exc:  # unknown or deleted meanwhile (the API answers 404 before it asks)
+            raise Refused(exc.message) from None
         context.records.record("batches.delete_file", FileDeleted(id=change.id))  # gone for the API from here on
         # Its bytes now, unless a batch still running reads them (then the sweep, once it ends).
         return {"deleted": change.id, "bytes_removed": _remove_bytes(context, change.id) == 1}
@@ -241,7 +253,7 @@ def _remove_bytes(context: HandlerContext, file_id: str | None = None) -> int:
 
 
 def create_batch(event: HttpEvent, context: HandlerContext) -> dict:
-    return _create(context, _body(event, NewBatch), source="api")
+    return _create(context, _asked(event, NewBatch), source="api")
 
 
 def _create(context: HandlerContext, new: NewBatch, *, source: str, name: str | None = None,
@@ -253,9 +265,9 @@ def _create(context: HandlerContext, new: NewBatch, *, source: str, name: str | 
     try:
         input_file = reads.file(_query(context), new.input_file_id)
     except NotFound as exc:
-        raise PermanentTaskError(exc.message) from None
+        raise Refused(exc.message) from None
     if input_file.purpose != "batch":
-        raise PermanentTaskError(f"file {new.input_file_id} has purpose {input_file.purpose!r}; a batch's input file "
+        raise Refused(f"file {new.input_file_id} has purpose {input_file.purpose!r}; a batch's input file "
                                  "must have purpose 'batch'")
     now = time.time()
     context.records.record("batches.add_batch", BatchRow(
@@ -271,21 +283,22 @@ def _create(context: HandlerContext, new: NewBatch, *, source: str, name: str | 
 def check_request(settings: BatchSettings, new: NewBatch) -> None:
     """What a batch request must name, whoever sends it (the API checks the same first)."""
     if new.endpoint not in ENDPOINTS:
-        raise PermanentTaskError(f"endpoint {new.endpoint!r} is not supported; use one of {list(ENDPOINTS)}")
+        raise Refused(f"endpoint {new.endpoint!r} is not supported; use one of {list(ENDPOINTS)}")
     if new.completion_window not in settings.completion_windows:
-        raise PermanentTaskError(f"completion_window {new.completion_window!r} is not allowed; allowed: "
+        raise Refused(f"completion_window {new.completion_window!r} is not allowed; allowed: "
                                  f"{settings.completion_windows} (batches.completion_windows)")
 
 
 def cancel_batch(event: HttpEvent, context: HandlerContext) -> dict:
-    ref = _body(event, BatchRef)
+    ref = _asked(event, BatchRef)
     state = _state(context, ref.id)
     if state is None:
-        raise PermanentTaskError(f"no batch with id {ref.id!r}")
+        # Not NotYet: a batch id is known only once its batch is committed (listed, or answered).
+        raise Refused(f"no batch with id {ref.id!r}")
     if state in (B.CANCELLING, B.CANCELLED):
         return {"batch": ref.id, "status": state}
     if state not in (*CANCELLABLE, *PARKED):
-        raise PermanentTaskError(f"batch {ref.id} is {state}: only a batch validating or in progress can be cancelled")
+        raise Refused(f"batch {ref.id} is {state}: only a batch validating or in progress can be cancelled")
     context.state.transition(KIND, ref.id, trigger="cancel", reason=f"cancel asked over HTTP while {state}")
     if state == B.VALIDATING:
         # No chunk will report, so the cancel queues finalize itself; validation, running
@@ -297,18 +310,21 @@ def cancel_batch(event: HttpEvent, context: HandlerContext) -> dict:
 def retry_batch(event: HttpEvent, context: HandlerContext) -> dict:
     """Beyond OpenAI: the lines of a finished batch that did not succeed (failed, cancelled or
     expired), as the input of a new batch with the same endpoint and window."""
-    retry = _body(event, RetryBatch)
+    retry = _asked(event, RetryBatch)
     query = _query(context)
     if _state(context, retry.new_id) is not None:
         return {"batch": retry.new_id}
-    old = reads.batch(query, retry.id)
+    try:
+        old = reads.batch(query, retry.id)
+    except NotFound as exc:
+        raise Refused(exc.message) from None
     state = reads.status(query, retry.id)
     if state not in TERMINAL or state == B.FAILED:
-        raise PermanentTaskError(f"batch {retry.id} is {state}: lines can be retried once it is completed, cancelled "
+        raise Refused(f"batch {retry.id} is {state}: lines can be retried once it is completed, cancelled "
                                  "or expired")
     failed = reads.unsucceeded_lines(query, retry.id)
     if not failed:
-        raise PermanentTaskError(f"batch {retry.id} has no failed, cancelled or expired lines to retry")
+        raise Refused(f"batch {retry.id} has no failed, cancelled or expired lines to retry")
     source = reads.file(query, old.input_file_id, expired_too=True)
     key = f"{FILES_PREFIX}{retry.new_file_id}.jsonl"
     with context.objects.open(source.bucket, source.key) as stream:
@@ -339,7 +355,7 @@ def batch_dropped(event: ObjectEvent, context: HandlerContext) -> dict:
             try:
                 options = msgspec.json.decode(stream.read(), type=DropOptions)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise PermanentTaskError(f"{options_key}: {exc} (expected {{\"endpoint\", \"completion_window\", "
+                raise Refused(f"{options_key}: {exc} (expected {{\"endpoint\", \"completion_window\", "
                                          "\"metadata\"}})") from None
     file_id = f"file-{_hash(event.key, event.version)}"
     context.records.record("batches.add_file", FileRow(
@@ -349,8 +365,8 @@ def batch_dropped(event: ObjectEvent, context: HandlerContext) -> dict:
                    completion_window=options.completion_window or settings.completion_windows[0], metadata=options.metadata)
     try:
         return _create(context, new, source="file", name=name)
-    except PermanentTaskError as exc:
-        raise PermanentTaskError(f"{event.key}: {exc.message}") from None
+    except Refused as exc:
+        raise Refused(f"{event.key}: {exc.message}") from None
 
 
 # ---------------------------------------------------------------- validation

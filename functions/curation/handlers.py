@@ -54,7 +54,7 @@ from dropwire.functions.platform.registry import (
     Output,
     ScheduledEvent,
 )
-from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.platform.tasks import PermanentTaskError, Refused
 from dropwire.storage.curation import ExportError, ExportRow, Imported, ProjectRow, Pulled
 from dropwire.storage.errors import NotFound
 
@@ -111,7 +111,7 @@ def _decode(data: Any, kind: type, where: str) -> Any:
     try:
         return msgspec.json.decode(data, type=kind) if isinstance(data, bytes) else msgspec.convert(data, kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PermanentTaskError(f"{where}: {exc} (expected {EXPECTED[kind]})") from None
+        raise Refused(f"{where}: {exc} (expected {EXPECTED[kind]})") from None
 
 
 # A batch whose lines partly failed for good is reviewed on the lines that succeeded.
@@ -194,9 +194,9 @@ def _export_request(context: HandlerContext, request: ExportRequest, why: str) -
     try:
         name, spec = resolve(request.schema, settings.schemas)
     except UnknownSchema as exc:
-        raise PermanentTaskError(f"batch {request.batch_id}: {exc.message}") from None
+        raise Refused(f"batch {request.batch_id}: {exc.message}") from None
     if (request.evaluate_use_case is None) != (request.evaluate_model is None):
-        raise PermanentTaskError("evaluate_use_case and evaluate_model go together: name both, or neither")
+        raise Refused("evaluate_use_case and evaluate_model go together: name both, or neither")
     return export(context, settings, request, name, spec, why)
 
 
@@ -210,9 +210,11 @@ def export(context: HandlerContext, settings: CurationSettings, request: ExportR
         batch_state = batch_reads.status(query, request.batch_id)
         info = batch_reads.batch(query, request.batch_id)
     except NotFound as exc:
-        raise PermanentTaskError(exc.message) from None
+        raise Refused(exc.message) from None
     if batch_state not in EXPORTABLE or info.output_file_id is None:
-        raise PermanentTaskError(f"batch {request.batch_id} is {batch_state}; only a completed batch (or one "
+        # Not NotYet: a batch may run for hours, and the API answers this at once (409); a
+        # batch whose metadata names a schema is exported when it completes.
+        raise Refused(f"batch {request.batch_id} is {batch_state}; only a completed batch (or one "
                                  "partially processed: its lines that succeeded) is exported")
     export_id = export_id_of(request.batch_id, name)
     if request.evaluate_use_case is None and request.evaluate_model is None:
@@ -328,6 +330,7 @@ def pull_reviewed(event: HttpEvent | ScheduledEvent, context: HandlerContext) ->
     if not settings.label_studio_url:
         if isinstance(event, ScheduledEvent):  # the schedule runs everywhere; without Label Studio it has nothing to do
             return {"skipped": "curation.label_studio_url is not set"}
+        # The operator's setting to fix, not the user's request: stays a failure (a dead letter).
         raise PermanentTaskError("curation.label_studio_url is not set: there is no Label Studio to pull from")
     body = event.body if isinstance(event, HttpEvent) and event.body is not None else {}
     request = _decode(body, PullRequest, "the request body")
@@ -335,7 +338,7 @@ def pull_reviewed(event: HttpEvent | ScheduledEvent, context: HandlerContext) ->
         try:
             info = reads.export(context.state.query, request.export_id)
         except NotFound as exc:
-            raise PermanentTaskError(exc.message) from None
+            raise Refused(exc.message) from None
         return pull(context, settings, info)
     # The schedule: every imported export, and a retry of those that failed reaching Label Studio.
     results = []
@@ -347,19 +350,19 @@ def pull_reviewed(event: HttpEvent | ScheduledEvent, context: HandlerContext) ->
             try:
                 results.append(export(context, settings, request_again, name, spec,
                                       "retried by the curation-pull schedule"))
-            except PermanentTaskError as exc:  # one export that cannot run again does not stop the others
+            except (PermanentTaskError, Refused) as exc:  # one export that cannot run again does not stop the others
                 results.append({"export": info.id, "error": exc.message})
     for info in reads.exports(context.state.query, (E.IMPORTED, E.REVIEWED)):
         try:
             results.append(pull(context, settings, info))
-        except PermanentTaskError as exc:
+        except (PermanentTaskError, Refused) as exc:
             results.append({"export": info.id, "error": exc.message})
     return {"exports": results}
 
 
 def pull(context: HandlerContext, settings: CurationSettings, info: reads.ExportInfo) -> dict:
     if info.state not in (E.IMPORTED, E.REVIEWED) or info.project_id is None:
-        raise PermanentTaskError(f"curation export {info.id} is {info.state}: reviews are pulled once it is imported")
+        raise Refused(f"curation export {info.id} is {info.state}: reviews are pulled once it is imported")
     spec = msgspec.convert(info.schema, SchemaSpec)
     try:
         with _client(settings) as ls:

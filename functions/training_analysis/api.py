@@ -45,7 +45,8 @@ from dropwire.runtime.openapi import error_responses
 from dropwire.storage.errors import DropwireError, NotFound, error_body
 
 POLL_S = 0.05
-FINISHED = ("succeeded", "dead")
+# Refused: the handler refused the request (the caller's mistake); dead: it failed on every attempt.
+FINISHED = ("succeeded", "refused", "dead")
 ANALYSIS_TASKS = (f"fn:{ANALYZE_FUNCTION}", f"fn:{FILE_FUNCTION}")
 REQUEST_ID = re.compile(r"ta-(\d{1,18})")
 PLOT = re.compile(r"[a-z0-9_-]{1,64}\.png")
@@ -222,8 +223,9 @@ class _Analyses:
     def answer(self, request_id: str) -> AnalysisResult:
         """A finished sync analysis: its result, or the seed's error for why it failed."""
         task = self._task(request_id)
-        if task.status == "dead":
-            raise AnalysisCrashed(f"analysis {request_id} failed on every attempt: {task.last_error}",
+        if task.status in ("refused", "dead"):
+            why = "was refused" if task.status == "refused" else "failed on every attempt"
+            raise AnalysisCrashed(f"analysis {request_id} {why}: {task.last_error}",
                                   request_id=request_id, error=task.last_error)
         result = self._read_result(request_id)
         if result.error is not None:
@@ -236,7 +238,7 @@ class _Analyses:
         try:
             snapshot = self.ports.store.states.snapshot(KIND, request_id)
         except NotFound:
-            if task.status == "dead":
+            if task.status in ("refused", "dead"):
                 return AnalysisStatus(request_id=request_id, status="failed", run_id=_run_of(task),
                                       error=ErrorInfo(error=AnalysisCrashed.code, message=task.last_error or "crashed"))
             return AnalysisStatus(request_id=request_id, status="queued" if task.status == "queued" else "running",

@@ -35,7 +35,7 @@ from dropwire.functions.platform.registry import (
     Output,
     ScheduledEvent,
 )
-from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.platform.tasks import Refused
 from dropwire.functions.training_analysis.core.knowledge import KnowledgeBase
 from dropwire.functions.training_analysis.core.mlflow_reader import (
     METRICS_CSV,
@@ -98,7 +98,7 @@ def analyze_requested(event: HttpEvent, context: HandlerContext) -> dict:
     try:
         request = msgspec.convert(event.body, AnalysisRequest)
     except msgspec.ValidationError as exc:
-        raise PermanentTaskError(f"invalid analysis request: {exc}") from None
+        raise Refused(f"invalid analysis request: {exc}") from None
     return _analyze(context, request, source="http")
 
 
@@ -109,11 +109,11 @@ def analyze_dropped(event: ObjectEvent, context: HandlerContext) -> dict:
         try:
             request = msgspec.json.decode(raw, type=AnalysisRequest)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise PermanentTaskError(f"{event.key}: {exc}; expected {{run_id, mlflow_tracking_uri?, analysis_options?}}") from None
+            raise Refused(f"{event.key}: {exc}; expected {{run_id, mlflow_tracking_uri?, analysis_options?}}") from None
         return _analyze(context, request, source=f"file {event.key}")
     match = FOLDER_KEY.fullmatch(event.key)
     if match is None:
-        raise PermanentTaskError(f"{event.key}: expected {SOURCE_PREFIX}<run>/{METRICS_CSV}")
+        raise Refused(f"{event.key}: expected {SOURCE_PREFIX}<run>/{METRICS_CSV}")
     root = f"{SOURCE_PREFIX}{match['root']}/"
     fs, base = context.objects.filesystem(event.bucket)
     files = {}

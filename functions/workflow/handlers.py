@@ -15,7 +15,7 @@ from dropwire.functions.batches.handlers import resume_key
 from dropwire.functions.batches.states import KIND as BATCH, BatchState
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, OnHttp
-from dropwire.functions.platform.tasks import PermanentTaskError
+from dropwire.functions.platform.tasks import Refused
 
 SUSPEND_FUNCTION = "workflow-suspend"
 RESUME_FUNCTION = "workflow-resume"
@@ -47,7 +47,7 @@ def _body(event: HttpEvent, kind: type):
     try:
         return msgspec.convert(event.body, kind)
     except msgspec.ValidationError as exc:
-        raise PermanentTaskError(f"the request body is not a {kind.__name__}: {exc}") from None
+        raise Refused(f"the request body is not a {kind.__name__}: {exc}") from None  # the caller's mistake
 
 
 def suspend(event: HttpEvent, context: HandlerContext) -> dict:

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.batches.conftest import assert_openai_shape, finished, jsonl, read_lines, upload
+from tests.batches.conftest import TOKEN, assert_openai_shape, finished, jsonl, read_lines, upload
 from tests.batches.upstream import chat_line
 from tests.conftest import wait_for
 
@@ -310,3 +310,52 @@ def test_an_upload_over_max_lines_is_413_and_every_refusal_lists_its_problems_as
     errors = malformed.value.response.json()["details"]["errors"]
     assert [(e["code"], e["line"]) for e in errors] == [("invalid_json_line", 2), ("invalid_json_line", 3)]
     assert not list((emulator.settings.bucket_path / "batch-files").glob("*"))
+
+
+def test_a_users_mistakes_are_refused_with_their_message_never_dead_lettered(start_batches, run_cli, dropwire_env):
+    """Cancel of a finished batch (reaching the handler), a retry with nothing to retry and a
+    body of the wrong shape: the same 409 and message as before, recorded as refused, no dead
+    letter (issue 24 item 5)."""
+    emulator, client = start_batches()
+    batch = client.batches.create(input_file_id=upload(client, [chat_line("a", "one"), chat_line("b", "two")]).id,
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    assert finished(client, batch.id).status == "completed"
+
+    # A retry of a batch whose every line succeeded: refused by its handler, 409 over the Batch API.
+    with pytest.raises(openai.ConflictError) as retried:
+        client.post(f"/batches/{batch.id}/retry", cast_to=openai.types.Batch)
+    nothing = f"batch {batch.id} has no failed, cancelled or expired lines to retry"
+    assert retried.value.response.json()["error"]["message"] == nothing, retried.value.response.text
+
+    # The cancel handler itself, asked directly: the API answers this one before it asks.
+    base = f"http://127.0.0.1:{emulator.settings.http.port}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    cancelled = httpx.post(f"{base}/functions/batches-cancel/invoke", params={"wait": 30}, json={"id": batch.id},
+                           headers=headers, timeout=60)
+    wrong_state = f"batch {batch.id} is completed: only a batch validating or in progress can be cancelled"
+    assert cancelled.status_code == 409 and cancelled.json()["message"].endswith(f"refused it: {wrong_state}"), \
+        cancelled.text
+    shape = httpx.post(f"{base}/functions/batches-create/invoke", params={"wait": 30}, json={"id": 5},
+                       headers=headers, timeout=60)
+    assert shape.status_code == 409 and "refused it: the request body is not a NewBatch: " in shape.json()["message"]
+    bad_body = shape.json()["message"].split("refused it: ", 1)[1]
+    # The workflow's hold, asked with a body of the wrong shape: the same.
+    hold = httpx.post(f"{base}/functions/workflow-suspend/invoke", params={"wait": 30}, json={"kind": "batch"},
+                      headers=headers, timeout=60)
+    assert hold.status_code == 409 and "refused it: the request body is not a Hold: " in hold.json()["message"], hold.text
+    bad_hold = hold.json()["message"].split("refused it: ", 1)[1]
+
+    statuses = emulator.store.query("SELECT name, status FROM tasks WHERE name IN (?, ?, ?, ?) ORDER BY id",
+                                    ["fn:batches-retry", "fn:batches-cancel", "fn:batches-create", "fn:workflow-suspend"])
+    # The first create made the batch; every ask after it was refused.
+    assert statuses == [("fn:batches-create", "succeeded"), ("fn:batches-retry", "refused"),
+                        ("fn:batches-cancel", "refused"), ("fn:batches-create", "refused"),
+                        ("fn:workflow-suspend", "refused")], statuses
+    assert emulator.store.queue.dead_letters() == []
+    env = {**dropwire_env, "DROPWIRE_DATA_DIR": str(emulator.settings.data_dir), "COLUMNS": "80"}
+    assert run_cli("dlq", "list", env=env).stdout.strip() == "no dead letters"
+    shown = run_cli("queue", "invocations", "--outcome", "refused", env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    for message in (nothing, wrong_state, bad_body, bad_hold):
+        assert f"  {message}" in lines, shown.stdout

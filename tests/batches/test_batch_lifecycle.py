@@ -55,8 +55,12 @@ def test_a_dropped_file_with_bad_options_is_refused_naming_the_file(start_batche
     emulator, _ = start_batches()
     drop(emulator, "batches/bad.json", b'{"endpoint": "/v1/chat/completions", "window": "24h"}')
     drop(emulator, "batches/bad.jsonl", jsonl([chat_line("a", "one")]))
-    dead = wait_for(lambda: emulator.store.queue.dead_letters(), timeout=60, what="the refusal in the dead letters")
-    assert "batches/bad.json" in dead[0].last_error and "window" in dead[0].last_error
+    # The user's mistake: refused with the file named, never a dead letter (issue 24 item 5).
+    refused = wait_for(lambda: emulator.store.query("SELECT status, last_error FROM tasks WHERE name = 'fn:batches-drop' "
+                                                    "AND status IN ('refused', 'dead')"),
+                       timeout=60, what="the dropped file to be refused")
+    assert refused[0][0] == "refused" and refused[0][1].startswith("batches/bad.json: ") and "window" in refused[0][1]
+    assert emulator.store.queue.dead_letters() == []
 
 
 def test_a_dropped_file_that_fails_validation_leaves_every_problem_beside_its_output(start_batches):

@@ -131,7 +131,8 @@ def test_a_completed_batch_is_exported_by_itself_and_a_second_run_adds_no_task(t
         emulator.stop()
 
 
-def test_lines_that_do_not_fit_and_an_unknown_schema_are_named_and_nothing_is_sent(tmp_path, upstream, label_studio):
+def test_lines_that_do_not_fit_and_an_unknown_schema_are_named_and_nothing_is_sent(tmp_path, upstream, label_studio,
+                                                                                    run_cli, dropwire_env):
     emulator = start(tmp_path / "data", upstream, label_studio)
     try:
         batch_id = run_batch(emulator, "mixed", [chat_line("fits", "positive, clearly"), chat_line("odd-one", "a banana")])
@@ -146,10 +147,28 @@ def test_lines_that_do_not_fit_and_an_unknown_schema_are_named_and_nothing_is_se
         assert json.loads((bucket / f"curation-exports/{export_id}/problems.json").read_text())[0]["custom_id"] == "odd-one"
         assert label_studio.project(export_id) is None
 
+        # Request files that are the user's mistake: refused with their message, never a dead
+        # letter (issue 24 item 5), and shown whole by the CLI.
         drop(bucket, "curation/unknown.json", {"batch_id": batch_id, "schema": "nope"})
-        dead = wait_for(lambda: [d for d in emulator.store.queue.dead_letters() if "curation-request" in d.name],
-                        timeout=60, what="the refused request in the dead letters")
-        assert "unknown schema 'nope'; known: ['free_text', 'sentiment']" in dead[0].last_error
+        drop(bucket, "curation/half.json", {"batch_id": batch_id, "schema": "sentiment", "evaluate_model": "m1"})
+        drop(bucket, "curation/shape.json", {"batch": batch_id})
+        ended = wait_for(lambda: (rows := emulator.store.query(
+            "SELECT status, last_error FROM tasks WHERE name = 'fn:curation-request' AND status IN ('refused', 'dead') "
+            "ORDER BY id")) and len(rows) == 3 and rows, timeout=60, what="the three requests to be refused")
+        assert [status for status, _ in ended] == ["refused"] * 3, ended
+        messages = sorted(error for _, error in ended)
+        assert messages[0].startswith(f"batch {batch_id}: unknown schema 'nope'; known: ['free_text', 'sentiment'] "
+                                      "(add one under curation.schemas")
+        assert messages[1] == "curation/shape.json: Object contains unknown field `batch` (expected " \
+            '{"batch_id", "schema", "evaluate_use_case"?, "evaluate_model"?})'
+        assert messages[2] == "evaluate_use_case and evaluate_model go together: name both, or neither"
+        assert emulator.store.queue.dead_letters() == []
+        env = {**dropwire_env, "DROPWIRE_DATA_DIR": str(emulator.settings.data_dir), "COLUMNS": "80"}
+        assert run_cli("dlq", "list", env=env).stdout.strip() == "no dead letters"
+        shown = run_cli("queue", "invocations", "--outcome", "refused", env=env)
+        assert shown.returncode == 0, shown.stderr
+        for message in messages:
+            assert f"  {message}" in shown.stdout.splitlines(), shown.stdout
     finally:
         emulator.stop()
 

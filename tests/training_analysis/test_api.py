@@ -282,3 +282,36 @@ def test_a_dropped_request_with_a_file_store_uri_fails_its_analysis_once_naming_
     attempts = emulator.store.query("SELECT attempts FROM tasks WHERE name = 'fn:training-analysis-file' AND args::VARCHAR "
                                     "LIKE ?", [f"%{key}%"])
     assert attempts == [(1,)]
+
+
+def test_a_dropped_request_that_is_not_one_is_refused_with_its_message_never_dead_lettered(gateway, http, run_cli,
+                                                                                          dropwire_env):
+    """The user's mistake (issue 24 item 5): refused, final, in the invocations with its whole
+    message, never a dead letter."""
+    emulator, _ = gateway
+    keys = {"training-runs/refused/shape.request.json": json.dumps({"run": "x"}),
+            "training-runs/refused/torn.request.json": '{"run_id": '}
+    for key, content in keys.items():
+        assert http.put(f"/buckets/local/objects/{key}", content=content).status_code == 201
+    ended = "SELECT status, last_error FROM tasks WHERE name = 'fn:training-analysis-file' AND args::VARCHAR LIKE ? " \
+            "AND status IN ('refused', 'dead')"
+    rows = {key: wait_for(lambda key=key: emulator.store.query(ended, [f"%{key}%"]), timeout=60,
+                          what=f"{key} to be refused")[0] for key in keys}
+    expected = "; expected {run_id, mlflow_tracking_uri?, analysis_options?}"
+    assert rows == {
+        "training-runs/refused/shape.request.json": (
+            "refused", f"training-runs/refused/shape.request.json: Object contains unknown field `run`{expected}"),
+        "training-runs/refused/torn.request.json": (
+            "refused", f"training-runs/refused/torn.request.json: Input data was truncated{expected}")}, rows
+    assert not [d for d in emulator.store.queue.dead_letters() if "training-runs/refused/" in str(d.args)]
+    # The analyses API reads a refused request as it read a dead one: failed, with its message.
+    task_id = emulator.store.query("SELECT id FROM tasks WHERE name = 'fn:training-analysis-file' AND args::VARCHAR "
+                                   "LIKE ?", ["%training-runs/refused/torn.request.json%"])[0][0]
+    status = http.get(f"/api/v1/analyses/ta-{task_id}/status").json()
+    assert (status["status"], status["error"]["message"]) == ("failed", rows["training-runs/refused/torn.request.json"][1])
+    env = {**dropwire_env, "DROPWIRE_DATA_DIR": str(emulator.settings.data_dir), "COLUMNS": "80"}
+    assert "training-runs/refused/" not in run_cli("dlq", "list", env=env).stdout
+    shown = run_cli("queue", "invocations", "--outcome", "refused", env=env)
+    assert shown.returncode == 0, shown.stderr
+    for _, message in rows.values():
+        assert f"  {message}" in shown.stdout.splitlines(), shown.stdout
