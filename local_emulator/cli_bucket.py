@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from dropwire.functions.platform.registry import load_functions
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.local_emulator.control_plane import read_access
-from dropwire.local_emulator.sources.reconcile import Reconciler, walk
 from dropwire.storage.errors import DropwireError
 
 bucket_app = typer.Typer(help="The folder bucket: files in it that nothing has admitted.", no_args_is_help=True)
@@ -18,6 +15,11 @@ def unadmitted() -> None:
     """List the files in the folder bucket that a function watches and no receipt covers
     (the emulator's reconciliation admits them: at start, after an overflow, every
     events.reconcile_seconds)."""
+    # Imported here: `dropwire --help` has no use for the store, pyarrow or polars.
+    from dropwire.functions.platform.registry import load_functions
+    from dropwire.local_emulator.control_plane import read_access
+    from dropwire.local_emulator.sources.reconcile import Reconciler, walk
+
     settings = current_settings()
     if settings.events.bucket_s3:
         raise DropwireError(f"the bucket is the S3 bucket {settings.events.bucket_s3!r} (events.bucket_s3); "

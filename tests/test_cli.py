@@ -6,6 +6,7 @@ import ast
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -182,3 +183,14 @@ def test_a_read_only_command_without_a_database_refuses_and_creates_nothing(comm
         "has one"], result.stderr
     assert result.stdout == ""
     assert list(here.iterdir()) == [] and not (tmp_path / "snapshot").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_loads_no_heavy_library_before_a_command_runs():
+    """`dropwire --help` (and every command's start) imports the CLI alone: the store, polars,
+    pyarrow, DuckDB, torch and MLflow load inside the command that uses them."""
+    probe = ("import sys; from dropwire.local_emulator.cli import app; "
+             "print(sorted({'polars', 'pyarrow', 'duckdb', 'torch', 'mlflow'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]", loaded.stdout
