@@ -11,8 +11,8 @@ from dropwire.functions.curation import handlers as curation_handlers
 from dropwire.functions.evaluation import handlers as evaluation_handlers
 from dropwire.functions.forecasts import handlers as forecast_handlers
 from dropwire.functions.platform.registry import FunctionRegistry
-from dropwire.functions.workflow import handlers as workflow_handlers
 from dropwire.functions.training_analysis import handlers as training_handlers
+from dropwire.functions.workflow import handlers as workflow_handlers
 
 if TYPE_CHECKING:
     from dropwire.functions.platform.api_ports import ApiFactory

@@ -9,7 +9,7 @@ import logging
 import random
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dropwire.functions.platform.registry import ObjectEvent
 

@@ -6,11 +6,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.local_emulator import cli_context
 from dropwire.local_emulator.cli_batches import batches_app
 from dropwire.local_emulator.cli_bucket import bucket_app
@@ -18,9 +18,8 @@ from dropwire.local_emulator.cli_context import console
 from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app
 from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
 from dropwire.local_emulator.cli_workflow import quota_app, workflow_app
-from dropwire.local_emulator.runtime_cli import runtime_app
 from dropwire.local_emulator.redact import mask_logs
-from dropwire.storage.errors import DropwireError
+from dropwire.local_emulator.runtime_cli import runtime_app
 
 app = typer.Typer(
     help="dropwire: files dropped into a bucket fire stateless ML handlers.",
@@ -32,7 +31,7 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    settings_file: Optional[Path] = typer.Option(
+    settings_file: Path | None = typer.Option(
         None, "--settings", help="TOML settings file (else DROPWIRE_SETTINGS_FILE)."
     ),
 ) -> None:

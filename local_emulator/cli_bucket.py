@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.storage.errors import DropwireError
 
 bucket_app = typer.Typer(help="The folder bucket: files in it that nothing has admitted.", no_args_is_help=True)
 

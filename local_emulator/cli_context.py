@@ -5,9 +5,10 @@ are laid out on it."""
 from __future__ import annotations
 
 import importlib
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
 from rich.console import Console
@@ -26,7 +27,7 @@ MIN_TEXT_WIDTH = 16
 
 
 class CliState:
-    settings_file: Optional[Path] = None
+    settings_file: Path | None = None
 
 
 state = CliState()
@@ -69,7 +70,7 @@ def current_settings() -> Settings:
 
 
 def when(epoch: float | None) -> str:
-    return "" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def whole(header: str, **options: object) -> Column:

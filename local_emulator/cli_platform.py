@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import msgspec
 import typer
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.storage.errors import DropwireError
 
 if TYPE_CHECKING:
     from dropwire.functions.platform.registry import FunctionSpec, HttpEvent, ObjectEvent, ScheduledEvent
@@ -33,13 +33,13 @@ def emulate(
     chaos_reorder: float = typer.Option(0.0, min=0.0, max=1.0,
                                         help="Probability (0-1) that an event is held back so later ones overtake it."),
     chaos_delay_ms: float = typer.Option(0.0, min=0.0, help="Largest random delay added to each event."),
-    chaos_seed: Optional[int] = typer.Option(None, help="Seed for repeatable chaos."),
+    chaos_seed: int | None = typer.Option(None, help="Seed for repeatable chaos."),
     executor: str = typer.Option("", help="Where invocations run: local (handler processes) or ray; default: the settings."),
     ray_address: str = typer.Option("", help="Ray cluster address (host:port, ray://host:port); default: the settings."),
 ) -> None:
     """Run the platform: folder (and S3) events, dispatcher, scheduler, HTTP gateway. Ctrl-C stops it cleanly."""
-    from dropwire.local_emulator.emulator import ChaosSettings, Emulator
     from dropwire.local_emulator.control_plane import stop_on_signals
+    from dropwire.local_emulator.emulator import ChaosSettings, Emulator
 
     logging.getLogger().setLevel(logging.INFO)
     settings = current_settings()
@@ -187,7 +187,7 @@ def schedule_run(name: str) -> None:
 
     settings = current_settings()
     with store_access(settings) as store:
-        task_id = Scheduler(load_functions(settings.functions), store.receipts).fire(name, datetime.now(timezone.utc))
+        task_id = Scheduler(load_functions(settings.functions), store.receipts).fire(name, datetime.now(UTC))
     console.print(f"schedule {name} fired: task {task_id}")
 
 
@@ -195,7 +195,7 @@ def schedule_run(name: str) -> None:
 def events_s3(
     bucket: str = typer.Option(...), key: str = typer.Option(...), size: int = typer.Option(0),
     etag: str = typer.Option("d41d8cd98f00b204e9800998ecf8427e"), event_name: str = typer.Option("ObjectCreated:Put"),
-    version_id: Optional[str] = typer.Option(None),
+    version_id: str | None = typer.Option(None),
 ) -> None:
     """Print an S3 event notification (URL-encoded key, sequencer, size, etag)."""
     from dropwire.local_emulator.sources.s3 import example_notification

@@ -6,13 +6,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 import msgspec
 import typer
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.local_emulator.cli_context import Lazy, console, current_settings, print_records, prose, when, whole
-from dropwire.storage.errors import DropwireError
 
 MACHINES = Lazy("dropwire.functions.machines", "MACHINES")
 ControlClient = Lazy("dropwire.local_emulator.control", "ControlClient")
@@ -136,8 +135,8 @@ def queue_status(task_id: int) -> None:
 
 @queue_app.command("invocations")
 def queue_invocations(
-    function: Optional[str] = typer.Option(None, "--function", help="Only this function's runs."),
-    outcome: Optional[str] = typer.Option(None, "--outcome",
+    function: str | None = typer.Option(None, "--function", help="Only this function's runs."),
+    outcome: str | None = typer.Option(None, "--outcome",
                                           help="Only this outcome: succeeded, failed, timed_out, waiting, refused."),
     limit: int = typer.Option(20, "--limit", min=1, max=1000, help="How many, newest first."),
 ) -> None:
@@ -201,7 +200,7 @@ def dlq_replay(task_id: int) -> None:
 
 @notifications_app.command("list")
 def notifications_list(
-    status: Optional[str] = typer.Option(None, "--status", help="Only this status: pending, sent, recorded or failed."),
+    status: str | None = typer.Option(None, "--status", help="Only this status: pending, sent, recorded or failed."),
     limit: int = typer.Option(100, "--limit", help="How many, newest first."),
 ) -> None:
     """Notifications with where their delivery stands."""

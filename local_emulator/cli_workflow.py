@@ -9,8 +9,8 @@ import json
 import msgspec
 import typer
 
+from dropwire.functions.kit.errors import Conflict, DropwireError
 from dropwire.local_emulator.cli_context import Lazy, console, current_settings, print_records, prose, whole
-from dropwire.storage.errors import Conflict, DropwireError
 
 MACHINES = Lazy("dropwire.functions.machines", "MACHINES")
 quota_reads = Lazy("dropwire.functions.quota.reads")

@@ -10,16 +10,18 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.quota import reads as quota_reads
-from dropwire.storage.errors import DropwireError
+from dropwire.storage.quota import Grant, Limits, Observation, Usage
 from dropwire.storage.records import (
     Applied,
     ClaimedTask,
@@ -33,7 +35,6 @@ from dropwire.storage.records import (
     TaskStatus,
     WaitFor,
 )
-from dropwire.storage.quota import Grant, Limits, Observation, Usage
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control")
@@ -135,7 +136,7 @@ class ControlServer:
         tcp = self.tcp_address
         return f"socket {self.socket_path}" + (f" and TCP {tcp[0]}:{tcp[1]}" if tcp else "")
 
-    def start(self) -> "ControlServer":
+    def start(self) -> ControlServer:
         for thread in self._accepting:
             thread.start()
         return self
@@ -257,7 +258,7 @@ class ControlClient:
         return connection
 
     @classmethod
-    def try_connect(cls, address: Path | tuple[str, int], authkey: str) -> "ControlClient | None":
+    def try_connect(cls, address: Path | tuple[str, int], authkey: str) -> ControlClient | None:
         if isinstance(address, Path) and not address.exists():
             return None
         try:

@@ -7,14 +7,14 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
-from dropwire.functions.platform.tasks import TaskRegistry
+from dropwire.functions.kit.errors import DatabaseUnusable
 from dropwire.functions.machines import MACHINES
+from dropwire.functions.platform.tasks import TaskRegistry
 from dropwire.local_emulator.control import ControlClient, ControlServer
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.workers import WorkerPool
-from dropwire.storage.errors import DatabaseUnusable
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control_plane")

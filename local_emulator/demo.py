@@ -21,11 +21,11 @@ from rich.panel import Panel
 from dropwire.functions.evaluation.core import QualityReport
 from dropwire.functions.evaluation.core.samples import sample_config, sample_dataset
 from dropwire.functions.evaluation.handlers import SOURCE_PREFIX, results_prefix
+from dropwire.functions.kit.errors import DropwireError, NotFound
 from dropwire.local_emulator.cli_context import print_records, prose, whole
 from dropwire.local_emulator.demo_batch import DemoRuntime, run_batch
 from dropwire.local_emulator.emulator import Emulator
 from dropwire.local_emulator.settings import Settings
-from dropwire.storage.errors import DropwireError, NotFound
 
 # name -> (version, records, error rate); the last one's dataset is big enough to still be at
 # work when the others are done.
@@ -196,8 +196,8 @@ def _summary(run: DemoRun) -> dict[str, str]:
 
 
 def _after_stop(settings: Settings, use_case: str, states: dict[str, str], console: Console) -> None:
-    from dropwire.storage.store import Store
     from dropwire.functions.machines import MACHINES
+    from dropwire.storage.store import Store
 
     with Store.open(settings.database_path, MACHINES) as store:
         later = {m: store.states.current("model", f"{use_case}/{m}")[0] for m in MODELS}

@@ -12,20 +12,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import httpx
 import msgspec
 from rich.markup import escape
 
 from dropwire.functions.batches import reads
+from dropwire.functions.batches.core.output import BatchObject
 from dropwire.functions.batches.handlers import DROP_PREFIX
 from dropwire.functions.batches.states import TERMINAL
-from dropwire.functions.batches.core.output import BatchObject
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.local_emulator.settings import SETTINGS_FILE_ENV, Settings
-from dropwire.storage.errors import DropwireError
 
 if TYPE_CHECKING:
     from dropwire.local_emulator.demo import DemoRun
@@ -54,7 +55,7 @@ class DemoRuntime:
         self.process: subprocess.Popen | None = None
         self.problem = ""
 
-    def __enter__(self) -> "DemoRuntime":
+    def __enter__(self) -> DemoRuntime:
         # One torch thread unless set: the demo shares the CPU with the handler processes, and
         # torch's default (a thread per core) spinning against them makes the first start's
         # model build several times slower.

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.platform.registry import FunctionRegistry, FunctionSpec, Invocation
 from dropwire.functions.platform.tasks import (
     Completion,
@@ -25,7 +27,6 @@ from dropwire.local_emulator.control_plane import start_pool
 from dropwire.local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerTimeout, Outcome, Request, Sandbox
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.workers import QueueBackend, WorkerPool
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import InvocationRecord
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def handler_config(settings: Settings, *, on_ray: bool = False) -> ChildConfig:
         config=settings.domain_config())
 
 
-def _executor(settings: Settings) -> "SandboxPool | RayExecutor":
+def _executor(settings: Settings) -> SandboxPool | RayExecutor:
     if settings.executor.kind == "ray":
         from dropwire.local_emulator.ray_executor import RayExecutor  # ray is an optional extra
 
@@ -148,7 +149,7 @@ class FunctionWorkers:
     def threads(self) -> int:
         return self.settings.queue.workers
 
-    def start(self, backend: QueueBackend, name: str) -> "FunctionWorkers":
+    def start(self, backend: QueueBackend, name: str) -> FunctionWorkers:
         """Start the threads against `backend` (the Store, or a ControlClient); return once
         every handler process has loaded the functions. On failure, call stop()."""
         if self.threads == 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.platform.objects import ObjectStore
 from dropwire.functions.platform.registry import FunctionRegistry, load_functions
 from dropwire.local_emulator.chaos import Chaos
@@ -28,7 +29,6 @@ from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.folder import FolderSource
 from dropwire.local_emulator.sources.reconcile import Reconciler
 from dropwire.local_emulator.sources.s3 import SqsSource
-from dropwire.storage.errors import DropwireError
 
 log = logging.getLogger("dropwire.emulator")
 
@@ -61,14 +61,14 @@ class Emulator:
         self.serve_http = serve_http
         self._stops: list = []
 
-    def start(self) -> "Emulator":
+    def start(self) -> Emulator:
         try:
             return self._start()
         except BaseException:
             self.stop()
             raise
 
-    def _start(self) -> "Emulator":
+    def _start(self) -> Emulator:
         settings = self.settings
         self.objects = ObjectStore(settings.object_roots(), settings.storage_options())
         self.workers = FunctionWorkers(settings, self.functions)
@@ -159,7 +159,7 @@ class Emulator:
                 log.exception("stopping %s failed", getattr(stop, "__qualname__", stop))
         log.info("emulator stopped")
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

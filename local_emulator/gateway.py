@@ -11,7 +11,7 @@ import hmac
 import logging
 import time
 import unicodedata
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
@@ -19,6 +19,10 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
+from dropwire.functions.kit.errors import DropwireError, NotFound
+from dropwire.functions.kit.http_errors import exception_handlers
+from dropwire.functions.kit.http_options import complete_allow_header
+from dropwire.functions.kit.openapi import DOCS_PATH, NO_TOKEN, assets_router, error_responses, openapi_config, upload_operation
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused, NotReady
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, OnHttp
@@ -28,10 +32,6 @@ from dropwire.local_emulator import metrics
 from dropwire.local_emulator.inference_proxy import build_inference_proxy
 from dropwire.local_emulator.router import EventRouter, SourceHealth
 from dropwire.local_emulator.scheduler import Scheduler
-from dropwire.runtime.http_errors import exception_handlers
-from dropwire.runtime.http_options import complete_allow_header
-from dropwire.runtime.openapi import DOCS_PATH, NO_TOKEN, assets_router, error_responses, openapi_config, upload_operation
-from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
 from dropwire.storage.store import Store
 
@@ -64,7 +64,7 @@ class SourceDegraded(DropwireError):
     code = "source_degraded"
 
     @classmethod
-    def of(cls, degraded: list[SourceHealth], *, detailed: bool) -> "SourceDegraded":
+    def of(cls, degraded: list[SourceHealth], *, detailed: bool) -> SourceDegraded:
         said = "; ".join(f"{s.source}: {len(s.failing)} event(s) not admitted since {_iso(s.failing[0].since)}"
                          for s in degraded)
         sources = []
@@ -83,7 +83,7 @@ HEALTH_EVENTS = 20
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 class Accepted(msgspec.Struct):
@@ -187,7 +187,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
         spec = functions.get(name)
         if name not in invocable:
             raise NotFound(f"function {name!r} has no HTTP trigger; functions with an HTTP trigger: {invocable}")
-        event = HttpEvent(body=body, received_at=datetime.now(timezone.utc).isoformat())
+        event = HttpEvent(body=body, received_at=datetime.now(UTC).isoformat())
         return store.queue.enqueue(TaskSpec(name=spec.task_name, args=Invocation(function=name, source="http", event=event),
                                             max_attempts=spec.max_attempts))
 
@@ -269,7 +269,7 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
 
     @post("/schedules/{name:str}/run", status_code=202, sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
     def run_schedule(name: FromPath[str]) -> Accepted:
-        task_id = scheduler.fire(name, datetime.now(timezone.utc))
+        task_id = scheduler.fire(name, datetime.now(UTC))
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
     quota = quota_settings(config or {})

@@ -7,7 +7,7 @@ each POST first acquires its budget from the same quota as the batch lines (a sp
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 import msgspec
@@ -16,11 +16,11 @@ from litestar.background_tasks import BackgroundTask
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.response import Stream
 
+from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.kit.openai_errors import openai_exception_handlers
+from dropwire.functions.kit.openapi import body_operation, error_responses
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS
 from dropwire.functions.quota.meter import Meter
-from dropwire.runtime.openapi import body_operation, error_responses
-from dropwire.runtime.textgen.errors import openai_exception_handlers
-from dropwire.storage.errors import DropwireError
 
 FORWARDED_POSTS = ["/chat/completions", "/completions", "/embeddings"]
 PRIORITY_HEADER = "x-dropwire-priority"

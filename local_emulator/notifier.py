@@ -25,9 +25,9 @@ import random
 import smtplib
 import threading
 import time
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import fsspec
@@ -37,8 +37,8 @@ from fsspec.utils import get_protocol
 
 from dropwire.local_emulator.redact import mask_urls
 from dropwire.local_emulator.settings import NotificationSettings
-from dropwire.storage.records import NotificationRecord
 from dropwire.storage.outbox import Outbox
+from dropwire.storage.records import NotificationRecord
 
 log = logging.getLogger("dropwire.notifier")
 
@@ -79,7 +79,7 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._http = httpx.Client(timeout=settings.webhook_timeout_seconds)
 
-    def start(self) -> "Notifier":
+    def start(self) -> Notifier:
         self._thread = threading.Thread(target=self._run, name="dropwire-notifier", daemon=True)
         self._thread.start()
         return self
@@ -173,7 +173,7 @@ class Notifier:
         message["From"] = settings.from_address
         if recipients:
             message["To"] = ", ".join(recipients)
-        message["Date"] = format_datetime(datetime.fromtimestamp(n.created_at, timezone.utc))
+        message["Date"] = format_datetime(datetime.fromtimestamp(n.created_at, UTC))
         # The same id on every retry, so a receiver can drop a duplicate.
         message["Message-ID"] = f"<dropwire-notification-{n.id}-{int(n.created_at)}@{settings.from_address.rpartition('@')[2]}>"
         message["X-Dropwire-Kind"] = n.kind

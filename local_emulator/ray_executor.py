@@ -19,11 +19,11 @@ import msgspec
 import ray
 from ray import exceptions as ray_errors
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.platform.registry import FunctionSpec
 from dropwire.functions.platform.tasks import ExecutorLost
 from dropwire.local_emulator.sandbox import ChildConfig, HandlerCrashed, HandlerHost, HandlerTimeout, Outcome, Request
 from dropwire.local_emulator.settings import ExecutorSettings
-from dropwire.storage.errors import DropwireError
 
 log = logging.getLogger("dropwire.ray")
 

@@ -15,14 +15,14 @@ import logging
 import posixpath
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError, NotFound
 from dropwire.functions.platform.objects import InvalidKey, ObjectStore, check_key
 from dropwire.functions.platform.registry import FunctionRegistry, Invocation, ObjectEvent
-from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.receipts import printable
 from dropwire.storage.records import Admission, ObjectReceipt, TaskSpec
 
@@ -217,7 +217,7 @@ class EventRouter:
         version = str(info.get("VersionId") or info.get("ETag", "").strip('"') or f"{info.get('mtime')}-{size}")
         event = ObjectEvent(bucket=bucket, key=key, raw_key=key, size=size, etag=version, version_id=version,
                             sequencer=None, event_name="ObjectCreated:Reprocess",
-                            event_time=datetime.now(timezone.utc).isoformat(), source="reprocess")
+                            event_time=datetime.now(UTC).isoformat(), source="reprocess")
         task_id = self.queue.enqueue(TaskSpec(
             name=spec.task_name, max_attempts=spec.max_attempts,
             args=Invocation(function=function, source="reprocess", event=event,

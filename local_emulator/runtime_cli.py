@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.local_emulator.cli_context import console, current_settings
-from dropwire.storage.errors import DropwireError
 
 if TYPE_CHECKING:
     from dropwire.local_emulator.settings import Settings
@@ -25,7 +25,7 @@ class DataFileError(DropwireError):
     code = "data_file"
 
 
-def _model_source(settings: Settings):  # noqa: ANN202 (runtime types are imported lazily)
+def _model_source(settings: Settings):
     from dropwire.runtime.model_source import ModelSource
 
     return ModelSource.from_settings(

@@ -12,16 +12,17 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.platform.context import DomainRecords, HandlerContext, QuotaPort, StateChanges, StateReader
 from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
 from dropwire.functions.platform.registry import FunctionSpec, Invocation, ObjectEvent, load_functions
 from dropwire.functions.platform.tasks import NotYet, PermanentTaskError, Refused
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import Effects, WaitFor
 
 log = logging.getLogger("dropwire.sandbox")

@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Protocol
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from dropwire.functions.kit.errors import DropwireError, NotFound
 from dropwire.functions.platform.registry import FunctionRegistry, FunctionSpec, Invocation, OnSchedule, ScheduledEvent
-from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import TaskSpec
 
 log = logging.getLogger("dropwire.scheduler")
 
 # Interval schedules run on a fixed grid, so that missed runs can be computed after a restart.
-_GRID_START = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_GRID_START = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class ScheduleStore(Protocol):
@@ -33,14 +34,14 @@ class ScheduleStore(Protocol):
 def make_trigger(schedule: OnSchedule) -> BaseTrigger:
     if schedule.cron is not None:
         try:
-            return CronTrigger.from_crontab(schedule.cron, timezone=timezone.utc)
+            return CronTrigger.from_crontab(schedule.cron, timezone=UTC)
         except ValueError as exc:
             raise DropwireError(f"schedule {schedule.name!r}: cron expression {schedule.cron!r} is invalid: {exc}") from None
-    return IntervalTrigger(seconds=schedule.every_seconds, start_date=_GRID_START, timezone=timezone.utc)
+    return IntervalTrigger(seconds=schedule.every_seconds, start_date=_GRID_START, timezone=UTC)
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Scheduler:
@@ -51,7 +52,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dropwire-scheduler", daemon=True)
 
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         for name in self._schedules:
             self._catch_up(name, self._clock())
         self._thread.start()
@@ -86,7 +87,7 @@ class Scheduler:
         last = self.store.last_fire(name)
         if last is None:
             return  # never ran: nothing was missed
-        last_fire = datetime.fromtimestamp(last, timezone.utc)
+        last_fire = datetime.fromtimestamp(last, UTC)
         window_start = now - timedelta(seconds=schedule.catch_up_seconds)
         first_missed = trigger.get_next_fire_time(last_fire, last_fire)
         if first_missed is None or first_missed > now:

@@ -13,19 +13,20 @@ import json
 import os
 import secrets
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import msgspec
 
-from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
-from dropwire.local_emulator.redact import mask_url
 from dropwire.functions.batches.settings import BatchSettings
 from dropwire.functions.curation.settings import CurationSettings
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.quota.settings import QuotaSettings
+from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
+from dropwire.local_emulator.redact import mask_url
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import DatabaseSettings, QueueSettings
-from dropwire.storage.errors import DropwireError
 
 ENV_PREFIX = "DROPWIRE_"
 SETTINGS_FILE_ENV = "DROPWIRE_SETTINGS_FILE"

@@ -13,11 +13,13 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError, StaleLease
 from dropwire.functions.platform.tasks import (
     Completion,
     ExecutorLost,
@@ -28,7 +30,6 @@ from dropwire.functions.platform.tasks import (
     TaskFailed,
     TaskRegistry,
 )
-from dropwire.storage.errors import DropwireError, StaleLease
 from dropwire.storage.records import ClaimedTask, Done, InvocationRecord, WaitFor
 
 log = logging.getLogger("dropwire.workers")
@@ -80,7 +81,7 @@ class WorkerPool:
                          for i in range(workers)]
         self._heartbeat = threading.Thread(target=self._beat, name=f"{name}-heartbeat", daemon=True)
 
-    def start(self) -> "WorkerPool":
+    def start(self) -> WorkerPool:
         for thread in self._threads:
             thread.start()
         self._heartbeat.start()

@@ -23,11 +23,11 @@ from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Schema
 from litestar.params import Parameter
 
+from dropwire.functions.kit.http_errors import exception_handlers
+from dropwire.functions.kit.http_options import complete_allow_header
+from dropwire.functions.kit.openapi import assets_router, error_responses, openapi_config, upload_operation
 from dropwire.runtime import metrics
 from dropwire.runtime.host import RuntimeHost
-from dropwire.runtime.http_errors import exception_handlers
-from dropwire.runtime.http_options import complete_allow_header
-from dropwire.runtime.openapi import assets_router, error_responses, openapi_config, upload_operation
 from dropwire.runtime.plotting import fan_chart_png
 from dropwire.runtime.schemas import (
     BackgroundLane,

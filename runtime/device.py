@@ -16,7 +16,8 @@ import enum
 import logging
 import threading
 import time
-from typing import Generator, Protocol, Sequence
+from collections.abc import Generator, Sequence
+from typing import Protocol
 
 import msgspec
 import torch

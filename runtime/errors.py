@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dropwire.storage.errors import DropwireError, NotFound
+from dropwire.functions.kit.errors import DropwireError, NotFound
 
 
 class InvalidUpload(DropwireError):

@@ -4,7 +4,7 @@ rate limit of its /v1 routes. Read from the runtime's own stats at each scrape."
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +37,7 @@ class ModelMeta(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields
     train_steps: int
     final_loss: float
     seed: int
-    created_at: str = msgspec.field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created_at: str = msgspec.field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
 class Forecaster(nn.Module):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import threading
 from datetime import datetime
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +31,7 @@ def fan_chart_png(forecast: Forecast) -> bytes:
         return buffer.getvalue()
 
 
-def fan_chart(forecast: Forecast) -> "Figure":
+def fan_chart(forecast: Forecast) -> Figure:
     """The chart as a matplotlib Figure, one panel per series."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -66,7 +65,7 @@ def _time_axis(forecast: Forecast) -> tuple[np.ndarray, np.ndarray, float]:
     return np.arange(-history + 1, 1, dtype=float), np.arange(1, forecast.horizon + 1, dtype=float), 1.0
 
 
-def _draw_series(ax, series, forecast: Forecast, past: np.ndarray, ahead: np.ndarray,  # noqa: ANN001 (matplotlib Axes)
+def _draw_series(ax, series, forecast: Forecast, past: np.ndarray, ahead: np.ndarray,
                  step: float) -> None:
     # Drawn first and as outlines, the densities stay behind the bands instead of hiding them.
     for index, (x, grid, values) in enumerate(zip(ahead, series.density_grid, series.density)):
@@ -98,7 +97,7 @@ def _draw_series(ax, series, forecast: Forecast, past: np.ndarray, ahead: np.nda
     ax.legend(loc="upper left", fontsize=7, ncols=2, framealpha=0.8)
 
 
-def _label_time(ax, dated: bool) -> None:  # noqa: ANN001 (matplotlib Axes)
+def _label_time(ax, dated: bool) -> None:
     if not dated:
         ax.set_xlabel("steps from the forecast origin")
         return

@@ -1,4 +1,4 @@
-"""The runtime's HTTP bodies (errors use storage.errors.ErrorBody, the product's one shape)."""
+"""The runtime's HTTP bodies (errors use dropwire.functions.kit.errors.ErrorBody, the product's one shape)."""
 
 from __future__ import annotations
 

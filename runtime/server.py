@@ -40,13 +40,13 @@ class _RuntimeServer(uvicorn.Server):
         else:
             self.should_exit = True
 
-    async def startup(self, sockets=None) -> None:  # noqa: ANN001 (uvicorn's signature)
+    async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.started:  # uvicorn logs no address for a socket handed to it
             host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
             self._service.log_listening(f"http://{host}:{self.config.port}")
 
-    async def shutdown(self, sockets=None) -> None:  # noqa: ANN001 (uvicorn's signature)
+    async def shutdown(self, sockets=None) -> None:
         await self._service.shutdown()
         await super().shutdown(sockets)
 

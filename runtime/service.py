@@ -18,8 +18,8 @@ import torch
 from dropwire.runtime.caches import BoundedCache
 from dropwire.runtime.dataset import Dataset, parse_csv
 from dropwire.runtime.device import DeviceOwner
-from dropwire.runtime.forecast_jobs import ForecastJobs
 from dropwire.runtime.errors import DatasetGone, DatasetNotFound, InvalidRange, RequestTimedOut, ShuttingDown, UploadTooLarge
+from dropwire.runtime.forecast_jobs import ForecastJobs
 from dropwire.runtime.model import LoadedModel
 from dropwire.runtime.model_source import ModelSource, open_model
 from dropwire.runtime.pipeline import ForecastPipeline, ForecastResult
@@ -305,7 +305,7 @@ async def wait_bounded(future: concurrent.futures.Future, timeout: float, *, wha
     """Await a future the device worker resolves, for at most ``timeout`` seconds."""
     try:
         return await asyncio.wait_for(_relay(future), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RequestTimedOut(
             f"{what} was not ready within {timeout}s (setting runtime.request_timeout_s); try again"
         ) from None

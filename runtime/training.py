@@ -6,9 +6,9 @@ Gaussian negative log-likelihood of the next standardized value given the last
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -8,10 +8,10 @@ so a new table needs no central list."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
-from typing import Callable
 
 import duckdb
 import polars as pl

@@ -13,13 +13,14 @@ Promises:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.writer import Facet
 
 _S, _I, _B, _F = STRING, INT32, INT64, EPOCH

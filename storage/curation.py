@@ -11,12 +11,13 @@ Promises:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.storage.batch import Batch
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.writer import Facet
 
 

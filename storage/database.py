@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from dropwire.storage.errors import DatabaseLocked, DatabaseUnusable
+from dropwire.functions.kit.errors import DatabaseLocked, DatabaseUnusable
 
 _HOLDER = re.compile(r"Conflicting lock is held in (?P<cmd>.+?) \(PID (?P<pid>\d+)\)")
 

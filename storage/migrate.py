@@ -10,7 +10,7 @@ from importlib import resources
 
 import duckdb
 
-from dropwire.storage.errors import DatabaseUnusable, DropwireError
+from dropwire.functions.kit.errors import DatabaseUnusable, DropwireError
 
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _UP, _DOWN = "-- migrate:up", "-- migrate:down"

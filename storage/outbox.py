@@ -16,8 +16,8 @@ from __future__ import annotations
 import duckdb
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError, NotFound
 from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
-from dropwire.storage.errors import DropwireError, NotFound
 from dropwire.storage.records import NotificationRecord, NotificationRequest
 from dropwire.storage.writer import Facet, Writer
 

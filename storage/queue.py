@@ -29,14 +29,15 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from functools import partial
-from typing import Any, Iterable
+from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound, StaleLease
 from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
-from dropwire.storage.errors import Conflict, DropwireError, NotFound, StaleLease
 from dropwire.storage.records import (
     Applied,
     ClaimedTask,

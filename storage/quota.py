@@ -29,8 +29,8 @@ import time
 import msgspec
 from pyrate_limiter import GCRA, Duration, Rate
 
+from dropwire.functions.kit.errors import QuotaExceeded
 from dropwire.storage.batch import EPOCH, INT64, STRING, Batch, TableSpec
-from dropwire.storage.errors import QuotaExceeded
 from dropwire.storage.writer import Facet
 
 USAGE = TableSpec("quota_usage", (("service", STRING), ("minute", EPOCH), ("requests", INT64), ("tokens", INT64),
@@ -151,7 +151,7 @@ class Quota(Facet):
     def settle(self, grant: Grant, *, sent: bool, input_tokens: int = 0, output_tokens: int = 0,
                cost_usd: float = 0.0) -> None:
         """What the admitted request really cost; `sent=False`: it never reached the upstream."""
-        op = lambda batch, now: self._op_settle(grant, sent, input_tokens, output_tokens, cost_usd, batch)  # noqa: E731
+        op = lambda batch, now: self._op_settle(grant, sent, input_tokens, output_tokens, cost_usd, batch)
         if grant.durable:
             self.writer.call(op)
         else:

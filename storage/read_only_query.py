@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from dropwire.storage.errors import DropwireError
+from dropwire.functions.kit.errors import DropwireError
 
 
 class QueryRefused(DropwireError):

@@ -21,8 +21,8 @@ from functools import partial
 import duckdb
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.storage.batch import EPOCH, INT64, STRING, Batch, TableSpec
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import Admission, ObjectReceipt, TaskSpec
 from dropwire.storage.tasks import EncodedTask, LiveTasks
 from dropwire.storage.writer import Facet, StoreWriteFailed, Writer

@@ -38,10 +38,10 @@ class TaskSpec(msgspec.Struct, kw_only=True, frozen=True):
     max_attempts: int | None = None
     #: Committed with each failed attempt that will be retried, when still legal (skipped when
     #: not); the failure's error is added to the metadata of its transitions.
-    on_retry: "Effects | None" = None
+    on_retry: Effects | None = None
     #: Committed in the same transaction as the dead letter if every attempt fails; the last
     #: error is added to its transitions' and notifications' metadata and to the notifications' body.
-    on_dead: "Effects | None" = None
+    on_dead: Effects | None = None
 
 
 class NotificationRequest(msgspec.Struct, kw_only=True, frozen=True):

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from dropwire.storage.errors import DropwireError, IllegalTransition
+from dropwire.functions.kit.errors import DropwireError, IllegalTransition
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,18 @@ Promises:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import duckdb
 import msgspec
 
+from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound, VersionConflict
 from dropwire.storage.batch import EPOCH, INT32, STRING, Batch, TableSpec
-from dropwire.storage.errors import Conflict, DropwireError, NotFound, VersionConflict
 from dropwire.storage.outbox import Outbox
-from dropwire.storage.tasks import EncodedTask, LiveTasks
 from dropwire.storage.records import (
     Applied,
     Effects,
@@ -34,6 +34,7 @@ from dropwire.storage.records import (
     TransitionRequest,
 )
 from dropwire.storage.state_machine import GuardContext, StateMachine, machine_registry
+from dropwire.storage.tasks import EncodedTask, LiveTasks
 from dropwire.storage.writer import Facet, Writer
 
 ENTITY_STATES = TableSpec(

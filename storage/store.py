@@ -29,21 +29,21 @@ go through `writer.cursor()`, and it queues work through `store.tasks` (LiveTask
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import duckdb
 
+from dropwire.functions.kit.errors import Conflict, DropwireError
 from dropwire.storage import migrate
 from dropwire.storage.batches import Batches
 from dropwire.storage.curation import Curation
 from dropwire.storage.database import connect
-from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.queue import Queue
 from dropwire.storage.quota import Quota
-from dropwire.storage.receipts import Receipts
 from dropwire.storage.read_only_query import run_read_only_query, run_read_only_table
+from dropwire.storage.receipts import Receipts
 from dropwire.storage.settings import DatabaseSettings, QueueSettings
 from dropwire.storage.state_machine import StateMachine
 from dropwire.storage.states import States
@@ -89,7 +89,7 @@ class Store:
 
     @classmethod
     def open(cls, path: Path | str, machines: Iterable[StateMachine] = (), *, settings: QueueSettings | None = None,
-             known_tasks: Iterable[str] | None = None, database: DatabaseSettings | None = None) -> "Store":
+             known_tasks: Iterable[str] | None = None, database: DatabaseSettings | None = None) -> Store:
         """Open (creating and migrating) the database file."""
         path = Path(path)
         con = connect(path, config=(database or DatabaseSettings()).duckdb_config())
@@ -104,7 +104,7 @@ class Store:
         """Finish every submitted operation, stop the writer, close the file."""
         self.writer.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

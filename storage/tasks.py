@@ -18,13 +18,13 @@ Promises:
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import duckdb
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError, UnknownTask
 from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
-from dropwire.storage.errors import DropwireError, UnknownTask
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.task_index import QUEUED, RUNNING, LiveTask, TaskIndex

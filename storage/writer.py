@@ -27,14 +27,15 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 
+from dropwire.functions.kit.errors import DropwireError, StoreClosed
 from dropwire.storage.batch import Batch, prepare_scans
-from dropwire.storage.errors import DropwireError, StoreClosed
 
 log = logging.getLogger("dropwire.store")
 
@@ -58,7 +59,7 @@ class Facet:
     """Base of a store facet: holds the writer and registers with it. Override the hooks the
     facet needs; each runs on the writer thread."""
 
-    def __init__(self, writer: "Writer") -> None:
+    def __init__(self, writer: Writer) -> None:
         self.writer = writer
         writer.attach(self)
 

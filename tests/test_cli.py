@@ -165,6 +165,7 @@ def test_every_command_is_classed_as_read_only_or_writing():
     assert set(leaves(typer.main.get_command(app))) == set(READ_ONLY) | WRITING | NO_DATABASE
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 @pytest.mark.parametrize("command", sorted(READ_ONLY))
 def test_a_read_only_command_without_a_database_refuses_and_creates_nothing(command, dropwire_env, tmp_path):
     """In a directory where nothing has run: one line naming the database and what to do,

@@ -8,13 +8,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
-from dropwire.local_emulator.emulator import Emulator
 from dropwire.functions.machines import MACHINES
+from dropwire.local_emulator.emulator import Emulator
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store
 from tests.batches.conftest import batch_env, jsonl

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import IO, Annotated, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Annotated, Any
 
 import msgspec
 from litestar import Request, Router, delete, get, post
@@ -34,12 +35,13 @@ from dropwire.functions.batches.handlers import (
     resume_key,
 )
 from dropwire.functions.batches.settings import batch_settings
-from dropwire.functions.batches.states import PARKED, TERMINAL, BatchState as B, openai_status
+from dropwire.functions.batches.states import PARKED, TERMINAL, openai_status
+from dropwire.functions.batches.states import BatchState as B
 from dropwire.functions.batches.upload import Received, receive
+from dropwire.functions.kit.errors import Conflict, DropwireError
+from dropwire.functions.kit.openai_errors import openai_exception_handlers
+from dropwire.functions.kit.openapi import error_responses, upload_operation
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, invoke_and_wait
-from dropwire.runtime.openapi import error_responses, upload_operation
-from dropwire.runtime.textgen.errors import openai_exception_handlers
-from dropwire.storage.errors import Conflict, DropwireError
 
 PURPOSES = ("batch",)
 MAX_LIST = 100

@@ -34,7 +34,7 @@ import os
 import posixpath
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -44,7 +44,9 @@ from dropwire.functions.batches.core.backend import LineBackend, LineOutcome, re
 from dropwire.functions.batches.core.output import split_lines, webhook_event
 from dropwire.functions.batches.core.validation import ENDPOINTS, ChunkPlan, read_chunk, request_ids, validate
 from dropwire.functions.batches.settings import BatchSettings, batch_settings, window_seconds
-from dropwire.functions.batches.states import KIND, PARKED, TERMINAL, BatchState as B, openai_status
+from dropwire.functions.batches.states import KIND, PARKED, TERMINAL, openai_status
+from dropwire.functions.batches.states import BatchState as B
+from dropwire.functions.kit.errors import NotFound, QuotaExceeded
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import (
     FunctionRegistry,
@@ -73,7 +75,6 @@ from dropwire.storage.batches import (
     Outputs,
     Validated,
 )
-from dropwire.storage.errors import NotFound, QuotaExceeded
 from dropwire.storage.records import Effects, TaskSpec
 
 BUCKET = "local"
@@ -186,7 +187,7 @@ def _query(context: HandlerContext):
 
 
 def _step(function: str, body: Any, idempotency_key: str, **extra: Any) -> TaskSpec:
-    event = HttpEvent(body=msgspec.to_builtins(body), received_at=datetime.now(timezone.utc).isoformat())
+    event = HttpEvent(body=msgspec.to_builtins(body), received_at=datetime.now(UTC).isoformat())
     return TaskSpec(name=f"fn:{function}", args=Invocation(function=function, source="queue", event=event),
                     idempotency_key=idempotency_key, **extra)
 

@@ -3,7 +3,8 @@ the batch's history), for its handlers and its API alike: one place for the doma
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -17,7 +18,7 @@ from dropwire.functions.batches.core.output import (
     Usage,
 )
 from dropwire.functions.batches.states import KIND, BatchState, openai_status
-from dropwire.storage.errors import NotFound
+from dropwire.functions.kit.errors import NotFound
 
 Query = Callable[[str, list], list[tuple]]
 # Input lines per page of stored results (~4 MB of responses at 4 KB a line).

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import queue
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable, Iterator
 
 import multipart
 from litestar.exceptions import HTTPException
 
-from dropwire.storage.errors import DropwireError
+from dropwire.functions.kit.errors import DropwireError
 
 # The file's pieces wait here for the thread that writes them (a bound on what is held).
 QUEUED_PIECES = 16

@@ -34,15 +34,20 @@ from typing import Any
 import msgspec
 
 from dropwire.functions.batches import reads as batch_reads
-from dropwire.functions.batches.handlers import BUCKET, OUTPUT_PREFIX as BATCH_OUTPUT_PREFIX
-from dropwire.functions.batches.states import KIND as BATCH_KIND, TERMINAL as BATCH_TERMINAL, BatchState
+from dropwire.functions.batches.handlers import BUCKET
+from dropwire.functions.batches.handlers import OUTPUT_PREFIX as BATCH_OUTPUT_PREFIX
+from dropwire.functions.batches.states import KIND as BATCH_KIND
+from dropwire.functions.batches.states import TERMINAL as BATCH_TERMINAL
+from dropwire.functions.batches.states import BatchState
 from dropwire.functions.curation import reads
 from dropwire.functions.curation.core.label_studio import LabelStudio, LabelStudioError, import_chunks
 from dropwire.functions.curation.core.reviewed import dataset_csv, dataset_rows, evaluation_config
 from dropwire.functions.curation.core.tasks import build_tasks, prompt_texts
 from dropwire.functions.curation.schemas import SchemaSpec, UnknownSchema, resolve
 from dropwire.functions.curation.settings import CurationSettings, curation_settings
-from dropwire.functions.curation.states import KIND, ExportState as E
+from dropwire.functions.curation.states import KIND
+from dropwire.functions.curation.states import ExportState as E
+from dropwire.functions.kit.errors import NotFound
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import (
     FunctionRegistry,
@@ -56,7 +61,6 @@ from dropwire.functions.platform.registry import (
 )
 from dropwire.functions.platform.tasks import PermanentTaskError, Refused
 from dropwire.storage.curation import ExportError, ExportRow, Imported, ProjectRow, Pulled
-from dropwire.storage.errors import NotFound
 
 REQUEST_PREFIX = "curation/"
 EXPORT_PREFIX = "curation-exports/"

@@ -3,12 +3,13 @@ batches it exports): one place for the domain's SQL."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
 from dropwire.functions.curation.states import KIND
-from dropwire.storage.errors import NotFound
+from dropwire.functions.kit.errors import NotFound
 
 Query = Callable[[str, list], list[tuple]]
 

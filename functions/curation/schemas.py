@@ -17,7 +17,7 @@ from xml.sax.saxutils import quoteattr
 
 import msgspec
 
-from dropwire.storage.errors import DropwireError
+from dropwire.functions.kit.errors import DropwireError
 
 TEXT = "text"  # the object tag every schema's text is shown in, and the task data key it reads
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -14,8 +14,9 @@ import asyncio
 import re
 import time
 import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
-from typing import IO, Annotated, Any, Callable, Iterator
+from typing import IO, Annotated, Any
 
 import msgspec
 import polars as pl
@@ -25,7 +26,6 @@ from litestar.datastructures import UploadFile
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
 from dropwire.functions.evaluation.core import FieldMetrics, MacroMetrics, MicroMetrics, QualityIssue, QualityReport, SourceFile
 from dropwire.functions.evaluation.handlers import (
     CONFIG_SUFFIXES,
@@ -37,8 +37,9 @@ from dropwire.functions.evaluation.handlers import (
     UseCaseFile,
 )
 from dropwire.functions.evaluation.states import ModelEvaluationState as M
-from dropwire.runtime.openapi import error_responses, upload_operation
-from dropwire.storage.errors import Conflict, DropwireError, NotFound
+from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound
+from dropwire.functions.kit.openapi import error_responses, upload_operation
+from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, HandlerRefused
 from dropwire.storage.records import EntitySnapshot, TransitionRecord
 
 # A write waits for its handlers at most this long; past it the answer is 202 with where they are.

@@ -30,13 +30,12 @@ import posixpath
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import fsspec
 import msgspec
 
-from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.evaluation.core import (
     ConfigInvalid,
     ConfigProblem,
@@ -57,11 +56,21 @@ from dropwire.functions.evaluation.core import (
     write_excel_report,
     write_results,
 )
-from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, Invocation, ObjectEvent, OnHttp, OnQueue, OnUpload, Output
-from dropwire.functions.platform.tasks import NotYet, PermanentTaskError, Refused
 from dropwire.functions.evaluation.states import ModelEvaluationState as M
 from dropwire.functions.evaluation.states import UseCaseState as U
-from dropwire.storage.errors import NotFound
+from dropwire.functions.kit.errors import NotFound
+from dropwire.functions.platform.context import HandlerContext
+from dropwire.functions.platform.registry import (
+    FunctionRegistry,
+    HttpEvent,
+    Invocation,
+    ObjectEvent,
+    OnHttp,
+    OnQueue,
+    OnUpload,
+    Output,
+)
+from dropwire.functions.platform.tasks import NotYet, PermanentTaskError, Refused
 from dropwire.storage.records import Effects, NotificationRequest, TaskSpec, TransitionRequest
 
 # The local folder played as a bucket (settings.events.bucket's default).
@@ -342,7 +351,7 @@ def run_evaluation(event: ObjectEvent | HttpEvent, context: HandlerContext) -> d
     written = _written_through(context, folder, lambda root: msgspec.to_builtins(write_results(evaluation, root)))
     excel = ReportContext(use_case=use_case, model_name=model.name, model_version=model.version, config_hash=digest,
                           files=[context.objects.url(BUCKET, key) for key in checked["files"].values()],
-                          evaluated_at=datetime.now(timezone.utc).isoformat())
+                          evaluated_at=datetime.now(UTC).isoformat())
     report_xlsx = _written_through(context, folder, lambda root: {
         "report": write_excel_report(evaluation, excel, f"{root}report.xlsx")})["report"]
     metrics = evaluation.metrics
@@ -474,7 +483,7 @@ def _last_upload(context: HandlerContext, model_id: str) -> tuple[datetime, dict
                                [model_id])
     if not rows:
         return None
-    return datetime.fromtimestamp(rows[0][0], timezone.utc), msgspec.json.decode(rows[0][1])["files"]
+    return datetime.fromtimestamp(rows[0][0], UTC), msgspec.json.decode(rows[0][1])["files"]
 
 
 def _checked_files(context: HandlerContext, model_id: str) -> dict[str, str]:

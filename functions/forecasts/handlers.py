@@ -13,17 +13,26 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
-from datetime import datetime, timezone
-from typing import Iterator, TypeVar
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TypeVar
 
 import httpx
 import msgspec
 import polars as pl
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.platform.context import HandlerContext
-from dropwire.functions.platform.registry import FunctionRegistry, Invocation, ObjectEvent, OnSchedule, OnUpload, Output, ScheduledEvent
+from dropwire.functions.platform.registry import (
+    FunctionRegistry,
+    Invocation,
+    ObjectEvent,
+    OnSchedule,
+    OnUpload,
+    Output,
+    ScheduledEvent,
+)
 from dropwire.functions.platform.tasks import PermanentTaskError
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import TaskSpec
 
 # The local folder played as a bucket (settings.events.bucket's default).
@@ -155,7 +164,7 @@ def precompute_forecasts(event: ObjectEvent, context: HandlerContext) -> dict:
         source_bucket=event.bucket, source_key=event.key, source_version=event.version,
         source_sha256=digest.hexdigest(), model_version=model_version, series=dataset.series,
         first_index=dataset.first_index, last_index=dataset.last_index, rows=rows, horizon=horizon, levels=levels,
-        parts=parts, written_at=datetime.now(timezone.utc).isoformat())
+        parts=parts, written_at=datetime.now(UTC).isoformat())
     context.outputs.write_bytes(BUCKET, folder + MANIFEST, msgspec.json.encode(manifest))
     context.log.info("%s: %d forecasts (%d rows) with model %s under %s", event.key,
                      dataset.last_index - dataset.first_index + 1, rows, model_version, folder)
@@ -211,7 +220,7 @@ def _source_event(context: HandlerContext, manifest: ForecastManifest) -> Object
     version = str(info.get("VersionId") or info.get("ETag", "").strip('"') or f"{info.get('mtime')}-{size}")
     return ObjectEvent(bucket=manifest.source_bucket, key=manifest.source_key, raw_key=manifest.source_key, size=size,
                        etag=version, version_id=version, sequencer=None, event_name="ObjectCreated:Reprocess",
-                       event_time=datetime.now(timezone.utc).isoformat(), source="reprocess")
+                       event_time=datetime.now(UTC).isoformat(), source="reprocess")
 
 
 def _read(context: HandlerContext, event: ObjectEvent, digest: hashlib._Hash) -> Iterator[bytes]:
@@ -255,7 +264,7 @@ class _Runtime:
         self._context = context
         self._http = httpx.Client(base_url=context.runtime_url)
 
-    def __enter__(self) -> "_Runtime":
+    def __enter__(self) -> _Runtime:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -6,11 +6,12 @@ reads committed state, and invokes HTTP-triggered functions."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from dropwire.functions.kit.errors import Conflict, DropwireError
 from dropwire.functions.platform.objects import ObjectStore
-from dropwire.storage.errors import Conflict, DropwireError
 from dropwire.storage.records import EntitySnapshot, TaskStatus, TransitionRecord
 
 if TYPE_CHECKING:

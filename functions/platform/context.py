@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dropwire.functions.platform.objects import ObjectStore, ObjectWriter
-from dropwire.storage.records import EntityCreate, Effects, NotificationRequest, TaskSpec, TransitionRequest
+from dropwire.storage.records import Effects, EntityCreate, NotificationRequest, TaskSpec, TransitionRequest
 
 
 class DomainRecords(Protocol):

@@ -8,12 +8,13 @@ import os
 import posixpath
 import unicodedata
 import uuid
-from datetime import datetime, timezone
-from typing import IO, Callable, Iterable
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import IO
 
 import fsspec
 
-from dropwire.storage.errors import DropwireError
+from dropwire.functions.kit.errors import DropwireError
 
 
 class InvalidKey(DropwireError):
@@ -38,7 +39,7 @@ def check_key(key: str) -> str:
     if not unicodedata.is_normalized("NFC", key):
         nfc = unicodedata.normalize("NFC", key)
         # The key escaped (its two spellings print alike), the name to use as it prints.
-        raise InvalidKey(f"object key {ascii(key)} is not in Unicode NFC form, the one form dropwire keeps keys in "
+        raise InvalidKey(f"object key {key!a} is not in Unicode NFC form, the one form dropwire keeps keys in "
                          f"(so that one name is one object); rename it to '{nfc}', which prints the same",
                          key=key, nfc=nfc)
     if key.startswith("/"):
@@ -138,7 +139,7 @@ class ObjectStore:
         if not fs.exists(path):
             return None
         stamp = fs.modified(path)
-        return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
     def delete(self, bucket: str, key: str) -> bool:
         """Remove the object; False when there was none."""

@@ -5,13 +5,14 @@ its own outputs, or on another function's outputs in a cycle (the classic Lambda
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError, NotFound
 from dropwire.functions.platform.tasks import load_named
-from dropwire.storage.errors import DropwireError, NotFound
 
 if TYPE_CHECKING:
     from dropwire.functions.platform.api_ports import ApiFactory

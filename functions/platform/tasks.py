@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
-from dropwire.storage.errors import DropwireError
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.storage.records import Effects, InvocationRecord, WaitFor
 
 T = TypeVar("T")

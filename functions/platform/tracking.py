@@ -19,7 +19,7 @@ _prepared: set[str] = set()
 _prepared_lock = threading.Lock()
 
 
-def tracking_client(tracking_uri: str) -> "MlflowClient":
+def tracking_client(tracking_uri: str) -> MlflowClient:
     """An MlflowClient on `tracking_uri`, imported and (for a new SQLite store) migrated on
     first use, not at start: MLflow migrates a new SQLite database when it is first opened,
     and two processes doing that at once break it, so the first opening in each process is

@@ -6,9 +6,9 @@ from __future__ import annotations
 from litestar import Router, get
 from litestar.params import FromPath
 
+from dropwire.functions.kit.openapi import error_responses
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.quota import reads
-from dropwire.runtime.openapi import error_responses
 
 
 def build_router(ports: ApiPorts) -> Router:

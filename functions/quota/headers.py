@@ -8,7 +8,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from dropwire.storage.quota import Observation
 

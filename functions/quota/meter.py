@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import QuotaExceeded
 from dropwire.functions.platform.context import QuotaPort
 from dropwire.functions.quota.headers import observations
 from dropwire.functions.quota.settings import QuotaSettings
-from dropwire.storage.errors import QuotaExceeded
 from dropwire.storage.quota import MINUTE, Grant, Usage
 
 

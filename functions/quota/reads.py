@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.errors import NotFound
 from dropwire.functions.quota.settings import QuotaSettings, metered_service, quota_settings
-from dropwire.storage.errors import NotFound
 
 Query = Callable[[str, list], list[tuple]]
 

@@ -23,7 +23,7 @@ import posixpath
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -33,6 +33,9 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from dropwire.functions.kit.errors import DropwireError, NotFound, error_body
+from dropwire.functions.kit.http_errors import exception_handlers
+from dropwire.functions.kit.openapi import error_responses
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
 from dropwire.functions.training_analysis.core.knowledge import CacheStats, KnowledgeBase, KnowledgeQuery, KnowledgeResponse
 from dropwire.functions.training_analysis.core.mlflow_reader import MlflowUnavailable, RunNotFound, check_tracking_uri
@@ -40,9 +43,6 @@ from dropwire.functions.training_analysis.core.model import AnalysisOptions, Ana
 from dropwire.functions.training_analysis.handlers import ANALYZE_FUNCTION, BUCKET, FILE_FUNCTION, analysis_id, result_key
 from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
 from dropwire.functions.training_analysis.states import KIND
-from dropwire.runtime.http_errors import exception_handlers
-from dropwire.runtime.openapi import error_responses
-from dropwire.storage.errors import DropwireError, NotFound, error_body
 
 POLL_S = 0.05
 # Refused: the handler refused the request (the caller's mistake); dead: it failed on every attempt.
@@ -333,7 +333,7 @@ def _metadata(snapshot) -> dict:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
 
 
 def _run_of(task) -> str | None:

@@ -10,8 +10,9 @@ import email.utils
 import logging
 import random
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import httpx
 import msgspec
@@ -169,7 +170,7 @@ class TrainingAnalysisClient:
             log.warning("training analysis server unavailable (%s); analysing run %s in this process", exc, run_id)
             try:
                 return analyze_locally(run_id, mlflow_uri, msgspec.convert(options, AnalysisOptions))
-            except Exception as local:  # noqa: BLE001 - training must go on
+            except Exception as local:
                 log.warning("local analysis of run %s failed too (%s); training goes on without it", run_id, local)
                 return None
         log.warning("training analysis unavailable (%s); skipping analysis, training metrics are logged to MLflow", exc)
@@ -224,7 +225,7 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def analyze_locally(run_id: str, mlflow_uri: str, options: AnalysisOptions = AnalysisOptions()) -> AnalysisResult:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import posixpath
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -41,8 +41,8 @@ from dropwire.functions.training_analysis.core.mlflow_reader import (
     METRICS_CSV,
     ArtifactInvalid,
     MlflowUnavailable,
-    TrackingUriInvalid,
     RunNotFound,
+    TrackingUriInvalid,
     read_run,
     run_from_files,
 )
@@ -131,7 +131,7 @@ def _analyze(context: HandlerContext, request: AnalysisRequest, *, source: str, 
     uri = request.mlflow_tracking_uri or context.mlflow_tracking_uri
     options = request.analysis_options
     knowledge = KnowledgeBase()
-    requested = datetime.now(timezone.utc).isoformat()
+    requested = datetime.now(UTC).isoformat()
     run: RunData | None = None
     started = time.monotonic()
     try:
@@ -184,7 +184,7 @@ def _log_back(context: HandlerContext, request_id: str, uri: str, run_id: str, r
             for name, png in report.plots.items():
                 (folder / "plots" / name).write_bytes(png)
             tracking_client(uri).log_artifacts(run_id, str(folder), f"dropwire_analysis/{request_id}")
-    except Exception as exc:  # noqa: BLE001 - the analysis stands without the copy in MLflow
+    except Exception as exc:
         context.log.warning("could not log analysis %s back to run %s: %s", request_id, run_id, exc)
         result.warnings.append(f"report not logged to the MLflow run: {type(exc).__name__}: {exc}")
 
@@ -194,7 +194,7 @@ def reanalyse_on_new_knowledge(event: ScheduledEvent, context: HandlerContext) -
     another knowledge-base version (once per run and version: the idempotency key)."""
     version = KnowledgeBase().version
     fs, base = context.objects.filesystem(BUCKET)
-    since = datetime.now(timezone.utc) - RECENT
+    since = datetime.now(UTC) - RECENT
     latest: dict[tuple[str, str], tuple[datetime, AnalysisResult]] = {}
     for path in fs.glob(posixpath.join(base, RESULTS_PREFIX, "*", "result.json")):
         key = path[len(base):].lstrip("/")

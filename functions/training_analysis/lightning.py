@@ -63,7 +63,7 @@ class TrainingAnalysisCallback(pl.Callback):
                 write_artifacts(tmp, history=self.history, params=_params(pl_module),
                                 splits=self._splits(trainer) if self.describe_datasets else None)
                 log_artifacts(tracking_uri, self.run_id, tmp)
-        except Exception as exc:  # noqa: BLE001 - the analysis can still read the run's metrics
+        except Exception as exc:
             if self.client.fallback == "strict":
                 raise
             log.warning("could not log the analysis artifacts to run %s: %s", self.run_id, exc)

@@ -14,6 +14,8 @@ import msgspec
 from litestar import Router, get, post
 from litestar.params import FromPath, JSONBody
 
+from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound
+from dropwire.functions.kit.openapi import error_responses
 from dropwire.functions.machines import MACHINES
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, invoke_and_wait
 from dropwire.functions.workflow import reads
@@ -23,8 +25,6 @@ from dropwire.functions.workflow.handlers import (
     RESUME_QUOTA_FUNCTION,
     SUSPEND_FUNCTION,
 )
-from dropwire.runtime.openapi import error_responses
-from dropwire.storage.errors import Conflict, DropwireError, NotFound
 
 CHANGE = error_responses(400, 404, 409, *GATEWAY_ERRORS)
 

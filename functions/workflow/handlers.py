@@ -12,7 +12,8 @@ from __future__ import annotations
 import msgspec
 
 from dropwire.functions.batches.handlers import resume_key
-from dropwire.functions.batches.states import KIND as BATCH, BatchState
+from dropwire.functions.batches.states import KIND as BATCH
+from dropwire.functions.batches.states import BatchState
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, OnHttp
 from dropwire.functions.platform.tasks import Refused

@@ -22,10 +22,10 @@ import sys
 import threading
 import time
 from collections import Counter, OrderedDict
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISREG
-from typing import Callable
 
 import watchfiles
 
@@ -82,7 +82,7 @@ class FolderSource:
         self._reconciler = threading.Thread(target=self._reconcile_periodically, name="dropwire-folder-reconcile",
                                             daemon=True)
 
-    def start(self) -> "FolderSource":
+    def start(self) -> FolderSource:
         self.root.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         self._ready.wait(10)
@@ -124,7 +124,7 @@ class FolderSource:
         return ObjectEvent(bucket=self.bucket, key=relative, raw_key=relative, size=size, etag=version, version_id=version,
                            # mtime orders the events of one file, like S3's sequencer
                            sequencer=f"{mtime_ns:020X}", event_name=name,
-                           event_time=datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc).isoformat(), source="folder")
+                           event_time=datetime.fromtimestamp(mtime_ns / 1e9, UTC).isoformat(), source="folder")
 
     def _created(self, path: str) -> ObjectEvent | None:
         """The event for a file known to be complete (closed after writing, renamed in)."""

@@ -7,15 +7,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote_plus, unquote_plus
 
 import msgspec
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.platform.registry import ObjectEvent
 from dropwire.local_emulator.router import NotAdmitted
-from dropwire.storage.errors import DropwireError
 
 log = logging.getLogger("dropwire.sources.s3")
 
@@ -82,7 +82,7 @@ def parse_notification(body: str | bytes, source: str = "s3") -> list[ObjectEven
 def example_notification(bucket: str, key: str, size: int, etag: str, event_name: str = "ObjectCreated:Put",
                           version_id: str | None = None, sequencer: str | None = None) -> dict:
     """A notification shaped like the ones S3 sends (URL-encoded key, sequencer)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {"Records": [{
         "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
         "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
@@ -114,7 +114,7 @@ class SqsSource:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dropwire-sqs", daemon=True)
 
-    def start(self) -> "SqsSource":
+    def start(self) -> SqsSource:
         self._thread.start()
         return self
 

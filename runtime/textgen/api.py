@@ -10,14 +10,15 @@ clients read) with the product's error fields beside it.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from litestar import Request, Router, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from dropwire.runtime.textgen.errors import openai_exception_handlers
-from dropwire.runtime.textgen.rate_limit import RequestRateLimit, rate_limit_middleware
+from dropwire.functions.kit.openai_errors import openai_exception_handlers
+from dropwire.functions.kit.openapi import error_responses
 from dropwire.runtime.textgen.protocol import (
     PRIORITY_HEADER,
     ChatCompletion,
@@ -28,8 +29,8 @@ from dropwire.runtime.textgen.protocol import (
     EmbeddingRequest,
     ModelList,
 )
+from dropwire.runtime.textgen.rate_limit import RequestRateLimit, rate_limit_middleware
 from dropwire.runtime.textgen.serving import TextGenService, lane_of
-from dropwire.runtime.openapi import error_responses
 
 # Each answered in the one error body, whose error is OpenAI's error object here (what its clients read).
 MEANINGS = {400: "Bad parameters, or a prompt longer than the model's context; error.param names the field",
@@ -87,7 +88,7 @@ def _stream(events: AsyncIterator[bytes]) -> Stream:
     return EventStream(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _disconnected(request: Request):  # noqa: ANN202 (an awaitable factory)
+def _disconnected(request: Request):
     async def wait() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass

@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import httpx
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.runtime.textgen.protocol import PRIORITY_HEADER
-from dropwire.storage.errors import DropwireError
 
 Priority = Literal["interactive", "background"]
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")

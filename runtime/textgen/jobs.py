@@ -23,9 +23,10 @@ import itertools
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Union
 
 import msgspec
 import torch
@@ -36,7 +37,6 @@ from dropwire.runtime.errors import ComputeFailed
 from dropwire.runtime.textgen.batch import DecodeBatch
 from dropwire.runtime.textgen.models import TextModel
 from dropwire.runtime.textgen.sequence import Listener, SamplingParams, SequenceJob, Snapshot, decoder_for
-
 
 if TYPE_CHECKING:
     from dropwire.runtime.textgen.vllm_engine import VllmBatch

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import msgspec
 from pyrate_limiter import InMemoryBucket, Rate, RateItem
 
-from dropwire.runtime.textgen.errors import openai_error_body
-from dropwire.storage.errors import DropwireError
+from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.kit.openai_errors import openai_error_body
 
 
 class RateLimited(DropwireError):

@@ -14,18 +14,24 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import msgspec
 import torch
 
+from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.kit.openai_errors import (
+    ClientGone,
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    openai_error_body,
+)
 from dropwire.runtime.device import DeviceOwner, Lane
 from dropwire.runtime.errors import RequestTimedOut, ShuttingDown
 from dropwire.runtime.settings import RuntimeSettings
-from dropwire.storage.errors import DropwireError
-from dropwire.runtime.textgen.errors import ClientGone, ContextLengthExceeded, InvalidRequest, ModelNotFound, openai_error_body
 from dropwire.runtime.textgen.jobs import Subscription, TextGenJobs, TextGenStats
 from dropwire.runtime.textgen.lane_gate import LaneGate
 from dropwire.runtime.textgen.models import TextModel, load_models
@@ -225,7 +231,7 @@ class TextGenService:
         try:
             with self._gate.holding(lane):
                 vectors = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _timed_out(timeout) from None
         await self._gate.turn(lane)
         data = []

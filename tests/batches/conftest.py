@@ -9,8 +9,9 @@ import json
 import signal
 import subprocess
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -109,7 +110,7 @@ class TextgenRuntime:
         self.env = runtime_env(data_dir, self.port, textgen=True, **textgen)
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "TextgenRuntime":
+    def start(self) -> TextgenRuntime:
         log = (self.data_dir / f"runtime-{self.port}.log").open("a")
         self.process = subprocess.Popen([*DROPWIRE, "runtime", "serve"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                         env=self.env)

@@ -257,7 +257,7 @@ def test_expires_after_is_bounded_and_an_expired_file_is_gone_then_swept(start_b
 def test_a_deleted_file_loses_its_bytes_but_a_running_batch_reads_its_input_to_the_end(start_batches):
     emulator, client = start_batches(DROPWIRE_BATCHES__CONCURRENCY="1")
     port, auth = emulator.settings.http.port, {"Authorization": f"Bearer {client.api_key}"}
-    stored = lambda file_id: emulator.settings.bucket_path / "batch-files" / f"{file_id}.jsonl"  # noqa: E731
+    stored = lambda file_id: emulator.settings.bucket_path / "batch-files" / f"{file_id}.jsonl"
     source = upload(client, [chat_line(f"s{i}", f"slow {i}") for i in range(6)])
     batch = client.batches.create(input_file_id=source.id, endpoint="/v1/chat/completions", completion_window="24h")
     finished(client, batch.id, states=("in_progress",))

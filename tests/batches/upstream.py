@@ -84,7 +84,7 @@ class Upstream:
     def release_models(self) -> None:
         self._models_open.set()
 
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:

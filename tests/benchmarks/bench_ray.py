@@ -11,14 +11,14 @@ import os
 # Read by Ray when it is imported: the cluster stays on 127.0.0.1, no usage report.
 os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
 
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import tempfile
+import time
+from pathlib import Path
 
-from ray import cluster_utils  # noqa: E402
+from ray import cluster_utils
 
-from dropwire.local_emulator.emulator import Emulator  # noqa: E402
-from tests.benchmarks.bench_platform import settings_for, started_at  # noqa: E402
+from dropwire.local_emulator.emulator import Emulator
+from tests.benchmarks.bench_platform import settings_for, started_at
 
 FILES = 300
 THREADS = 4

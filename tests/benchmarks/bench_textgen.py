@@ -60,7 +60,7 @@ def main() -> None:
             owner.stop(30)
 
 
-def submit(jobs: TextGenJobs, model, prompt: str, *, tokens: int, seed: int, lane: Lane) -> Future:  # noqa: ANN001
+def submit(jobs: TextGenJobs, model, prompt: str, *, tokens: int, seed: int, lane: Lane) -> Future:
     """A future of the final snapshot (sampled at temperature 1, never shared)."""
     done: Future = Future()
     ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -75,7 +75,7 @@ def submit(jobs: TextGenJobs, model, prompt: str, *, tokens: int, seed: int, lan
     return done
 
 
-def bench_batching(jobs: TextGenJobs, model) -> None:  # noqa: ANN001
+def bench_batching(jobs: TextGenJobs, model) -> None:
     def run(batched: bool) -> tuple[float, int]:
         started = time.perf_counter()
         if batched:
@@ -99,7 +99,7 @@ def bench_batching(jobs: TextGenJobs, model) -> None:  # noqa: ANN001
           f"{(batch_tokens / batch_s) / (alone_tokens / alone_s):.2f}x tokens/s   (target >= 5x)")
 
 
-def bench_interactive_latency(jobs: TextGenJobs, model) -> None:  # noqa: ANN001
+def bench_interactive_latency(jobs: TextGenJobs, model) -> None:
     """Blocks of clicks, idle and saturated in turn, so a drift of the shared machine's load
     falls on both sides alike."""
     rng = np.random.default_rng(0)

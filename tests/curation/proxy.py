@@ -44,7 +44,7 @@ class LossyProxy:
 
         return Litestar([forward], logging_config=None)
 
-    def start(self) -> "LossyProxy":
+    def start(self) -> LossyProxy:
         self._thread.start()
         deadline = time.monotonic() + 15
         while not self._server.started:

@@ -7,7 +7,7 @@ and the evaluation workflow evaluates it as it does any model's dataset."""
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,8 +18,8 @@ from dropwire.functions.curation.schemas import FreeText
 from dropwire.local_emulator.emulator import Emulator
 from tests.batches.conftest import TextgenRuntime
 from tests.batches.test_batch_runtime import MODEL, chat
-from tests.curation.conftest import LabelStudioServer
 from tests.conftest import wait_for
+from tests.curation.conftest import LabelStudioServer
 from tests.curation.test_export_flow import drop, reach
 from tests.platform.conftest import emulator_settings
 

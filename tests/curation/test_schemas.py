@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from dropwire.functions.curation.core.label_config import LabelConfig
 from dropwire.functions.curation.core.label_studio import import_chunks

@@ -113,7 +113,7 @@ def test_counts_follow_the_rules_and_a_passing_dataset_keeps_every_row(rows):
     assert check_quality(config, files).passed
     evaluation = evaluate(config, files)
     assert evaluation.per_record["record_id"].to_list() == [r[0] for r in body]
-    present = lambda v: v.strip() not in ("", "NA")  # noqa: E731
+    present = lambda v: v.strip() not in ("", "NA")
     for k, m in enumerate(evaluation.metrics.fields):
         truths = sum(present(r[2 * k]) for r in rows)
         predictions = sum(present(r[2 * k + 1]) for r in rows)

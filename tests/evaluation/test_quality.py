@@ -9,7 +9,14 @@ import polars as pl
 import pytest
 import xlsxwriter
 
-from dropwire.functions.evaluation.core import DatasetFiles, DatasetInvalid, DatasetUnreadable, check_quality, evaluate, load_dataset
+from dropwire.functions.evaluation.core import (
+    DatasetFiles,
+    DatasetInvalid,
+    DatasetUnreadable,
+    check_quality,
+    evaluate,
+    load_dataset,
+)
 from tests.evaluation.conftest import GOOD_ROWS, HEADER
 
 
@@ -171,7 +178,7 @@ def test_field_level_truth_errors_name_column_rows_and_expectation(config, write
     report = check_quality(config, single(path))
     assert not report.passed
     got = {(i.check, i.column): (i.severity, i.rows, i.message, i.expected) for i in report.issues}
-    where = lambda column, field: f"file {path} column '{column}' (field {field})"  # noqa: E731
+    where = lambda column, field: f"file {path} column '{column}' (field {field})"
     assert got == {
         ("missing_required", "name_true"): ("error", [3, 7], f"{where('name_true', 'name, string')}: 2 required value(s) missing: rows 3, 7 (e.g. 'NA')",
                                             "a truth value on every row (the field is required)"),

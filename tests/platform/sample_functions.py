@@ -9,8 +9,17 @@ import time
 import msgspec
 
 from dropwire.functions.platform.context import HandlerContext
+from dropwire.functions.platform.registry import (
+    FunctionRegistry,
+    HttpEvent,
+    ObjectEvent,
+    OnHttp,
+    OnSchedule,
+    OnUpload,
+    Output,
+    ScheduledEvent,
+)
 from dropwire.functions.platform.tasks import PermanentTaskError
-from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, ScheduledEvent
 
 functions = FunctionRegistry()
 

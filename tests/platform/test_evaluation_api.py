@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import polars as pl

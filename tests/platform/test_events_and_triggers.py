@@ -10,12 +10,21 @@ from datetime import datetime
 from urllib.parse import quote_plus
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.platform.objects import InvalidKey, check_key
-from dropwire.functions.platform.registry import FunctionRegistry, ObjectEvent, OnHttp, OnSchedule, OnUpload, Output, RecursiveTrigger
+from dropwire.functions.platform.registry import (
+    FunctionRegistry,
+    ObjectEvent,
+    OnHttp,
+    OnSchedule,
+    OnUpload,
+    Output,
+    RecursiveTrigger,
+)
 from dropwire.local_emulator.sources.s3 import MalformedEvent, example_notification, parse_notification
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.receipts import sequencer_before
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -80,7 +80,7 @@ def test_catch_up_then_new_files_with_normalised_fields(source):
     assert event.sequencer and event.version_id
     # The event's time is the file's mtime (what S3 calls eventTime), its version mtime-size.
     stat = (root / "new dir" / "red flower+1.csv").stat()
-    assert event.event_time == datetime.fromtimestamp(stat.st_mtime_ns / 1e9, timezone.utc).isoformat()
+    assert event.event_time == datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC).isoformat()
     assert event.version_id == f"{stat.st_mtime_ns}-5" and int(event.sequencer, 16) == stat.st_mtime_ns
 
 

@@ -4,9 +4,9 @@ and a real emulator serving the product's catalog, pointed at it through its set
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import msgspec
 import polars as pl
@@ -89,7 +89,7 @@ def test_a_dropped_csv_becomes_parquet_and_a_new_model_version_reprocesses_it(st
     # Results from an older model are re-queued by the schedule; current ones are left alone.
     stale = msgspec.structs.replace(written, model_version="older-model")
     (bucket / "forecast-results" / "team" / "x" / "manifest.json").write_bytes(msgspec.json.encode(stale))
-    fired_at = datetime.now(timezone.utc)
+    fired_at = datetime.now(UTC)
     task_id = emulator.scheduler.fire("forecast-refresh", fired_at)
     assert emulator.scheduler.fire("forecast-refresh", fired_at) is None
     refresh = wait_for(lambda: (t := http.get(f"/tasks/{task_id}").json())["status"] == "succeeded" and t,

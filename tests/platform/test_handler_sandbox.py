@@ -5,6 +5,7 @@ sandbox (real handler processes, real files, real HTTP)."""
 from __future__ import annotations
 
 import time
+from datetime import UTC
 
 import pytest
 
@@ -94,7 +95,7 @@ def test_declared_outputs_hops_and_a_crashing_handler_in_the_emulator(start_emul
 
 
 def test_object_store_reports_modification_times_and_passes_storage_options(tmp_path):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from dropwire.functions.platform.objects import url_to_fs
 
@@ -103,7 +104,7 @@ def test_object_store_reports_modification_times_and_passes_storage_options(tmp_
     objects.write_bytes("local", "some/where.csv", b"x")
     stamp = objects.modified("local", "some/where.csv")
     assert stamp.tzinfo is not None
-    assert stamp == datetime.fromtimestamp((tmp_path / "some" / "where.csv").stat().st_mtime, timezone.utc)
+    assert stamp == datetime.fromtimestamp((tmp_path / "some" / "where.csv").stat().st_mtime, UTC)
     objects.write_bytes("local", "some/else.csv", b"y")  # a second object in a folder that exists
     assert sorted(p.name for p in (tmp_path / "some").iterdir()) == ["else.csv", "where.csv"]
     # Options configured for a protocol reach its filesystem (e.g. an S3 endpoint for s3://).

@@ -5,7 +5,7 @@ against the real server over HTTP."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import httpx

@@ -17,11 +17,11 @@ import msgspec
 import pytest
 from aiosmtpd.controller import Controller
 
-from dropwire.functions.platform.context import StateChanges
 from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.platform.context import StateChanges
 from dropwire.local_emulator.notifier import SIGNATURE_HEADER, TIMESTAMP_HEADER, Notifier
 from dropwire.local_emulator.settings import NotificationSettings, describe_settings, load_settings
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.records import Done, Effects, NotificationRequest, TaskSpec, TransitionRequest
 from dropwire.storage.store import Store
 from tests.conftest import wait_for

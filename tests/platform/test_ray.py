@@ -10,8 +10,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -21,14 +21,14 @@ RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": 
 os.environ.update(RAY_ENV)
 pytest.importorskip("ray")
 
-import ray  # noqa: E402
-from ray import cluster_utils  # noqa: E402
+import ray
+from ray import cluster_utils
 
-from dropwire.local_emulator.emulator import Emulator  # noqa: E402
-from dropwire.local_emulator.ray_executor import RayExecutor  # noqa: E402
-from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, unfinished_tasks, wait_for  # noqa: E402
-from tests.platform.conftest import emulator_settings, free_port  # noqa: E402
-from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket  # noqa: E402
+from dropwire.local_emulator.emulator import Emulator
+from dropwire.local_emulator.ray_executor import RayExecutor
+from tests.conftest import DROPWIRE, REPO, SUBPROCESS_PYTHONPATH, unfinished_tasks, wait_for
+from tests.platform.conftest import emulator_settings, free_port
+from tests.platform.moto_server import CREDENTIALS, moto_server, notifying_bucket
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dropwire.functions.platform.registry import ObjectEvent
 from dropwire.local_emulator.router import EventRouter
@@ -78,8 +79,8 @@ def test_one_refused_event_does_not_stop_the_others_and_hops_count_from_zero(tmp
 
 
 def test_reprocess_runs_again_on_the_object_as_it_is_now(tmp_path):
+    from dropwire.functions.kit.errors import NotFound
     from dropwire.functions.platform.objects import ObjectStore
-    from dropwire.storage.errors import NotFound
 
     bucket = tmp_path / "bucket"
     (bucket / "incoming").mkdir(parents=True)

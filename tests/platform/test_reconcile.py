@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dropwire.functions.platform.registry import ObjectEvent, load_functions
 from dropwire.local_emulator.sources.reconcile import Reconciler

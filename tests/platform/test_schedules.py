@@ -3,7 +3,7 @@ and cron fire times are set by the test, never waited for."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
@@ -16,7 +16,7 @@ from tests.conftest import wait_for
 from tests.platform.sample_functions import functions
 
 # A moment off every schedule's grid (10:00:00.5 UTC), so no run is due exactly at it.
-T0 = datetime(2026, 3, 2, 10, 0, 0, 500000, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 2, 10, 0, 0, 500000, tzinfo=UTC)
 
 
 def at(moment: datetime):
@@ -61,9 +61,9 @@ def hourly_registry(catch_up_seconds: float) -> FunctionRegistry:
 
 
 @pytest.mark.parametrize(("down_until", "caught_up"), [
-    (datetime(2026, 3, 2, 11, 9, 59, tzinfo=timezone.utc), "2026-03-02T11:00:00+00:00"),  # 11:00 missed 9 min 59 s ago
-    (datetime(2026, 3, 2, 11, 10, 1, tzinfo=timezone.utc), None),  # 11:00 is now older than the 10-minute window
-    (datetime(2026, 3, 2, 13, 5, 0, tzinfo=timezone.utc), "2026-03-02T13:00:00+00:00"),  # three missed: the last, once
+    (datetime(2026, 3, 2, 11, 9, 59, tzinfo=UTC), "2026-03-02T11:00:00+00:00"),  # 11:00 missed 9 min 59 s ago
+    (datetime(2026, 3, 2, 11, 10, 1, tzinfo=UTC), None),  # 11:00 is now older than the 10-minute window
+    (datetime(2026, 3, 2, 13, 5, 0, tzinfo=UTC), "2026-03-02T13:00:00+00:00"),  # three missed: the last, once
 ])
 def test_a_cron_schedule_catches_up_only_within_its_window(tmp_path, down_until, caught_up):
     registry = hourly_registry(catch_up_seconds=600)
@@ -77,11 +77,11 @@ def test_a_cron_schedule_catches_up_only_within_its_window(tmp_path, down_until,
 def test_a_cron_schedule_fires_at_its_boundary(tmp_path):
     """The scheduler's loop, with a clock that reads 0.2 s before 11:00:00: the hourly cron
     fires once, for exactly 11:00:00."""
-    boundary = datetime(2026, 3, 2, 11, 0, 0, tzinfo=timezone.utc)
-    started = datetime.now(timezone.utc)
+    boundary = datetime(2026, 3, 2, 11, 0, 0, tzinfo=UTC)
+    started = datetime.now(UTC)
 
     def clock() -> datetime:
-        return boundary - timedelta(seconds=0.2) + (datetime.now(timezone.utc) - started)
+        return boundary - timedelta(seconds=0.2) + (datetime.now(UTC) - started)
 
     registry = hourly_registry(catch_up_seconds=600)
     with Store.open(tmp_path / "db.duckdb") as store:
@@ -106,7 +106,7 @@ def test_an_invalid_cron_expression_is_refused_with_its_schedule_name(tmp_path):
 
 
 def test_firing_an_unknown_schedule_is_refused_naming_the_known_ones(tmp_path):
-    from dropwire.storage.errors import NotFound
+    from dropwire.functions.kit.errors import NotFound
 
     with Store.open(tmp_path / "db.duckdb") as store:
         scheduler = Scheduler(hourly_registry(catch_up_seconds=600), store.receipts, clock=at(T0))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dropwire.functions.quota import headers
 from dropwire.functions.quota.headers import duration_seconds, observations, retry_after_seconds

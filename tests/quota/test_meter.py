@@ -11,10 +11,10 @@ import time
 
 import pytest
 
+from dropwire.functions.kit.errors import QuotaExceeded
 from dropwire.functions.quota.meter import Meter
 from dropwire.functions.quota.settings import QuotaSettings
 from dropwire.local_emulator.control import ControlClient, ControlServer
-from dropwire.storage.errors import QuotaExceeded
 from dropwire.storage.quota import Limits, Observation
 from dropwire.storage.store import Store
 

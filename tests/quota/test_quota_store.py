@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dropwire.storage.errors import QuotaExceeded
+from dropwire.functions.kit.errors import QuotaExceeded
 from dropwire.storage.quota import Limits, Observation
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store

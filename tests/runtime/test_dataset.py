@@ -115,4 +115,4 @@ def test_any_bad_cell_is_reported_at_its_line_and_column(rows: int, data: st.Dat
 def test_month_arithmetic_clamps_the_day(moment: datetime, months: int) -> None:
     moved = add_months(moment, months)
     assert (moved.year * 12 + moved.month) - (moment.year * 12 + moment.month) == months
-    assert moved.day == moment.day or moved.day < moment.day and (moved + timedelta(days=1)).day == 1
+    assert moved.day == moment.day or (moved.day < moment.day and (moved + timedelta(days=1)).day == 1)

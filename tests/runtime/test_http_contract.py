@@ -4,8 +4,8 @@ and by a schemathesis fuzz run over HTTP."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest

@@ -90,6 +90,7 @@ def test_shutdown_with_requests_in_flight_answers_every_one(tmp_path: Path) -> N
         httpx.get(f"{runtime.url}/health", timeout=2)
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_a_taken_port_ends_the_process_before_it_says_ready(tmp_path: Path, tiny_model: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import openai
@@ -33,7 +33,7 @@ def client(textgen_runtime: RuntimeProcess) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(textgen_runtime: RuntimeProcess):  # noqa: ANN201
+def tokenizer(textgen_runtime: RuntimeProcess):
     """The served model's own tokenizer, read from the directory the runtime built."""
     directory = Path(textgen_runtime.log_path.parent) / "models" / "default-textgen"
     return AutoTokenizer.from_pretrained(directory)
@@ -47,7 +47,7 @@ def test_the_first_start_builds_the_test_model_and_lists_it(textgen_runtime: Run
     assert all(model.object == "model" and model.owned_by == "dropwire" for model in listed.data)
 
 
-def test_chat_completion_counts_tokens_as_the_tokenizer_does(client: openai.OpenAI, tokenizer) -> None:  # noqa: ANN001
+def test_chat_completion_counts_tokens_as_the_tokenizer_does(client: openai.OpenAI, tokenizer) -> None:
     answer = client.chat.completions.create(model=MODEL, messages=STORY, max_tokens=12, temperature=0)
     choice = answer.choices[0]
     assert answer.object == "chat.completion" and answer.model == MODEL and answer.id.startswith("chatcmpl-")
@@ -58,7 +58,7 @@ def test_chat_completion_counts_tokens_as_the_tokenizer_does(client: openai.Open
     assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
 
 
-def test_max_tokens_ends_with_length_and_exact_counts(client: openai.OpenAI, tokenizer) -> None:  # noqa: ANN001
+def test_max_tokens_ends_with_length_and_exact_counts(client: openai.OpenAI, tokenizer) -> None:
     prompt = "The hare laughed at the tortoise"
     answer = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0)
     choice = answer.choices[0]

@@ -9,8 +9,8 @@ import asyncio
 import json
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import openai
@@ -131,14 +131,13 @@ def test_interactive_requests_are_answered_ahead_of_a_long_background_load(lanes
 
 def test_a_streaming_client_that_disconnects_frees_its_row(lanes_runtime: RuntimeProcess) -> None:
     before = textgen_stats(lanes_runtime)
-    with httpx.Client(base_url=lanes_runtime.url, timeout=60) as http:
-        with http.stream("POST", "/v1/chat/completions", json={
-            "model": MODEL, "messages": [{"role": "user", "content": "go"}], "max_tokens": LONG, "stream": True,
-        }) as response:
-            lines = response.iter_lines()
-            first = next(line for line in lines if line)
-            assert first.startswith("data: ") and json.loads(first[6:])["object"] == "chat.completion.chunk"
-            assert textgen_stats(lanes_runtime)["active_interactive"] == 1
+    with httpx.Client(base_url=lanes_runtime.url, timeout=60) as http, http.stream("POST", "/v1/chat/completions", json={
+        "model": MODEL, "messages": [{"role": "user", "content": "go"}], "max_tokens": LONG, "stream": True,
+    }) as response:
+        lines = response.iter_lines()
+        first = next(line for line in lines if line)
+        assert first.startswith("data: ") and json.loads(first[6:])["object"] == "chat.completion.chunk"
+        assert textgen_stats(lanes_runtime)["active_interactive"] == 1
         # Leaving the block closes the connection mid-stream.
 
     def freed() -> bool:

@@ -5,20 +5,20 @@ forecasts that do not depend on which lane or batch computed them."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
 
 from dropwire.runtime.caches import BoundedCache
+from dropwire.runtime.device import DeviceOwner
 from dropwire.runtime.errors import ComputeFailed, DatasetGone, ShuttingDown
+from dropwire.runtime.forecast_jobs import ForecastJobs
 from dropwire.runtime.model import LoadedModel, load_model
 from dropwire.runtime.pipeline import ForecastPipeline
 from dropwire.runtime.scheduler import Job, Lane, Scheduler
-from dropwire.runtime.device import DeviceOwner
-from dropwire.runtime.forecast_jobs import ForecastJobs
 from tests.conftest import wait_for
 from tests.runtime.conftest import LOG_FOR_TESTS, SMALL, dataset
 
@@ -52,7 +52,7 @@ class GatedPipeline(ForecastPipeline):
         self.gate = threading.Event()
         self._held = False
 
-    def forecast(self, jobs: list[Job]):  # noqa: ANN201
+    def forecast(self, jobs: list[Job]):
         steps = super().forecast(jobs)
         if jobs[0].lane is Lane.BACKGROUND and not self._held:
             self._held = True
@@ -99,7 +99,7 @@ def completion_order(futures: dict[int, object]) -> list[int]:
     return order
 
 
-def test_the_device_answers_the_most_recent_click_first(device) -> None:  # noqa: ANN001
+def test_the_device_answers_the_most_recent_click_first(device) -> None:
     scheduler, _, _, worker = device
     data = dataset(rows=60)
     scheduler.add_dataset(data, background=False)
@@ -113,7 +113,7 @@ def test_the_device_answers_the_most_recent_click_first(device) -> None:  # noqa
     assert worker.jobs.stats().batches_interactive == len(clicks)
 
 
-def test_a_click_runs_between_two_steps_of_a_background_batch(device) -> None:  # noqa: ANN001
+def test_a_click_runs_between_two_steps_of_a_background_batch(device) -> None:
     scheduler, _, pipeline, worker = device
     data = dataset(rows=200)
     scheduler.add_dataset(data, background=True)
@@ -131,7 +131,7 @@ def test_a_click_runs_between_two_steps_of_a_background_batch(device) -> None:  
     assert worker.owner.stats().preemptions == 1
 
 
-def test_a_background_batch_is_abandoned_when_its_dataset_is_deleted(device) -> None:  # noqa: ANN001
+def test_a_background_batch_is_abandoned_when_its_dataset_is_deleted(device) -> None:
     scheduler, cache, pipeline, worker = device
     data = dataset(rows=200)
     scheduler.add_dataset(data, background=True)
@@ -150,7 +150,7 @@ def test_a_forecast_does_not_depend_on_its_batch_or_lane(model: LoadedModel) -> 
     pipeline = pipeline_for(model)
     data = dataset(rows=80, series=2, seed=5)
 
-    def run(jobs: list[Job]):  # noqa: ANN202
+    def run(jobs: list[Job]):
         steps = pipeline.forecast(jobs)
         while True:
             try:
@@ -180,7 +180,7 @@ class FailingOncePipeline(ForecastPipeline):
 
     failed = False
 
-    def forecast(self, jobs: list[Job]):  # noqa: ANN201
+    def forecast(self, jobs: list[Job]):
         if not self.failed:
             self.failed = True
             raise RuntimeError("CUDA error: an illegal memory access was encountered")

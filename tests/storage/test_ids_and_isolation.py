@@ -9,7 +9,8 @@ import time
 from concurrent.futures import Future
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dropwire.storage import migrate
 from dropwire.storage.database import connect

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.kit.errors import StaleLease
 from dropwire.local_emulator.control import ControlClient, ControlServer, ControlUnavailable
-from dropwire.storage.errors import StaleLease
 from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.store import Store

@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from dropwire.functions.kit.errors import DatabaseUnusable
 from dropwire.storage import migrate
 from dropwire.storage.database import connect
-from dropwire.storage.errors import DatabaseUnusable
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store
 

@@ -7,14 +7,16 @@ import time
 
 import msgspec
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskRegistry
 from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.kit.errors import StaleLease, UnknownTask
+from dropwire.functions.platform.tasks import Completion, PermanentTaskError, TaskRegistry
 from dropwire.local_emulator.workers import WorkerPool
-from dropwire.storage.errors import StaleLease, UnknownTask
-from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
 from dropwire.storage.queue import Queue
+from dropwire.storage.records import Effects, TaskSpec, TransitionRequest
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.store import Store
 from tests.conftest import wait_for

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.kit.errors import DropwireError
 from dropwire.local_emulator.cli import app
 from dropwire.local_emulator.control import ControlClient
 from dropwire.local_emulator.settings import load_settings
-from dropwire.storage.errors import DropwireError
 from dropwire.storage.read_only_query import QueryRefused, run_read_only_query
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store

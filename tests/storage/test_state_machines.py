@@ -7,12 +7,15 @@ import threading
 from enum import StrEnum
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from dropwire.functions.evaluation.states import MACHINES, MODEL_EVALUATION, USE_CASE, ModelEvaluationState as M, UseCaseState as U
+from dropwire.functions.evaluation.states import MACHINES, MODEL_EVALUATION, USE_CASE
+from dropwire.functions.evaluation.states import ModelEvaluationState as M
+from dropwire.functions.evaluation.states import UseCaseState as U
+from dropwire.functions.kit.errors import Conflict, IllegalTransition, NotFound, VersionConflict
 from dropwire.storage import consistency
-from dropwire.storage.errors import Conflict, IllegalTransition, NotFound, VersionConflict
-from dropwire.storage.records import EntityCreate, Effects, TaskSpec, TransitionRequest
+from dropwire.storage.records import Effects, EntityCreate, TaskSpec, TransitionRequest
 from dropwire.storage.state_machine import StateMachine, Transition, UnknownState
 from dropwire.storage.store import Store
 from tests.storage.helpers import CYCLE

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from dropwire.functions.evaluation.states import MACHINES
 from dropwire.functions.platform.tasks import Completion, NotYet, Refused, TaskRegistry
@@ -114,6 +116,7 @@ def test_a_waiting_task_survives_a_restart_and_is_rechecked(tmp_path):
         assert store.queue.claim("w", wait_seconds=3)[0].id == task_id
 
 
+@pytest.mark.slow  # a real process or server: not in the fast tier
 def test_workers_park_and_refuse_through_the_control_plane(tmp_path):
     """NotYet and Refused raised by a task, run by a worker pool in another 'process' (the
     control plane's socket): one waits and runs once its entity exists, one is refused."""

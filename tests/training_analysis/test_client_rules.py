@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -32,7 +32,7 @@ def test_the_seeds_defaults():
 @given(seconds=st.integers(0, 10_000))
 def test_retry_after_in_seconds_or_as_a_date(seconds):
     assert _retry_after(str(seconds)) == seconds
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=seconds + 5), usegmt=True)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=seconds + 5), usegmt=True)
     assert seconds <= _retry_after(when) <= seconds + 6
     assert _retry_after(None) is None and _retry_after("soon") is None
 

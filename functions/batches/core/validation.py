@@ -5,7 +5,8 @@ reading what comes before it). Memory holds the custom_ids seen, never the file.
 
 from __future__ import annotations
 
-from typing import IO, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import msgspec
 

@@ -34,7 +34,7 @@ class LabelConfig:
     controls: dict[str, Control]
 
     @classmethod
-    def parse(cls, xml: str) -> "LabelConfig":
+    def parse(cls, xml: str) -> LabelConfig:
         try:
             root = ET.fromstring(xml)
         except ET.ParseError as exc:

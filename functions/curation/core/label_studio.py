@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 
@@ -54,7 +55,7 @@ class LabelStudio:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "LabelStudio":
+    def __enter__(self) -> LabelStudio:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,8 +6,9 @@ sent. Lines whose answer does not fit the schema are problems named by their cus
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 from dropwire.functions.curation.core.label_config import LabelConfig
 from dropwire.functions.curation.schemas import SCORE_KEYS, TEXT, LineDoesNotFit, SchemaSpec, json_in

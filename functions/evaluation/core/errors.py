@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dropwire.storage.errors import DropwireError
+from dropwire.functions.kit.errors import DropwireError
 
 if TYPE_CHECKING:
     from dropwire.functions.evaluation.core.config import ConfigProblem

@@ -4,8 +4,8 @@ the truth, one vectorised expression per rule (no per-row Python)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Callable
 
 import polars as pl
 

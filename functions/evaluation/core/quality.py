@@ -8,7 +8,8 @@ is a warning (the evaluation counts it as wrong), so a weak model is evaluated, 
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 import polars as pl

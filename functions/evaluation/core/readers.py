@@ -15,11 +15,10 @@ import msgspec
 import polars as pl
 from fsspec.implementations.local import LocalFileSystem
 
-from dropwire.functions.platform.objects import url_to_fs
-
 from dropwire.functions.evaluation.core.config import DatasetRules
 from dropwire.functions.evaluation.core.errors import DatasetUnreadable
 from dropwire.functions.evaluation.core.issues import SourceFile, file_issue
+from dropwire.functions.platform.objects import url_to_fs
 
 ROW = "__row"
 CANDIDATE_DELIMITERS = (",", ";", "\t", "|")

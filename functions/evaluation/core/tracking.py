@@ -15,14 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 import msgspec
 from fsspec.implementations.local import LocalFileSystem
 
+from dropwire.functions.evaluation.core.metrics import EvaluationMetrics
 from dropwire.functions.platform.objects import url_to_fs
 from dropwire.functions.platform.tracking import tracking_client
-
-from dropwire.functions.evaluation.core.metrics import EvaluationMetrics
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

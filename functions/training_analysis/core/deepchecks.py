@@ -4,7 +4,8 @@ CheckResult as ``to_json()`` writes it): every condition that did not pass becom
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from dropwire.functions.training_analysis.core.model import AgentResult, Analysis, Findings, NotChecked, Recommendations, RunData
 

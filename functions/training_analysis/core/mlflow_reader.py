@@ -16,8 +16,8 @@ import msgspec
 import polars as pl
 import yaml
 
+from dropwire.functions.kit.errors import DropwireError, NotFound
 from dropwire.functions.training_analysis.core.model import DatasetArtifact, MetricSeries, RunData
-from dropwire.storage.errors import DropwireError, NotFound
 
 METRICS_CSV = "training_artifacts/metrics.csv"
 PARAMS_YAML = "training_artifacts/params.yaml"

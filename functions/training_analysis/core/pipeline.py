@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 

@@ -127,7 +127,7 @@ def _html(result: AnalysisResult, plots: dict[str, bytes]) -> str:
         f"<td>{html.escape(a.findings.description)}</td><td>{'' if a.findings.step is None else a.findings.step}</td></tr>"
         for a in result.all_analyses())
     images = "".join(f'<p><img src="plots/{name}" alt="{name}"></p>' for name in plots)
-    items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)  # noqa: E731
+    items = lambda xs: "".join(f"<li>{html.escape(x)}</li>" for x in xs)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Training analysis {html.escape(result.run_id)}</title>"
             f"</head><body><h1>Training analysis of run {html.escape(result.run_id)}</h1>"
             f"<p>status <b>{result.status}</b>, {result.execution_time:.2f} s</p><p>{html.escape(result.summary)}</p>"

@@ -12,7 +12,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from dropwire.storage.errors import DropwireError, ErrorBody, NotFound, OpenAIError, error_body_for
+from dropwire.functions.kit.errors import DropwireError, ErrorBody, NotFound, OpenAIError, error_body_for
 
 log = logging.getLogger("dropwire.http")
 

@@ -14,11 +14,10 @@ import swagger_ui
 from litestar import Router
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import (Components, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema,
-                                   SecurityScheme)
+from litestar.openapi.spec import Components, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema, SecurityScheme
 from litestar.static_files import create_static_files_router
 
-from dropwire.storage.errors import ErrorBody
+from dropwire.functions.kit.errors import ErrorBody
 
 # What each error status means, the same in every app.
 ERROR_MEANINGS = {

@@ -4,8 +4,7 @@ was expected; the CLI prints it as one line and the HTTP layer maps it to the er
 from __future__ import annotations
 
 import math
-
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -113,7 +112,7 @@ def error_body(code: str, message: str, details: dict | None = None) -> ErrorBod
         error=code,
         message=message,
         details=details or {},
-        timestamp=datetime.now(timezone.utc).isoformat(),
+        timestamp=datetime.now(UTC).isoformat(),
     )
 
 

@@ -5,13 +5,13 @@ validation, 413, ...) are translated, anything unexpected is logged and answered
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Callable
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from dropwire.storage.errors import DropwireError, ErrorBody, error_body, error_body_for
+from dropwire.functions.kit.errors import DropwireError, ErrorBody, error_body, error_body_for
 
 log = logging.getLogger("dropwire.http")
 
