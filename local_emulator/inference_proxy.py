@@ -17,13 +17,13 @@ from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.response import Stream
 
 from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.kit.headers import PRIORITY_HEADER
 from dropwire.functions.kit.openai_errors import openai_exception_handlers
 from dropwire.functions.kit.openapi import body_operation, error_responses
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS
 from dropwire.functions.quota.meter import Meter
 
 FORWARDED_POSTS = ["/chat/completions", "/completions", "/embeddings"]
-PRIORITY_HEADER = "x-dropwire-priority"
 # Headers that describe one hop's connection, not the answer.
 HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"})
 

@@ -21,7 +21,6 @@ import hmac
 import logging
 import mimetypes
 import os
-import random
 import smtplib
 import threading
 import time
@@ -35,6 +34,7 @@ import httpx
 import msgspec
 from fsspec.utils import get_protocol
 
+from dropwire.functions.kit.backoff import equal_jitter
 from dropwire.local_emulator.redact import mask_urls
 from dropwire.local_emulator.settings import NotificationSettings
 from dropwire.storage.outbox import Outbox
@@ -149,8 +149,7 @@ class Notifier:
             log.warning("notification %s (%s) attempt %d failed, will retry: %s", n.id, n.kind, attempts, error)
 
     def _backoff(self, attempts: int) -> float:
-        ceiling = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** (attempts - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return equal_jitter(attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds)
 
     # ------------------------------------------------------------------ the .eml file
 

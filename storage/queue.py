@@ -26,7 +26,6 @@ Promises:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from dropwire.functions.kit.backoff import equal_jitter
 from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound, StaleLease
 from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
 from dropwire.storage.records import (
@@ -377,8 +377,7 @@ class Queue(Facet):
 
     def backoff_seconds(self, attempts: int) -> float:
         """Exponential backoff with equal jitter: between half and all of base * 2^(n-1), capped."""
-        ceiling = min(self.settings.backoff_max_seconds, self.settings.backoff_base_seconds * 2 ** (attempts - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return equal_jitter(attempts, self.settings.backoff_base_seconds, self.settings.backoff_max_seconds)
 
     def _settle_failure(self, task: LiveTask, outcome: str, error: str, traceback: str | None,
                         retryable: bool, batch: Batch, now: float) -> str:

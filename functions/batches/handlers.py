@@ -59,6 +59,7 @@ from dropwire.functions.platform.registry import (
     OnUpload,
     Output,
     ScheduledEvent,
+    task_name,
 )
 from dropwire.functions.platform.tasks import PermanentTaskError, Refused
 from dropwire.functions.quota.meter import Meter
@@ -188,7 +189,7 @@ def _query(context: HandlerContext):
 
 def _step(function: str, body: Any, idempotency_key: str, **extra: Any) -> TaskSpec:
     event = HttpEvent(body=msgspec.to_builtins(body), received_at=datetime.now(UTC).isoformat())
-    return TaskSpec(name=f"fn:{function}", args=Invocation(function=function, source="queue", event=event),
+    return TaskSpec(name=task_name(function), args=Invocation(function=function, source="queue", event=event),
                     idempotency_key=idempotency_key, **extra)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from typing import Any
 
@@ -47,6 +46,7 @@ from dropwire.functions.curation.schemas import SchemaSpec, UnknownSchema, resol
 from dropwire.functions.curation.settings import CurationSettings, curation_settings
 from dropwire.functions.curation.states import KIND
 from dropwire.functions.curation.states import ExportState as E
+from dropwire.functions.kit.backoff import equal_jitter
 from dropwire.functions.kit.errors import NotFound
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import (
@@ -322,8 +322,7 @@ def send(context: HandlerContext, settings: CurationSettings, export_id: str, ti
                     raise
                 context.log.info("import into project %s interrupted (%s); reading what it holds before going on",
                                  project_id, exc)
-                ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (round_ - 1))
-                time.sleep(random.uniform(ceiling / 2, ceiling))
+                time.sleep(equal_jitter(round_, settings.retry_base_seconds, settings.retry_max_seconds))
 
 
 # ---------------------------------------------------------------- reviewed annotations back

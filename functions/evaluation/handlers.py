@@ -69,6 +69,7 @@ from dropwire.functions.platform.registry import (
     OnQueue,
     OnUpload,
     Output,
+    task_name,
 )
 from dropwire.functions.platform.tasks import NotYet, PermanentTaskError, Refused
 from dropwire.storage.records import Effects, NotificationRequest, TaskSpec, TransitionRequest
@@ -407,7 +408,7 @@ def _step(function: str, invocation: Invocation, model_id: str, start_trigger: s
                                   reason=reason) for t in triggers]
 
     return TaskSpec(
-        name=f"fn:{function}",  # the platform's invocation task of a function (FunctionSpec.task_name)
+        name=task_name(function),
         args=invocation, max_attempts=STEP_MAX_ATTEMPTS, idempotency_key=idempotency_key,
         on_retry=Effects(transitions=moves(start_trigger, "attempt_failed", reason=f"{function} crashed; retried")),
         on_dead=Effects(

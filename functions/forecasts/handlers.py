@@ -31,6 +31,7 @@ from dropwire.functions.platform.registry import (
     OnUpload,
     Output,
     ScheduledEvent,
+    task_name,
 )
 from dropwire.functions.platform.tasks import PermanentTaskError
 from dropwire.storage.records import TaskSpec
@@ -200,7 +201,7 @@ def refresh_forecasts(event: ScheduledEvent, context: HandlerContext) -> dict:
                                 manifest.source_bucket, manifest.source_key)
             continue
         context.state.enqueue(TaskSpec(
-            name=f"fn:{FUNCTION}",  # the platform's invocation task of a function (FunctionSpec.task_name)
+            name=task_name(FUNCTION),
             args=Invocation(function=FUNCTION, source="reprocess", event=source),
             max_attempts=MAX_ATTEMPTS,
             # Once per manifest and model, however often the schedule fires meanwhile.

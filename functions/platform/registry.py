@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from dropwire.functions.platform.api_ports import ApiFactory
 
 
+def task_name(function: str) -> str:
+    """The name of the queue task that invokes a function: what a domain enqueues to run one of its
+    functions as a follow-up step, and what the dispatcher routes back to the function."""
+    return f"fn:{function}"
+
+
 class ObjectEvent(msgspec.Struct, kw_only=True, frozen=True, tag_field="type", tag="object"):
     """One object-store event, whatever its source (S3 notification, SQS, a local folder)."""
 
@@ -140,7 +146,7 @@ class FunctionSpec:
 
     @property
     def task_name(self) -> str:
-        return f"fn:{self.name}"
+        return task_name(self.name)
 
     @property
     def handler_ref(self) -> str:

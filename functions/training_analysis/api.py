@@ -37,6 +37,7 @@ from dropwire.functions.kit.errors import DropwireError, NotFound, error_body
 from dropwire.functions.kit.http_errors import exception_handlers
 from dropwire.functions.kit.openapi import error_responses
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts
+from dropwire.functions.platform.registry import task_name
 from dropwire.functions.training_analysis.core.knowledge import CacheStats, KnowledgeBase, KnowledgeQuery, KnowledgeResponse
 from dropwire.functions.training_analysis.core.mlflow_reader import MlflowUnavailable, RunNotFound, check_tracking_uri
 from dropwire.functions.training_analysis.core.model import AnalysisOptions, AnalysisResult, AnalysisStatus, ErrorInfo
@@ -47,7 +48,7 @@ from dropwire.functions.training_analysis.states import KIND
 POLL_S = 0.05
 # Refused: the handler refused the request (the caller's mistake); dead: it failed on every attempt.
 FINISHED = ("succeeded", "refused", "dead")
-ANALYSIS_TASKS = (f"fn:{ANALYZE_FUNCTION}", f"fn:{FILE_FUNCTION}")
+ANALYSIS_TASKS = (task_name(ANALYZE_FUNCTION), task_name(FILE_FUNCTION))
 REQUEST_ID = re.compile(r"ta-(\d{1,18})")
 PLOT = re.compile(r"[a-z0-9_-]{1,64}\.png")
 # Litestar appends "; charset=utf-8" to a text/* media type itself.

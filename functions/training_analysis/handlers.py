@@ -34,6 +34,7 @@ from dropwire.functions.platform.registry import (
     OnUpload,
     Output,
     ScheduledEvent,
+    task_name,
 )
 from dropwire.functions.platform.tasks import Refused
 from dropwire.functions.training_analysis.core.knowledge import KnowledgeBase
@@ -218,7 +219,7 @@ def reanalyse_on_new_knowledge(event: ScheduledEvent, context: HandlerContext) -
             continue  # folder drops are analysed again by dropping them again
         body = msgspec.to_builtins(AnalysisRequest(run_id=run_id, mlflow_tracking_uri=uri))
         context.state.enqueue(TaskSpec(
-            name=f"fn:{ANALYZE_FUNCTION}", max_attempts=2, idempotency_key=f"reanalyse:{uri}:{run_id}:{version}",
+            name=task_name(ANALYZE_FUNCTION), max_attempts=2, idempotency_key=f"reanalyse:{uri}:{run_id}:{version}",
             args=Invocation(function=ANALYZE_FUNCTION, source="schedule",
                             event=HttpEvent(body=body, received_at=event.fire_time))))
         queued.append(run_id)

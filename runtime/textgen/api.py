@@ -17,10 +17,10 @@ from litestar import Request, Router, get, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from dropwire.functions.kit.headers import PRIORITY_HEADER
 from dropwire.functions.kit.openai_errors import openai_exception_handlers
 from dropwire.functions.kit.openapi import error_responses
 from dropwire.runtime.textgen.protocol import (
-    PRIORITY_HEADER,
     ChatCompletion,
     ChatCompletionRequest,
     Completion,

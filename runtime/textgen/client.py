@@ -17,7 +17,7 @@ from typing import Any, Literal
 import httpx
 
 from dropwire.functions.kit.errors import DropwireError
-from dropwire.runtime.textgen.protocol import PRIORITY_HEADER
+from dropwire.functions.kit.headers import PRIORITY_HEADER
 
 Priority = Literal["interactive", "background"]
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")

@@ -15,8 +15,6 @@ Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(gt=0, le=1)]
 Count = Annotated[int, msgspec.Meta(ge=1)]
 
-# The request header that puts a request on the background lane (the batch worker's contract).
-PRIORITY_HEADER = "X-Dropwire-Priority"
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):

@@ -22,6 +22,7 @@ import msgspec
 import torch
 
 from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.kit.headers import PRIORITY_HEADER
 from dropwire.functions.kit.openai_errors import (
     ClientGone,
     ContextLengthExceeded,
@@ -36,7 +37,6 @@ from dropwire.runtime.textgen.jobs import Subscription, TextGenJobs, TextGenStat
 from dropwire.runtime.textgen.lane_gate import LaneGate
 from dropwire.runtime.textgen.models import TextModel, load_models
 from dropwire.runtime.textgen.protocol import (
-    PRIORITY_HEADER,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,

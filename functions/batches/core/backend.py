@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import random
 import time
 import uuid
 from typing import Any
@@ -17,10 +16,11 @@ from typing import Any
 import httpx
 import msgspec
 
+from dropwire.functions.kit.backoff import equal_jitter
+from dropwire.functions.kit.headers import PRIORITY_HEADER
 from dropwire.functions.quota.meter import Meter
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-PRIORITY_HEADER = "X-Dropwire-Priority"
 
 
 class LineOutcome(msgspec.Struct, kw_only=True, frozen=True):
@@ -66,8 +66,7 @@ def retry_wait(response: httpx.Response | None, attempt: int, base: float, cap: 
                 when = email.utils.parsedate_to_datetime(after) if after else None
                 if when is not None:
                     return min(cap, max(0.0, when.timestamp() - time.time()))
-    ceiling = min(cap, base * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)
+    return equal_jitter(attempt, base, cap)
 
 
 class LineBackend:

@@ -9,13 +9,13 @@ Errors never carry the token: the `Authorization` header is the only place it go
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
+from dropwire.functions.kit.backoff import equal_jitter
 from dropwire.local_emulator.redact import mask_url
 
 RETRIED = {408, 429, 500, 502, 503, 504}
@@ -38,8 +38,7 @@ def _wait(attempt: int, base: float, cap: float, retry_after: str | None) -> flo
             return min(cap, max(0.0, float(retry_after)))
         except ValueError:
             pass
-    ceiling = min(cap, base * 2 ** (attempt - 1))
-    return random.uniform(ceiling / 2, ceiling)
+    return equal_jitter(attempt, base, cap)
 
 
 class LabelStudio:
