@@ -73,12 +73,12 @@ def when(epoch: float | None) -> str:
     return "" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def whole(header: str, **options: object) -> Column:
+def whole(header: str, **options: Any) -> Column:
     """A column whose values are never cut or wrapped: ids, paths, states, counts, times."""
     return Column(header, no_wrap=True, **options)
 
 
-def prose(header: str, **options: object) -> Column:
+def prose(header: str, **options: Any) -> Column:
     """A column of free text (errors, reasons, subjects): folded to fit, never cut."""
     return Column(header, overflow="fold", **options)
 

@@ -160,7 +160,9 @@ def reprocess(function: str, bucket: str, key: str) -> None:
     functions = load_functions(settings.functions)
     objects = ObjectStore(settings.object_roots(), settings.storage_options())
     with store_access(settings) as store:
-        task_id = EventRouter(functions, store.receipts, store.queue, settings.events.hop_limit).reprocess(function, objects, bucket, key)
+        # reprocess asks the receipts only for hops_of; the control plane's remote receipts have no admit.
+        router = EventRouter(functions, store.receipts, store.queue, settings.events.hop_limit)  # pyright: ignore[reportArgumentType]
+        task_id = router.reprocess(function, objects, bucket, key)
     console.print(f"queued task {task_id}: {function} on {bucket}/{key}")
 
 
@@ -187,7 +189,9 @@ def schedule_run(name: str) -> None:
 
     settings = current_settings()
     with store_access(settings) as store:
-        task_id = Scheduler(load_functions(settings.functions), store.receipts).fire(name, datetime.now(UTC))
+        # fire asks the receipts only for fire_schedule; the control plane's remote receipts have no last_fire.
+        scheduler = Scheduler(load_functions(settings.functions), store.receipts)  # pyright: ignore[reportArgumentType]
+        task_id = scheduler.fire(name, datetime.now(UTC))
     console.print(f"schedule {name} fired: task {task_id}")
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, Listener, answer_challenge, deliver_challenge
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -128,7 +128,8 @@ class ControlServer:
     @property
     def tcp_address(self) -> tuple[str, int] | None:
         """Where the TCP listener is bound (its real port when 0 was asked for)."""
-        return self._listeners[1].address if len(self._listeners) > 1 else None
+        # An AF_INET listener's address is its (host, port); the stubs type every family's.
+        return cast("tuple[str, int]", self._listeners[1].address) if len(self._listeners) > 1 else None
 
     @property
     def listening(self) -> str:
@@ -242,7 +243,7 @@ class ControlClient:
         """One connection per thread, so a worker's long-poll claim never delays a heartbeat."""
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            address = str(self.address) if self._family == "AF_UNIX" else self.address
+            address = str(self.address) if isinstance(self.address, Path) else self.address
             try:
                 connection = Client(address, family=self._family, authkey=self._authkey)
             except (FileNotFoundError, ConnectionRefusedError):

@@ -130,7 +130,7 @@ class Emulator:
         app = build_gateway(self.store, self.functions, self.objects, settings.events.bucket, self.router, self.scheduler,
                             settings.http.api_tokens, settings.http.max_upload_bytes, settings.domain_config(),
                             settings.inference_base_url, settings.runtime.request_timeout_s, settings.http.open_docs,
-                            recovered=(lambda: self.folder.recovered) if self.folder is not None else None)
+                            recovered=(lambda folder=self.folder: folder.recovered) if self.folder is not None else None)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
                                                log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, name="dropwire-gateway", daemon=True)

@@ -19,7 +19,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.params import Body, FromPath, FromQuery, JSONBody
 
-from dropwire.functions.kit.errors import DropwireError, NotFound
+from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound
 from dropwire.functions.kit.http_errors import exception_handlers
 from dropwire.functions.kit.http_options import complete_allow_header
 from dropwire.functions.kit.openapi import DOCS_PATH, NO_TOKEN, assets_router, error_responses, openapi_config, upload_operation
@@ -270,6 +270,8 @@ def build_gateway(store: Store, functions: FunctionRegistry, objects: ObjectStor
     @post("/schedules/{name:str}/run", status_code=202, sync_to_thread=True, responses=error_responses(400, 404, *GATEWAY_ERRORS))
     def run_schedule(name: FromPath[str]) -> Accepted:
         task_id = scheduler.fire(name, datetime.now(UTC))
+        if task_id is None:  # a run for this very instant is already queued
+            raise Conflict(f"schedule {name!r} was already fired for this instant")
         return Accepted(task_id=task_id, status_url=f"/tasks/{task_id}")
 
     quota = quota_settings(config or {})

@@ -75,11 +75,11 @@ def build_inference_proxy(base_url: str, timeout_seconds: float,
         try:
             answer = await client().send(outgoing, stream=True)
         except httpx.HTTPError as exc:
-            if grant is not None:
+            if grant is not None and meter is not None:
                 await meter.answered(grant, body, None, {})
             raise RuntimeUnavailable(f"the runtime at {base} did not answer {method} {path}: {type(exc).__name__}: {exc}",
                                      runtime=base) from None
-        if grant is not None:
+        if grant is not None and meter is not None:
             await meter.answered(grant, body, answer.status_code, answer.headers, usage_known=False)
         return Stream(answer.aiter_raw(), status_code=answer.status_code,
                       headers={k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS},

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path, PurePosixPath
+from typing import IO, cast
 
 import fsspec
 import httpx
@@ -196,7 +197,7 @@ class Notifier:
         """The attachment's bytes through fsspec, or None when it is over the size cap."""
         cap = self.settings.max_attachment_bytes
         with fsspec.open(url, "rb", **self.storage_options.get(get_protocol(url), {})) as stream:
-            data = stream.read(cap + 1)
+            data = cast(IO[bytes], stream).read(cap + 1)  # fsspec.open is unannotated
         return None if len(data) > cap else data
 
     # ------------------------------------------------------------------ channels

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import msgspec
@@ -92,7 +93,7 @@ def execute(spec: FunctionSpec, request: Request, objects: ObjectStore, reader: 
         except Exception as exc:
             # Whatever the handler made of a half-written file (a crash, or a refusal of its
             # truncated content), the finished file is what it must judge.
-            if before is not None and reread < REREADS and _finished_after_change(objects, event, before[0],
+            if before is not None and isinstance(event, ObjectEvent) and reread < REREADS and _finished_after_change(objects, event, before[0],
                                                                                 request.deadline):
                 log.info("%s/%s changed while function %s read it; reading the finished file again instead of "
                          "failing", event.bucket, event.key, spec.name)
@@ -213,7 +214,7 @@ class Sandbox:
     def __init__(self, config: ChildConfig) -> None:
         self._config = msgspec.msgpack.encode(config)
         self._context = multiprocessing.get_context("spawn")
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: BaseProcess | None = None
         self._connection: Connection | None = None
 
     def start(self) -> None:

@@ -37,7 +37,9 @@ def make_trigger(schedule: OnSchedule) -> BaseTrigger:
             return CronTrigger.from_crontab(schedule.cron, timezone=UTC)
         except ValueError as exc:
             raise DropwireError(f"schedule {schedule.name!r}: cron expression {schedule.cron!r} is invalid: {exc}") from None
-    return IntervalTrigger(seconds=schedule.every_seconds, start_date=_GRID_START, timezone=UTC)
+    assert schedule.every_seconds is not None  # OnSchedule has exactly one of cron and every_seconds
+    # apscheduler is unannotated: pyright takes int from the default 0; any number of seconds works.
+    return IntervalTrigger(seconds=schedule.every_seconds, start_date=_GRID_START, timezone=UTC)  # pyright: ignore[reportArgumentType]
 
 
 def utc_now() -> datetime:

@@ -326,7 +326,9 @@ def _lists_from_json(raw: dict[str, Any], struct: type, prefix: str = ENV_PREFIX
     """List fields come from the environment as JSON arrays: DROPWIRE_HTTP__API_TOKENS='["a", "b"]'
     (and dict fields as JSON objects: DROPWIRE_CURATION__SCHEMAS='{"name": {...}}').
     Decided by the field's declared type, so a secret that merely starts with '[' stays a string."""
-    fields = {f.name: f.type for f in msgspec.inspect.type_info(struct).fields}
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)  # struct is a msgspec.Struct class
+    fields = {f.name: f.type for f in info.fields}
     out = dict(raw)
     for name, value in raw.items():
         kind = fields.get(name)

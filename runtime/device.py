@@ -41,9 +41,11 @@ class JobKind(Protocol):
 
     def take(self, lane: Lane) -> Work | None:
         """The next unit of work of ``lane`` (without waiting), or None when there is none."""
+        ...
 
     def interactive_waiting(self) -> bool:
         """Whether interactive work is waiting, so a background unit should pause now."""
+        ...
 
 
 class DeviceStats(msgspec.Struct, frozen=True):

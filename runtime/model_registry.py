@@ -66,6 +66,7 @@ def log_and_register(
 def fetch_registered(*, tracking_uri: str, name: str, version: str) -> tuple[Path, str]:
     """Download a registered version's artifacts: (local weights path, resolved version)."""
     import mlflow
+    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
     from dropwire.functions.platform.tracking import tracking_client

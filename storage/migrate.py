@@ -70,7 +70,7 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
         row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
     except duckdb.Error as exc:
         raise DatabaseUnusable(f"the schema_migrations table is unreadable: {exc}") from None
-    return int(row[0] or 0)
+    return int(row[0] or 0)  # pyright: ignore[reportOptionalSubscript]  # an aggregate answers one row
 
 
 def _refuse_future(version: int) -> None:

@@ -43,7 +43,7 @@ class Outbox(Facet):
         self._next_id = 1
 
     def load(self, con: duckdb.DuckDBPyConnection, *, restart_grace: bool) -> None:
-        self._next_id = (con.execute("SELECT max(id) FROM notifications").fetchone()[0] or 0) + 1
+        self._next_id = (con.execute("SELECT max(id) FROM notifications").fetchone()[0] or 0) + 1  # pyright: ignore[reportOptionalSubscript]  # an aggregate answers one row
 
     # ------------------------------------------------------------------ staging (inside another facet's operation)
 

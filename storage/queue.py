@@ -105,7 +105,7 @@ class Queue(Facet):
         self._next_token = 1
 
     def load(self, con, *, restart_grace: bool) -> None:
-        self._next_token = (con.execute("SELECT max(token) FROM tasks").fetchone()[0] or 0) + 1
+        self._next_token = (con.execute("SELECT max(token) FROM tasks").fetchone()[0] or 0) + 1  # pyright: ignore[reportOptionalSubscript]  # an aggregate answers one row
 
     def end_cycle(self, batch: Batch, now: float) -> None:
         for task in self.tasks.index.pop_expired(now):
@@ -508,7 +508,7 @@ class Queue(Facet):
             "SELECT (SELECT epoch(now()) - epoch(min(not_before)) FROM tasks WHERE status = 'queued' AND not_before <= now()), "
             "coalesce(sum(attempts), 0), coalesce(max(attempts), 0) FROM tasks"
         ).fetchone()
-        dead = cur.execute("SELECT count(*) FROM dead_letters WHERE replayed_task_id IS NULL").fetchone()[0]
+        dead = cur.execute("SELECT count(*) FROM dead_letters WHERE replayed_task_id IS NULL").fetchone()[0]  # pyright: ignore[reportOptionalSubscript]  # an aggregate answers one row
         return QueueStats(by_status=by_status, by_name=by_name,
                           oldest_waiting_seconds=round(oldest, 3) if oldest is not None else None,
                           attempts_total=int(attempts_total), max_attempts_seen=int(max_seen), dead_letters=dead)

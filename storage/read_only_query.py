@@ -84,7 +84,7 @@ def _refusal(cursor: duckdb.DuckDBPyConnection, sql: str, exc: duckdb.Error) -> 
             for value in node:
                 walk(value)
 
-    walk(json.loads(cursor.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]))
+    walk(json.loads(cursor.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]))  # pyright: ignore[reportOptionalSubscript]  # a scalar SELECT answers one row
     if nodes:
         writes = " and ".join(f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind}" for kind in sorted(nodes))
         return QueryRefused(f"a query only reads; this one runs {writes} inside its WITH clause (a data-modifying "

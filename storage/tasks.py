@@ -92,7 +92,7 @@ class LiveTasks(Facet):
             self.index.by_key[key] = task_id
         self._next_id = con.execute(
             "SELECT greatest((SELECT coalesce(max(id), 0) FROM tasks), "
-            "(SELECT coalesce(max(last_id), 0) FROM id_high_water WHERE name = 'tasks')) + 1").fetchone()[0]
+            "(SELECT coalesce(max(last_id), 0) FROM id_high_water WHERE name = 'tasks')) + 1").fetchone()[0]  # pyright: ignore[reportOptionalSubscript]  # an aggregate answers one row
 
     def begin_cycle(self, now: float) -> None:
         self.index.promote_due(now)

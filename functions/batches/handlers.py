@@ -201,7 +201,7 @@ def _body(event: HttpEvent, kind: type) -> Any:
         raise PermanentTaskError(f"the request body is not a {kind.__name__}: {exc}") from None
 
 
-def _asked(event: HttpEvent, kind: type) -> Any:
+def _asked(event: HttpEvent, kind: Any) -> Any:
     """What a caller asked for: a body of the wrong shape is their mistake, refused."""
     try:
         return msgspec.convert(event.body, kind)

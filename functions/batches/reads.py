@@ -243,7 +243,7 @@ def batch_object(query: Query, batch_id: str) -> BatchObject:
         errors = BatchErrors(data=[msgspec.convert(e, BatchErrorItem) for e in info.errors])
     if BatchState.PARTIALLY_PROCESSED in times:  # shown as completed
         times.setdefault(BatchState.COMPLETED, times[BatchState.PARTIALLY_PROCESSED])
-    stamps = {field: int(times[state_name]) for state_name, field in STATUS_TIMES.items() if state_name in times}
+    stamps: dict[str, Any] = {field: int(times[state_name]) for state_name, field in STATUS_TIMES.items() if state_name in times}
     return BatchObject(
         id=info.id, endpoint=info.endpoint, input_file_id=info.input_file_id, completion_window=info.completion_window,
         status=openai_status(state), created_at=int(info.created_at), expires_at=int(info.expires_at),

@@ -37,7 +37,7 @@ class BatchState(StrEnum):
 B = BatchState
 TERMINAL = (B.FAILED, B.COMPLETED, B.EXPIRED, B.CANCELLED, B.PARTIALLY_PROCESSED)
 #: Workflow states and the OpenAI status a batch object shows for them.
-OPENAI_STATUS = {B.QUOTA_EXCEEDED: B.IN_PROGRESS, B.SUSPENDED: B.IN_PROGRESS, B.PARTIALLY_PROCESSED: B.COMPLETED}
+OPENAI_STATUS: dict[str, BatchState] = {B.QUOTA_EXCEEDED: B.IN_PROGRESS, B.SUSPENDED: B.IN_PROGRESS, B.PARTIALLY_PROCESSED: B.COMPLETED}
 #: States whose chunks wait on the queue's timer rather than run.
 PARKED = (B.QUOTA_EXCEEDED, B.SUSPENDED)
 

@@ -182,7 +182,7 @@ def batch_output_written(event: ObjectEvent, context: HandlerContext) -> dict:
             raise RuntimeError(f"{event.key}: its batch was not committed finished within "
                                f"{settings.batch_settle_seconds} s (curation.batch_settle_seconds)")
         time.sleep(0.1)
-    if state not in EXPORTABLE:
+    if batch_id is None or state not in EXPORTABLE:
         return {"batch": batch_id, "skipped": f"the batch is {state}"}
     metadata = batch_reads.batch(context.state.query, batch_id).metadata or {}
     if not metadata.get("curation_schema"):

@@ -54,9 +54,10 @@ def _came_from(state: str):
 def _suspend_and_resume(states: type[StrEnum], resumable: list[str]) -> list[Transition]:
     """SUSPENDED is entered from any working state and resumes only to the state it left."""
     out = []
+    suspended = states["SUSPENDED"]
     for state in resumable:
-        out.append(Transition(state, states.SUSPENDED, "suspend"))
-        out.append(Transition(states.SUSPENDED, state, "resume", guard=_came_from(state),
+        out.append(Transition(state, suspended, "suspend"))
+        out.append(Transition(suspended, state, "resume", guard=_came_from(state),
                               guard_description=f"resume goes back to the state it was suspended from, here only if that was {state}"))
     return out
 

@@ -10,7 +10,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, cast
 
 import fsspec
 
@@ -109,7 +109,8 @@ class ObjectStore:
         if "r" not in mode:
             raise DropwireError("ObjectStore.open is for reading; write with ObjectWriter.write or put_file")
         fs, root = self.filesystem(bucket)
-        return fs.open(posixpath.join(root, check_key(key)), mode)
+        # fsspec types its files as IOBase, which IO's protocol does not cover.
+        return cast(IO, fs.open(posixpath.join(root, check_key(key)), mode))
 
     def local_path(self, bucket: str, key: str) -> str | None:
         """A local file path for the object when the bucket is a local folder, else None."""
@@ -166,7 +167,7 @@ class ObjectStore:
         path = posixpath.join(parent, f".{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp") if local else target
         size = 0
         try:
-            with fs.open(path, "wb") as out:
+            with cast(IO[bytes], fs.open(path, "wb")) as out:  # fsspec types the file as text or binary
                 for part in parts:
                     out.write(part)
                     size += len(part)

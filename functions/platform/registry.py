@@ -5,7 +5,7 @@ its own outputs, or on another function's outputs in a cycle (the classic Lambda
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +168,7 @@ class FunctionRegistry:
         self._functions: dict[str, FunctionSpec] = {}
         self._apis: list[ApiFactory] = []
 
-    def function(self, name: str, *, on: list[Trigger], outputs: list[Output] = (), timeout_seconds: float = 300.0,
+    def function(self, name: str, *, on: list[Trigger], outputs: Sequence[Output] = (), timeout_seconds: float = 300.0,
                  max_attempts: int = 3, resources: Resources = Resources()) -> Callable:
         """Register `handler(event, context)` with its triggers, output prefixes and the
         resources one invocation needs."""

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 from litestar import Request, Response, Router, get, post
@@ -135,7 +135,8 @@ def build_router(ports: ApiPorts) -> Router:
             finished = await api.wait(task_id, api.settings.sync_wait_seconds)
             if finished:
                 return Response(await sync_to_thread(api.answer, request_id))
-        return Response(api.accepted(request_id), status_code=202)
+        # The annotation is the 200 body's schema in OpenAPI; the 202 body is declared in responses.
+        return Response(api.accepted(request_id), status_code=202)  # pyright: ignore[reportReturnType]
 
     @get("/analyses", sync_to_thread=True, summary="The history of analyses, newest first", responses=_errors(400))
     def analyses(run_id: FromQuery[str | None] = None, limit: FromQuery[int] = 100) -> list[AnalysisSummary]:
@@ -276,7 +277,8 @@ class _Analyses:
     def _plots(self, request_id: str) -> list[str]:
         fs, root = self.ports.objects.filesystem(BUCKET)
         folder = posixpath.join(root, result_key(request_id, "plots"))
-        return sorted(posixpath.basename(p) for p in fs.glob(posixpath.join(folder, "*.png")))
+        paths = cast("list[str]", fs.glob(posixpath.join(folder, "*.png")))  # fsspec: a dict only with detail=True
+        return sorted(posixpath.basename(p) for p in paths)
 
     def history(self, run_id: str | None, limit: int) -> list[AnalysisSummary]:
         out = []

@@ -178,6 +178,7 @@ class TrainingAnalysisClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         waited = 0.0
+        last: ServerUnavailableError | None = None
         for attempt in range(self.retry.max_retries + 1):
             try:
                 response = self._http.request(method, path, **kwargs)
@@ -202,6 +203,7 @@ class TrainingAnalysisClient:
             if waited > self.retry.max_retry_after:
                 break
             self.sleep(waited)
+        assert last is not None, "every attempt that does not return sets last"
         raise last
 
 

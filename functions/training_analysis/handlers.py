@@ -18,7 +18,7 @@ import posixpath
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -197,7 +197,8 @@ def reanalyse_on_new_knowledge(event: ScheduledEvent, context: HandlerContext) -
     fs, base = context.objects.filesystem(BUCKET)
     since = datetime.now(UTC) - RECENT
     latest: dict[tuple[str, str], tuple[datetime, AnalysisResult]] = {}
-    for path in fs.glob(posixpath.join(base, RESULTS_PREFIX, "*", "result.json")):
+    # fsspec's glob answers a dict only with detail=True.
+    for path in cast("list[str]", fs.glob(posixpath.join(base, RESULTS_PREFIX, "*", "result.json"))):
         key = path[len(base):].lstrip("/")
         written = context.objects.modified(BUCKET, key)
         if written is None or written < since:

@@ -57,22 +57,24 @@ class TrainingAnalysisCallback(pl.Callback):
         if logger is None:
             log.warning("TrainingAnalysisCallback needs an MLFlowLogger on the trainer; no analysis requested")
             return
-        self.run_id, tracking_uri = logger.run_id, logger._tracking_uri
+        run_id, tracking_uri = logger.run_id, logger._tracking_uri
+        assert run_id is not None  # MLFlowLogger.run_id starts a run when there is none
+        self.run_id = run_id
         try:
             with tempfile.TemporaryDirectory(prefix="dropwire-artifacts-") as tmp:
                 write_artifacts(tmp, history=self.history, params=_params(pl_module),
                                 splits=self._splits(trainer) if self.describe_datasets else None)
-                log_artifacts(tracking_uri, self.run_id, tmp)
+                log_artifacts(tracking_uri, run_id, tmp)
         except Exception as exc:
             if self.client.fallback == "strict":
                 raise
             log.warning("could not log the analysis artifacts to run %s: %s", self.run_id, exc)
-        answer = request_analysis(self.client, self.run_id, tracking_uri, mode=self.analysis_mode,
+        answer = request_analysis(self.client, run_id, tracking_uri, mode=self.analysis_mode,
                                   analysis_options=self.analysis_options)
         if self.analysis_mode == "async":
-            self.request_id = answer
+            self.request_id = answer if isinstance(answer, str) else None
         else:
-            self.result = answer
+            self.result = answer if isinstance(answer, AnalysisResult) else None
 
     def wait_for_result(self) -> AnalysisResult | None:
         """The async analysis's result, polling as the client's PollingConfig says."""

@@ -237,6 +237,7 @@ class FolderSource:
             return []
         left: list[ObjectEvent] = []
         crash: BaseException | None = None  # an unexpected error's traceback goes to the log once
+        error = ""
         try:
             admissions = self.emit(events)
         except NotAdmitted as exc:  # the others were admitted: only these wait

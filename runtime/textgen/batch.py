@@ -10,18 +10,24 @@ that no row attends to any more.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch.nn import functional as F
 
 from dropwire.runtime.textgen.models import TextModel
 from dropwire.runtime.textgen.sequence import SequenceJob, sample
 
+if TYPE_CHECKING:
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
 
 class DecodeBatch:
     def __init__(self, model: TextModel) -> None:
         self.model = model
         self.jobs: list[SequenceJob] = []
-        self._cache = None
+        self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, cache length], 1 where a row attends
         self._positions: torch.Tensor | None = None  # [rows]: position of each row's next token
         self._next: torch.Tensor | None = None  # [rows]: each row's last sampled token
@@ -57,9 +63,10 @@ class DecodeBatch:
             assert self._mask is not None and self._positions is not None and self._next is not None
             width = max(self._mask.shape[1], mask.shape[1])
             self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
-            for old, new in zip(self._cache.layers, cache.layers):
-                old.keys = torch.cat([_pad_left(old.keys, width, dim=2), _pad_left(new.keys, width, dim=2)])
-                old.values = torch.cat([_pad_left(old.values, width, dim=2), _pad_left(new.values, width, dim=2)])
+            for old, new in zip(_layers(self._cache), _layers(cache)):
+                (old_keys, old_values), (new_keys, new_values) = _kv(old), _kv(new)
+                old.keys = torch.cat([_pad_left(old_keys, width, dim=2), _pad_left(new_keys, width, dim=2)])
+                old.values = torch.cat([_pad_left(old_values, width, dim=2), _pad_left(new_values, width, dim=2)])
             self._positions = torch.cat([self._positions, next_positions])
             self._next = torch.cat([self._next, next_tokens])
         self.jobs.extend(jobs)
@@ -90,6 +97,7 @@ class DecodeBatch:
         if not keep:
             self.jobs, self._cache, self._mask, self._positions, self._next = [], None, None, None, None
             return gone
+        assert self._cache is not None
         assert self._mask is not None and self._positions is not None and self._next is not None
         rows = torch.tensor(keep, device=self.model.device)
         self._cache.batch_select_indices(rows)
@@ -100,9 +108,22 @@ class DecodeBatch:
         unused = int(self._mask.any(dim=0).int().argmax())
         if unused:
             self._mask = self._mask[:, unused:]
-            for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+            for layer in _layers(self._cache):
+                keys, values = _kv(layer)
+                layer.keys, layer.values = keys[:, :, unused:], values[:, :, unused:]
         return gone
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    # transformers types DynamicCache.layers as every kind of layer (linear attention, dummy);
+    # the text models here are full attention, whose layers are DynamicLayer.
+    return cast("list[DynamicLayer]", cache.layers)
+
+
+def _kv(layer: DynamicLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's keys and values: both set once a forward has filled the cache."""
+    assert layer.keys is not None and layer.values is not None
+    return layer.keys, layer.values
 
 
 def _pad_left(tensor: torch.Tensor, width: int, dim: int = 1) -> torch.Tensor:

@@ -51,7 +51,7 @@ class VllmEngine:
 
 def load_vllm(spec: TextModelSettings, path: Path, device: torch.device, dtype: str, *, what: str) -> TextModel:
     try:
-        from vllm import EngineArgs, LLMEngine
+        from vllm import EngineArgs, LLMEngine  # pyright: ignore[reportMissingImports]
     except ImportError:
         raise ModelLoadError(
             f"{what}: backend 'vllm' needs vLLM, the optional extra `pip install 'dropwire[vllm]'` (GPU machines only)"
@@ -93,8 +93,8 @@ class VllmBatch:
         return len(self.jobs)
 
     def join(self, jobs: list[SequenceJob]) -> None:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm import SamplingParams  # pyright: ignore[reportMissingImports]
+        from vllm.inputs import TokensPrompt  # pyright: ignore[reportMissingImports]
 
         engine: VllmEngine = self.model.module
         for job in jobs:

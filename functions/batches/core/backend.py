@@ -110,7 +110,7 @@ class LineBackend:
                 error = ("timeout", f"no answer from {target} in time: {type(exc).__name__}")
             except httpx.TransportError as exc:
                 error = ("request_failed", f"{target}: {type(exc).__name__}: {exc}")
-            if grant is not None:
+            if grant is not None and self.meter is not None:
                 outcome = self._outcome(response, attempt) if response is not None else None
                 await self.meter.answered(grant, body, None if response is None else response.status_code,
                                           {} if response is None else response.headers,

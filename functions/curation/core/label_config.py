@@ -41,7 +41,7 @@ class LabelConfig:
             raise LabelConfigInvalid(f"the label config is not XML: {exc}") from None
         objects, controls = {}, {}
         for element in root.iter():
-            value, name = element.get("value", ""), element.get("name")
+            value, name = element.get("value", ""), element.get("name", "")
             if name and value.startswith("$") and element.tag not in CONTROL_TYPES:
                 objects[name] = value[1:]
             if element.tag in CONTROL_TYPES:

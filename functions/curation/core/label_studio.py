@@ -62,6 +62,7 @@ class LabelStudio:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         where = f"Label Studio at {mask_url(self.url)}: {method} {path}"
+        problem: LabelStudioError | None = None
         for attempt in range(1, self.max_attempts + 1):
             try:
                 response = self._client.request(method, path, **kwargs)
@@ -84,6 +85,7 @@ class LabelStudio:
                 retry_after = response.headers.get("retry-after")
             if attempt < self.max_attempts:
                 self._sleep(_wait(attempt, self.base, self.cap, retry_after))
+        assert problem is not None, "max_attempts is at least 1"
         raise problem
 
     # ------------------------------------------------------------------ projects

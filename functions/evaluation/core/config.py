@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import types
-from typing import Literal, Union, get_args, get_origin
+from typing import IO, Literal, TypeGuard, Union, cast, get_args, get_origin
 
 import fsspec
 import msgspec
@@ -26,12 +26,12 @@ class _Rule(msgspec.Struct, tag_field="kind", frozen=True, forbid_unknown_fields
     pass
 
 
-class Exact(_Rule, tag="exact"):
+class Exact(_Rule, tag="exact", frozen=True):
     """The same value of the field's type: the same text (surrounding whitespace ignored) for
     string and category, the same number, the same date, the same boolean."""
 
 
-class NormalizedText(_Rule, tag="normalized_text"):
+class NormalizedText(_Rule, tag="normalized_text", frozen=True):
     """Text compared after the chosen normalisations."""
 
     case: bool = True
@@ -39,7 +39,7 @@ class NormalizedText(_Rule, tag="normalized_text"):
     punctuation: bool = True
 
 
-class Numeric(_Rule, tag="numeric"):
+class Numeric(_Rule, tag="numeric", frozen=True):
     """|truth - prediction| <= max(abs_tolerance, rel_tolerance * |truth|), in decimal on the numbers
     as written (99.50 vs 99.51 is within 0.01)."""
 
@@ -47,13 +47,13 @@ class Numeric(_Rule, tag="numeric"):
     rel_tolerance: float = 0.0
 
 
-class DateMatch(_Rule, tag="date"):
+class DateMatch(_Rule, tag="date", frozen=True):
     """The same calendar date, written in any common format, give or take tolerance_days."""
 
     tolerance_days: int = 0
 
 
-class CategoryMatch(_Rule, tag="category"):
+class CategoryMatch(_Rule, tag="category", frozen=True):
     """One of the allowed values, compared without case or extra whitespace."""
 
 
@@ -149,7 +149,8 @@ def load_config(data: bytes | str, source: str = "config") -> EvaluationConfig:
 def read_config(url: str) -> EvaluationConfig:
     """Load a config file from a local path, ``file://`` or ``s3://`` URL."""
     with fsspec.open(url, "rb") as f:
-        return load_config(f.read(), source=url)
+        # fsspec.open is unannotated; pyright infers a list from OpenFiles' branch.
+        return load_config(cast(IO[bytes], f).read(), source=url)
 
 
 def config_hash(config: EvaluationConfig) -> str:
@@ -190,7 +191,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _is_struct(tp: object) -> bool:
+def _is_struct(tp: object) -> TypeGuard[type[msgspec.Struct]]:
     return isinstance(tp, type) and issubclass(tp, msgspec.Struct)
 
 
@@ -287,7 +288,8 @@ def _check_semantics(raw: object, problems: list[ConfigProblem]) -> None:
     if not isinstance(raw, dict):
         return
     fields: list[tuple[int, FieldSpec]] = []
-    for i, item in enumerate(raw.get("fields") if isinstance(raw.get("fields"), list) else []):
+    raw_fields = raw.get("fields")
+    for i, item in enumerate(raw_fields if isinstance(raw_fields, list) else []):
         try:
             fields.append((i, msgspec.convert(item, FieldSpec)))
         except msgspec.ValidationError:
@@ -344,7 +346,7 @@ def _check_field(field: FieldSpec, path: str, add) -> None:
         add(f"{path}.name", "must not be empty")
     if field.name in RESERVED_NAMES:
         add(f"{path}.name", f"'{field.name}' is reserved for the results; expected another name")
-    kind = field.match.__struct_config__.tag
+    kind = cast(str, field.match.__struct_config__.tag)  # every rule is tagged with a string (tag="...")
     if field.type not in RULE_TYPES[kind]:
         allowed = ", ".join(RULE_TYPES[kind])
         add(f"{path}.match.kind", f"rule '{kind}' does not apply to a {field.type} field; expected a field of type {allowed}")

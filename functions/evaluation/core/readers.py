@@ -9,6 +9,7 @@ import csv
 import io
 import posixpath
 from collections import Counter
+from typing import Any, cast
 
 import fastexcel
 import msgspec
@@ -50,7 +51,7 @@ def read_table(url: str, rules: DatasetRules, role: str, expected_columns: list[
     try:
         size = fs.size(path)
         with fs.open(path, "rb") as f:
-            head = f.read(SAMPLE_BYTES)
+            head = cast(bytes, f.read(SAMPLE_BYTES))  # mode "rb"; fsspec types the file as text or binary
     except FileNotFoundError:
         raise _unreadable("unreadable_file", url, f"file {url} does not exist", "an uploaded dataset file") from None
     except OSError as exc:  # permissions, a folder, an unreachable bucket
@@ -218,7 +219,7 @@ def _read_parquet(fs, path: str, url: str, role: str) -> Table:
 def _read_excel(fs, path: str, url: str, rules: DatasetRules, role: str) -> Table:
     with fs.open(path, "rb") as f:
         data = f.read()  # a workbook is a zip archive: it has to be read whole
-    sheet = {"sheet_name": rules.sheet} if rules.sheet else {"sheet_id": 1}
+    sheet: dict[str, Any] = {"sheet_name": rules.sheet} if rules.sheet else {"sheet_id": 1}
     try:
         # infer_schema_length=0 reads every cell as text; keeping empty rows keeps row numbers
         # equal to Excel's.

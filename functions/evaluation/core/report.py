@@ -136,7 +136,7 @@ def _per_field_sheet(workbook: xlsxwriter.Workbook, metrics: EvaluationMetrics) 
         workbook,
         "Per field",
         table_style="Table Style Medium 2",
-        column_formats={c: PERCENT for c in ("accuracy", "precision", "recall", "F1")} | {c: "#,##0" for c in ("records", "TP", "FP", "FN", "TN")},
+        column_formats={**{c: PERCENT for c in ("accuracy", "precision", "recall", "F1")}, **{c: "#,##0" for c in ("records", "TP", "FP", "FN", "TN")}},
         conditional_formats={"F1": {"type": "data_bar", "bar_color": "#63BE7B", "bar_solid": True}},
         autofit=True,
         freeze_panes="A2",
@@ -159,5 +159,6 @@ def _mismatches_sheet(workbook: xlsxwriter.Workbook, mismatches: pl.DataFrame) -
     )
     if mismatches.height > EXCEL_MISMATCH_ROWS:
         sheet = workbook.get_worksheet_by_name("Mismatches")
+        assert sheet is not None  # written just above
         note = f"First {EXCEL_MISMATCH_ROWS:,} of {mismatches.height:,} mismatches; all of them are in mismatches.parquet"
         sheet.write(0, len(shown.columns) + 1, note, workbook.add_format({"italic": True, "font_color": "#C00000"}))

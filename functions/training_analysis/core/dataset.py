@@ -29,11 +29,11 @@ FEATURE_SHIFT = 0.5
 CLASS_SHIFT = 0.2
 
 
-def _split(splits: dict[str, DatasetSplit], names: tuple[str, ...]) -> tuple[str, DatasetSplit] | tuple[None, None]:
+def _split(splits: dict[str, DatasetSplit], names: tuple[str, ...]) -> tuple[str, DatasetSplit | None]:
     for name in names:
         if name in splits:
             return name, splits[name]
-    return None, None
+    return "", None
 
 
 def analyze_dataset(run: RunData) -> AgentResult:
@@ -65,8 +65,8 @@ def analyze_dataset(run: RunData) -> AgentResult:
 
 def _imbalance(name: str, split: DatasetSplit) -> list[Analysis]:
     counts = {label: n for label, n in split.class_counts.items()}
-    largest = max(counts, key=counts.get)
-    smallest = min(counts, key=counts.get)
+    largest = max(counts, key=counts.__getitem__)
+    smallest = min(counts, key=counts.__getitem__)
     ratio = counts[largest] / max(counts[smallest], 1)
     if ratio < IMBALANCE_RATIO:
         return []

@@ -7,10 +7,18 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from dropwire.functions.training_analysis.core.model import AgentResult, Analysis, Findings, NotChecked, Recommendations, RunData
+from dropwire.functions.training_analysis.core.model import (
+    AgentResult,
+    Analysis,
+    Findings,
+    NotChecked,
+    Recommendations,
+    RunData,
+    Severity,
+)
 
 NAME = "DeepchecksArtifactsAnalyzer"
-SEVERITY = {"FAIL": "warning", "ERROR": "warning", "WARN": "info"}
+SEVERITY: dict[str, Severity] = {"FAIL": "warning", "ERROR": "warning", "WARN": "info"}
 
 
 def _checks(document: Any) -> Iterator[dict]:

@@ -3,12 +3,12 @@ other (e.g. an overfitting signal measured on a tiny validation split), as findi
 
 from __future__ import annotations
 
-from dropwire.functions.training_analysis.core.model import AgentResult, Analysis, Findings, Recommendations
+from dropwire.functions.training_analysis.core.model import AgentResult, Analysis, Findings, Recommendations, Severity
 
 NAME = "CrossArtifactIntegrationAgent"
 
 # (rule a, rule b, id, severity, what the pair means, what to do)
-LINKS = (
+LINKS: tuple[tuple[str, str, str, Severity, str, str], ...] = (
     ("TRAIN.OVERFITTING", "DATA.TINY_VALIDATION", "INTEGRATION.NOISY_OVERFIT_SIGNAL", "warning",
      "the overfitting signal comes from a tiny validation split: part of the rise may be noise",
      "Enlarge the validation split before acting on early stopping or model choice"),

@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from importlib import resources
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 from cachetools import TTLCache
@@ -81,6 +81,7 @@ class CacheStats(msgspec.Struct, kw_only=True, frozen=True):
 @functools.cache
 def shipped() -> KnowledgeFile:
     """The knowledge base in this package (read once: it is immutable)."""
+    assert __package__ is not None  # a module of a package
     raw = resources.files(__package__).joinpath("knowledge_base.json").read_bytes()
     return msgspec.json.decode(raw, type=KnowledgeFile)
 
@@ -96,7 +97,8 @@ def _bm25s():
 
 
 def _tokens(texts: list[str]) -> list[list[str]]:
-    return _bm25s().tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+    # bm25s types the answer for both return_ids; with False it is the lists of tokens.
+    return cast("list[list[str]]", _bm25s().tokenize(texts, stopwords="en", return_ids=False, show_progress=False))
 
 
 class KnowledgeBase:
