@@ -51,7 +51,7 @@ mutate: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/basedpyright
+	$(BIN)/basedpyright -p .typecheck
 
 clean:
 	rm -rf $(VENV) $(LABEL_STUDIO_VENV) .dropwire .pytest_cache .hypothesis
