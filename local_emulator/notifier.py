@@ -35,7 +35,7 @@ import httpx
 import msgspec
 from fsspec.utils import get_protocol
 
-from dropwire.local_emulator.redact import mask_urls
+from dropwire.functions.kit.redact import mask_urls
 from dropwire.local_emulator.settings import NotificationSettings
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.records import NotificationRecord
