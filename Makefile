@@ -51,6 +51,7 @@ mutate: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(LABEL_STUDIO_VENV) .dropwire .pytest_cache .hypothesis

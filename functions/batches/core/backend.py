@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from dropwire.functions.quota.meter import Meter
+from dropwire.functions.quota import Meter
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 PRIORITY_HEADER = "X-Dropwire-Priority"
