@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.kit.redact import mask_logs
 from dropwire.local_emulator import cli_context
 from dropwire.local_emulator.cli_batches import batches_app
 from dropwire.local_emulator.cli_bucket import bucket_app
@@ -18,7 +19,6 @@ from dropwire.local_emulator.cli_context import console
 from dropwire.local_emulator.cli_platform import emulate, events_app, invoke, reprocess, schedule_app
 from dropwire.local_emulator.cli_store import control, db_app, dlq_app, notifications_app, queue_app, worker
 from dropwire.local_emulator.cli_workflow import quota_app, workflow_app
-from dropwire.local_emulator.redact import mask_logs
 from dropwire.local_emulator.runtime_cli import runtime_app
 
 app = typer.Typer(

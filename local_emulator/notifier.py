@@ -36,7 +36,7 @@ import msgspec
 from fsspec.utils import get_protocol
 
 from dropwire.functions.kit.backoff import equal_jitter
-from dropwire.local_emulator.redact import mask_urls
+from dropwire.functions.kit.redact import mask_urls
 from dropwire.local_emulator.settings import NotificationSettings
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.records import NotificationRecord

@@ -22,9 +22,9 @@ import msgspec
 from dropwire.functions.batches.settings import BatchSettings
 from dropwire.functions.curation.settings import CurationSettings
 from dropwire.functions.kit.errors import DropwireError
+from dropwire.functions.kit.redact import mask_url
 from dropwire.functions.quota.settings import QuotaSettings
 from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
-from dropwire.local_emulator.redact import mask_url
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import DatabaseSettings, QueueSettings
 

@@ -32,7 +32,7 @@ def log_and_register(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from dropwire.functions.platform.tracking import tracking_client
+    from dropwire.functions.kit.tracking import tracking_client
 
     client = tracking_client(tracking_uri)
     try:
@@ -69,7 +69,7 @@ def fetch_registered(*, tracking_uri: str, name: str, version: str) -> tuple[Pat
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    from dropwire.functions.platform.tracking import tracking_client
+    from dropwire.functions.kit.tracking import tracking_client
 
     client = tracking_client(tracking_uri)
     try:

@@ -62,8 +62,7 @@ from dropwire.functions.platform.registry import (
     task_name,
 )
 from dropwire.functions.platform.tasks import PermanentTaskError, Refused
-from dropwire.functions.quota.meter import Meter
-from dropwire.functions.quota.settings import quota_settings
+from dropwire.functions.quota import Meter, quota_settings
 from dropwire.storage.batches import (
     BatchRow,
     Benchmark,

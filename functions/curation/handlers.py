@@ -32,12 +32,10 @@ from typing import Any
 
 import msgspec
 
-from dropwire.functions.batches import reads as batch_reads
-from dropwire.functions.batches.handlers import BUCKET
-from dropwire.functions.batches.handlers import OUTPUT_PREFIX as BATCH_OUTPUT_PREFIX
-from dropwire.functions.batches.states import KIND as BATCH_KIND
-from dropwire.functions.batches.states import TERMINAL as BATCH_TERMINAL
-from dropwire.functions.batches.states import BatchState
+from dropwire.functions.batches import BUCKET, BatchState, batch_file, batch_info, batch_status
+from dropwire.functions.batches import KIND as BATCH_KIND
+from dropwire.functions.batches import OUTPUT_PREFIX as BATCH_OUTPUT_PREFIX
+from dropwire.functions.batches import TERMINAL as BATCH_TERMINAL
 from dropwire.functions.curation import reads
 from dropwire.functions.curation.core.label_studio import LabelStudio, LabelStudioError, import_chunks
 from dropwire.functions.curation.core.reviewed import dataset_csv, dataset_rows, evaluation_config
@@ -184,7 +182,7 @@ def batch_output_written(event: ObjectEvent, context: HandlerContext) -> dict:
         time.sleep(0.1)
     if batch_id is None or state not in EXPORTABLE:
         return {"batch": batch_id, "skipped": f"the batch is {state}"}
-    metadata = batch_reads.batch(context.state.query, batch_id).metadata or {}
+    metadata = batch_info(context.state.query, batch_id).metadata or {}
     if not metadata.get("curation_schema"):
         return {"batch": batch_id, "skipped": "its metadata names no curation_schema"}
     request = ExportRequest(batch_id=batch_id, schema=metadata["curation_schema"],
@@ -211,8 +209,8 @@ def export(context: HandlerContext, settings: CurationSettings, request: ExportR
            why: str) -> dict:
     query = context.state.query
     try:
-        batch_state = batch_reads.status(query, request.batch_id)
-        info = batch_reads.batch(query, request.batch_id)
+        batch_state = batch_status(query, request.batch_id)
+        info = batch_info(query, request.batch_id)
     except NotFound as exc:
         raise Refused(exc.message) from None
     if batch_state not in EXPORTABLE or info.output_file_id is None:
@@ -231,7 +229,7 @@ def export(context: HandlerContext, settings: CurationSettings, request: ExportR
         if before is not None:
             request = msgspec.structs.replace(request, evaluate_use_case=before.evaluate_use_case,
                                               evaluate_model=before.evaluate_model)
-    source, output = batch_reads.file(query, info.input_file_id), batch_reads.file(query, info.output_file_id)
+    source, output = batch_file(query, info.input_file_id), batch_file(query, info.output_file_id)
     with context.objects.open(source.bucket, source.key) as stream:
         texts = prompt_texts(stream)
     with context.objects.open(output.bucket, output.key) as stream:

@@ -6,7 +6,7 @@ reads committed state, and invokes HTTP-triggered functions."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,8 +17,13 @@ from dropwire.storage.records import EntitySnapshot, TaskStatus, TransitionRecor
 if TYPE_CHECKING:
     from litestar import Router
 
+    from dropwire.storage.state_machine import StateMachine
+
 
 class StateReads(Protocol):
+    #: Every kind's state machine, as the store validates transitions against them.
+    machines: Mapping[str, StateMachine]
+
     def current(self, kind: str, entity_id: str) -> tuple[str, int]: ...
 
     def snapshot(self, kind: str, entity_id: str) -> EntitySnapshot: ...

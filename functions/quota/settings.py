@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from dropwire.functions.batches.settings import BatchSettings
+from dropwire.functions.batches import BatchSettings
 from dropwire.storage.quota import Limits
 
 

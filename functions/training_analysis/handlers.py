@@ -174,7 +174,7 @@ def _log_back(context: HandlerContext, request_id: str, uri: str, run_id: str, r
     import tempfile
     from pathlib import Path
 
-    from dropwire.functions.platform.tracking import tracking_client
+    from dropwire.functions.kit.tracking import tracking_client
 
     try:
         with tempfile.TemporaryDirectory(prefix="dropwire-report-") as tmp:

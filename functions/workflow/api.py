@@ -16,7 +16,6 @@ from litestar.params import FromPath, JSONBody
 
 from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound
 from dropwire.functions.kit.openapi import error_responses
-from dropwire.functions.machines import MACHINES
 from dropwire.functions.platform.api_ports import GATEWAY_ERRORS, ApiPorts, invoke_and_wait
 from dropwire.functions.workflow import reads
 from dropwire.functions.workflow.handlers import (
@@ -62,8 +61,9 @@ class Resumed(msgspec.Struct, kw_only=True, frozen=True):
 
 
 def build_router(ports: ApiPorts) -> Router:
-    machines = {m.kind: m for m in MACHINES}
     states = ports.store.states
+    # Every domain's machines: those the store validates against (functions/machines.py).
+    machines = dict(states.machines)
 
     def current(kind: str, entity_id: str) -> tuple[str, int]:
         if kind not in machines:
@@ -94,7 +94,7 @@ def build_router(ports: ApiPorts) -> Router:
 
     @get("/workflow/status", sync_to_thread=True, responses=error_responses(*GATEWAY_ERRORS))
     def workflow_status() -> reads.WorkflowStatus:
-        return reads.status(ports.store.query, MACHINES)
+        return reads.status(ports.store.query, machines.values())
 
     @post("/workflow/{kind:str}/{entity_id:str}/suspend", status_code=200, sync_to_thread=True, responses=CHANGE)
     def suspend(kind: FromPath[str], entity_id: FromPath[str], data: JSONBody[Reason]) -> WorkflowRef:

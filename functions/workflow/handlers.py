@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import msgspec
 
-from dropwire.functions.batches.handlers import resume_key
-from dropwire.functions.batches.states import KIND as BATCH
-from dropwire.functions.batches.states import BatchState
+from dropwire.functions.batches import KIND as BATCH
+from dropwire.functions.batches import BatchState, resume_key
 from dropwire.functions.platform.context import HandlerContext
 from dropwire.functions.platform.registry import FunctionRegistry, HttpEvent, OnHttp
 from dropwire.functions.platform.tasks import Refused

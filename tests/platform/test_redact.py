@@ -15,8 +15,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from dropwire.functions.evaluation.states import MACHINES
+from dropwire.functions.kit.redact import MaskUrls, mask_url, mask_urls
 from dropwire.local_emulator.notifier import Notifier
-from dropwire.local_emulator.redact import MaskUrls, mask_url, mask_urls
 from dropwire.local_emulator.settings import NotificationSettings, describe_settings, load_settings
 from dropwire.storage.records import Effects, NotificationRequest
 from dropwire.storage.store import Store

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 OPEN_AND_LOG = """
 import sys
-from dropwire.functions.platform.tracking import tracking_client
+from dropwire.functions.kit.tracking import tracking_client
 client = tracking_client(sys.argv[1])
 experiment = client.get_experiment_by_name("shared") or client.get_experiment(client.create_experiment("shared"))
 print(client.create_run(experiment.experiment_id).info.run_id)

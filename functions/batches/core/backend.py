@@ -18,7 +18,7 @@ import msgspec
 
 from dropwire.functions.kit.backoff import equal_jitter
 from dropwire.functions.kit.headers import PRIORITY_HEADER
-from dropwire.functions.quota.meter import Meter
+from dropwire.functions.quota import Meter
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from dropwire.functions.kit.backoff import equal_jitter
-from dropwire.local_emulator.redact import mask_url
+from dropwire.functions.kit.redact import mask_url
 
 RETRIED = {408, 429, 500, 502, 503, 504}
 PAGE_SIZE = 500

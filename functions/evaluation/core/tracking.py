@@ -19,8 +19,8 @@ import msgspec
 from fsspec.implementations.local import LocalFileSystem
 
 from dropwire.functions.evaluation.core.metrics import EvaluationMetrics
+from dropwire.functions.kit.tracking import tracking_client
 from dropwire.functions.platform.objects import url_to_fs
-from dropwire.functions.platform.tracking import tracking_client
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
