@@ -12,6 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 import pytest
@@ -154,8 +155,8 @@ def test_a_notification_that_never_gets_through_ends_failed(store, tmp_path):
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list[tuple[dict, bytes]] = []
-    answers: list[int] = []
+    received: ClassVar[list[tuple[dict, bytes]]] = []
+    answers: ClassVar[list[int]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
