@@ -242,7 +242,7 @@ class WorkerPool:
         future = self.backend.complete_many([done for _, done in succeeded], wait=False)
 
         def refused(outcomes: list[DropwireError | None]) -> None:
-            for task, outcome in zip(tasks, outcomes):
+            for task, outcome in zip(tasks, outcomes, strict=False):
                 if isinstance(outcome, StaleLease):
                     log.warning("%s", outcome.message)
                 elif outcome is not None:

@@ -235,7 +235,7 @@ def _duration(delta: timedelta) -> str:
 def _step(timestamps: list[datetime], name: str) -> Step:
     if len(timestamps) < 2:
         return Step(fixed=timedelta(0))
-    diffs = [b - a for a, b in zip(timestamps, timestamps[1:])]
+    diffs = [b - a for a, b in zip(timestamps, timestamps[1:], strict=False)]
     for row, diff in enumerate(diffs, start=1):
         line = row + FIRST_DATA_LINE
         if diff == timedelta(0):

@@ -146,7 +146,7 @@ def _frame(spec: TableSpec, rows: list[tuple]) -> pl.DataFrame:
     conversion imports pandas, ~0.3-1 s on a process's first write; polars' row-wise
     construction and lazy casts cost ~2x this). DuckDB scans it through Arrow, no copy."""
     columns = {}
-    for (name, kind), values in zip(spec.columns, zip(*rows)):
+    for (name, kind), values in zip(spec.columns, zip(*rows, strict=False), strict=False):
         if name in spec.timestamps:
             columns[name] = (pl.Series(name, values, dtype=EPOCH) * 1_000_000).cast(pl.Int64).cast(_TIMESTAMP)
         else:

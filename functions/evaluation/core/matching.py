@@ -166,7 +166,7 @@ def by_distinct(frame: pl.DataFrame, jobs: list[tuple[str, str, Callable[[pl.Exp
         for text, outputs in by_text.items()
     ]
     # One parallel run for all columns: small distinct sets are dominated by per-query overhead.
-    distinct = dict(zip(by_text, pl.collect_all(plans)))
+    distinct = dict(zip(by_text, pl.collect_all(plans), strict=False))
     return frame.with_columns(
         pl.col(text).replace_strict(distinct[text][text], distinct[text][name], default=None).alias(name)
         for text, outputs in by_text.items()
