@@ -8,6 +8,7 @@ so a new table needs no central list."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -116,10 +117,8 @@ class Batch:
 
 
 def _roll_back(con: duckdb.DuckDBPyConnection) -> None:
-    try:
+    with contextlib.suppress(duckdb.Error):  # the failure came before BEGIN: no transaction to end
         con.execute("ROLLBACK")
-    except duckdb.Error:
-        pass  # the failure came before BEGIN: no transaction to end
 
 
 def _finish_reads(con: duckdb.DuckDBPyConnection) -> None:

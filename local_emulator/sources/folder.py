@@ -15,6 +15,7 @@ An event that cannot be routed is kept and routed again with backoff, never drop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -362,10 +363,8 @@ class FolderSource:
                 if directory == top or directory.startswith(top + os.sep):
                     del watches[wd]
                     self._watched.discard(directory)
-                    try:
+                    with contextlib.suppress(OSError):  # the kernel dropped it with the directory
                         inotify.rm_watch(wd)
-                    except OSError:
-                        pass  # the kernel dropped it with the directory
 
         with INotify() as inotify:
             self._reconcile(watch_tree(str(self.root)), "start")  # what arrived while nobody watched

@@ -56,10 +56,7 @@ def is_missing(value: pl.Expr, missing_values: list[str]) -> pl.Expr:
 def normalise_text(value: pl.Expr, case: bool = True, whitespace: bool = True, punctuation: bool = True) -> pl.Expr:
     if punctuation:
         value = value.str.replace_all(r"\p{P}", "")
-    if whitespace:
-        value = value.str.replace_all(r"\s+", " ").str.strip_chars()
-    else:
-        value = value.str.strip_chars()
+    value = value.str.replace_all(r"\s+", " ").str.strip_chars() if whitespace else value.str.strip_chars()
     if case:
         value = value.str.to_lowercase()
     return value
