@@ -308,7 +308,7 @@ class FolderSource:
             unwatched: list[str] = []
             grace = max(5 * self.settle_seconds, 1.0)  # younger files are most likely still on their way in
 
-            def note(directory: str) -> None:
+            def note(directory: str, unwatched: list[str] = unwatched) -> None:
                 if self.close_events and directory not in self._watched:
                     unwatched.append(directory)
 
