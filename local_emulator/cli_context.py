@@ -93,10 +93,10 @@ def print_records(columns: Sequence[Column], rows: Sequence[Sequence[str]], *, t
     out = out or console
     naturals = [max([cell_len(str(column.header))] + [cell_len(row[i]) for row in rows]) for i, column in enumerate(columns)]
     narrowest = [n if column.no_wrap else max([min(n, MIN_TEXT_WIDTH)] + [cell_len(word) for row in rows for word in row[i].split()])
-                 for i, (n, column) in enumerate(zip(naturals, columns))]
+                 for i, (n, column) in enumerate(zip(naturals, columns, strict=False))]
     if 1 + sum(3 + n for n in narrowest) <= out.width:
         table = Table(*columns, title=title, title_justify="left")
-        for column, least in zip(table.columns, narrowest):
+        for column, least in zip(table.columns, narrowest, strict=False):
             column.min_width = least
         for row in rows:
             table.add_row(*row)
@@ -109,7 +109,7 @@ def print_records(columns: Sequence[Column], rows: Sequence[Sequence[str]], *, t
     for row in rows:
         out.print(Text.assemble((f"{columns[0].header} ", "dim"), (row[0], "bold")))
         line = Text("  ")
-        for column, value in zip(columns[1:], row[1:]):
+        for column, value in zip(columns[1:], row[1:], strict=False):
             if not value:
                 continue
             field = Text.assemble((f"{column.header}: ", "dim"), value)

@@ -40,7 +40,7 @@ def workflow_status() -> None:
 
 
 def _move(store, kind: str, entity_id: str, trigger: str, reason: str) -> tuple[str, int]:
-    state, version = store.states.current(kind, entity_id)
+    _state, version = store.states.current(kind, entity_id)
     store.states.apply(Effects(transitions=[TransitionRequest(
         kind=kind, entity_id=entity_id, trigger=trigger, expected_version=version, triggered_by="operator:cli",
         reason=reason)]))

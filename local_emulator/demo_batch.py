@@ -143,7 +143,7 @@ def run_batch(run: DemoRun, runtime: DemoRuntime, local: Callable[[str], str]) -
     run.say("  output, one JSON line per request in input order:")
     run.say(f"  {local(run.emulator.objects.url(output.bucket, output.key))}")
     with run.emulator.objects.open(output.bucket, output.key) as stream:
-        first = [json.loads(line) for _, line in zip(range(SHOWN), stream)]
+        first = [json.loads(line) for _, line in zip(range(SHOWN), stream, strict=False)]
     for line in first:
         text = line["response"]["body"]["choices"][0]["message"]["content"].replace("\n", " ")
         shown = json.dumps(text[:48] + ("…" if len(text) > 48 else ""), ensure_ascii=False)

@@ -183,7 +183,7 @@ class EventRouter:
                                         args=Invocation(function=spec.name, source="upload", event=event, hop=hop))))
                 offered.append((event, spec.name))
         admissions = self.admitter.admit(offers) if offers else []
-        for (event, function), admission in zip(offered, admissions):
+        for (event, function), admission in zip(offered, admissions, strict=False):
             if admission.outcome == "accepted":
                 log.info("%s/%s -> %s (task %s)", event.bucket, event.key, function, admission.task_id)
             elif admission.outcome == "failed":

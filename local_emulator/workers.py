@@ -9,6 +9,7 @@ of a worker whose lease expired never commits."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -95,10 +96,8 @@ class WorkerPool:
             thread.join(timeout)
         self._heartbeat.join(timeout)
         for future in list(self._pending):
-            try:
+            with contextlib.suppress(Exception):  # already logged by the callback
                 future.result(timeout)
-            except Exception:
-                pass  # already logged by the callback
 
     def _hold(self, task: ClaimedTask) -> None:
         with self._held_lock:
@@ -242,7 +241,7 @@ class WorkerPool:
         future = self.backend.complete_many([done for _, done in succeeded], wait=False)
 
         def refused(outcomes: list[DropwireError | None]) -> None:
-            for task, outcome in zip(tasks, outcomes):
+            for task, outcome in zip(tasks, outcomes, strict=False):
                 if isinstance(outcome, StaleLease):
                     log.warning("%s", outcome.message)
                 elif outcome is not None:

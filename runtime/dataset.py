@@ -13,6 +13,7 @@ import calendar
 import csv
 import hashlib
 import io
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -235,7 +236,7 @@ def _duration(delta: timedelta) -> str:
 def _step(timestamps: list[datetime], name: str) -> Step:
     if len(timestamps) < 2:
         return Step(fixed=timedelta(0))
-    diffs = [b - a for a, b in zip(timestamps, timestamps[1:])]
+    diffs = [b - a for a, b in itertools.pairwise(timestamps)]
     for row, diff in enumerate(diffs, start=1):
         line = row + FIRST_DATA_LINE
         if diff == timedelta(0):

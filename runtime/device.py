@@ -29,7 +29,7 @@ IDLE_WAIT_S = 0.5
 Work = Generator[None, None, None]
 
 
-class Lane(str, enum.Enum):
+class Lane(str, enum.Enum):  # noqa: UP042 - StrEnum would change str(Lane.X)
     INTERACTIVE = "interactive"
     BACKGROUND = "background"
 

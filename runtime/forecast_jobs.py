@@ -72,9 +72,9 @@ class ForecastJobs:
                     self._abandoned += 1
                     return
             # A job whose samples went non-finite fails alone; the others of its batch finish.
-            done = [(job, result) for job, result in zip(jobs, results) if not isinstance(result, NonFiniteForecast)]
+            done = [(job, result) for job, result in zip(jobs, results, strict=False) if not isinstance(result, NonFiniteForecast)]
             self._scheduler.finish([job for job, _ in done], [result for _, result in done])
-            for job, result in zip(jobs, results):
+            for job, result in zip(jobs, results, strict=False):
                 if isinstance(result, NonFiniteForecast):
                     self._scheduler.fail([job], result)
         except Exception as exc:

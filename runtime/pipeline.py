@@ -95,7 +95,7 @@ class ForecastPipeline:
         # window [k, k + context) and writes column context + k (no per-step copies).
         trajectory = torch.empty(rows * n, context + horizon, device=device)
         trajectory[:, :context] = torch.cat(windows).to(device).repeat_interleave(n, dim=0)
-        noise = torch.cat([self._noise(job, series) for job, series in zip(jobs, per_job)])
+        noise = torch.cat([self._noise(job, series) for job, series in zip(jobs, per_job, strict=False)])
         for step in range(horizon):
             mu, sigma = module(trajectory[:, step : step + context])
             trajectory[:, context + step] = mu + sigma * noise[:, step]
@@ -122,7 +122,7 @@ class ForecastPipeline:
         host["paths"] = paths.reshape(rows, n, horizon)[:, : self.plot_paths].double().cpu().numpy()
         scaled_finite = finite.cpu().numpy().reshape(rows, horizon)
         return [self._refusal(job, result, scaled_finite[row : row + len(result.series)]) or result
-                for job, result, row in zip(jobs, self._unscale(jobs, per_job, host), np.cumsum([0, *per_job]))]
+                for job, result, row in zip(jobs, self._unscale(jobs, per_job, host), np.cumsum([0, *per_job]), strict=False)]
 
     @staticmethod
     def _refusal(job: Job, result: ForecastResult, scaled_finite: np.ndarray) -> NonFiniteForecast | None:
@@ -156,7 +156,7 @@ class ForecastPipeline:
         density = host["density"].reshape(-1, h, self.grid_points)
         results = []
         row = 0
-        for job, count in zip(jobs, per_job):
+        for job, count in zip(jobs, per_job, strict=False):
             series = []
             for s in range(count):
                 loc, scale = job.dataset.mean[s], job.dataset.scale[s]

@@ -41,7 +41,7 @@ def fan_chart(forecast: Forecast) -> Figure:
     FigureCanvasAgg(figure)
     axes = figure.subplots(count, 1, squeeze=False)[:, 0]
     past, ahead, step = _time_axis(forecast)
-    for ax, series in zip(axes, forecast.series):
+    for ax, series in zip(axes, forecast.series, strict=False):
         _draw_series(ax, series, forecast, past, ahead, step)
         _label_time(ax, dated=_dated(forecast))
     return figure
@@ -68,7 +68,7 @@ def _time_axis(forecast: Forecast) -> tuple[np.ndarray, np.ndarray, float]:
 def _draw_series(ax, series, forecast: Forecast, past: np.ndarray, ahead: np.ndarray,
                  step: float) -> None:
     # Drawn first and as outlines, the densities stay behind the bands instead of hiding them.
-    for index, (x, grid, values) in enumerate(zip(ahead, series.density_grid, series.density)):
+    for index, (x, grid, values) in enumerate(zip(ahead, series.density_grid, series.density, strict=False)):
         values = np.asarray(values)
         ridge = x + RIDGE_WIDTH * step * values / (values.max() or 1.0)
         ax.fill_betweenx(grid, x, ridge, color="tab:orange", alpha=0.12, linewidth=0, zorder=1)
@@ -76,7 +76,7 @@ def _draw_series(ax, series, forecast: Forecast, past: np.ndarray, ahead: np.nda
                 label="density at each step (KDE)" if index == 0 else None)
     ax.plot(past[-len(series.history):], series.history, color="black", linewidth=1.2, label="history", zorder=3)
     shades = np.linspace(0.15, 0.35, len(series.bands))
-    for band, alpha in zip(series.bands, shades):
+    for band, alpha in zip(series.bands, shades, strict=False):
         ax.fill_between(ahead, band.lower, band.upper, color="tab:blue", alpha=alpha, linewidth=0, zorder=2,
                         label=f"{band.coverage:.0%} band")
     for index, path in enumerate(series.sample_paths):

@@ -334,7 +334,7 @@ class Scheduler:
         """Cache and deliver results of current jobs; results of stale jobs are dropped."""
         delivered = []
         with self._lock:
-            for job, result in zip(jobs, results):
+            for job, result in zip(jobs, results, strict=False):
                 self._release_job(job)
                 if not self._current(job):
                     self._stale_dropped += 1

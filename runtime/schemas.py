@@ -168,7 +168,7 @@ def forecast_body(result: ForecastResult, dataset: Dataset, *, source: str, num_
     actual = slice(index + 1, min(index + 1 + horizon, dataset.rows))
     median_at = result.levels.index(0.5)
     series = []
-    for column, (name, s) in enumerate(zip(dataset.series_names, result.series)):
+    for column, (name, s) in enumerate(zip(dataset.series_names, result.series, strict=False)):
         bands = []
         for low in range(median_at):
             high = len(result.levels) - 1 - low
@@ -217,7 +217,7 @@ def range_body(results: list[ForecastResult], dataset: Dataset, *, start: int, s
             lane=result.lane,
             series=[
                 SeriesSummary(name=name, mean=s.mean.tolist(), std=s.std.tolist(), quantiles=s.quantiles.tolist())
-                for name, s in zip(dataset.series_names, result.series)
+                for name, s in zip(dataset.series_names, result.series, strict=False)
             ],
         )
         for result in results

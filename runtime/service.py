@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 from typing import Any
 
@@ -347,10 +348,8 @@ def _relay(future: concurrent.futures.Future) -> asyncio.Future:
             waiter.set_result(done.result())
 
     def relay(done: concurrent.futures.Future) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             loop.call_soon_threadsafe(settle, done)
-        except RuntimeError:
-            pass  # the loop is closed: nobody is waiting any more
 
     future.add_done_callback(relay)
     return waiter

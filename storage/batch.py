@@ -8,6 +8,7 @@ so a new table needs no central list."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -116,10 +117,8 @@ class Batch:
 
 
 def _roll_back(con: duckdb.DuckDBPyConnection) -> None:
-    try:
+    with contextlib.suppress(duckdb.Error):  # the failure came before BEGIN: no transaction to end
         con.execute("ROLLBACK")
-    except duckdb.Error:
-        pass  # the failure came before BEGIN: no transaction to end
 
 
 def _finish_reads(con: duckdb.DuckDBPyConnection) -> None:
@@ -146,7 +145,7 @@ def _frame(spec: TableSpec, rows: list[tuple]) -> pl.DataFrame:
     conversion imports pandas, ~0.3-1 s on a process's first write; polars' row-wise
     construction and lazy casts cost ~2x this). DuckDB scans it through Arrow, no copy."""
     columns = {}
-    for (name, kind), values in zip(spec.columns, zip(*rows)):
+    for (name, kind), values in zip(spec.columns, zip(*rows, strict=False), strict=False):
         if name in spec.timestamps:
             columns[name] = (pl.Series(name, values, dtype=EPOCH) * 1_000_000).cast(pl.Int64).cast(_TIMESTAMP)
         else:

@@ -102,7 +102,7 @@ class Receipts(Facet):
         # Each offer on its own: the writer runs them one by one once their group commit fails.
         futures = [self.writer.submit(partial(self._op_admit, [item])) for item in encoded]
         answers = []
-        for (receipt, _, _), future in zip(encoded, futures):
+        for (receipt, _, _), future in zip(encoded, futures, strict=False):
             try:
                 answers.extend(future.result())
             except StoreWriteFailed as exc:

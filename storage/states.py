@@ -178,7 +178,7 @@ class States(Facet):
             self._entities[key] = entity
             batch.add(ENTITY_STATES, (key[0], key[1], entity.state, entity.version, entity.previous_state,
                                       entity.created_at, now), new=new)
-        for record, meta in zip(records, metadata_json):
+        for record, meta in zip(records, metadata_json, strict=False):
             batch.add(STATE_HISTORY, (record.kind, record.entity_id, record.seq, record.from_state, record.to_state,
                                       record.trigger, record.triggered_by, record.reason, meta, now))
         task_ids = []

@@ -212,7 +212,7 @@ class Writer:
         operations that raised a bug fail with it, and every other one runs again on its own,
         against the views reloaded from what is committed, so only the one at fault fails."""
         own = {id(future): error for future, _, error in outcomes}
-        for op, future in broken:
+        for _op, future in broken:
             future.set_exception(own[id(future)])
         rest = [item for item in ops if item not in broken]
         log.warning("a group commit of %d operation(s) failed (%s: %s); running %d of them again one by one",

@@ -108,13 +108,12 @@ FILES = "SELECT id, input_file_id, output_file_id, endpoint FROM batches"
 QUERIES = (BATCH_IDS, WORKERS, NOTIFIED, FILES)
 
 LISTS: dict[str, tuple[tuple[str, ...], Callable[[Listed], list[str]]]] = {
-    "batches list": (("batches", "list"), lambda data: data.ids(BATCH_IDS)
-                     + ["/v1/chat/completions", "4 total, 3 completed, 1 failed"]),
+    "batches list": (("batches", "list"), lambda data: [*data.ids(BATCH_IDS), "/v1/chat/completions", "4 total, 3 completed, 1 failed"]),
     "batches workers": (("batches", "workers"), lambda data: data.ids(WORKERS)),
-    "batches benchmarks": (("batches", "benchmarks"), lambda data: data.ids(BATCH_IDS)[:1] + ["echo-1"]),
+    "batches benchmarks": (("batches", "benchmarks"), lambda data: [*data.ids(BATCH_IDS)[:1], "echo-1"]),
     "batches benchmarks --by model": (("batches", "benchmarks", "--by", "model"), lambda data: ["echo-1"]),
     "dlq list": (("dlq", "list"), lambda data: [DEAD_KEY, "http://127.0.0.1:5000", DEAD_TASK]),
-    "notifications list": (("notifications", "list"), lambda data: data.ids(NOTIFIED) + ["status", "attempts"]),
+    "notifications list": (("notifications", "list"), lambda data: [*data.ids(NOTIFIED), "status", "attempts"]),
     "workflow status": (("workflow", "status"), lambda data: ["use_case", USE_CASE, "AWAITING_CONFIG"]),
     "db query": (("db", "query", FILES), lambda data: data.ids(FILES)),
     "schedule list": (("schedule", "list"), lambda data: ["training-analysis-knowledge-version", "training-analysis-reanalyse",

@@ -119,8 +119,8 @@ class Session:
 
     def ready(self) -> None:
         for command, process, log, said in self.starting:
-            wait_for(lambda: said in log.read_text() or process.poll() is not None, timeout=180,
-                     what=lambda: f"{command!r} to say {said!r}: {log.read_text()[-2000:]}")
+            wait_for(lambda said=said, log=log, process=process: said in log.read_text() or process.poll() is not None,
+                     timeout=180, what=lambda command=command, said=said, log=log: f"{command!r} to say {said!r}: {log.read_text()[-2000:]}")
             assert process.poll() is None, f"{command!r} exited {process.returncode}: {log.read_text()[-2000:]}"
         self.starting.clear()
 

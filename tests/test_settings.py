@@ -53,11 +53,11 @@ def test_bad_values_name_the_setting(environ, message):
 
 
 def test_a_missing_or_broken_file_is_named(tmp_path):
-    with pytest.raises(SettingsError, match="settings file .*nope.toml does not exist"):
+    with pytest.raises(SettingsError, match=r"settings file .*nope\.toml does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})
     broken = tmp_path / "broken.toml"
     broken.write_text("data_dir = \n")
-    with pytest.raises(SettingsError, match="broken.toml is not valid TOML"):
+    with pytest.raises(SettingsError, match=r"broken\.toml is not valid TOML"):
         load_settings(broken, environ={})
 
 

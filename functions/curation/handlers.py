@@ -145,7 +145,7 @@ def project_title(prefix: str, name: str, schema_name: str, export_id: str) -> s
     while sum(lengths) > room:
         longest = max(range(3), key=lambda i: (lengths[i], i == 1))
         lengths[longest] -= 1
-    cut = [p if len(p) <= n else (p[:n - 1] + ELLIPSIS if n else "") for p, n in zip(parts, lengths)]
+    cut = [p if len(p) <= n else (p[:n - 1] + ELLIPSIS if n else "") for p, n in zip(parts, lengths, strict=False)]
     readable = f"{cut[0]} {cut[1]} ({cut[2]})" if prefix else f"{cut[1]} ({cut[2]})"
     return (readable + tail)[-TITLE_MAX:] if len(readable + tail) > TITLE_MAX else readable + tail
 

@@ -205,10 +205,9 @@ def config_uploaded(event: ObjectEvent, context: HandlerContext) -> dict:
         config = load_config(data, source=source)
     except ConfigInvalid as exc:
         problems = list(exc.problems)
-    if config is not None:
-        if config.use_case != use_case:
-            problems.append(ConfigProblem("use_case", f"is {config.use_case!r}, but the file was uploaded for use "
-                                                      f"case {use_case!r}"))
+    if config is not None and config.use_case != use_case:
+        problems.append(ConfigProblem("use_case", f"is {config.use_case!r}, but the file was uploaded for use "
+                                                  f"case {use_case!r}"))
     context.state.transition("use_case", use_case, trigger="config_uploaded", expected_version=version,
                              reason=f"{posixpath.basename(event.key)} uploaded (was {state})", metadata=_file(event))
     context.state.transition("use_case", use_case, trigger="validation_started", reason="validating the config",

@@ -246,13 +246,13 @@ def _frame(chunk: _Range) -> pl.DataFrame:
             columns["timestamp"] += forecast.timestamps
             columns["mean"] += series.mean
             columns["std"] += series.std
-            for values, level_values in zip(quantiles, series.quantiles):
+            for values, level_values in zip(quantiles, series.quantiles, strict=False):
                 values += level_values
     frame = pl.DataFrame(columns, schema_overrides={"index": pl.Int64, "step": pl.Int32})
     return frame.with_columns(
         pl.col("origin", "timestamp").str.to_datetime(time_unit="us"),
         *[pl.Series(f"q{round(level * 100, 4):g}", values, dtype=pl.Float64)
-          for level, values in zip(chunk.levels, quantiles)],
+          for level, values in zip(chunk.levels, quantiles, strict=False)],
         model_version=pl.lit(chunk.model_version),
     )
 

@@ -210,10 +210,10 @@ class FunctionRegistry:
             at, path = stack.pop()
             for nxt in edges[at]:
                 if nxt == new.name:
-                    raise RecursiveTrigger("functions would fire each other in a loop: " + " -> ".join(path + [nxt]))
+                    raise RecursiveTrigger("functions would fire each other in a loop: " + " -> ".join([*path, nxt]))
                 if nxt not in seen:
                     seen.add(nxt)
-                    stack.append((nxt, path + [nxt]))
+                    stack.append((nxt, [*path, nxt]))
 
     def http_api(self, factory: ApiFactory) -> ApiFactory:
         """Serve `factory(ports)` (a Litestar Router) on the gateway beside the functions, so

@@ -20,7 +20,7 @@ class ServiceQuota(Limits, kw_only=True, frozen=True, forbid_unknown_fields=True
     # when it names none) plus about one token per 4 characters of its body.
     default_max_tokens: int = 256
     # model -> [USD per 1K input tokens, USD per 1K output tokens]; "*" for any other model.
-    prices: dict[str, list[float]] = {}
+    prices: dict[str, list[float]] = msgspec.field(default_factory=dict)
 
     def limits(self) -> Limits:
         """The limits alone: what the store is sent."""

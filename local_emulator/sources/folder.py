@@ -15,6 +15,7 @@ An event that cannot be routed is kept and routed again with backoff, never drop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -308,7 +309,7 @@ class FolderSource:
             unwatched: list[str] = []
             grace = max(5 * self.settle_seconds, 1.0)  # younger files are most likely still on their way in
 
-            def note(directory: str) -> None:
+            def note(directory: str, unwatched: list[str] = unwatched) -> None:
                 if self.close_events and directory not in self._watched:
                     unwatched.append(directory)
 
@@ -363,10 +364,8 @@ class FolderSource:
                 if directory == top or directory.startswith(top + os.sep):
                     del watches[wd]
                     self._watched.discard(directory)
-                    try:
+                    with contextlib.suppress(OSError):  # the kernel dropped it with the directory
                         inotify.rm_watch(wd)
-                    except OSError:
-                        pass  # the kernel dropped it with the directory
 
         with INotify() as inotify:
             self._reconcile(watch_tree(str(self.root)), "start")  # what arrived while nobody watched

@@ -152,7 +152,7 @@ class SqsSource:
                 self.route(events)
         except NotAdmitted as exc:
             failed = {id(event) for event in exc.events}
-            kept = [m for m, found in zip(messages, of_message) if any(id(e) in failed for e in found)]
+            kept = [m for m, found in zip(messages, of_message, strict=False) if any(id(e) in failed for e in found)]
             log.error("%d SQS message(s) stay queued (they will be received again): %s", len(kept), exc.message)
         except DropwireError as exc:
             log.error("%d SQS message(s) stay queued (they will be retried): %s", len(messages), exc.message)

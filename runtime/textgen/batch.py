@@ -53,7 +53,7 @@ class DecodeBatch:
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         ).logits[:, -1]
         tokens = sample(logits, jobs)
-        for job, token in zip(jobs, tokens):
+        for job, token in zip(jobs, tokens, strict=False):
             job.accept(token)
         next_tokens = torch.tensor(tokens, device=device)
         next_positions = positions[:, -1] + 1
@@ -63,7 +63,7 @@ class DecodeBatch:
             assert self._mask is not None and self._positions is not None and self._next is not None
             width = max(self._mask.shape[1], mask.shape[1])
             self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
-            for old, new in zip(_layers(self._cache), _layers(cache)):
+            for old, new in zip(_layers(self._cache), _layers(cache), strict=True):
                 (old_keys, old_values), (new_keys, new_values) = _kv(old), _kv(new)
                 old.keys = torch.cat([_pad_left(old_keys, width, dim=2), _pad_left(new_keys, width, dim=2)])
                 old.values = torch.cat([_pad_left(old_values, width, dim=2), _pad_left(new_values, width, dim=2)])
@@ -83,7 +83,7 @@ class DecodeBatch:
             use_cache=True,
         ).logits[:, -1]
         tokens = sample(logits, self.jobs)
-        for job, token in zip(self.jobs, tokens):
+        for job, token in zip(self.jobs, tokens, strict=False):
             job.accept(token)
         self._next = torch.tensor(tokens, device=self.model.device)
         self._positions = self._positions + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import secrets
 import time
@@ -318,10 +319,8 @@ class TextGenService:
 
         def listener(index: int) -> Callable[[Snapshot], None]:
             def relay(snapshot: Snapshot) -> None:
-                try:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
                     loop.call_soon_threadsafe(events.put_nowait, (index, snapshot))
-                except RuntimeError:
-                    pass  # the loop is closed: nobody is waiting any more
 
             return relay
 

@@ -128,7 +128,7 @@ def test_bad_input_gets_clear_errors(start_batches):
 def test_every_object_and_error_is_in_the_official_clients_shape(start_batches):
     """Batch (errors list, request counts, usage), file objects, error-file lines and HTTP
     errors exactly as the openai package's types declare them: nothing it would drop."""
-    emulator, client = start_batches()
+    _emulator, client = start_batches()
     http = client.with_options().with_raw_response
     bad = client.batches.create(input_file_id=upload(client, [chat_line("a", "one"), chat_line("a", "two")]).id,
                                 endpoint="/v1/chat/completions", completion_window="24h")

@@ -3,6 +3,7 @@ every line lands in the output exactly once, none is lost, and the counts are ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -94,10 +95,8 @@ def test_kill_9_mid_batch_resumes_with_no_line_twice_and_none_lost(dropwire_env,
                 except subprocess.TimeoutExpired:
                     process.kill()
         for pid in orphans:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         upstream.stop()
 
 

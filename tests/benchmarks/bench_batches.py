@@ -177,7 +177,7 @@ def overhead(root: Path) -> None:
 
 def _p99(samples: list[float]) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def interactive(root: Path) -> None:

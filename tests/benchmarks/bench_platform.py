@@ -34,7 +34,7 @@ def started_at(emulator: Emulator, count: int, timeout: float = 300) -> dict[str
 
 def percentiles(latencies: list[float]) -> str:
     ms = sorted(x * 1000 for x in latencies)
-    p99 = ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))]
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
     return f"p50 {statistics.median(ms):6.1f} ms   p99 {p99:6.1f} ms   (n={len(ms)})"
 
 

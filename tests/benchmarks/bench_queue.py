@@ -89,7 +89,7 @@ def transitions_per_second(directory: Path, entities: int = 200, steps: int = 50
 
         def drive(offset: int) -> None:
             pending = []
-            for step in range(steps):
+            for _step in range(steps):
                 for e in range(offset, entities, 8):
                     pending.append(store.states.apply_async(Effects(transitions=[
                         TransitionRequest(kind="cycle", entity_id=f"e{e}", trigger="next", triggered_by="bench")])))

@@ -154,7 +154,7 @@ def test_ragged_csv_and_missing_file(config, write_csv, tmp_path):
 
 def test_missing_columns_are_each_named_with_the_columns_found(config, write_csv):
     header = [c for c in HEADER if c not in ("qty_pred", "cur_true")]
-    rows = [[v for c, v in zip(HEADER, row) if c in header] for row in GOOD_ROWS]
+    rows = [[v for c, v in zip(HEADER, row, strict=False) if c in header] for row in GOOD_ROWS]
     path = write_csv("cols.csv", [header, *rows])
     report = check_quality(config, single(path))
     assert [(i.check, i.column) for i in report.issues] == [("missing_column", "cur_true"), ("missing_column", "qty_pred")]

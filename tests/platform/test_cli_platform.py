@@ -125,7 +125,7 @@ def test_two_emulators_started_at_once_on_a_fresh_data_dir_one_line_for_the_lose
     errors = [tmp_path / "first.err", tmp_path / "second.err"]
     started = [subprocess.Popen([*DROPWIRE, "emulate"], env={**platform_env, "DROPWIRE_HTTP__PORT": str(free_port())},
                                 cwd=REPO, stdout=log.open("w"), stderr=error.open("w"))
-               for log, error in zip(logs, errors)]
+               for log, error in zip(logs, errors, strict=False)]
     try:
         loser = wait_for(lambda: next((p for p in started if p.poll() is not None), None), timeout=120,
                          what="one of the two emulators to give up")

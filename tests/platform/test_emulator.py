@@ -76,7 +76,7 @@ def test_uploads_http_timeouts_failures_and_the_error_shape(start_emulator):
 
 
 def test_bearer_tokens_guard_everything_but_health(start_emulator):
-    emulator, http = start_emulator(DROPWIRE_HTTP__API_TOKENS='["s3cret"]')
+    _emulator, http = start_emulator(DROPWIRE_HTTP__API_TOKENS='["s3cret"]')
     assert http.get("/health").status_code == 200
     missing = assert_error_shape(http.get("/tasks/stats"), 401, "not_authorized")
     assert "missing 'Authorization: Bearer <token>'" in missing["message"]
@@ -85,7 +85,7 @@ def test_bearer_tokens_guard_everything_but_health(start_emulator):
 
 
 def test_duplicated_delayed_and_reordered_events_give_one_invocation_each(start_emulator):
-    emulator, http = start_emulator(chaos=ChaosSettings(duplicate=1.0, reorder=0.5, max_delay_seconds=0.2, seed=7))
+    emulator, _http = start_emulator(chaos=ChaosSettings(duplicate=1.0, reorder=0.5, max_delay_seconds=0.2, seed=7))
     incoming = emulator.settings.bucket_path / "incoming"
     incoming.mkdir(parents=True)
     for i in range(15):
@@ -101,7 +101,7 @@ def test_duplicated_delayed_and_reordered_events_give_one_invocation_each(start_
 def test_versions_of_one_key_duplicated_and_reordered_run_at_most_once_each_and_never_out_of_order(start_emulator):
     # Every event is delivered twice, each copy held back between 1 and 2 s: versions written
     # 0.15 s apart overtake each other at random.
-    emulator, http = start_emulator(chaos=ChaosSettings(duplicate=1.0, reorder=1.0, max_delay_seconds=1.0, seed=11))
+    emulator, _http = start_emulator(chaos=ChaosSettings(duplicate=1.0, reorder=1.0, max_delay_seconds=1.0, seed=11))
     incoming = emulator.settings.bucket_path / "incoming"
     incoming.mkdir(parents=True)
     for version in range(1, 9):

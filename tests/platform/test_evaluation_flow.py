@@ -50,7 +50,7 @@ def reach(emulator, kind: str, entity_id: str, wanted: str) -> None:
 
 
 def test_use_case_config_and_three_models_progress_independently(start_emulator):
-    emulator, http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
+    emulator, _http = start_emulator(DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     bucket = emulator.settings.bucket_path
 
     drop(bucket, "use-cases/invoices/use-case.json", json.dumps({"name": "Invoices", "team_email": "team@example.com"}))

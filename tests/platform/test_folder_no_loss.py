@@ -93,7 +93,7 @@ def test_a_file_written_slowly_into_a_new_folder_is_read_once_whole(start_emulat
     assert [w.wait(timeout=30) for w in writers] == [0, 0, 0]
     for folder in folders:
         key = str((folder / "use-case.json").relative_to(bucket))
-        wait_for(lambda: invocations(emulator, "strict_json", key), what=f"{key} handled")
+        wait_for(lambda key=key: invocations(emulator, "strict_json", key), what=f"{key} handled")
     time.sleep(0.5)  # a second event (the close after a half-way read) would be handled by now
     for folder in folders:
         key = str((folder / "use-case.json").relative_to(bucket))

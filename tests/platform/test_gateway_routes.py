@@ -19,7 +19,7 @@ DOCS = ("/schema/openapi.json", "/schema/swagger", "/schema/assets/swagger-ui-bu
 
 
 def test_every_route_but_health_and_the_docs_needs_a_bearer_token(start_emulator):
-    emulator, http = start_emulator(DROPWIRE_HTTP__API_TOKENS='["s3cret"]', DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
+    _emulator, http = start_emulator(DROPWIRE_HTTP__API_TOKENS='["s3cret"]', DROPWIRE_FUNCTIONS="dropwire.functions.catalog:functions")
     # The docs page, its assets and the OpenAPI document open in a browser, which sends no token
     # (http.open_docs, on by default); the page's Authorize button takes one for the routes.
     for docs in DOCS:
@@ -99,7 +99,7 @@ def test_cleanup_reprocess_and_schedule_runs_over_http(start_emulator):
 
 
 def test_http_trigger_errors_name_what_can_be_invoked_and_keep_tracebacks_out_of_the_body(start_emulator):
-    emulator, http = start_emulator()
+    _emulator, http = start_emulator()
     http_functions = "['add', 'crash', 'escape', 'sleepy']"  # the sample functions with an HTTP trigger
     unknown = assert_error_shape(http.post("/functions/nope/invoke", json={}), 404, "not_found")
     assert unknown["message"] == f"no function named 'nope'; functions with an HTTP trigger: {http_functions}"

@@ -12,6 +12,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import msgspec
 import pytest
@@ -154,8 +155,8 @@ def test_a_notification_that_never_gets_through_ends_failed(store, tmp_path):
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list[tuple[dict, bytes]] = []
-    answers: list[int] = []
+    received: ClassVar[list[tuple[dict, bytes]]] = []
+    answers: ClassVar[list[int]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -284,7 +285,7 @@ def test_webhooks_are_signed_and_retried_until_accepted(store, tmp_path):
 
 
 def test_settings_need_a_webhook_secret_and_mask_secrets():
-    with pytest.raises(DropwireError, match="webhook_url needs notify.webhook_secret"):
+    with pytest.raises(DropwireError, match=r"webhook_url needs notify\.webhook_secret"):
         load_settings(environ={"DROPWIRE_NOTIFY__WEBHOOK_URL": "http://127.0.0.1:1/hook"})
     settings = load_settings(environ={"DROPWIRE_NOTIFY__SMTP_PASSWORD": "hunter2", "DROPWIRE_NOTIFY__WEBHOOK_URL": "http://h/x",
                                       "DROPWIRE_NOTIFY__WEBHOOK_SECRET": "whsec", "DROPWIRE_NOTIFY__RECIPIENTS": '["a@b.c"]'})

@@ -63,8 +63,8 @@ def test_every_order_of_a_use_cases_files_dropped_at_once_ends_as_one_by_one(sta
     # One by one, each file handled before the next is dropped: what every order must end as.
     for handled, name in enumerate(FILES, start=1):
         drop(bucket, f"use-cases/base/{name}", _content("base", name))
-        wait_for(lambda: _uploads(emulator) == handled and _idle(emulator), timeout=90,
-                 what=lambda: f"{name} to be handled: {unfinished_tasks(emulator.store.query)}")
+        wait_for(lambda handled=handled: _uploads(emulator) == handled and _idle(emulator), timeout=90,
+                 what=lambda name=name: f"{name} to be handled: {unfinished_tasks(emulator.store.query)}")
     reach(emulator, "model", "base/m1", "EVALUATION_COMPLETED")
     expected = _outcome(emulator, "base")
 
@@ -109,7 +109,7 @@ def test_user_refusals_are_recorded_and_shown_but_never_dead_lettered(start_emul
     bucket: Path = emulator.settings.bucket_path
     for handled, name in enumerate(FILES[:3], start=1):
         drop(bucket, f"use-cases/shop/{name}", _content("shop", name))
-        wait_for(lambda: _uploads(emulator) == handled and _idle(emulator), what=f"{name} to be handled")
+        wait_for(lambda handled=handled: _uploads(emulator) == handled and _idle(emulator), what=f"{name} to be handled")
     assert (emulator.store.states.current("use_case", "shop")[0], emulator.store.states.current("model", "shop/m1")[0]) == (
         "CONFIG_VALIDATED", "REGISTERED")
 

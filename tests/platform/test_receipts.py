@@ -95,7 +95,7 @@ def test_reprocess_runs_again_on_the_object_as_it_is_now(tmp_path):
         assert event["version_id"].endswith("-5") and event["version_id"] == event["etag"]  # mtime-size
         again = store.queue.task(router.reprocess("measure", objects, "local", "incoming/again.csv"))
         assert again.id != task.id  # on purpose: receipts do not stop it
-        with pytest.raises(NotFound, match="object local/incoming/gone.csv does not exist"):
+        with pytest.raises(NotFound, match=r"object local/incoming/gone\.csv does not exist"):
             router.reprocess("measure", objects, "local", "incoming/gone.csv")
         (bucket / "incoming" / "empty.csv").write_bytes(b"")
         empty = store.queue.task(router.reprocess("measure", objects, "local", "incoming/empty.csv")).args["event"]

@@ -59,7 +59,7 @@ def test_the_evaluation_flow_completes_on_two_worker_processes_one_killed_mid_st
             workers[name] = spawn([*DROPWIRE, "worker", "--name", name], {**env, "DROPWIRE_QUEUE__WORKERS": "1"},
                                   tmp_path / f"{name}.log")
         for name in workers:
-            wait_for(lambda: f"worker {name} up" in (tmp_path / f"{name}.log").read_text(), timeout=180,
+            wait_for(lambda name=name: f"worker {name} up" in (tmp_path / f"{name}.log").read_text(), timeout=180,
                      what=f"worker {name} and its handler process")
         settings = load_settings(environ={"DROPWIRE_DATA_DIR": str(data_dir)})
         client = ControlClient(settings.control_socket_path, settings.control_key())

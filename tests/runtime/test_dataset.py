@@ -65,7 +65,7 @@ def test_index_range_names_the_valid_indices() -> None:
     for index in (3, 9):
         data.check_index(index)
     for index in (2, 10, -1):
-        with pytest.raises(IndexOutOfRange, match="valid indices are 3..9"):
+        with pytest.raises(IndexOutOfRange, match=r"valid indices are 3\.\.9"):
             data.check_index(index)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import httpx
 import pytest
@@ -233,7 +234,7 @@ def test_a_range_waits_for_the_background_lane_and_a_click_still_comes_first(cli
     assert forecasts[-1]["series"][0]["mean"] == click["series"][0]["mean"]
     for forecast in forecasts:
         quantiles = forecast["series"][0]["quantiles"]
-        assert all(low <= high for a, b in zip(quantiles, quantiles[1:]) for low, high in zip(a, b))
+        assert all(low <= high for a, b in itertools.pairwise(quantiles) for low, high in zip(a, b, strict=False))
     after = runtime.stats()["scheduler"]
     assert after["computed_background"] - before["computed_background"] == len(forecasts) - 1
     assert after["computed_interactive"] - before["computed_interactive"] == 1

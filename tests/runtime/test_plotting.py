@@ -21,7 +21,7 @@ def test_the_fan_chart_explains_itself_over_the_datasets_timestamps(client: http
     forecast = msgspec.convert(client.get(f"/datasets/{handle}/forecasts/40").json(), Forecast)
     figure = fan_chart(forecast)
     assert len(figure.axes) == 2
-    for ax, series in zip(figure.axes, forecast.series):
+    for ax, series in zip(figure.axes, forecast.series, strict=False):
         labels = [text.get_text() for text in ax.get_legend().get_texts()]
         assert {"density at each step (KDE)", "history", "median", "sample paths", "actual", "forecast origin",
                 "90% band", "80% band", "50% band"} <= set(labels)

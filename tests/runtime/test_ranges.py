@@ -85,7 +85,7 @@ def test_watchers_get_every_index_without_jumping_clicks_or_computing_extra(prog
             assert [f.result(0) for f in futures] == [Value(DATASETS[which].handle, i) for i in indices]
         else:  # deleted after the watch: told so at once, never left waiting
             assert all(f.done() and (f.exception(0) is not None or f.result(0).index == i)
-                       for f, i in zip(futures, indices))
+                       for f, i in zip(futures, indices, strict=False))
     for which in registered - precomputed:  # lazy: nothing beyond what was asked
         handle = DATASETS[which].handle
         assert {index for key_handle, index in computed if key_handle == handle} <= asked[handle]

@@ -115,7 +115,7 @@ def test_lanes_staleness_and_single_computation_for_any_program(program: list[tu
                 with pytest.raises(DatasetNotFound):
                     scheduler.submit(data.handle, arg)
                 continue
-            future, cached = scheduler.submit(data.handle, arg)
+            _future, cached = scheduler.submit(data.handle, arg)
             assert cached == ((data.handle, arg) in computed)
             if not cached:
                 waiting.add((data.handle, arg))
@@ -184,7 +184,7 @@ def test_interactive_request_promotes_an_index_the_background_has_not_reached() 
     scheduler, _ = make_scheduler(batch_size=1, chunk=2)
     data = DATASETS[0]
     scheduler.add_dataset(data, background=True)
-    future, _ = scheduler.submit(data.handle, data.last_index)
+    _future, _ = scheduler.submit(data.handle, data.last_index)
     first = scheduler.next_batch(0.0)
     assert first is not None and first.lane is Lane.INTERACTIVE and first.jobs[0].index == data.last_index
     compute(scheduler, first)

@@ -80,7 +80,7 @@ def test_shutdown_fails_waiting_requests_and_refuses_new_ones(tiny_model: Path, 
         refused = [o for o in outcomes if isinstance(o, ShuttingDown)]
         # Each request either got its own index's forecast or was refused; nothing else.
         assert refused and all(isinstance(o, ShuttingDown) or o.index == index
-                               for index, o in zip(range(100, 140), outcomes)), outcomes
+                               for index, o in zip(range(100, 140), outcomes, strict=False)), outcomes
         with pytest.raises(ShuttingDown):
             await service.forecasts.upload(generated_csv(50, seed=44), precompute=False)
         stats = service.stats()

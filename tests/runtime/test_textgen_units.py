@@ -5,6 +5,7 @@ what it showed; a vLLM model without vLLM installed fails to load with one clear
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_published_text_only_grows_and_never_shows_a_stop_sequence(model: TextMo
             break
     final = sequence.snapshot()
     assert final.finish_reason in {"stop", "length"}
-    assert all(later.startswith(earlier) for earlier, later in zip(shown, shown[1:]))
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
     assert not any(stop in final.text for stop in stops)
     if final.finish_reason == "length":
         assert final.completion_tokens == len(tokens)

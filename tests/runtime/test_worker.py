@@ -163,7 +163,7 @@ def test_a_forecast_does_not_depend_on_its_batch_or_lane(model: LoadedModel) -> 
         batched = run([Job(data, 30, 1, Lane.BACKGROUND), Job(data, 40, 1, Lane.BACKGROUND), Job(data, 79, 1, Lane.BACKGROUND)])
     together = batched[1]
     assert (alone.index, together.index, together.lane) == (40, 40, "background")
-    for a, b in zip(alone.series, together.series):
+    for a, b in zip(alone.series, together.series, strict=False):
         for name in ("mean", "std", "quantiles", "paths", "grid", "density"):
             np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-5, err_msg=name)
     first = alone.series[0]

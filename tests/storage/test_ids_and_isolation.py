@@ -122,7 +122,7 @@ def test_a_group_commit_with_bad_operations_commits_every_good_one(tmp_path_fact
         held.set()
         blocker.result(10)
         good_ids = []
-        for kind, future in zip(kinds, futures):
+        for kind, future in zip(kinds, futures, strict=False):
             if kind == "good":
                 good_ids.append(future.result(10).task_ids[0])
             elif kind == "bad_row":

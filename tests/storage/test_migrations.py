@@ -75,7 +75,7 @@ def test_a_foreign_file_is_refused_untouched(tmp_path):
     path = tmp_path / "notes.duckdb"
     path.write_bytes(b"these are my notes, not a database\n" * 200)
     before = hashlib.sha256(path.read_bytes()).hexdigest()
-    with pytest.raises(DatabaseUnusable, match="is not a dropwire database.*left untouched"):
+    with pytest.raises(DatabaseUnusable, match=r"is not a dropwire database.*left untouched"):
         Store.open(path)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
 
@@ -145,5 +145,5 @@ def test_the_store_opens_duckdb_with_the_configured_memory_limit(tmp_path):
         assert store.query("SELECT current_setting('memory_limit'), current_setting('threads')") == [("30.5 MiB", 1)]
     with Store.open(tmp_path / "db.duckdb") as store:  # the default
         assert store.query("SELECT current_setting('memory_limit')") == [("61.0 MiB",)]
-    with pytest.raises(SettingsError, match="database.memory_limit must be a size like '64MB'"):
+    with pytest.raises(SettingsError, match=r"database\.memory_limit must be a size like '64MB'"):
         load_settings(environ={"DROPWIRE_DATA_DIR": str(tmp_path), "DROPWIRE_DATABASE__MEMORY_LIMIT": "lots"})

@@ -141,7 +141,7 @@ def test_every_data_modifying_cte_is_refused_by_the_write_it_runs(kinds, names, 
         path = Path(directory) / "db.duckdb"
         with duckdb.connect(str(path)) as con:
             con.execute("CREATE TABLE tasks (id INTEGER, priority INTEGER); INSERT INTO tasks VALUES (1, 0)")
-        ctes = ", ".join(f'"{name}" AS ({WRITES[kind]})' for name, kind in zip(names, kinds))
+        ctes = ", ".join(f'"{name}" AS ({WRITES[kind]})' for name, kind in zip(names, kinds, strict=False))
         sql = f'WITH {ctes} SELECT * FROM "{names[0]}"'
         with duckdb.connect(str(path), read_only=read_only_file) as con:
             with pytest.raises(QueryRefused) as refused:

@@ -142,7 +142,7 @@ def test_sixteen_threads_racing_on_one_entity_leave_one_valid_path(store):
     snapshot = store.states.snapshot("cycle", "hot")
     assert snapshot.version == 1 + 16 * per_thread
     assert [h.seq for h in snapshot.history] == list(range(1, snapshot.version + 1))
-    assert all(h.from_state == prev.to_state for prev, h in zip(snapshot.history, snapshot.history[1:]))
+    assert all(h.from_state == prev.to_state for prev, h in zip(snapshot.history, snapshot.history[1:], strict=False))
     assert conflicts, "16 racing threads should have produced at least one version conflict"
     assert consistency.check(store.writer.cursor(), [*MACHINES, CYCLE]) == []
 
@@ -169,7 +169,7 @@ def test_random_trigger_sequences_never_leave_a_legal_path(store, data):
         snapshot = store.states.snapshot(machine.kind, entity)
         assert snapshot.state == snapshot.history[-1].to_state
         assert snapshot.version == len(snapshot.history)
-        for prev, step in zip(snapshot.history, snapshot.history[1:]):
+        for prev, step in zip(snapshot.history, snapshot.history[1:], strict=False):
             assert step.from_state == prev.to_state
             assert any(t.dest == step.to_state and t.trigger == step.trigger for t in machine.allowed(prev.to_state))
     assert consistency.check(store.writer.cursor(), [*MACHINES, CYCLE]) == []

@@ -155,7 +155,7 @@ def test_more_analyses_than_allowed_get_429_with_retry_after(gateway, http):
     finally:
         hanging.close()  # the held connections are reset: both analyses fail fast
     for accepted in held:
-        wait_for(lambda: http.get(accepted.json()["status_url"]).json()["status"] == "failed", timeout=90,
+        wait_for(lambda accepted=accepted: http.get(accepted.json()["status_url"]).json()["status"] == "failed", timeout=90,
                  what="the held analysis to fail once its tracking server went away")
     failed = http.get(held[0].json()["status_url"]).json()
     assert failed["error"]["error"] == "MLFLOW_CONNECTION_ERROR"

@@ -152,9 +152,7 @@ def read_chunk(stream: IO[bytes], chunk: ChunkPlan) -> Iterator[Request]:
 
 def request_ids(stream: IO[bytes]) -> Iterator[tuple[int, str, bytes]]:
     """(line number, custom_id, raw line) of every request of a validated file."""
-    number = 0
-    for _, _, raw in numbered_lines(stream):
-        number += 1
+    for number, (_, _, raw) in enumerate(numbered_lines(stream), start=1):
         if raw.strip():
             yield number, msgspec.json.decode(raw, type=_CustomId).custom_id, raw
 

@@ -82,7 +82,7 @@ class LabelConfig:
             problems.append(f"type {item.get('type')!r} is not {control.type!r}, the type of {control.name!r}")
         value = item.get("value")
         if not isinstance(value, dict):
-            return problems + ["value must be an object"]
+            return [*problems, "value must be an object"]
         text = data.get(self.objects.get(control.to_name, ""), "")
         if control.type == "choices":
             choices = value.get("choices")

@@ -57,7 +57,7 @@ class CategoryMatch(_Rule, tag="category", frozen=True):
     """One of the allowed values, compared without case or extra whitespace."""
 
 
-MatchRule = Union[Exact, NormalizedText, Numeric, DateMatch, CategoryMatch]
+MatchRule = Exact | NormalizedText | Numeric | DateMatch | CategoryMatch
 
 # Which rules make sense for which field types.
 RULE_TYPES: dict[str, tuple[str, ...]] = {

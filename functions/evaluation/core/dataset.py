@@ -110,7 +110,7 @@ def load_dataset(config: EvaluationConfig, files: DatasetFiles) -> Dataset:
             *(pl.col(config.prediction_column(f)).alias(prediction_column(i)) for i, f in enumerate(config.fields)),
         )
     else:
-        truth, predictions = (_side(config, t, truth=side) for t, side in zip(tables, (True, False)))
+        truth, predictions = (_side(config, t, truth=side) for t, side in zip(tables, (True, False), strict=False))
         # Records missing from one file stay in the frame, with that file's row null, for the
         # quality check to report.
         frame = truth.join(predictions, on=RECORD_ID, how="full", coalesce=True, maintain_order="left_right")

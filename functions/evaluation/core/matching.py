@@ -56,10 +56,7 @@ def is_missing(value: pl.Expr, missing_values: list[str]) -> pl.Expr:
 def normalise_text(value: pl.Expr, case: bool = True, whitespace: bool = True, punctuation: bool = True) -> pl.Expr:
     if punctuation:
         value = value.str.replace_all(r"\p{P}", "")
-    if whitespace:
-        value = value.str.replace_all(r"\s+", " ").str.strip_chars()
-    else:
-        value = value.str.strip_chars()
+    value = value.str.replace_all(r"\s+", " ").str.strip_chars() if whitespace else value.str.strip_chars()
     if case:
         value = value.str.to_lowercase()
     return value
@@ -166,7 +163,7 @@ def by_distinct(frame: pl.DataFrame, jobs: list[tuple[str, str, Callable[[pl.Exp
         for text, outputs in by_text.items()
     ]
     # One parallel run for all columns: small distinct sets are dominated by per-query overhead.
-    distinct = dict(zip(by_text, pl.collect_all(plans)))
+    distinct = dict(zip(by_text, pl.collect_all(plans), strict=False))
     return frame.with_columns(
         pl.col(text).replace_strict(distinct[text][text], distinct[text][name], default=None).alias(name)
         for text, outputs in by_text.items()

@@ -105,7 +105,7 @@ def _with_rows(frame: pl.DataFrame, first_data_row: int) -> pl.DataFrame:
     # headers would then collide.
     stripped = [c.strip() for c in frame.columns]
     if len(set(stripped)) == len(stripped):
-        frame = frame.rename(dict(zip(frame.columns, stripped)))
+        frame = frame.rename(dict(zip(frame.columns, stripped, strict=False)))
     return frame.with_row_index(ROW, offset=first_data_row).with_columns(pl.col(ROW).cast(pl.Int64))
 
 

@@ -154,7 +154,7 @@ def _mismatches_sheet(workbook: xlsxwriter.Workbook, mismatches: pl.DataFrame) -
         "Mismatches",
         table_style="Table Style Light 9",
         column_widths={"record_id": 16, "field": 20, "truth": 32, "prediction": 32, "outcome": 34, "rule": 40,
-                       "truth_row": 11, "prediction_row": 15},  # fmt: skip
+                       "truth_row": 11, "prediction_row": 15},
         freeze_panes="A2",
     )
     if mismatches.height > EXCEL_MISMATCH_ROWS:

@@ -28,7 +28,7 @@ def split_stats(features: Any, labels: Any | None = None, *, max_features: int =
     # Class counts only for class labels: integer or boolean, one per example (not regression targets).
     if y is not None and y.shape[1] == 1 and (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         values, numbers = np.unique(y[:, 0], return_counts=True)
-        counts = {str(v.item() if hasattr(v, "item") else v): int(n) for v, n in zip(values, numbers)}
+        counts = {str(v.item() if hasattr(v, "item") else v): int(n) for v, n in zip(values, numbers, strict=False)}
     features_stats = {f"f{i}": {"mean": float(x[:, i].mean()), "std": float(x[:, i].std()), "min": float(x[:, i].min()),
                                 "max": float(x[:, i].max())} for i in range(min(x.shape[1], max_features))} if len(x) else {}
     hashes = [hashlib.blake2b(row.tobytes() + (b"" if y is None else y[i].tobytes()), digest_size=12).hexdigest()

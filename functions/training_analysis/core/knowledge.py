@@ -141,7 +141,7 @@ class KnowledgeBase:
             return []
         documents, scores = bm25.retrieve([known], k=len(self._entries), show_progress=False)
         out = []
-        for index, score in zip(documents[0], scores[0]):
+        for index, score in zip(documents[0], scores[0], strict=False):
             entry = self._entries[int(index)]
             if score <= 0 or (request.domain and entry.domain != request.domain) or (
                     request.query_type and entry.query_type != request.query_type):
