@@ -1,5 +1,6 @@
-"""The README's code blocks, as a user runs them: every shell command is run as written (in the
-README's order, against one real emulator started by the README's own `dropwire emulate`), or
+"""Every README/docs command stays true: the code blocks of the README and of the docs pages
+(docs/*.md, in mkdocs.yml's nav order, after the README), as a user runs them: every shell
+command is run as written (in that order, against one real emulator started by the README's own `dropwire emulate`), or
 is listed below with why it cannot run inside the suite and what is checked instead (the
 Makefile target and its recipe, the command's --help and every option it uses, the settings it
 sets). A block the README gains without an entry here fails the first test.
@@ -33,6 +34,21 @@ from tests.platform.conftest import free_port
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 README = REPO / "README.md"
+
+
+def sources() -> list[Path]:
+    """The README, then the docs pages in the site's order (mkdocs.yml's nav; a page left out
+    of the nav comes last)."""
+    def pages(nav: object) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        if isinstance(nav, dict):
+            return [page for value in nav.values() for page in pages(value)]
+        return [page for item in nav for page in pages(item)] if isinstance(nav, list) else []
+
+    config = yaml.load((REPO / "mkdocs.yml").read_text(), Loader=yaml.BaseLoader)
+    ordered = [REPO / "docs" / page for page in pages(config["nav"])]
+    return [README, *ordered, *sorted(set((REPO / "docs").rglob("*.md")) - set(ordered))]
 DEFAULT_PORT = ":8700"
 
 
@@ -60,13 +76,24 @@ class Block:
         return found
 
 
-def readme_blocks() -> list[Block]:
+def blocks_of(path: Path) -> list[Block]:
     pattern = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.M | re.S)
-    return [Block(language, textwrap.dedent(text)) for _, language, text in pattern.findall(README.read_text())]
+    return [Block(language, textwrap.dedent(text)) for _, language, text in pattern.findall(path.read_text())]
+
+
+def readme_blocks() -> list[Block]:
+    return [block for path in sources() for block in blocks_of(path)]
 
 
 def shell_commands() -> list[str]:
-    return [command for block in readme_blocks() if block.language == "bash" for command in block.commands()]
+    """Each file's shell commands in order; a command a file repeats from an earlier file (the
+    README's two commands, again on the getting-started page) is the same command, run once."""
+    found: list[str] = []
+    for path in sources():
+        own = [c for block in blocks_of(path) if block.language == "bash" for c in block.commands()]
+        earlier = {key(c) for c in found}
+        found += [c for c in own if key(c) not in earlier]
+    return found
 
 
 def key(command: str) -> str:
@@ -120,7 +147,8 @@ class Session:
     def ready(self) -> None:
         for command, process, log, said in self.starting:
             wait_for(lambda said=said, log=log, process=process: said in log.read_text() or process.poll() is not None,
-                     timeout=180, what=lambda command=command, said=said, log=log: f"{command!r} to say {said!r}: {log.read_text()[-2000:]}")
+                     timeout=180, what=lambda command=command, said=said, log=log:
+                     f"{command!r} to say {said!r}: {log.read_text()[-2000:]}")
             assert process.poll() is None, f"{command!r} exited {process.returncode}: {log.read_text()[-2000:]}"
         self.starting.clear()
 
@@ -294,6 +322,8 @@ NOT_RUN: dict[str, tuple[str, Callable[[Session, str], None]]] = {
          dropwire_help),
     "DROPWIRE_RUNTIME__TEXTGEN__RATE_LIMIT_REQUESTS=60 dropwire runtime serve":
         ("a long-running server (tests/batches/test_batch_quota.py runs the runtime with a rate limit)", dropwire_help),
+    "mkdocs serve": ("a long-running server (tests/test_docs.py builds the same site)", help_shows()),
+    "mkdocs build": ("tests/test_docs.py builds the site (--strict, into a temporary folder)", help_shows()),
     "ray start --head --port 6379": ("a Ray cluster of several machines", help_shows("--head", "--port")),
     "ray start --address HEAD:6379": ("a Ray cluster of several machines", help_shows("--address")),
     "DROPWIRE_EVENTS__BUCKET_S3=team-data DROPWIRE_EVENTS__SQS_QUEUE_URL=QUEUE_URL DROPWIRE_MLFLOW_TRACKING_URI="
@@ -375,7 +405,7 @@ def inline_commands() -> list[str]:
     """Each `dropwire ...` the README's prose names, alternatives (`a \\| b`) spelled out:
     `dropwire db current \\| upgrade` names `dropwire db current` and `dropwire db upgrade`."""
     found = []
-    for span in INLINE.findall(README.read_text()):
+    for span in (span for path in sources() for span in INLINE.findall(path.read_text())):
         alternatives = re.split(r" \\?\| ", " ".join(span.split()))
         group = alternatives[0].split()[:2]
         found += [alternatives[0], *(" ".join([*group, alternative]) for alternative in alternatives[1:])]
