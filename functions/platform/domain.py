@@ -1,7 +1,8 @@
 """A domain is a plug-in: its folder's `__init__.py` exports one `DOMAIN` record, and
 `functions/catalog.py` is the list of them. Everything central that a domain used to be
 wired into by hand is derived from that list: the FunctionRegistry (its functions, triggers
-and HTTP API), the state machines the store validates against, and the settings sections.
+and HTTP API; it keeps the list as `domains`), the state machines the store validates
+against, the settings sections, and the migrations the store applies after the platform's.
 
 The record names its handler and API modules by path, imported only when used: the store's
 tools load the machines without any handler, and handler processes never import Litestar or
@@ -38,6 +39,9 @@ class Domain:
     """Module whose `build_router(ports)` builds the domain's HTTP API (mounted by the gateway)."""
     machines: tuple[StateMachine, ...] = ()
     settings: SettingsSection | None = None
+    migrations: str | None = None
+    """Package of the domain's own migrations (NNNN_name.sql, numbered 0001.. within it),
+    applied after the platform's (storage/migrate.py `chain`)."""
 
     def register(self, registry: FunctionRegistry) -> None:
         """Declare the domain's functions, triggers and HTTP API on `registry`."""
@@ -61,13 +65,19 @@ def build_registry(domains: Iterable[Domain]) -> FunctionRegistry:
     from dropwire.functions.platform.registry import FunctionRegistry
 
     registry = FunctionRegistry()
-    for domain in domains:
+    registry.domains = tuple(domains)
+    for domain in registry.domains:
         domain.register(registry)
     return registry
 
 
 def machines_of(domains: Iterable[Domain]) -> tuple[StateMachine, ...]:
     return tuple(machine for domain in domains for machine in domain.machines)
+
+
+def migrations_of(domains: Iterable[Domain]) -> list[tuple[str, str]]:
+    """(domain, migrations package) of the domains bringing migrations, for storage/migrate.py's chain."""
+    return [(domain.name, domain.migrations) for domain in domains if domain.migrations is not None]
 
 
 def settings_sections(domains: Iterable[Domain]) -> list[SettingsSection]:

@@ -1,7 +1,7 @@
 """A domain is a plug-in: one folder whose `__init__.py` exports a DOMAIN, plus one line in a
 catalog. A small extra domain, written into a temporary package, is served beside the
 product's domains by the real emulator: its function fires on a dropped file and its API
-route answers over HTTP."""
+route answers over HTTP, and its migration creates its table after the platform's."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from dropwire.storage import migrate
 from tests.conftest import wait_for
 from tests.platform.test_emulator import invocations
 
@@ -22,7 +23,15 @@ PACKAGE = {
 
         from dropwire.functions.platform.domain import Domain
 
-        DOMAIN = Domain("lines", handlers="extra_domain.handlers", api="extra_domain.api")
+        DOMAIN = Domain("lines", handlers="extra_domain.handlers", api="extra_domain.api",
+                        migrations="extra_domain.migrations")
+    ''',
+    "extra_domain/migrations/__init__.py": "",
+    "extra_domain/migrations/0001_line_counts.sql": '''
+        -- migrate:up
+        CREATE TABLE line_counts (key VARCHAR PRIMARY KEY, lines INTEGER NOT NULL);
+        -- migrate:down
+        DROP TABLE line_counts;
     ''',
     "extra_domain/handlers.py": '''
         from dropwire.functions.platform.registry import OnUpload, Output
@@ -78,6 +87,10 @@ def extra_domain(tmp_path, monkeypatch):
 
 def test_a_domain_folder_plus_one_line_is_served_beside_the_product(start_emulator, extra_domain):
     emulator, http = start_emulator(DROPWIRE_FUNCTIONS=extra_domain)
+    # Its migration ran after the platform's, recorded in the same table.
+    assert emulator.store.query("SELECT version, name FROM schema_migrations ORDER BY version DESC LIMIT 1") == [
+        (migrate.LATEST + 1, "lines.line_counts")]
+    assert emulator.store.query("SELECT count(*) FROM line_counts") == [(0,)]
     # Its route answers over HTTP, beside the product's own API.
     answer = http.get("/api/lines/hello")
     assert answer.status_code == 200 and answer.json() == {"domain": "lines"}, answer.text
