@@ -1,43 +1,41 @@
-"""The product's functions, and the HTTP API the gateway mounts beside them: what `dropwire
-emulate` serves by default (settings.functions)."""
+"""The product's domains: what `dropwire emulate` serves by default (settings.functions).
+
+Each domain is a plug-in, one folder whose `__init__.py` exports a `DOMAIN` record
+(functions/platform/domain.py); adding a domain is its folder plus one line here. The
+FunctionRegistry (functions, triggers, the HTTP API the gateway mounts), the state machines
+(functions/machines.py) and the settings sections (local_emulator/settings.py) are derived
+from this list; `functions` is built on first use, so that reading the list imports no
+handler."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from dropwire.functions.batches import handlers as batches_handlers
-from dropwire.functions.curation import handlers as curation_handlers
-from dropwire.functions.evaluation import handlers as evaluation_handlers
-from dropwire.functions.forecasts import handlers as forecast_handlers
-from dropwire.functions.platform.registry import FunctionRegistry
-from dropwire.functions.training_analysis import handlers as training_handlers
-from dropwire.functions.workflow import handlers as workflow_handlers
+from dropwire.functions import batches, curation, evaluation, forecasts, quota, training_analysis, workflow
+from dropwire.functions.platform.domain import build_registry
 
 if TYPE_CHECKING:
-    from dropwire.functions.platform.api_ports import ApiFactory
+    from dropwire.functions.platform.registry import FunctionRegistry
+
+DOMAINS = [
+    forecasts.DOMAIN,
+    evaluation.DOMAIN,
+    batches.DOMAIN,
+    training_analysis.DOMAIN,
+    curation.DOMAIN,
+    workflow.DOMAIN,
+    quota.DOMAIN,
+]
+
+_registry: FunctionRegistry | None = None
 
 
-def _api(module: str) -> ApiFactory:
-    """The `build_router` of an API module, imported when the gateway builds it: every handler
-    process loads this catalog too, and has no use for the routers (Litestar, the API code)."""
-
-    def build_router(ports):
-        return importlib.import_module(module).build_router(ports)
-
-    build_router.__qualname__ = f"{module}.build_router"
-    return build_router
-
-
-functions = FunctionRegistry()
-forecast_handlers.register(functions)
-evaluation_handlers.register(functions)
-batches_handlers.register(functions)
-functions.http_api(_api("dropwire.functions.evaluation.api"))
-training_handlers.register(functions)
-functions.http_api(_api("dropwire.functions.training_analysis.api"))
-functions.http_api(_api("dropwire.functions.batches.api"))
-curation_handlers.register(functions)
-workflow_handlers.register(functions)
-functions.http_api(_api("dropwire.functions.workflow.api"))
-functions.http_api(_api("dropwire.functions.quota.api"))
+def __getattr__(name: str) -> FunctionRegistry:
+    """`functions`, the registry, built (importing every handler) on first use: tools that
+    only need the machines import this list without any handler."""
+    global _registry
+    if name != "functions":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _registry is None:
+        _registry = build_registry(DOMAINS)
+    return _registry

@@ -1,11 +1,10 @@
-"""Every domain's state machines: what the store validates transitions against. Kept apart
-from catalog.py so that tools opening the store do not import every handler."""
+"""Every domain's state machines: what the store validates transitions against, derived from
+the catalog's domains. Kept apart from the registry so that tools opening the store import no
+handler (a DOMAIN record names its handlers by module path; catalog builds the registry)."""
 
 from __future__ import annotations
 
-from dropwire.functions.batches.states import MACHINES as BATCHES
-from dropwire.functions.curation.states import MACHINES as CURATION
-from dropwire.functions.evaluation.states import MACHINES as EVALUATION
-from dropwire.functions.training_analysis.states import MACHINES as TRAINING_ANALYSIS
+from dropwire.functions.catalog import DOMAINS
+from dropwire.functions.platform.domain import machines_of
 
-MACHINES = (*EVALUATION, *TRAINING_ANALYSIS, *BATCHES, *CURATION)
+MACHINES = machines_of(DOMAINS)

@@ -11,18 +11,23 @@ from collections.abc import Callable, Iterator
 
 from dropwire.functions.kit.errors import DatabaseUnusable
 from dropwire.functions.machines import MACHINES
+from dropwire.functions.platform.domain import machines_of, migrations_of
 from dropwire.functions.platform.tasks import TaskRegistry
 from dropwire.local_emulator.control import ControlClient, ControlServer
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.workers import WorkerPool
+from dropwire.storage import migrate
 from dropwire.storage.store import Store
 
 log = logging.getLogger("dropwire.control_plane")
 
 
-def open_store(settings: Settings, registry: TaskRegistry | None = None) -> Store:
-    return Store.open(settings.database_path, MACHINES, settings=settings.queue, database=settings.database,
-                      known_tasks=registry.names() if registry is not None else None)
+def open_store(settings: Settings, registry: TaskRegistry | None = None, domains: tuple = ()) -> Store:
+    """The store, with the machines and migrations of `domains` (those the served registry was
+    built from), else the product catalog's machines and the platform's migrations."""
+    return Store.open(settings.database_path, machines_of(domains) if domains else MACHINES, settings=settings.queue,
+                      database=settings.database, known_tasks=registry.names() if registry is not None else None,
+                      migrations=migrate.chain(migrations_of(domains)))
 
 
 def start_pool(settings: Settings, backend, registry: TaskRegistry, name: str,

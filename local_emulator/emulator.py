@@ -74,7 +74,7 @@ class Emulator:
         self.workers = FunctionWorkers(settings, self.functions)
         # The database lock first: an emulator started beside a running one stops here with
         # one line. The MLflow store is opened (and a new one migrated) on first use, not here.
-        self.store = open_store(settings, self.workers.tasks)
+        self.store = open_store(settings, self.workers.tasks, self.functions.domains)
         self._stops.append(self.store.close)
         # What start loads, so a slow start is not silence (after the lock: a second emulator
         # on this data dir says one line); the heavy libraries wait for their first use.

@@ -19,12 +19,10 @@ from typing import Any
 
 import msgspec
 
-from dropwire.functions.batches.settings import BatchSettings
-from dropwire.functions.curation.settings import CurationSettings
+from dropwire.functions.catalog import DOMAINS
 from dropwire.functions.kit.errors import DropwireError
 from dropwire.functions.kit.redact import mask_url
-from dropwire.functions.quota.settings import QuotaSettings
-from dropwire.functions.training_analysis.settings import TrainingAnalysisSettings
+from dropwire.functions.platform.domain import settings_sections
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.storage.settings import DatabaseSettings, QueueSettings
 
@@ -136,7 +134,9 @@ class ExecutorSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
             raise ValueError(f"executor.kind is 'local' or 'ray', got {self.kind!r}")
 
 
-class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class PlatformSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The platform's own settings; `Settings` adds one section per domain of the catalog."""
+
     data_dir: str = ".dropwire"
     db_path: str = ""
     # Where the control plane listens for remote workers and tools (a Unix socket path).
@@ -162,10 +162,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     notify: NotificationSettings = msgspec.field(default_factory=NotificationSettings)
-    training: TrainingAnalysisSettings = msgspec.field(default_factory=TrainingAnalysisSettings)
-    batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
-    curation: CurationSettings = msgspec.field(default_factory=CurationSettings)
-    quota: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
 
     def __post_init__(self) -> None:
         if not self.data_dir:
@@ -254,12 +250,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     @property
     def inference_base_url(self) -> str:
         """The OpenAI-compatible root that batch lines and direct /v1 requests go to."""
-        return self.batches.base_url or f"{self.runtime_url}/v1"
+        return self.batches.base_url or f"{self.runtime_url}/v1"  # type: ignore[attr-defined]
 
     def domain_config(self) -> dict[str, Any]:
         """The settings sections the product's domains read (HandlerContext.config, ApiPorts.config)."""
-        return {"batches": msgspec.to_builtins(self.batches), "training": msgspec.to_builtins(self.training),
-                "curation": msgspec.to_builtins(self.curation), "quota": msgspec.to_builtins(self.quota)}
+        return {section.name: msgspec.to_builtins(getattr(self, section.name)) for section in SECTIONS}
 
     @property
     def outbox_path(self) -> Path:
@@ -292,6 +287,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
 
 
 WILDCARD_HOSTS = ("", "0.0.0.0")
+
+
+SECTIONS = settings_sections(DOMAINS)
+
+# The settings: the platform's, then `[<section>]` of each domain (functions/platform/domain.py),
+# decoded as the section's type, every field defaulted.
+Settings = msgspec.defstruct(
+    "Settings",
+    [(section.name, section.type, msgspec.field(default_factory=section.type)) for section in SECTIONS],
+    bases=(PlatformSettings,), module=__name__, kw_only=True, frozen=True, forbid_unknown_fields=True,
+)
 
 
 def tcp_address(address: str, name: str) -> tuple[str, int]:

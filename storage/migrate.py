@@ -1,10 +1,16 @@
 """Versioned schema migrations: numbered SQL files with an up and a down section, applied in
-order inside one transaction each and recorded in `schema_migrations`."""
+order inside one transaction each and recorded in `schema_migrations`.
+
+The platform's migrations (storage/migrations/) come first; a plug-in domain may bring its own
+package of them (its DOMAIN's `migrations`, numbered 0001.. within it), applied after the
+platform's in the catalog's order and recorded in the same table, at the versions that follow
+(`chain`), named `<domain>.<name>`."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -28,9 +34,10 @@ class Migration:
         return hashlib.sha256((self.up + self.down).encode()).hexdigest()[:16]
 
 
-def load_migrations() -> list[Migration]:
+def load_migrations(package: str = "dropwire.storage.migrations", *, first: int = 1, domain: str | None = None) -> list[Migration]:
+    """The migrations of `package`, numbered 1..N there; recorded from version `first` on."""
     found = []
-    for entry in resources.files("dropwire.storage.migrations").iterdir():
+    for entry in resources.files(package).iterdir():
         match = _FILE.match(entry.name)
         if not match:
             continue
@@ -43,11 +50,22 @@ def load_migrations() -> list[Migration]:
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:
             raise DropwireError(f"migrations must be numbered 1..N without gaps; found {migration.version} where {expected} was expected")
-    return found
+    if domain is None and first == 1:
+        return found
+    prefix = f"{domain}." if domain else ""
+    return [Migration(m.version + first - 1, prefix + m.name, m.up, m.down) for m in found]
 
 
 MIGRATIONS = load_migrations()
 LATEST = MIGRATIONS[-1].version
+
+
+def chain(domain_packages: Iterable[tuple[str, str]]) -> list[Migration]:
+    """The platform's migrations, then each (domain, package)'s, numbered on from the platform's."""
+    found = list(MIGRATIONS)
+    for domain, package in domain_packages:
+        found += load_migrations(package, first=len(found) + 1, domain=domain)
+    return found
 
 
 def _ensure_table(con: duckdb.DuckDBPyConnection) -> None:
@@ -73,26 +91,30 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0] or 0)  # pyright: ignore[reportOptionalSubscript]  # an aggregate answers one row
 
 
-def _refuse_future(version: int) -> None:
-    if version > LATEST:
+def _refuse_future(version: int, latest: int) -> None:
+    if version > latest:
         raise DatabaseUnusable(
             f"the database is at schema version {version}, newer than this dropwire knows "
-            f"(up to {LATEST}); upgrade dropwire, or run `dropwire db downgrade {LATEST}` with "
+            f"(up to {latest}); upgrade dropwire, or run `dropwire db downgrade {latest}` with "
             "the newer version first",
             version=version,
-            latest=LATEST,
+            latest=latest,
         )
 
 
-def upgrade(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[Migration]:
-    """Apply every migration above the current version up to `target` (default: latest)."""
+def upgrade(con: duckdb.DuckDBPyConnection, target: int | None = None,
+            migrations: list[Migration] | None = None) -> list[Migration]:
+    """Apply every migration above the current version up to `target` (default: latest) of
+    `migrations` (default: the platform's; `chain` adds the domains')."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    latest = migrations[-1].version
     version = current_version(con)
-    _refuse_future(version)
-    target = LATEST if target is None else target
-    if not 0 <= target <= LATEST:
-        raise DropwireError(f"there is no schema version {target}; versions run from 0 to {LATEST}")
+    _refuse_future(version, latest)
+    target = latest if target is None else target
+    if not 0 <= target <= latest:
+        raise DropwireError(f"there is no schema version {target}; versions run from 0 to {latest}")
     applied = []
-    for migration in MIGRATIONS:
+    for migration in migrations:
         if version < migration.version <= target:
             _run(con, migration.up, "INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
                  (migration.version, migration.name, migration.checksum), migration, "upgrade")
@@ -100,14 +122,15 @@ def upgrade(con: duckdb.DuckDBPyConnection, target: int | None = None) -> list[M
     return applied
 
 
-def downgrade(con: duckdb.DuckDBPyConnection, target: int) -> list[Migration]:
+def downgrade(con: duckdb.DuckDBPyConnection, target: int, migrations: list[Migration] | None = None) -> list[Migration]:
     """Undo migrations above `target`, newest first."""
+    migrations = MIGRATIONS if migrations is None else migrations
     version = current_version(con)
-    _refuse_future(version)
+    _refuse_future(version, migrations[-1].version)
     if not 0 <= target <= version:
         raise DropwireError(f"cannot downgrade to {target}: the database is at version {version}; choose 0..{version}")
     undone = []
-    for migration in reversed(MIGRATIONS):
+    for migration in reversed(migrations):
         if target < migration.version <= version:
             _run(con, migration.down, "DELETE FROM schema_migrations WHERE version = ?", (migration.version,), migration, "downgrade")
             undone.append(migration)

@@ -89,12 +89,14 @@ class Store:
 
     @classmethod
     def open(cls, path: Path | str, machines: Iterable[StateMachine] = (), *, settings: QueueSettings | None = None,
-             known_tasks: Iterable[str] | None = None, database: DatabaseSettings | None = None) -> Store:
-        """Open (creating and migrating) the database file."""
+             known_tasks: Iterable[str] | None = None, database: DatabaseSettings | None = None,
+             migrations: list[migrate.Migration] | None = None) -> Store:
+        """Open (creating and migrating) the database file: the platform's migrations, or
+        `migrations` (`migrate.chain`: the platform's, then the domains')."""
         path = Path(path)
         con = connect(path, config=(database or DatabaseSettings()).duckdb_config())
         try:
-            migrate.upgrade(con)
+            migrate.upgrade(con, migrations=migrations)
         except BaseException:
             con.close()
             raise

@@ -167,6 +167,9 @@ class FunctionRegistry:
     def __init__(self) -> None:
         self._functions: dict[str, FunctionSpec] = {}
         self._apis: list[ApiFactory] = []
+        # The domains it was built from (functions/platform/domain.py build_registry); none
+        # for a registry declared by hand.
+        self.domains: tuple = ()
 
     def function(self, name: str, *, on: list[Trigger], outputs: Sequence[Output] = (), timeout_seconds: float = 300.0,
                  max_attempts: int = 3, resources: Resources = Resources()) -> Callable:

@@ -21,3 +21,9 @@ def __getattr__(name: str) -> Any:
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(module, name)
+
+# The domain as a plug-in (functions/platform/domain.py): catalog.py lists it.
+from dropwire.functions.platform.domain import Domain, SettingsSection
+from dropwire.functions.quota.settings import QuotaSettings as _QuotaSettings
+
+DOMAIN = Domain("quota", api="dropwire.functions.quota.api", settings=SettingsSection("quota", _QuotaSettings))
