@@ -185,7 +185,7 @@ def schedule_run(name: str) -> None:
     """Fire schedule NAME now."""
     from dropwire.functions.platform.registry import load_functions
     from dropwire.local_emulator.control_plane import store_access
-    from dropwire.local_emulator.scheduler import Scheduler
+    from dropwire.local_emulator.schedules import Scheduler
 
     settings = current_settings()
     with store_access(settings) as store:

@@ -24,7 +24,7 @@ from dropwire.local_emulator.dispatcher import FunctionWorkers
 from dropwire.local_emulator.gateway import build_gateway
 from dropwire.local_emulator.notifier import Notifier
 from dropwire.local_emulator.router import EventRouter
-from dropwire.local_emulator.scheduler import Scheduler
+from dropwire.local_emulator.schedules import Scheduler
 from dropwire.local_emulator.settings import Settings
 from dropwire.local_emulator.sources.folder import FolderSource
 from dropwire.local_emulator.sources.reconcile import Reconciler

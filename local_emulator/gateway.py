@@ -31,7 +31,7 @@ from dropwire.functions.quota.settings import metered_service, quota_settings
 from dropwire.local_emulator import metrics
 from dropwire.local_emulator.inference_proxy import build_inference_proxy
 from dropwire.local_emulator.router import EventRouter, SourceHealth
-from dropwire.local_emulator.scheduler import Scheduler
+from dropwire.local_emulator.schedules import Scheduler
 from dropwire.storage.records import DeadLetter, QueueStats, TaskSpec, TaskStatus
 from dropwire.storage.store import Store
 

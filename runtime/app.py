@@ -27,9 +27,7 @@ from dropwire.functions.kit.http_errors import exception_handlers
 from dropwire.functions.kit.http_options import complete_allow_header
 from dropwire.functions.kit.openapi import assets_router, error_responses, openapi_config, upload_operation
 from dropwire.runtime import metrics
-from dropwire.runtime.host import RuntimeHost
-from dropwire.runtime.plotting import fan_chart_png
-from dropwire.runtime.schemas import (
+from dropwire.runtime.forecast_schemas import (
     BackgroundLane,
     BackgroundLaneChange,
     DatasetInfo,
@@ -39,7 +37,9 @@ from dropwire.runtime.schemas import (
     Health,
     Stats,
 )
-from dropwire.runtime.service import upload_limit_error
+from dropwire.runtime.forecast_service import upload_limit_error
+from dropwire.runtime.host import RuntimeHost
+from dropwire.runtime.plotting import fan_chart_png
 from dropwire.runtime.textgen.api import textgen_router
 
 Format = Literal["json", "png"]

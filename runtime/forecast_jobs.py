@@ -13,8 +13,8 @@ import msgspec
 
 from dropwire.runtime.device import Lane, Work
 from dropwire.runtime.errors import ComputeFailed, NonFiniteForecast
+from dropwire.runtime.forecast_lanes import Batch, Scheduler
 from dropwire.runtime.pipeline import ForecastPipeline
-from dropwire.runtime.scheduler import Batch, Scheduler
 
 
 class ForecastJobStats(msgspec.Struct, frozen=True):

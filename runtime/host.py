@@ -20,9 +20,9 @@ import torch
 
 from dropwire.runtime.device import DeviceOwner
 from dropwire.runtime.errors import ShuttingDown
+from dropwire.runtime.forecast_schemas import Stats
+from dropwire.runtime.forecast_service import ForecastService
 from dropwire.runtime.model_source import ModelSource
-from dropwire.runtime.schemas import Stats
-from dropwire.runtime.service import ForecastService
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.runtime.textgen.serving import TextGenService
 

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dropwire.runtime.schemas import Stats
+from dropwire.runtime.forecast_schemas import Stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

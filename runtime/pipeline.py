@@ -22,7 +22,7 @@ from dropwire.runtime.errors import NonFiniteForecast
 from dropwire.runtime.model import LoadedModel
 
 if TYPE_CHECKING:
-    from dropwire.runtime.scheduler import Job
+    from dropwire.runtime.forecast_lanes import Job
 
 # Rows (series x horizon steps) of density and quantile work per device step of a batch.
 KDE_ROWS_PER_STEP = 32

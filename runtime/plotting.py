@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dropwire.runtime.schemas import Forecast
+from dropwire.runtime.forecast_schemas import Forecast
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

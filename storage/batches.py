@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from dropwire.functions.kit.errors import DropwireError
-from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
+from dropwire.storage.commit_group import EPOCH, INT32, INT64, STRING, CommitGroup, TableSpec
 from dropwire.storage.writer import Facet
 
 _S, _I, _B, _F = STRING, INT32, INT64, EPOCH
@@ -159,36 +159,36 @@ def _json(value: Any) -> str | None:
     return None if value is None else msgspec.json.encode(value).decode()
 
 
-def _add_file(row: FileRow, batch: Batch, now: float) -> None:
+def _add_file(row: FileRow, batch: CommitGroup, now: float) -> None:
     batch.add(FILES, (row.id, row.filename, row.purpose, row.bytes, row.bucket, row.key, row.created_at,
                               row.expires_at))
 
 
-def _delete_file(row: FileDeleted, batch: Batch, now: float) -> None:
+def _delete_file(row: FileDeleted, batch: CommitGroup, now: float) -> None:
     batch.execute("UPDATE batch_files SET deleted_at = to_timestamp(?) WHERE id = ? AND deleted_at IS NULL", (now, row.id))
 
 
-def _bytes_removed(row: FileBytesRemoved, batch: Batch, now: float) -> None:
+def _bytes_removed(row: FileBytesRemoved, batch: CommitGroup, now: float) -> None:
     batch.execute("UPDATE batch_files SET deleted_at = coalesce(deleted_at, to_timestamp(?)), removed_at = to_timestamp(?) "
                   "WHERE id = ? AND removed_at IS NULL", (now, now, row.id))
 
 
-def _add_batch(row: BatchRow, batch: Batch, now: float) -> None:
+def _add_batch(row: BatchRow, batch: CommitGroup, now: float) -> None:
     batch.add(BATCHES, (row.id, row.input_file_id, row.endpoint, row.completion_window, _json(row.metadata), row.source,
                           row.name, row.retried_from, row.created_at, row.expires_at))
 
 
-def _validated(row: Validated, batch: Batch, now: float) -> None:
+def _validated(row: Validated, batch: CommitGroup, now: float) -> None:
     batch.execute("UPDATE batches SET model = ?, total = ?, chunks = ?, errors = ? WHERE id = ?",
                   (row.model, row.total, row.chunks, _json(row.errors), row.id))
 
 
-def _outputs(row: Outputs, batch: Batch, now: float) -> None:
+def _outputs(row: Outputs, batch: CommitGroup, now: float) -> None:
     batch.execute("UPDATE batches SET output_file_id = ?, error_file_id = ? WHERE id = ?",
                   (row.output_file_id, row.error_file_id, row.id))
 
 
-def _line_results(row: LineResults, batch: Batch, now: float) -> None:
+def _line_results(row: LineResults, batch: CommitGroup, now: float) -> None:
     for line in row.lines:
         batch.add(LINES, (row.batch_id, line.line, line.custom_id, line.status_code, line.request_id, line.response,
                                   line.error_code, line.error_message, line.prompt_tokens, line.completion_tokens,
@@ -200,11 +200,11 @@ def _line_results(row: LineResults, batch: Batch, now: float) -> None:
     batch.add(HEARTBEATS, (row.worker, row.pid, row.host, row.batch_id, row.chunk, row.lines_done, now))
 
 
-def _chunk_done(row: ChunkDone, batch: Batch, now: float) -> None:
+def _chunk_done(row: ChunkDone, batch: CommitGroup, now: float) -> None:
     batch.add(CHUNKS_DONE, (row.batch_id, row.chunk, row.outcome, now))
 
 
-def _benchmark(row: Benchmark, batch: Batch, now: float) -> None:
+def _benchmark(row: Benchmark, batch: CommitGroup, now: float) -> None:
     duration = max(row.finished_at - row.started_at, 1e-9)
     batch.add(BENCHMARKS, (row.batch_id, row.model, row.lines, row.completed, row.failed, row.prompt_tokens,
                                    row.completion_tokens, duration, row.lines / duration,
@@ -213,7 +213,7 @@ def _benchmark(row: Benchmark, batch: Batch, now: float) -> None:
 
 
 #: op name -> (payload type, how it stages its rows)
-OPS: dict[str, tuple[type, Callable[[Any, Batch, float], None]]] = {
+OPS: dict[str, tuple[type, Callable[[Any, CommitGroup, float], None]]] = {
     "batches.add_file": (FileRow, _add_file),
     "batches.delete_file": (FileDeleted, _delete_file),
     "batches.file_bytes_removed": (FileBytesRemoved, _bytes_removed),

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from dropwire.functions.kit.errors import DropwireError
-from dropwire.storage.batch import Batch
+from dropwire.storage.commit_group import CommitGroup
 from dropwire.storage.writer import Facet
 
 
@@ -63,7 +63,7 @@ def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def _export(row: ExportRow, batch: Batch, now: float) -> None:
+def _export(row: ExportRow, batch: CommitGroup, now: float) -> None:
     batch.execute(
         "INSERT INTO curation_exports (id, batch_id, schema_name, schema, project_title, export_key, tasks, problems, "
         "failed_requests, evaluate_use_case, evaluate_model, created_at, updated_at) "
@@ -77,28 +77,28 @@ def _export(row: ExportRow, batch: Batch, now: float) -> None:
          _json(row.problems), row.failed_requests, row.evaluate_use_case, row.evaluate_model, now, now))
 
 
-def _project(row: ProjectRow, batch: Batch, now: float) -> None:
+def _project(row: ProjectRow, batch: CommitGroup, now: float) -> None:
     batch.execute("UPDATE curation_exports SET project_id = ?, updated_at = to_timestamp(?) WHERE id = ?",
                   (row.project_id, now, row.id))
 
 
-def _imported(row: Imported, batch: Batch, now: float) -> None:
+def _imported(row: Imported, batch: CommitGroup, now: float) -> None:
     batch.execute("UPDATE curation_exports SET imported = ?, updated_at = to_timestamp(?) WHERE id = ?",
                   (row.imported, now, row.id))
 
 
-def _error(row: ExportError, batch: Batch, now: float) -> None:
+def _error(row: ExportError, batch: CommitGroup, now: float) -> None:
     batch.execute("UPDATE curation_exports SET last_error = ?, retryable = ?, updated_at = to_timestamp(?) WHERE id = ?",
                   (row.error, row.retryable, now, row.id))
 
 
-def _pulled(row: Pulled, batch: Batch, now: float) -> None:
+def _pulled(row: Pulled, batch: CommitGroup, now: float) -> None:
     batch.execute("INSERT INTO curation_pulls VALUES (?, ?, ?, ?, to_timestamp(?)) ON CONFLICT DO NOTHING",
                   (row.export_id, row.fingerprint, row.reviewed, row.dataset_key, now))
 
 
 #: op name -> (payload type, how it stages its rows)
-OPS: dict[str, tuple[type, Callable[[Any, Batch, float], None]]] = {
+OPS: dict[str, tuple[type, Callable[[Any, CommitGroup, float], None]]] = {
     "curation.export": (ExportRow, _export),
     "curation.project": (ProjectRow, _project),
     "curation.imported": (Imported, _imported),

@@ -17,7 +17,7 @@ import duckdb
 import msgspec
 
 from dropwire.functions.kit.errors import DropwireError, NotFound
-from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
+from dropwire.storage.commit_group import EPOCH, INT32, INT64, STRING, CommitGroup, TableSpec
 from dropwire.storage.records import NotificationRecord, NotificationRequest
 from dropwire.storage.writer import Facet, Writer
 
@@ -63,7 +63,7 @@ class Outbox(Facet):
                 _json.encode(request.attachments).decode(), request.entity_kind, request.entity_id, metadata,
                 "pending", 0, now, now, now)
 
-    def stage(self, row: tuple, batch: Batch) -> None:
+    def stage(self, row: tuple, batch: CommitGroup) -> None:
         """Stage a planned row under the next notification id."""
         batch.add(NOTIFICATIONS, (self._next_id, *row), new=True)
         self._next_id += 1
@@ -78,7 +78,7 @@ class Outbox(Facet):
         if status not in NOTIFICATION_STATUSES:
             raise DropwireError(f"notification status must be one of {NOTIFICATION_STATUSES}, got {status!r}")
 
-        def op(batch: Batch, now: float) -> None:
+        def op(batch: CommitGroup, now: float) -> None:
             if self.writer.connection.execute("SELECT 1 FROM notifications WHERE id = ?", [notification_id]).fetchone() is None:
                 raise NotFound(f"no notification {notification_id}", notification_id=notification_id)
             batch.execute(

@@ -37,7 +37,7 @@ import msgspec
 
 from dropwire.functions.kit.backoff import equal_jitter
 from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound, StaleLease
-from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
+from dropwire.storage.commit_group import EPOCH, INT32, INT64, STRING, CommitGroup, TableSpec
 from dropwire.storage.records import (
     Applied,
     ClaimedTask,
@@ -64,7 +64,7 @@ from dropwire.storage.task_index import (
     WAITING,
     LiveTask,
 )
-from dropwire.storage.tasks import TASKS, EncodedTask, LiveTasks
+from dropwire.storage.task_planning import TASKS, EncodedTask, LiveTasks
 from dropwire.storage.writer import Facet, Writer
 
 log = logging.getLogger("dropwire.store")
@@ -107,7 +107,7 @@ class Queue(Facet):
     def load(self, con, *, restart_grace: bool) -> None:
         self._next_token = (con.execute("SELECT max(token) FROM tasks").fetchone()[0] or 0) + 1  # pyright: ignore[reportOptionalSubscript]  # an aggregate answers one row
 
-    def end_cycle(self, batch: Batch, now: float) -> None:
+    def end_cycle(self, batch: CommitGroup, now: float) -> None:
         for task in self.tasks.index.pop_expired(now):
             self._settle_failure(task, "lease_expired",
                                  f"lease expired: worker {task.worker} stopped heartbeating (attempt {task.attempts})",
@@ -133,7 +133,7 @@ class Queue(Facet):
         """Like enqueue, pipelined (see States.apply_async); the future's result is an `Applied`."""
         return self.writer.submit(partial(self._op_enqueue, [self.tasks.encode(spec)]))
 
-    def _op_enqueue(self, encoded: list[EncodedTask], batch: Batch, now: float) -> Applied:
+    def _op_enqueue(self, encoded: list[EncodedTask], batch: CommitGroup, now: float) -> Applied:
         # Tasks alone, no state change: nothing to refuse once encoded, so no planning pass.
         task_ids = []
         for task, is_new in self.tasks.plan(encoded, now):
@@ -145,7 +145,7 @@ class Queue(Facet):
     def wake(self, key_prefix: str) -> int:
         """Make the waiting tasks whose idempotency key starts with `key_prefix` due now (a
         parked workflow resumed by hand); how many moved."""
-        def op(batch: Batch, now: float) -> int:
+        def op(batch: CommitGroup, now: float) -> int:
             moved = 0
             for task in list(self.tasks.index.live.values()):
                 if (task.status in CLAIMABLE and task.idempotency_key
@@ -178,7 +178,7 @@ class Queue(Facet):
                     self._work.wait(min(remaining, self.settings.reap_interval_seconds * 5))
 
     def _op_claim(self, worker: str, names: frozenset[str] | None, limit: int, lease: float,
-                  batch: Batch, now: float) -> list[ClaimedTask]:
+                  batch: CommitGroup, now: float) -> list[ClaimedTask]:
         claimed = []
         index = self.tasks.index
         while len(claimed) < limit:
@@ -215,7 +215,7 @@ class Queue(Facet):
         Leases live in memory: a heartbeat costs no disk write."""
         return self.writer.call(partial(self._op_heartbeat, list(leases), lease_seconds or self.settings.lease_seconds))
 
-    def _op_heartbeat(self, leases: list[tuple[int, int]], lease: float, batch: Batch, now: float) -> list[int]:
+    def _op_heartbeat(self, leases: list[tuple[int, int]], lease: float, batch: CommitGroup, now: float) -> list[int]:
         lost = []
         index = self.tasks.index
         for task_id, token in leases:
@@ -241,7 +241,7 @@ class Queue(Facet):
         atomic on its own: the result lists, per task, None or the error that refused it."""
         prepared = [self._prepare(item) for item in done]
 
-        def op(batch: Batch, now: float) -> list[DropwireError | None]:
+        def op(batch: CommitGroup, now: float) -> list[DropwireError | None]:
             outcomes: list[DropwireError | None] = []
             for item in prepared:
                 try:
@@ -260,10 +260,10 @@ class Queue(Facet):
                 _json.encode(done.result).decode() if done.result is not None else None)
 
     def _complete_one(self, done: Done, encoded: list[EncodedTask], result_json: str | None,
-                      batch: Batch, now: float) -> Applied:
+                      batch: CommitGroup, now: float) -> Applied:
         self._leased(done.task_id, done.token, "complete")
 
-        def finish(batch: Batch, now: float) -> None:
+        def finish(batch: CommitGroup, now: float) -> None:
             index = self.tasks.index
             task = index.live[done.task_id]
             task.status, task.last_error = SUCCEEDED, None
@@ -284,7 +284,7 @@ class Queue(Facet):
         """Record a failed attempt: retry later with exponential backoff and jitter, or move
         the task to the dead letters once its attempts are spent (or it cannot succeed)."""
 
-        def op(batch: Batch, now: float) -> str:
+        def op(batch: CommitGroup, now: float) -> str:
             task = self._leased(task_id, token, "fail")
             self._log_invocation(task, invocation, batch)
             return self._settle_failure(task, "failed", error, traceback, retryable, batch, now)
@@ -293,7 +293,7 @@ class Queue(Facet):
         return future.result() if wait else future
 
     @staticmethod
-    def _log_invocation(task: LiveTask, invocation: InvocationRecord | None, batch: Batch) -> None:
+    def _log_invocation(task: LiveTask, invocation: InvocationRecord | None, batch: CommitGroup) -> None:
         if invocation is not None:
             batch.add(INVOCATIONS, (task.id, task.attempts, invocation.function, invocation.source,
                                     _json.encode(invocation.event).decode(), task.worker, invocation.started_at,
@@ -304,7 +304,7 @@ class Queue(Facet):
         """A task whose prerequisite is not there yet (`error` says which, `waits_for` names it)
         waits for it: see the module's promises. Returns the task's new status."""
 
-        def op(batch: Batch, now: float) -> str:
+        def op(batch: CommitGroup, now: float) -> str:
             task = self._leased(task_id, token, "park")
             give_up = task.created_at + self.settings.wait_max_seconds
             entity = (waits_for.kind, waits_for.entity_id)
@@ -331,7 +331,7 @@ class Queue(Facet):
         future = self.writer.submit(op)
         return future.result() if wait else future
 
-    def _prerequisite_changed(self, entity: tuple[str, str], batch: Batch, now: float) -> None:
+    def _prerequisite_changed(self, entity: tuple[str, str], batch: CommitGroup, now: float) -> None:
         """A change of `entity` is staged: the tasks waiting for it run again once it commits
         (the next cycle promotes them, after this one's commit)."""
         index = self.tasks.index
@@ -347,7 +347,7 @@ class Queue(Facet):
         """The handler refused what the user asked (a retry in the wrong state, an upload that
         is not taken now): final, with its message; no retry, no dead letter, no on-dead effects."""
 
-        def op(batch: Batch, now: float) -> str:
+        def op(batch: CommitGroup, now: float) -> str:
             task = self._leased(task_id, token, "refuse")
             self._log_invocation(task, invocation, batch)
             return self._settle_refusal(task, error, batch, now)
@@ -355,7 +355,7 @@ class Queue(Facet):
         future = self.writer.submit(op)
         return future.result() if wait else future
 
-    def _settle_refusal(self, task: LiveTask, error: str, batch: Batch, now: float) -> str:
+    def _settle_refusal(self, task: LiveTask, error: str, batch: CommitGroup, now: float) -> str:
         task.status, task.last_error, task.lease_expires = REFUSED, error, None
         batch.add(TASKS, task.row(now, finished_at=now))
         self.tasks.index.forget(task)
@@ -365,7 +365,7 @@ class Queue(Facet):
     def release(self, task_id: int, token: int) -> None:
         """Give back a claimed task that was never started; the attempt is not counted."""
 
-        def op(batch: Batch, now: float) -> None:
+        def op(batch: CommitGroup, now: float) -> None:
             task = self._leased(task_id, token, "release")
             task.status, task.attempts, task.worker = QUEUED, task.attempts - 1, None
             task.lease_expires = task.claimed_at = None
@@ -380,7 +380,7 @@ class Queue(Facet):
         return equal_jitter(attempts, self.settings.backoff_base_seconds, self.settings.backoff_max_seconds)
 
     def _settle_failure(self, task: LiveTask, outcome: str, error: str, traceback: str | None,
-                        retryable: bool, batch: Batch, now: float) -> str:
+                        retryable: bool, batch: CommitGroup, now: float) -> str:
         batch.add(TASK_ATTEMPTS, (task.id, task.attempts, task.token, task.worker, task.claimed_at or now, now,
                                   outcome, error, traceback))
         task.last_error, task.lease_expires = error, None
@@ -402,7 +402,7 @@ class Queue(Facet):
         log.warning("task %s (%s) moved to dead letters after %d attempt(s): %s", task.id, task.name, task.attempts, error)
         return DEAD
 
-    def _apply_failure_effects(self, task: LiveTask, encoded: str, error: str, batch: Batch, now: float) -> str | None:
+    def _apply_failure_effects(self, task: LiveTask, encoded: str, error: str, batch: CommitGroup, now: float) -> str | None:
         """Commit a task's on-retry or on-dead effects with its failure, the error added to
         what they record. When they are no longer legal (the entity moved on), nothing of them
         commits and the refusal is returned."""
@@ -435,7 +435,7 @@ class Queue(Facet):
         if replayed is not None:
             raise Conflict(f"dead letter {task_id} was already replayed as task {replayed}", task_id=task_id, replayed_task_id=replayed)
 
-        def op(batch: Batch, now: float) -> int:
+        def op(batch: CommitGroup, now: float) -> int:
             task = self.tasks.plan_one(
                 (TaskSpec(name=name, priority=priority, max_attempts=max_attempts,
                           on_dead=msgspec.json.decode(on_dead, type=Effects) if on_dead else None,
@@ -455,7 +455,7 @@ class Queue(Facet):
         if older_than_days < 0:
             raise DropwireError(f"older_than_days must not be negative, got {older_than_days}")
 
-        def op(batch: Batch, now: float) -> int:
+        def op(batch: CommitGroup, now: float) -> int:
             cutoff = now - older_than_days * 86400
             doomed = self.writer.connection.execute(
                 "SELECT t.id, t.idempotency_key FROM tasks t LEFT JOIN dead_letters d ON d.task_id = t.id "

@@ -30,7 +30,7 @@ import msgspec
 from pyrate_limiter import GCRA, Duration, Rate
 
 from dropwire.functions.kit.errors import QuotaExceeded
-from dropwire.storage.batch import EPOCH, INT64, STRING, Batch, TableSpec
+from dropwire.storage.commit_group import EPOCH, INT64, STRING, CommitGroup, TableSpec
 from dropwire.storage.writer import Facet
 
 USAGE = TableSpec("quota_usage", (("service", STRING), ("minute", EPOCH), ("requests", INT64), ("tokens", INT64),
@@ -188,7 +188,7 @@ class Quota(Facet):
                 raise QuotaExceeded(f"{service}: the upstream has {seen.remaining} {metric} left until it resets",
                                     service=service, limit=f"upstream_{metric}", wait=seen.reset_at - now)
 
-    def _op_acquire(self, service: str, limits: Limits, tokens: int, cost: float, batch: Batch, now: float) -> Grant:
+    def _op_acquire(self, service: str, limits: Limits, tokens: int, cost: float, batch: CommitGroup, now: float) -> Grant:
         self._check_upstream(service, tokens, now)
         day = _day(now)
         requests_today, tokens_today, cost_today = self._today(service, day)
@@ -219,7 +219,7 @@ class Quota(Facet):
         self._count(service, minute, tokens, cost, batch, now)
         return Grant(service=service, minute=minute, tokens=tokens, cost_usd=cost)
 
-    def _count(self, service: str, minute: float, tokens: int, cost: float, batch: Batch, now: float) -> None:
+    def _count(self, service: str, minute: float, tokens: int, cost: float, batch: CommitGroup, now: float) -> None:
         """One admitted request: its minute's usage, and what the upstream said is left spent locally."""
         for metric, spent in (("requests", 1), ("tokens", tokens)):
             seen = self._upstream.get((service, metric))
@@ -228,20 +228,20 @@ class Quota(Facet):
         self._add(service, minute, [1, tokens, 0, 0, cost], batch)
 
     def _op_settle(self, grant: Grant, sent: bool, input_tokens: int, output_tokens: int, cost: float,
-                   batch: Batch) -> None:
+                   batch: CommitGroup) -> None:
         if sent:
             delta = [0, input_tokens + output_tokens - grant.tokens, input_tokens, output_tokens, cost - grant.cost_usd]
         else:
             delta = [-1, -grant.tokens, 0, 0, -grant.cost_usd]
         self._add(grant.service, grant.minute, delta, batch)
 
-    def _op_observe(self, service: str, observations: list[Observation], batch: Batch, now: float) -> None:
+    def _op_observe(self, service: str, observations: list[Observation], batch: CommitGroup, now: float) -> None:
         for seen in observations:
             new = (service, seen.metric) not in self._upstream
             self._upstream[(service, seen.metric)] = seen
             batch.add(UPSTREAM, (service, seen.metric, seen.limit, seen.remaining, seen.reset_at, now), new=new)
 
-    def _add(self, service: str, minute: float, delta: list, batch: Batch) -> None:
+    def _add(self, service: str, minute: float, delta: list, batch: CommitGroup) -> None:
         if minute < self._held_from:
             # A settle days late (no request lives that long): its stored row is not held, and
             # writing one anew would collide with it; the day it belongs to is over.

@@ -22,9 +22,9 @@ import duckdb
 import msgspec
 
 from dropwire.functions.kit.errors import DropwireError
-from dropwire.storage.batch import EPOCH, INT64, STRING, Batch, TableSpec
+from dropwire.storage.commit_group import EPOCH, INT64, STRING, CommitGroup, TableSpec
 from dropwire.storage.records import Admission, ObjectReceipt, TaskSpec
-from dropwire.storage.tasks import EncodedTask, LiveTasks
+from dropwire.storage.task_planning import EncodedTask, LiveTasks
 from dropwire.storage.writer import Facet, StoreWriteFailed, Writer
 
 OBJECT_RECEIPTS = TableSpec(
@@ -109,12 +109,12 @@ class Receipts(Facet):
                 answers.append(_failed(receipt, exc.message))
         return answers
 
-    def _op_admit(self, encoded: list[tuple[ObjectReceipt, EncodedTask | None, str]], batch: Batch,
+    def _op_admit(self, encoded: list[tuple[ObjectReceipt, EncodedTask | None, str]], batch: CommitGroup,
                   now: float) -> list[Admission]:
         return [self._admit_one(receipt, spec, batch, now) if spec is not None else _failed(receipt, refused)
                 for receipt, spec, refused in encoded]
 
-    def _admit_one(self, receipt: ObjectReceipt, encoded: EncodedTask, batch: Batch, now: float) -> Admission:
+    def _admit_one(self, receipt: ObjectReceipt, encoded: EncodedTask, batch: CommitGroup, now: float) -> Admission:
         dedupe = f"object:{receipt.function}:{receipt.bucket}:{receipt.key}:{receipt.version}"
         place = (receipt.function, receipt.bucket, receipt.key)
         done = self._admitted_before(dedupe, place, receipt.version)
@@ -156,7 +156,7 @@ class Receipts(Facet):
     def record_output(self, bucket: str, key: str, *, hop: int, function: str, task_id: int) -> None:
         """Note, before a handler writes it, that an object comes from a handler `hop` hops
         away from an outside upload."""
-        def op(batch: Batch, now: float) -> None:
+        def op(batch: CommitGroup, now: float) -> None:
             batch.execute("INSERT OR REPLACE INTO object_lineage VALUES (?, ?, ?, ?, ?, to_timestamp(?))",
                           (bucket, key, hop, function, task_id, now))
 
@@ -178,7 +178,7 @@ class Receipts(Facet):
         queued; returns the task id, or None when it was."""
         encoded = self.tasks.encode(spec)
 
-        def op(batch: Batch, now: float) -> int | None:
+        def op(batch: CommitGroup, now: float) -> int | None:
             last = self._schedule_fires.get(schedule)
             if last is not None and last >= fire_time:
                 return None

@@ -22,7 +22,7 @@ import duckdb
 import msgspec
 
 from dropwire.functions.kit.errors import Conflict, DropwireError, NotFound, VersionConflict
-from dropwire.storage.batch import EPOCH, INT32, STRING, Batch, TableSpec
+from dropwire.storage.commit_group import EPOCH, INT32, STRING, CommitGroup, TableSpec
 from dropwire.storage.outbox import Outbox
 from dropwire.storage.records import (
     Applied,
@@ -34,7 +34,7 @@ from dropwire.storage.records import (
     TransitionRequest,
 )
 from dropwire.storage.state_machine import GuardContext, StateMachine, machine_registry
-from dropwire.storage.tasks import EncodedTask, LiveTasks
+from dropwire.storage.task_planning import EncodedTask, LiveTasks
 from dropwire.storage.writer import Facet, Writer
 
 ENTITY_STATES = TableSpec(
@@ -72,7 +72,7 @@ class States(Facet):
         self._entities: dict[tuple[str, str], _Entity] = {}
         #: Told of each entity a staged operation creates or moves, in the writer's thread
         #: (the queue runs the tasks waiting for it again).
-        self.changed: Callable[[tuple[str, str], Batch, float], None] | None = None
+        self.changed: Callable[[tuple[str, str], CommitGroup, float], None] | None = None
 
     def load(self, con: duckdb.DuckDBPyConnection, *, restart_grace: bool) -> None:
         self._entities = {
@@ -125,7 +125,7 @@ class States(Facet):
         )).transitions[0]
 
     def stage(self, effects: Effects, encoded_tasks: list[EncodedTask],
-              completing: Callable[[Batch, float], None] | None, batch: Batch, now: float) -> Applied:
+              completing: Callable[[CommitGroup, float], None] | None, batch: CommitGroup, now: float) -> Applied:
         """The operation behind `apply`, for other facets' operations too (a task's success,
         retry or death commits its effects): plan everything, refuse (raising, nothing
         changed) when any part is illegal, else run `completing` and stage it all."""

@@ -47,7 +47,7 @@ from dropwire.storage.receipts import Receipts
 from dropwire.storage.settings import DatabaseSettings, QueueSettings
 from dropwire.storage.state_machine import StateMachine
 from dropwire.storage.states import States
-from dropwire.storage.tasks import LiveTasks
+from dropwire.storage.task_planning import LiveTasks
 from dropwire.storage.writer import Writer
 
 

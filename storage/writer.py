@@ -35,13 +35,13 @@ from typing import Any, TypeVar
 import duckdb
 
 from dropwire.functions.kit.errors import DropwireError, StoreClosed
-from dropwire.storage.batch import Batch, prepare_scans
+from dropwire.storage.commit_group import CommitGroup, prepare_scans
 
 log = logging.getLogger("dropwire.store")
 
 T = TypeVar("T")
 #: An operation: stage rows into the batch at time `now` (epoch seconds), return the answer.
-Operation = Callable[[Batch, float], T]
+Operation = Callable[[CommitGroup, float], T]
 _STOP = object()
 
 
@@ -69,7 +69,7 @@ class Facet:
     def begin_cycle(self, now: float) -> None:
         """Before a cycle's operations run."""
 
-    def end_cycle(self, batch: Batch, now: float) -> None:
+    def end_cycle(self, batch: CommitGroup, now: float) -> None:
         """After a cycle's operations staged their rows, before the commit."""
 
     def committed(self) -> None:
@@ -165,7 +165,7 @@ class Writer:
 
     def _cycle(self, ops: list[tuple[Operation, Future]], *, isolate: bool = True) -> None:
         now = time.time()
-        batch = Batch()
+        batch = CommitGroup()
         outcomes: list[tuple[Future, Any, BaseException | None]] = []
         broken: list[tuple[Operation, Future]] = []
         for facet in self._facets:

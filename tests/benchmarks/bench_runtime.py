@@ -29,10 +29,10 @@ from dropwire.runtime.caches import BoundedCache
 from dropwire.runtime.dataset import Dataset, parse_csv
 from dropwire.runtime.device import DeviceOwner
 from dropwire.runtime.forecast_jobs import ForecastJobs
+from dropwire.runtime.forecast_lanes import Job, Lane, Scheduler
 from dropwire.runtime.kde import density_grid
 from dropwire.runtime.model import LoadedModel, load_model, resolve_device
 from dropwire.runtime.pipeline import ForecastPipeline
-from dropwire.runtime.scheduler import Job, Lane, Scheduler
 from dropwire.runtime.settings import RuntimeSettings
 from dropwire.runtime.synthetic import generated_csv
 from dropwire.runtime.training import train_default_model

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from dropwire.functions.platform.registry import FunctionRegistry, OnSchedule
-from dropwire.local_emulator.scheduler import Scheduler
+from dropwire.local_emulator.schedules import Scheduler
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.store import Store
 from tests.conftest import wait_for

@@ -10,8 +10,8 @@ import msgspec
 from matplotlib.collections import FillBetweenPolyCollection
 from matplotlib.dates import ConciseDateFormatter, num2date
 
+from dropwire.runtime.forecast_schemas import Forecast
 from dropwire.runtime.plotting import fan_chart
-from dropwire.runtime.schemas import Forecast
 from dropwire.runtime.synthetic import generated_csv
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dropwire.runtime.caches import BoundedCache
 from dropwire.runtime.errors import DatasetGone, ShuttingDown
-from dropwire.runtime.scheduler import Lane, Scheduler
+from dropwire.runtime.forecast_lanes import Lane, Scheduler
 from tests.runtime.test_scheduler import DATASETS, Value, compute, drain, make_scheduler
 
 operations = st.one_of(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dropwire.runtime.caches import BoundedCache
 from dropwire.runtime.errors import DatasetGone, DatasetNotFound, ShuttingDown
-from dropwire.runtime.scheduler import Batch, Lane, Scheduler
+from dropwire.runtime.forecast_lanes import Batch, Lane, Scheduler
 from tests.conftest import wait_for
 from tests.runtime.conftest import dataset
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from dropwire.runtime.errors import DatasetNotFound, RequestTimedOut, ShuttingDown
+from dropwire.runtime.forecast_service import wait_bounded
 from dropwire.runtime.host import RuntimeHost
 from dropwire.runtime.model_source import ModelSource
-from dropwire.runtime.service import wait_bounded
 from dropwire.runtime.synthetic import generated_csv
 from tests.runtime.conftest import LOG_FOR_TESTS, small_settings
 

@@ -16,9 +16,9 @@ from dropwire.runtime.caches import BoundedCache
 from dropwire.runtime.device import DeviceOwner
 from dropwire.runtime.errors import ComputeFailed, DatasetGone, ShuttingDown
 from dropwire.runtime.forecast_jobs import ForecastJobs
+from dropwire.runtime.forecast_lanes import Job, Lane, Scheduler
 from dropwire.runtime.model import LoadedModel, load_model
 from dropwire.runtime.pipeline import ForecastPipeline
-from dropwire.runtime.scheduler import Job, Lane, Scheduler
 from tests.conftest import wait_for
 from tests.runtime.conftest import LOG_FOR_TESTS, SMALL, dataset
 

@@ -21,11 +21,8 @@ from dropwire.runtime.dataset import Dataset, parse_csv
 from dropwire.runtime.device import DeviceOwner
 from dropwire.runtime.errors import DatasetGone, DatasetNotFound, InvalidRange, RequestTimedOut, ShuttingDown, UploadTooLarge
 from dropwire.runtime.forecast_jobs import ForecastJobs
-from dropwire.runtime.model import LoadedModel
-from dropwire.runtime.model_source import ModelSource, open_model
-from dropwire.runtime.pipeline import ForecastPipeline, ForecastResult
-from dropwire.runtime.scheduler import Scheduler
-from dropwire.runtime.schemas import (
+from dropwire.runtime.forecast_lanes import Scheduler
+from dropwire.runtime.forecast_schemas import (
     BackgroundLane,
     DatasetInfo,
     Deleted,
@@ -38,6 +35,9 @@ from dropwire.runtime.schemas import (
     forecast_body,
     range_body,
 )
+from dropwire.runtime.model import LoadedModel
+from dropwire.runtime.model_source import ModelSource, open_model
+from dropwire.runtime.pipeline import ForecastPipeline, ForecastResult
 from dropwire.runtime.settings import RuntimeSettings
 
 

@@ -24,7 +24,7 @@ import duckdb
 import msgspec
 
 from dropwire.functions.kit.errors import DropwireError, UnknownTask
-from dropwire.storage.batch import EPOCH, INT32, INT64, STRING, Batch, TableSpec
+from dropwire.storage.commit_group import EPOCH, INT32, INT64, STRING, CommitGroup, TableSpec
 from dropwire.storage.records import TaskSpec
 from dropwire.storage.settings import QueueSettings
 from dropwire.storage.task_index import QUEUED, RUNNING, LiveTask, TaskIndex
@@ -97,7 +97,7 @@ class LiveTasks(Facet):
     def begin_cycle(self, now: float) -> None:
         self.index.promote_due(now)
 
-    def stage_high_water(self, batch: Batch) -> None:
+    def stage_high_water(self, batch: CommitGroup) -> None:
         """Keep the highest id given so far (with what this cycle planned), for a cycle that
         deletes tasks: max(id) of what is left would hand their ids out again."""
         batch.add(ID_HIGH_WATER, ("tasks", self._next_id - 1))
@@ -153,7 +153,7 @@ class LiveTasks(Facet):
         (task, _), = self.plan([encoded], now)
         return task
 
-    def stage_new(self, task: LiveTask, batch: Batch, now: float) -> None:
+    def stage_new(self, task: LiveTask, batch: CommitGroup, now: float) -> None:
         """Add a planned task to the view and stage its row."""
         self.index.add(task)
         batch.add(TASKS, task.row(now), new=True)

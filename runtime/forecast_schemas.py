@@ -8,8 +8,8 @@ from dropwire.runtime.caches import CacheStats
 from dropwire.runtime.dataset import Dataset
 from dropwire.runtime.device import DeviceStats
 from dropwire.runtime.forecast_jobs import ForecastJobStats
+from dropwire.runtime.forecast_lanes import SchedulerStats
 from dropwire.runtime.pipeline import ForecastResult
-from dropwire.runtime.scheduler import SchedulerStats
 from dropwire.runtime.textgen.jobs import TextGenStats
 
 

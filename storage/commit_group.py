@@ -56,7 +56,7 @@ _TIMESTAMP = pl.Datetime("us", "UTC")
 
 
 @dataclass
-class Batch:
+class CommitGroup:
     """Rows to append per table, the latest image of changed rows per key, and raw statements."""
 
     rows: dict[TableSpec, list[tuple]] = field(default_factory=dict)
